@@ -1,0 +1,1 @@
+"""agent-runtime: an event-driven agent loop for models you run yourself."""

@@ -1,0 +1,111 @@
+"""The event bus: one ordered stream of events with interceptors in front.
+
+Interceptors (the guards) see an event before it takes effect and return a
+`Decision`: let it through, rewrite it, block it (the emitter turns the
+feedback into something the model sees) or halt the run. Subscribers (state,
+run log, renderers) then receive the event, in emit order, each numbered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from .events import Event
+
+
+class Decision(BaseModel):
+    """What an interceptor says about one event."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    action: Literal["allow", "rewrite", "block", "halt"] = "allow"
+    event: object | None = None  # the replacement, for "rewrite"
+    feedback: str = ""  # what the model is told, for "block" and "halt"
+
+    @classmethod
+    def allow(cls) -> Decision:
+        return _ALLOW
+
+    @classmethod
+    def rewrite(cls, event: Event) -> Decision:
+        return cls(action="rewrite", event=event)
+
+    @classmethod
+    def block(cls, feedback: str) -> Decision:
+        return cls(action="block", feedback=feedback)
+
+    @classmethod
+    def halt(cls, feedback: str) -> Decision:
+        return cls(action="halt", feedback=feedback)
+
+
+_ALLOW = Decision()
+
+Subscriber = Callable[[Event], None | Awaitable[None]]
+Interceptor = Callable[[Event], Awaitable[Decision | None]]
+
+
+class Bus:
+    """Delivers events in order; lets interceptors judge them first."""
+
+    def __init__(self, run_id: str = "", *, first_seq: int = 0) -> None:
+        self.run_id = run_id
+        self._seq = first_seq
+        self._subscribers: list[tuple[Subscriber, bool]] = []
+        self._interceptors: list[Interceptor] = []
+        self._lock = asyncio.Lock()
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last delivered event."""
+        return self._seq
+
+    def subscribe(self, fn: Subscriber) -> None:
+        self._subscribers.append((fn, inspect.iscoroutinefunction(fn)))
+
+    def unsubscribe(self, fn: Subscriber) -> None:
+        self._subscribers = [(f, a) for f, a in self._subscribers if f is not fn]
+
+    def intercept(self, fn: Interceptor) -> None:
+        self._interceptors.append(fn)
+
+    async def emit(self, event: Event, *, judge: bool = True) -> Decision:
+        """Judge `event`, then deliver it (or its rewrite) unless blocked.
+
+        A blocked or halted event is not delivered: the interceptor records its
+        own verdict, and the emitter records the consequence.
+        """
+        decision = _ALLOW
+        if judge and self._interceptors:
+            for interceptor in self._interceptors:
+                verdict = await interceptor(event)
+                if verdict is None or verdict.action == "allow":
+                    continue
+                if verdict.action == "rewrite":
+                    event = verdict.event  # type: ignore[assignment]
+                    decision = verdict
+                    continue
+                return verdict
+        await self.deliver(event)
+        return decision
+
+    async def deliver(self, event: Event) -> None:
+        """Number `event` and hand it to every subscriber, in order."""
+        async with self._lock:
+            self._seq += 1
+            event.seq = self._seq
+            if not event.run_id:
+                event.run_id = self.run_id
+            if not event.time:
+                event.time = time.time()
+            for fn, is_async in self._subscribers:
+                if is_async:
+                    await fn(event)  # type: ignore[misc]
+                else:
+                    fn(event)

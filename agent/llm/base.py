@@ -1,0 +1,55 @@
+"""The LLM protocol: a request goes in, deltas stream out, a response ends it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..events import ModelDelta, ModelResponse
+from ..types import Effort, Message
+
+
+class LLMError(Exception):
+    """The backend could not produce a response (network, server, loading)."""
+
+
+class LLMRequest(BaseModel):
+    """Everything a backend needs for one call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Message]
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    tool_choice: Literal["auto", "required", "none"] = "auto"
+    effort: Effort = "medium"
+    thinking_budget: int | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    stop: list[str] = Field(default_factory=list)
+    purpose: Literal["act", "plan", "reflect"] = "act"
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """A language model backend.
+
+    `stream` yields `ModelDelta`s as text arrives and ends with exactly one
+    `ModelResponse` holding the whole content, thinking, tool calls and usage.
+    """
+
+    name: str
+
+    def stream(self, request: LLMRequest) -> AsyncIterator[ModelDelta | ModelResponse]: ...
+
+
+async def complete(llm: LLM, request: LLMRequest) -> ModelResponse:
+    """Run one request to the end and return only the response."""
+    response: ModelResponse | None = None
+    async for item in llm.stream(request):
+        if isinstance(item, ModelResponse):
+            response = item
+    if response is None:
+        raise LLMError(f"{llm.name}: the stream ended without a response")
+    return response

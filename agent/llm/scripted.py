@@ -1,0 +1,107 @@
+"""A model that replays a script: for tests, examples and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+from ..events import ModelDelta, ModelResponse
+from ..types import ToolCallRequest, Usage
+from .base import LLMError, LLMRequest
+from .parse import parse_output
+
+ScriptItem = Union[str, ModelResponse, dict[str, Any], Callable[[LLMRequest], Union[str, ModelResponse]]]
+
+
+class ScriptExhausted(LLMError):
+    """The agent asked the scripted model for more turns than it was given."""
+
+
+class ScriptedLLM:
+    """Replays a list of turns, one per call, and fails loudly past the end.
+
+    Each item is raw model text (parsed like a real model's output, so
+    `<think>` and `<tool_call>` blocks work), a `ModelResponse`, a dict of
+    `ModelResponse` fields, or a function of the request returning either.
+    Every request is kept in `requests` so tests can look at the prompts.
+
+    ```python
+    llm = ScriptedLLM([
+        '<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>',
+        "The sum is 5.",
+    ])
+    ```
+    """
+
+    def __init__(
+        self,
+        script: Sequence[ScriptItem],
+        *,
+        name: str = "scripted",
+        chunk_size: int = 16,
+        delay: float = 0.0,
+    ) -> None:
+        self.script = list(script)
+        self.name = name
+        self.chunk_size = chunk_size
+        self.delay = delay
+        self.requests: list[LLMRequest] = []
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs: Any) -> ScriptedLLM:
+        """Load a script: a JSON list, or JSON lines of strings or response dicts."""
+        text = Path(path).read_text()
+        items = json.loads(text) if text.lstrip().startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()
+        ]
+        return cls(items, name=f"scripted:{Path(path).name}", **kwargs)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.script) - len(self.requests)
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        index = len(self.requests)
+        self.requests.append(request)
+        if index >= len(self.script):
+            last = request.messages[-1].content[:200] if request.messages else ""
+            raise ScriptExhausted(
+                f"ScriptedLLM: call {index + 1} but the script has {len(self.script)} turns "
+                f"(last message: {last!r})"
+            )
+        item = self.script[index]
+        if callable(item):
+            item = item(request)
+        response = self._to_response(item)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        for field in ("thinking", "content"):
+            text = getattr(response, field)
+            for i in range(0, len(text), self.chunk_size):
+                yield ModelDelta(**{field: text[i : i + self.chunk_size]})
+        yield response
+
+    def _to_response(self, item: Any) -> ModelResponse:
+        if isinstance(item, ModelResponse):
+            return item.model_copy(deep=True)
+        if isinstance(item, dict):
+            data = dict(item)
+            data["tool_calls"] = [
+                c if isinstance(c, ToolCallRequest) else ToolCallRequest(**c) for c in data.get("tool_calls", [])
+            ]
+            data.setdefault("model", self.name)
+            return ModelResponse(**data)
+        if isinstance(item, str):
+            parsed = parse_output(item)
+            return ModelResponse(
+                content=parsed.content,
+                thinking=parsed.thinking,
+                tool_calls=parsed.tool_calls,
+                usage=Usage(completion_tokens=max(1, len(item) // 4)),
+                finish_reason="tool_calls" if parsed.tool_calls else "stop",
+                model=self.name,
+            )
+        raise TypeError(f"ScriptedLLM: cannot use a script item of type {type(item).__name__}")

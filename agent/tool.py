@@ -1,0 +1,260 @@
+"""The `Tool` abstraction and the `@tool` decorator.
+
+A tool has a name, a description, a pydantic model of its arguments and a
+declaration of what it does to the world (its effects). The loop validates
+arguments against the model, so a tool body only ever sees valid input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import json
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+Effect = Literal["reads", "writes", "network", "executes"]
+EFFECTS: frozenset[str] = frozenset({"reads", "writes", "network", "executes"})
+
+
+class ToolError(Exception):
+    """Raise inside a tool to show the model a plain error message."""
+
+
+class Tool:
+    """Base class for tools. Subclass it for tools that keep state.
+
+    ```python
+    class Counter(Tool):
+        name = "count"
+        description = "Add `step` to a counter and return the new value."
+
+        class Args(BaseModel):
+            step: int = 1
+
+        def __init__(self) -> None:
+            self.value = 0
+
+        async def run(self, args: Args) -> int:
+            self.value += args.step
+            return self.value
+    ```
+    """
+
+    name: str = ""
+    description: str = ""
+    Args: ClassVar[type[BaseModel]]
+    effects: frozenset[str] = frozenset({"reads"})
+    timeout: float | None = 60.0
+    needs_approval: bool = False
+    safe_to_rerun: bool = True
+    max_retries: int = 3
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if isinstance(cls.__dict__.get("effects"), (set, list, tuple)):
+            cls.effects = frozenset(cls.__dict__["effects"])
+
+    @property
+    def args_model(self) -> type[BaseModel]:
+        return self.Args
+
+    @property
+    def read_only(self) -> bool:
+        """True when the tool only reads: such calls may run concurrently."""
+        return self.effects <= {"reads"}
+
+    async def run(self, args: Any) -> Any:
+        raise NotImplementedError
+
+    def validate(self, arguments: dict[str, Any]) -> BaseModel:
+        return self.args_model.model_validate(arguments)
+
+    def schema(self) -> dict[str, Any]:
+        """The OpenAI function-tool schema the model is shown."""
+        params = self.args_model.model_json_schema()
+        params.pop("title", None)
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": params,
+            },
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} effects={sorted(self.effects)}>"
+
+
+class FunctionTool(Tool):
+    """A tool made from a typed function by `@tool`."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        effects: set[str] | frozenset[str] | None = None,
+        timeout: float | None = 60.0,
+        needs_approval: bool = False,
+        safe_to_rerun: bool | None = None,
+        max_retries: int = 3,
+    ) -> None:
+        self.fn = fn
+        self.name = name or fn.__name__
+        summary, param_docs = _parse_docstring(inspect.getdoc(fn) or "")
+        self.description = description or summary or self.name
+        self.effects = frozenset(effects) if effects is not None else frozenset({"reads"})
+        unknown = self.effects - EFFECTS
+        if unknown:
+            raise ValueError(f"tool {self.name!r}: unknown effects {sorted(unknown)}; use {sorted(EFFECTS)}")
+        self.timeout = timeout
+        self.needs_approval = needs_approval
+        self.safe_to_rerun = self.read_only if safe_to_rerun is None else safe_to_rerun
+        self.max_retries = max_retries
+        self._bound: Any = None
+        self._takes_self = _first_param_is_self(fn)
+        self.Args = _args_model(fn, self.name, param_docs, skip_first=self._takes_self)  # type: ignore[misc]
+        self._is_async = inspect.iscoroutinefunction(fn)
+
+    def __get__(self, obj: Any, owner: type | None = None) -> FunctionTool:
+        # A @tool-decorated method: each instance gets a copy bound to itself.
+        if obj is None or not self._takes_self:
+            return self
+        bound = obj.__dict__.get(f"__tool_{self.name}")
+        if bound is None:
+            bound = copy.copy(self)
+            bound._bound = obj
+            obj.__dict__[f"__tool_{self.name}"] = bound
+        return bound
+
+    async def run(self, args: BaseModel) -> Any:
+        kwargs = {name: getattr(args, name) for name in type(args).model_fields}
+        call_args = (self._bound,) if self._takes_self else ()
+        if self._is_async:
+            return await self.fn(*call_args, **kwargs)
+        return await asyncio.to_thread(self.fn, *call_args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the underlying function directly (handy in tests)."""
+        if self._takes_self and self._bound is not None:
+            return self.fn(self._bound, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    effects: set[str] | frozenset[str] | None = None,
+    timeout: float | None = 60.0,
+    needs_approval: bool = False,
+    safe_to_rerun: bool | None = None,
+    max_retries: int = 3,
+) -> Any:
+    """Turn a typed function (sync or async) into a `Tool`.
+
+    The docstring's first paragraph becomes the description, and an `Args:`
+    section documents the parameters. Effects default to read-only; a tool
+    that is not read-only is assumed unsafe to re-run after a crash unless
+    `safe_to_rerun=True`.
+    """
+
+    def wrap(f: Callable[..., Any]) -> FunctionTool:
+        return FunctionTool(
+            f,
+            name=name,
+            description=description,
+            effects=effects,
+            timeout=timeout,
+            needs_approval=needs_approval,
+            safe_to_rerun=safe_to_rerun,
+            max_retries=max_retries,
+        )
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def format_validation_error(tool_name: str, err: ValidationError) -> str:
+    """A retry prompt the model can act on: one line per wrong field."""
+    lines = [f"Invalid arguments for tool '{tool_name}':"]
+    for e in err.errors(include_url=False):
+        where = ".".join(str(p) for p in e["loc"]) or "(arguments)"
+        got = e.get("input")
+        got_text = json.dumps(got, default=str)[:80] if e["type"] != "missing" else ""
+        lines.append(f"- {where}: {e['msg']}" + (f" (got {got_text})" if got_text else ""))
+    lines.append("Call the tool again with corrected arguments.")
+    return "\n".join(lines)
+
+
+def render_output(value: Any, limit: int = 20_000) -> str:
+    """Turn a tool's return value into the text the model sees, capped."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, BaseModel):
+        text = value.model_dump_json()
+    else:
+        try:
+            text = json.dumps(value, default=str, ensure_ascii=False)
+        except (TypeError, ValueError):
+            text = repr(value)
+    if len(text) > limit:
+        cut = len(text) - limit
+        text = text[:limit] + f"\n[... {cut} more characters cut; ask for a narrower result]"
+    return text
+
+
+_SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Raises|Examples?):\s*$", re.M)
+_PARAM = re.compile(r"^\s+(\*{0,2}\w+)\s*(?:\([^)]*\))?:\s*(.*)$")
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """Split a Google-style docstring into a summary and parameter notes."""
+    sections = _SECTION.split(doc)
+    summary = sections[0].strip()
+    params: dict[str, str] = {}
+    for title, body in zip(sections[1::2], sections[2::2]):
+        if title not in ("Args", "Arguments", "Parameters"):
+            continue
+        current = None
+        for line in body.splitlines():
+            m = _PARAM.match(line)
+            if m and (len(line) - len(line.lstrip())) <= 4:
+                current = m.group(1).lstrip("*")
+                params[current] = m.group(2).strip()
+            elif current and line.strip():
+                params[current] += " " + line.strip()
+    return summary, params
+
+
+def _first_param_is_self(fn: Callable[..., Any]) -> bool:
+    params = list(inspect.signature(fn).parameters)
+    return bool(params) and params[0] in ("self", "cls")
+
+
+def _args_model(
+    fn: Callable[..., Any], name: str, docs: dict[str, str], *, skip_first: bool
+) -> type[BaseModel]:
+    sig = inspect.signature(fn)
+    try:
+        hints = get_type_hints(fn)
+    except Exception:  # forward refs that do not resolve: fall back to Any
+        hints = {}
+    fields: dict[str, Any] = {}
+    for i, (pname, param) in enumerate(sig.parameters.items()):
+        if skip_first and i == 0:
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TypeError(f"tool {name!r}: *args and **kwargs cannot be described to a model")
+        annotation = hints.get(pname, Any)
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[pname] = (annotation, Field(default, description=docs.get(pname)))
+    model_name = "".join(part.title() for part in re.split(r"[_\W]+", name) if part) + "Args"
+    return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload]
