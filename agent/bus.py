@@ -22,7 +22,7 @@ from .events import Event
 class Decision(BaseModel):
     """What an interceptor says about one event."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
 
     action: Literal["allow", "rewrite", "block", "halt"] = "allow"
     event: object | None = None  # the replacement, for "rewrite"

@@ -26,7 +26,8 @@ RunStatus = Literal[
 
 
 class EventBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Schemas build on first use, which keeps `import agent` fast.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     run_id: str = ""
     step: int = 0
@@ -224,11 +225,14 @@ Event = Annotated[
     Field(discriminator="type"),
 ]
 
-event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+_adapter: TypeAdapter[Event] | None = None
 
 
 def parse_event(data: str | bytes | dict[str, Any]) -> Event:
     """Decode one event from JSON text or a dict."""
+    global _adapter
+    if _adapter is None:
+        _adapter = TypeAdapter(Event)
     if isinstance(data, dict):
-        return event_adapter.validate_python(data)
-    return event_adapter.validate_json(data)
+        return _adapter.validate_python(data)
+    return _adapter.validate_json(data)

@@ -21,6 +21,8 @@ def new_call_id() -> str:
 class Usage(BaseModel):
     """Token counts of one model call, or of a whole run when summed."""
 
+    model_config = ConfigDict(defer_build=True)
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     thinking_tokens: int = 0
@@ -45,7 +47,7 @@ class ToolCallRequest(BaseModel):
     the model can be shown its mistake.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     id: str = Field(default_factory=new_call_id)
     name: str
@@ -57,7 +59,7 @@ class ToolCallRequest(BaseModel):
 class Message(BaseModel):
     """One chat message in the OpenAI shape that every backend understands."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""

@@ -18,7 +18,7 @@ class LLMError(Exception):
 class LLMRequest(BaseModel):
     """Everything a backend needs for one call."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     messages: list[Message]
     tools: list[dict[str, Any]] = Field(default_factory=list)

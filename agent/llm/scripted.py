@@ -65,7 +65,8 @@ class ScriptedLLM:
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
         index = len(self.requests)
-        self.requests.append(request)
+        # Keep the prompt as it was: the loop goes on appending to its history.
+        self.requests.append(request.model_copy(update={"messages": list(request.messages)}))
         if index >= len(self.script):
             last = request.messages[-1].content[:200] if request.messages else ""
             raise ScriptExhausted(

@@ -1,0 +1,275 @@
+"""`Agent`: the object users configure, subclass and run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .bus import Bus, Interceptor
+from .errors import AgentError
+from .events import Event, RunStatus
+from .llm.base import LLM
+from .loop import Approver, Run, bind_tools
+from .runlog import DEFAULT_RUN_DIR, RunLog, find_run, new_run_id, read_events, trim_torn_tail
+from .state import RunState
+from .tool import Tool
+from .types import EFFORTS, Effort, Usage
+
+Strategy = Literal["react", "plan-act-reflect"]
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a capable assistant that solves tasks step by step. Use the tools when they help; "
+    "call one or more tools, read their results, and continue until you can answer. "
+    "When you have the answer, reply with it directly (or call final_answer)."
+)
+
+
+class RunResult(BaseModel):
+    """How a run ended, what it answered and what it cost."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
+
+    run_id: str
+    status: RunStatus
+    answer: Any = None
+    error: str | None = None
+    steps: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    events: list[Any] = Field(default_factory=list, repr=False)
+    log_path: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+class Agent:
+    """An agent: a model, tools, a strategy and budgets.
+
+    Configure it with arguments, or subclass it and set the same names as
+    class attributes; tools can also be `@tool`-decorated methods.
+
+    ```python
+    agent = Agent(model, tools=[add], strategy="plan-act-reflect")
+    result = agent.run_sync("What is 2 + 3?")
+    ```
+    """
+
+    name: ClassVar[str] = "agent"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    tools: Sequence[Any] = ()
+    strategy: Strategy = "react"
+    effort: Effort = "medium"
+    thinking_budget: int | None = None
+    max_steps: int = 20
+    max_tokens: int | None = None
+    max_seconds: float | None = None
+    max_retries: int = 3
+    loop_repeats: int = 3
+    replan_every: int = 5
+    reflect_before_answer: bool = False
+    answer_schema: type[BaseModel] | None = None
+
+    def __init__(
+        self,
+        model: LLM | None = None,
+        *,
+        tools: Sequence[Any] | None = None,
+        system_prompt: str | None = None,
+        strategy: Strategy | None = None,
+        effort: Effort | None = None,
+        thinking_budget: int | None = None,
+        max_steps: int | None = None,
+        max_tokens: int | None = None,
+        max_seconds: float | None = None,
+        answer_schema: type[BaseModel] | None = None,
+        reflect_before_answer: bool | None = None,
+        replan_every: int | None = None,
+        loop_repeats: int | None = None,
+        max_retries: int | None = None,
+        guards: Sequence[Interceptor] | None = None,
+        approver: Approver | None = None,
+        run_dir: str | Path | None = DEFAULT_RUN_DIR,
+        workspace: str | Path | None = None,
+    ) -> None:
+        if model is None:
+            from .llm import TransformersLLM
+
+            model = TransformersLLM()
+        self.model = model
+        overrides = {
+            "system_prompt": system_prompt,
+            "strategy": strategy,
+            "effort": effort,
+            "thinking_budget": thinking_budget,
+            "max_steps": max_steps,
+            "max_tokens": max_tokens,
+            "max_seconds": max_seconds,
+            "answer_schema": answer_schema,
+            "reflect_before_answer": reflect_before_answer,
+            "replan_every": replan_every,
+            "loop_repeats": loop_repeats,
+            "max_retries": max_retries,
+        }
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(self, key, value)
+        if self.strategy not in ("react", "plan-act-reflect"):
+            raise AgentError(f"unknown strategy {self.strategy!r}; use 'react' or 'plan-act-reflect'")
+        if self.effort not in EFFORTS:
+            raise AgentError(f"unknown effort {self.effort!r}; use one of {', '.join(EFFORTS)}")
+        self.tool_list: list[Tool] = bind_tools(self, list(tools if tools is not None else self.tools))
+        names = [t.name for t in self.tool_list]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise AgentError(f"two tools share the name {duplicates[0]!r}; tool names must be unique")
+        self.guards: list[Interceptor] = list(guards or [])
+        self.approver = approver
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.workspace = Path(workspace) if workspace is not None else None
+        self._runs: list[Run] = []
+        self._last: Run | None = None
+
+    # -- hooks -------------------------------------------------------------
+
+    def render_system_prompt(self) -> str:
+        """The system prompt of a new run. Override to add context."""
+        return self.system_prompt
+
+    def on_event(self, event: Event) -> None:
+        """Called for every event of every run, in order. Override to observe."""
+
+    # -- running -------------------------------------------------------------
+
+    async def run(self, task: str) -> AsyncIterator[Event]:
+        """Run `task`, yielding each event as it happens."""
+        async for event in self._iterate(self._new_run(), task):
+            yield event
+
+    async def arun(self, task: str) -> RunResult:
+        """Run `task` to the end and return the result."""
+        run = self._new_run()
+        return await self._complete(run, task)
+
+    def run_sync(self, task: str) -> RunResult:
+        """Run `task` from synchronous code. Ctrl-C cancels the run cleanly."""
+        return self._sync(self.arun(task))
+
+    async def resume(self, run_id: str | Path) -> AsyncIterator[Event]:
+        """Continue an interrupted run from its log, yielding new events."""
+        async for event in self._iterate(self._resumed_run(run_id), None):
+            yield event
+
+    async def aresume(self, run_id: str | Path) -> RunResult:
+        return await self._complete(self._resumed_run(run_id), None)
+
+    def resume_sync(self, run_id: str | Path) -> RunResult:
+        """Continue an interrupted run; completed tool calls are not repeated."""
+        return self._sync(self.aresume(run_id))
+
+    def cancel(self) -> None:
+        """Stop every active run of this agent at its next safe point."""
+        for run in self._runs:
+            run.cancel()
+
+    # -- internals -----------------------------------------------------------
+
+    def _new_run(self) -> Run:
+        run_id = new_run_id()
+        return self._wire(Run(self, run_id=run_id, bus=Bus(run_id)))
+
+    def _resumed_run(self, run: str | Path) -> Run:
+        path = find_run(run, self.run_dir or DEFAULT_RUN_DIR)
+        trim_torn_tail(path)
+        events = read_events(path)
+        if not events:
+            raise AgentError(f"run log {path} is empty; nothing to resume")
+        state = RunState(events[0].run_id)
+        for event in events:
+            state.apply(event)
+        if state.status in ("completed", "halted"):
+            raise AgentError(f"run {state.run_id} already ended ({state.status}); start a new run instead")
+        bus = Bus(state.run_id, first_seq=events[-1].seq)
+        return self._wire(Run(self, run_id=state.run_id, bus=bus, state=state), path)
+
+    def _wire(self, run: Run, log_path: Path | None = None) -> Run:
+        for guard in self.guards:
+            run.bus.intercept(guard)
+        if self.run_dir is not None:
+            run.log = RunLog(log_path or self.run_dir / f"{run.run_id}.jsonl")
+            run.bus.subscribe(run.log)
+        else:
+            run.log = None
+        if type(self).on_event is not Agent.on_event:
+            run.bus.subscribe(self.on_event)
+        return run
+
+    async def _execute(self, run: Run, task: str | None) -> None:
+        self._runs.append(run)
+        self._last = run
+        try:
+            await run.execute(task)
+        finally:
+            self._runs.remove(run)
+            if run.log is not None:
+                run.log.close()
+
+    async def _iterate(self, run: Run, task: str | None) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        run.bus.subscribe(queue.put_nowait)
+
+        async def work() -> None:
+            try:
+                await self._execute(run, task)
+            finally:
+                queue.put_nowait(None)
+
+        worker = asyncio.create_task(work())
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+            await worker
+        finally:
+            if not worker.done():
+                worker.cancel()
+                try:
+                    await worker
+                except asyncio.CancelledError:
+                    pass
+
+    async def _complete(self, run: Run, task: str | None) -> RunResult:
+        await self._execute(run, task)
+        return self._result(run)
+
+    def _result(self, run: Run) -> RunResult:
+        state = run.state
+        log = run.log
+        return RunResult(
+            run_id=run.run_id,
+            status=state.status,
+            answer=state.answer,
+            error=state.error,
+            steps=state.step,
+            usage=state.usage,
+            events=state.events,
+            log_path=str(log.path) if log is not None else None,
+        )
+
+    def _sync(self, coro: Any) -> RunResult:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            coro.close()
+            raise AgentError("run_sync() cannot run inside an event loop; use `await agent.arun(task)` instead")
+        try:
+            return asyncio.run(coro)
+        except KeyboardInterrupt:
+            if self._last is None:
+                raise
+            return self._result(self._last)

@@ -1,0 +1,542 @@
+"""A backend for any server that speaks the OpenAI chat completions API.
+
+vLLM, SGLang, llama.cpp's `llama-server`, Ollama, LM Studio and OpenAI itself
+all accept `POST {base_url}/chat/completions`. This backend streams the answer
+over server-sent events, turns `reasoning_content` / `reasoning` deltas into
+thinking, reassembles tool calls that arrive in pieces, and falls back to
+parsing `<tool_call>` / `<think>` text for servers started without a tool
+parser.
+
+Failed requests are retried with exponential backoff on 429 and 5xx answers and
+on network errors, but only while nothing has been streamed to the caller yet:
+a stream that breaks off half way raises instead of repeating text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from ..events import ModelDelta, ModelResponse
+from ..types import Message, ToolCallRequest, Usage, new_call_id
+from .base import LLMError, LLMRequest
+from .parse import CALL_OPEN, THINK_CLOSE, THINK_OPEN, loads_lenient, parse_output
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 30.0
+
+
+class LLMHTTPError(LLMError):
+    """The server answered with an HTTP error status."""
+
+    def __init__(self, message: str, *, status_code: int, url: str = "", server_message: str = "") -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.url = url
+        self.server_message = server_message
+
+
+class LLMConnectionError(LLMError):
+    """The server could not be reached, or the connection failed or timed out."""
+
+
+class LLMStreamError(LLMError):
+    """The server broke off or reported an error in the middle of a stream."""
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way worth trying again."""
+
+    def __init__(self, error: LLMError, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+# --------------------------------------------------------------------------- wire format
+
+
+def message_to_wire(message: Message) -> dict[str, Any]:
+    """One `Message` in the OpenAI chat format. Thinking is never sent back."""
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": message.content}
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.name:
+        out["name"] = message.name
+    if message.role == "assistant" and message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {
+                    "name": call.name,
+                    "arguments": (
+                        json.dumps(call.arguments, ensure_ascii=False)
+                        if call.arguments is not None
+                        else (call.raw_arguments if call.raw_arguments is not None else "{}")
+                    ),
+                },
+            }
+            for call in message.tool_calls
+        ]
+    return out
+
+
+def decode_arguments(name: str, raw: str, call_id: str | None = None) -> ToolCallRequest:
+    """Build a call from streamed argument text, forgiving small JSON mistakes."""
+    call_id = call_id or new_call_id()
+    if not raw.strip():
+        return ToolCallRequest(id=call_id, name=name, arguments={})
+    try:
+        args = json.loads(raw)
+    except json.JSONDecodeError:
+        try:
+            args = loads_lenient(raw)
+        except json.JSONDecodeError as e:
+            return ToolCallRequest(
+                id=call_id,
+                name=name,
+                raw_arguments=raw,
+                parse_error=f"the arguments are not valid JSON ({e.msg} at character {e.pos})",
+            )
+    if not isinstance(args, dict):
+        return ToolCallRequest(
+            id=call_id, name=name, raw_arguments=raw, parse_error="the arguments must be a JSON object"
+        )
+    return ToolCallRequest(id=call_id, name=name, arguments=args)
+
+
+def _usage(data: Any) -> Usage | None:
+    if not isinstance(data, dict):
+        return None
+    details = data.get("completion_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(data.get("prompt_tokens") or 0),
+        completion_tokens=int(data.get("completion_tokens") or 0),
+        thinking_tokens=int((details.get("reasoning_tokens") if isinstance(details, dict) else 0) or 0),
+    )
+
+
+def _error_message(body: Any) -> str:
+    """The human part of an error body: OpenAI, FastAPI or plain text shapes."""
+    if isinstance(body, (bytes, bytearray)):
+        text = body.decode("utf-8", "replace")
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return text.strip()[:500]
+    if isinstance(body, dict):
+        err = body.get("error", body.get("detail", body.get("message")))
+        if isinstance(err, dict):
+            err = err.get("message") or err.get("msg") or json.dumps(err)
+        if isinstance(err, list):
+            err = "; ".join(str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in err)
+        if err:
+            return str(err)[:500]
+        return json.dumps(body)[:500]
+    return str(body)[:500]
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: use the normal backoff
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class _Accumulator:
+    """Collects one streamed turn: content, thinking, tool call pieces, usage."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.thinking: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+
+    def add_tool_call_delta(self, tc: dict[str, Any]) -> None:
+        index = tc.get("index")
+        if not isinstance(index, int):
+            # Some servers leave out the index: a new id starts a new call.
+            known = {c["id"] for c in self.calls.values()}
+            if not self.calls or (tc.get("id") and tc["id"] not in known):
+                index = len(self.calls)
+            else:
+                index = max(self.calls)
+        slot = self.calls.setdefault(index, {"id": None, "name": "", "arguments": []})
+        if tc.get("id"):
+            slot["id"] = tc["id"]
+        fn = tc.get("function") or {}
+        name = fn.get("name")
+        if name and name != slot["name"]:
+            # Normally sent once; a server that repeats the whole name each chunk is ignored.
+            slot["name"] += name
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            slot["arguments"].append(args)
+        elif isinstance(args, dict):  # a few servers send an object, not a string
+            slot["arguments"].append(json.dumps(args))
+
+    def tool_calls(self) -> list[ToolCallRequest]:
+        return [
+            decode_arguments(slot["name"], "".join(slot["arguments"]), slot["id"])
+            for _, slot in sorted(self.calls.items())
+        ]
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class OpenAICompatLLM:
+    """A model behind an OpenAI-compatible `/chat/completions` endpoint.
+
+    ```python
+    llm = OpenAICompatLLM("Qwen/Qwen3-8B", base_url="http://127.0.0.1:8000/v1")
+    response = await complete(llm, LLMRequest(messages=[Message(role="user", content="hi")]))
+    await llm.aclose()
+    ```
+
+    `extra_body` is merged into every request body last, so it can add
+    server-specific fields (`top_k`, `chat_template_kwargs`, ...) or override
+    ours; a key set to None there is removed from the body (e.g.
+    `{"reasoning_effort": None}` for servers that reject it).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        stream: bool = True,
+        extra_body: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key if api_key is not None else (os.environ.get("OPENAI_API_KEY") or None)
+        self.timeout = timeout
+        self.max_retries = max(0, int(max_retries))
+        self.backoff = backoff
+        self.streaming = stream
+        self.extra_body = dict(extra_body or {})
+        self.name = name or f"openai:{model}"
+        self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatLLM(model={self.model!r}, base_url={self.base_url!r})"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/chat/completions"
+
+    # -- client ------------------------------------------------------------------
+
+    def _get_client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client.is_closed or self._client_loop is not loop:
+            # A client is bound to the loop that made it; a new loop needs a new one.
+            headers = {"Accept": "application/json"}
+            if self.api_key:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=headers)
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client; a later call opens a new one."""
+        client, self._client, self._client_loop = self._client, None, None
+        if client is not None and not client.is_closed:
+            await client.aclose()
+
+    async def __aenter__(self) -> OpenAICompatLLM:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- request -----------------------------------------------------------------
+
+    def build_body(self, request: LLMRequest) -> dict[str, Any]:
+        """The JSON body for one request."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [message_to_wire(m) for m in request.messages],
+        }
+        if request.tools:
+            body["tools"] = request.tools
+            body["tool_choice"] = request.tool_choice
+        body["reasoning_effort"] = request.effort
+        if request.max_new_tokens is not None:
+            body["max_tokens"] = request.max_new_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if self.streaming:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        else:
+            body["stream"] = False
+        for key, value in self.extra_body.items():
+            if value is None:
+                body.pop(key, None)
+            else:
+                body[key] = value
+        return body
+
+    def _http_error(self, status: int, content: bytes) -> LLMHTTPError:
+        server = _error_message(content) if content else ""
+        hint = {
+            400: "the server rejected the request",
+            401: "check --api-key",
+            403: "check --api-key",
+            404: "check --base-url and model name",
+            413: "the prompt is too large for the server",
+            422: "the server rejected the request",
+            429: "rate limited",
+        }.get(status, "server error" if status >= 500 else "")
+        msg = f"{self.name}: HTTP {status} from {self.url}"
+        if server:
+            msg += f": {server}"
+        if hint:
+            msg += f" ({hint})"
+        return LLMHTTPError(msg, status_code=status, url=self.url, server_message=server)
+
+    def _transport_error(self, e: httpx.TransportError) -> LLMConnectionError:
+        if isinstance(e, httpx.ConnectError):
+            return LLMConnectionError(
+                f"{self.name}: the server at {self.base_url} is unreachable ({e or 'connection failed'}); "
+                "is it running, and is --base-url right?"
+            )
+        if isinstance(e, httpx.TimeoutException):
+            return LLMConnectionError(
+                f"{self.name}: request to {self.url} timed out after {self.timeout:g} s ({type(e).__name__})"
+            )
+        return LLMConnectionError(f"{self.name}: request to {self.url} failed: {type(e).__name__}: {e}")
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        body = self.build_body(request)
+        attempt = 0
+        while True:
+            yielded = False
+            try:
+                async with contextlib.aclosing(self._attempt(body, request)) as items:
+                    async for item in items:
+                        if isinstance(item, ModelDelta):
+                            yielded = True
+                        yield item
+                return
+            except _Retry as r:
+                error = r.error
+                if yielded:  # never repeat text the caller has already seen
+                    raise LLMStreamError(f"{error} (after part of the answer was streamed)") from error
+                if attempt >= self.max_retries:
+                    if self.max_retries:
+                        error = self._gave_up(error)
+                    raise error from r.__cause__
+                delay = r.retry_after if r.retry_after is not None else self.backoff * 2**attempt
+                log.warning("%s; retrying in %.2f s (%d/%d)", error, delay, attempt + 1, self.max_retries)
+                attempt += 1
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+    def _gave_up(self, error: LLMError) -> LLMError:
+        message = f"{error} (gave up after {self.max_retries} retries)"
+        if isinstance(error, LLMHTTPError):
+            return LLMHTTPError(
+                message, status_code=error.status_code, url=error.url, server_message=error.server_message
+            )
+        return type(error)(message)
+
+    async def _attempt(
+        self, body: dict[str, Any], request: LLMRequest
+    ) -> AsyncIterator[ModelDelta | ModelResponse]:
+        client = self._get_client()
+        yielded = False
+        try:
+            async with client.stream("POST", self.url, json=body) as response:
+                if response.status_code >= 400:
+                    content = await response.aread()
+                    error = self._http_error(response.status_code, content)
+                    if response.status_code in RETRY_STATUSES:
+                        raise _Retry(error, _retry_after(response.headers))
+                    raise error
+                ctype = response.headers.get("content-type", "")
+                if self.streaming and "json" not in ctype:
+                    async with contextlib.aclosing(self._read_sse(response, request)) as items:
+                        async for item in items:
+                            if isinstance(item, ModelDelta):
+                                yielded = True
+                            yield item
+                else:
+                    # Non-streaming, or a server that ignored `stream: true`.
+                    content = await response.aread()
+                    try:
+                        data = json.loads(content)
+                    except ValueError as e:
+                        raise LLMError(
+                            f"{self.name}: {self.url} returned a body that is not JSON: {content[:200]!r}"
+                        ) from e
+                    final = self._from_message(data, request)
+                    if final.content or final.thinking:
+                        yield ModelDelta(content=final.content, thinking=final.thinking)
+                    yield final
+        except httpx.TransportError as e:
+            error = self._transport_error(e)
+            if yielded:
+                raise LLMStreamError(f"{error} (the stream broke off part way)") from e
+            raise _Retry(error) from e
+
+    async def _read_sse(
+        self, response: httpx.Response, request: LLMRequest
+    ) -> AsyncIterator[ModelDelta | ModelResponse]:
+        acc = _Accumulator()
+        done = False
+        pending: list[str] = []
+
+        def events_from(line: str) -> list[dict[str, Any]]:
+            """Feed one line; return the events it completes (usually 0 or 1)."""
+            nonlocal done
+            if not line:
+                if not pending:
+                    return []
+                text = "\n".join(pending)
+                pending.clear()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    return []
+                if pending:
+                    pending.append(data)
+                    return []
+                try:
+                    return [json.loads(data)]  # the common one-line event
+                except ValueError:
+                    pending.append(data)
+                    return []
+            else:
+                return []  # comments (":"), "event:", "id:", "retry:"
+            try:
+                return [json.loads(text)]
+            except ValueError as e:
+                raise LLMStreamError(
+                    f"{self.name}: bad event in the stream from {self.url}: {text[:200]!r}"
+                ) from e
+
+        async def lines() -> AsyncIterator[str]:
+            async for line in response.aiter_lines():
+                yield line.rstrip("\r")
+            yield ""  # flush a last event that has no blank line after it
+
+        async with contextlib.aclosing(lines()) as stream_lines:
+            async for line in stream_lines:
+                for event in events_from(line):
+                    if not isinstance(event, dict):
+                        continue
+                    if "error" in event and not event.get("choices"):
+                        raise LLMStreamError(
+                            f"{self.name}: the server at {self.url} reported an error in the stream: "
+                            f"{_error_message(event)}"
+                        )
+                    if event.get("usage"):
+                        acc.usage = _usage(event["usage"])
+                    for choice in event.get("choices") or []:
+                        if choice.get("index", 0) != 0:
+                            continue
+                        delta = choice.get("delta") or {}
+                        thinking = delta.get("reasoning_content") or delta.get("reasoning") or ""
+                        content = delta.get("content") or ""
+                        if thinking:
+                            acc.thinking.append(thinking)
+                        if content:
+                            acc.content.append(content)
+                        if thinking or content:
+                            yield ModelDelta(content=content, thinking=thinking)
+                        for tc in delta.get("tool_calls") or []:
+                            if isinstance(tc, dict):
+                                acc.add_tool_call_delta(tc)
+                        if choice.get("finish_reason"):
+                            acc.finish_reason = choice["finish_reason"]
+                if done:
+                    break
+        if not done and acc.finish_reason is None:
+            raise _Retry(
+                LLMStreamError(f"{self.name}: the stream from {self.url} ended before the answer did")
+            )
+        yield self._finish(
+            "".join(acc.content),
+            "".join(acc.thinking),
+            acc.tool_calls(),
+            acc.usage,
+            acc.finish_reason,
+            request,
+        )
+
+    def _from_message(self, data: Any, request: LLMRequest) -> ModelResponse:
+        if isinstance(data, dict) and "error" in data and not data.get("choices"):
+            raise LLMError(f"{self.name}: the server at {self.url} reported an error: {_error_message(data)}")
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not choices:
+            raise LLMError(f"{self.name}: {self.url} returned no choices: {json.dumps(data)[:200]}")
+        choice = choices[0]
+        message = choice.get("message") or {}
+        calls: list[ToolCallRequest] = []
+        for tc in message.get("tool_calls") or []:
+            fn = tc.get("function") or {}
+            args = fn.get("arguments")
+            raw = json.dumps(args) if isinstance(args, dict) else (args or "")
+            calls.append(decode_arguments(fn.get("name") or "", raw, tc.get("id")))
+        return self._finish(
+            message.get("content") or "",
+            message.get("reasoning_content") or message.get("reasoning") or "",
+            calls,
+            _usage(data.get("usage")),
+            choice.get("finish_reason"),
+            request,
+        )
+
+    def _finish(
+        self,
+        content: str,
+        thinking: str,
+        calls: list[ToolCallRequest],
+        usage: Usage | None,
+        finish_reason: str | None,
+        request: LLMRequest,
+    ) -> ModelResponse:
+        if not calls and any(tag in content for tag in (CALL_OPEN, THINK_OPEN, THINK_CLOSE)):
+            # A server without a tool/reasoning parser: read the raw text ourselves.
+            parsed = parse_output(content)
+            content = parsed.content
+            thinking = "\n".join(t for t in (thinking, parsed.thinking) if t)
+            calls = parsed.tool_calls
+            if calls and finish_reason in (None, "stop"):
+                finish_reason = "tool_calls"
+        return ModelResponse(
+            purpose=request.purpose,
+            content=content,
+            thinking=thinking,
+            tool_calls=calls,
+            usage=usage or Usage(),
+            effort=request.effort,
+            finish_reason=finish_reason or ("tool_calls" if calls else "stop"),
+            model=self.name,
+        )

@@ -1,0 +1,640 @@
+"""The control loop of one run: ask the model, dispatch tools, observe, repeat.
+
+A `Run` owns a bus and a `RunState`. Everything it does is an event on the
+bus; the state is rebuilt from those events, so the live loop and a resumed
+one follow the same path. Model mistakes (bad JSON, unknown tools, invalid
+arguments, tool errors) become observations for the model; only
+infrastructure faults and exhausted budgets end a run early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from .bus import Bus
+from .events import (
+    ApprovalGiven,
+    ApprovalRequested,
+    Error,
+    Feedback,
+    FinalAnswer,
+    ModelDelta,
+    ModelRequest,
+    ModelResponse,
+    Plan,
+    Reflection,
+    RunFinished,
+    RunStarted,
+    RunStatus,
+    ToolCall,
+    ToolErrorKind,
+    ToolResult,
+    UserMessage,
+)
+from .llm.base import LLMRequest
+from .runlog import RunLog
+from .state import RunState
+from .tool import FunctionTool, Tool, ToolError, format_validation_error, render_output
+from .types import EFFORTS, Effort, Message, ToolCallRequest
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+FINAL_ANSWER = "final_answer"
+Purpose = Literal["act", "plan", "reflect"]
+Approver = Callable[[ApprovalRequested], "bool | Awaitable[bool]"]
+
+PLAN_PROMPT = (
+    "Before acting, write a short numbered plan (at most 6 steps) for the task. "
+    "Name the tools you will use. Do not call any tool now."
+)
+REPLAN_PROMPT = (
+    "Review the progress so far and write an updated short numbered plan for what remains. "
+    "Do not call any tool now."
+)
+REFLECT_PROMPTS = {
+    "error": "The last step failed. In two or three sentences: what went wrong, and what will you do differently?",
+    "loop": "You are repeating the same actions without progress. In two or three sentences: why, and what "
+    "different approach will you take?",
+    "final": "Before you answer: check your answer against the task. If it is right, give the final answer "
+    "again; if not, say what is missing and continue.",
+    "stuck": "Progress has stalled. In two or three sentences: what is blocking you and what will you try next?",
+}
+
+
+class _Stop(Exception):
+    """Ends the run with a status; raised from deep inside a step."""
+
+    def __init__(self, status: RunStatus, error: str | None = None) -> None:
+        super().__init__(error or status)
+        self.status = status
+        self.error = error
+
+
+@dataclass
+class _Prepared:
+    call: ToolCallRequest
+    tool: Tool
+    args: BaseModel
+
+
+def _raise_effort(effort: Effort) -> Effort:
+    return EFFORTS[min(EFFORTS.index(effort) + 1, len(EFFORTS) - 1)]
+
+
+def _signature(name: str, arguments: dict[str, Any] | None) -> str:
+    return name + json.dumps(arguments, sort_keys=True, default=str)
+
+
+class _FinalAnswerTool(Tool):
+    """The built-in way to end a run, typed by the agent's answer schema."""
+
+    name = FINAL_ANSWER
+    effects = frozenset()
+
+    def __init__(self, schema: type[BaseModel] | None) -> None:
+        self.schema_model = schema
+        if schema is None:
+            from pydantic import create_model
+
+            self.Args = create_model("FinalAnswerArgs", answer=(str, ...))  # type: ignore[misc]
+            self.description = "Give the final answer to the task and end the run."
+        else:
+            self.Args = schema  # type: ignore[misc]
+            self.description = f"Give the final answer as a {schema.__name__} object and end the run."
+
+
+class Run:
+    """One execution of an agent on one task."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        *,
+        run_id: str,
+        bus: Bus,
+        state: RunState | None = None,
+    ) -> None:
+        self.agent = agent
+        self.llm = agent.model
+        self.run_id = run_id
+        self.bus = bus
+        self.state = state or RunState(run_id)
+        self.tools: dict[str, Tool] = {t.name: t for t in agent.tool_list}
+        self.final_tool = _FinalAnswerTool(agent.answer_schema)
+        offered = [*self.tools.values(), self.final_tool]
+        self._schemas = [t.schema() for t in offered]
+        self._tool_names = [t.name for t in offered]
+        self._retries: dict[str, int] = {}
+        self._recent: list[str] = []
+        self._errors_in_row = 0
+        self._effort_boost = False
+        self._final_reflected = False
+        self._cancel = False  # a plain flag: cancel() may come from another thread
+        self._deadline: float | None = None
+        self.log: RunLog | None = None
+        bus.subscribe(self.state.apply)
+
+    # -- public control -------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop at the next safe point (before a model call or a tool call)."""
+        self._cancel = True
+
+    async def execute(self, task: str | None) -> RunState:
+        """Run the task (or continue the resumed state when `task` is None)."""
+        agent = self.agent
+        if agent.max_seconds is not None:
+            self._deadline = time.monotonic() + agent.max_seconds
+        try:
+            try:
+                if task is not None:
+                    await self._start(task)
+                else:
+                    await self._restart()
+                while True:
+                    await self._step()
+            except _Stop as stop:
+                await self._finish(stop.status, stop.error)
+        except asyncio.CancelledError:
+            # Ctrl-C or a cancelled task: record it, then let cancellation go on.
+            await self._finish("cancelled", "cancelled by the user")
+            raise
+        except Exception as e:  # infrastructure fault: record it before it escapes
+            message = f"{type(e).__name__}: {e}"
+            await self.bus.deliver(Error(kind=type(e).__name__, message=message, fatal=True, step=self.state.step))
+            await self._finish("failed", message)
+        return self.state
+
+    # -- the steps ---------------------------------------------------------
+
+    async def _start(self, task: str) -> None:
+        agent = self.agent
+        await self.bus.deliver(
+            RunStarted(
+                task=task,
+                agent=agent.name,
+                strategy=agent.strategy,
+                model=getattr(self.llm, "name", type(self.llm).__name__),
+                effort=agent.effort,
+                tools=self._tool_names,
+                system_prompt=agent.render_system_prompt(),
+            )
+        )
+        decision = await self.bus.emit(UserMessage(content=task))
+        if decision.action in ("block", "halt"):
+            raise _Stop("halted", decision.feedback or "the task was refused by a guard")
+        if agent.strategy == "plan-act-reflect":
+            await self._plan("initial")
+
+    async def _restart(self) -> None:
+        """Continue a resumed run: settle the calls a crash left without results."""
+        state = self.state
+        await self.bus.deliver(
+            RunStarted(
+                task=state.task,
+                agent=self.agent.name,
+                strategy=self.agent.strategy,
+                model=getattr(self.llm, "name", type(self.llm).__name__),
+                effort=self.agent.effort,
+                tools=self._tool_names,
+                resumed=True,
+                step=state.step,
+            )
+        )
+        response = state.last_response
+        if response is None or state.answer_text is not None:
+            return
+        pending = set(state.unfinished_calls())
+        if response.tool_calls and pending:
+            await self._handle_calls([c for c in response.tool_calls if c.id in pending], resumed=True)
+        elif not response.tool_calls and not self._after_response(response):
+            await self._handle_text_answer(response)
+
+    def _after_response(self, response: ModelResponse) -> bool:
+        """Whether anything was recorded after the last model response."""
+        events = self.state.events
+        index = max(i for i, e in enumerate(events) if e is response)
+        return any(isinstance(e, (Feedback, FinalAnswer, Reflection, Plan)) for e in events[index + 1 :])
+
+    async def _step(self) -> None:
+        agent = self.agent
+        self._check_stop()
+        if self.state.step >= agent.max_steps:
+            raise _Stop("max_steps", f"stopped after {agent.max_steps} steps without a final answer")
+        step = self.state.step + 1
+        if (
+            agent.strategy == "plan-act-reflect"
+            and agent.replan_every
+            and step > 1
+            and (step - 1) % agent.replan_every == 0
+        ):
+            await self._plan("periodic")
+        effort = _raise_effort(agent.effort) if self._effort_boost else agent.effort
+        self._effort_boost = False
+        response = await self._call_model("act", step=step, effort=effort)
+        if response is None:
+            return
+        if response.tool_calls:
+            await self._handle_calls(response.tool_calls)
+        else:
+            await self._handle_text_answer(response)
+
+    async def _call_model(
+        self,
+        purpose: Purpose,
+        *,
+        step: int,
+        effort: Effort,
+        instruction: str | None = None,
+    ) -> ModelResponse | None:
+        """One model call, streamed onto the bus. None when a guard blocked it."""
+        self._check_stop()
+        messages = self.state.messages
+        if instruction is not None:
+            messages = [*messages, Message(role="user", content=instruction)]
+        acting = purpose == "act"
+        request = LLMRequest.model_construct(
+            messages=messages,
+            tools=self._schemas if acting else [],
+            tool_choice="auto" if acting else "none",
+            effort=effort,
+            thinking_budget=self.agent.thinking_budget,
+            max_new_tokens=None,
+            temperature=None,
+            stop=[],
+            purpose=purpose,
+        )
+        await self.bus.deliver(
+            ModelRequest(
+                purpose=purpose,
+                effort=effort,
+                messages=len(messages),
+                tools=self._tool_names if acting else [],
+                step=step,
+            )
+        )
+        response = await self._with_deadline(self._stream(request, step))
+        response.step = step
+        response.purpose = purpose
+        response.effort = effort
+        decision = await self.bus.emit(response)
+        if decision.action == "rewrite":
+            response = decision.event  # type: ignore[assignment]
+        elif decision.action == "halt":
+            raise _Stop("halted", decision.feedback or "halted by a guard")
+        elif decision.action == "block":
+            await self.bus.emit(
+                Feedback(content=decision.feedback or "Your last reply was blocked.", reason="blocked", step=step),
+                judge=False,
+            )
+            return None
+        max_tokens = self.agent.max_tokens
+        if max_tokens is not None and self.state.usage.total_tokens >= max_tokens:
+            raise _Stop("max_tokens", f"used {self.state.usage.total_tokens} of {max_tokens} tokens")
+        return response
+
+    async def _stream(self, request: LLMRequest, step: int) -> ModelResponse:
+        response: ModelResponse | None = None
+        async for item in self.llm.stream(request):
+            if isinstance(item, ModelDelta):
+                item.step = step
+                await self.bus.deliver(item)
+            else:
+                response = item
+        if response is None:
+            raise RuntimeError(f"{self.llm.name}: the model stream ended without a response")
+        return response
+
+    # -- answers -----------------------------------------------------------
+
+    async def _handle_text_answer(self, response: ModelResponse) -> None:
+        step = self.state.step
+        if self.agent.answer_schema is not None:
+            schema = json.dumps(self.final_tool.schema()["function"]["parameters"])
+            await self._malformed(
+                FINAL_ANSWER,
+                f"Answer by calling the {FINAL_ANSWER} tool with arguments matching this schema: {schema}",
+                step,
+                call_id=None,
+            )
+            return
+        await self._final(response.content, None, step)
+
+    async def _final(self, content: str, data: BaseModel | None, step: int) -> None:
+        agent = self.agent
+        if agent.reflect_before_answer and not self._final_reflected:
+            self._final_reflected = True
+            await self._reflect("final")
+            return
+        decision = await self.bus.emit(
+            FinalAnswer(content=content, data=data.model_dump(mode="json") if data else None, step=step)
+        )
+        if decision.action == "block":
+            await self.bus.emit(Feedback(content=decision.feedback, reason="blocked", step=step), judge=False)
+            return
+        if decision.action == "halt":
+            raise _Stop("halted", decision.feedback or "halted by a guard")
+        if data is not None:
+            self.state.answer = data
+        raise _Stop("completed")
+
+    # -- tools -------------------------------------------------------------
+
+    async def _handle_calls(self, calls: list[ToolCallRequest], *, resumed: bool = False) -> None:
+        step = self.state.step
+        errors_before = self.state.tool_errors
+        ready: list[_Prepared] = []
+        final: tuple[ToolCallRequest, BaseModel] | None = None
+        for call in calls:
+            if resumed and call.id in self.state.started:
+                await self._settle_interrupted(call, step)
+                continue
+            prepared = await self._prepare(call, step)
+            if prepared is None:
+                continue
+            if prepared.tool is self.final_tool:
+                final = (call, prepared.args)
+            else:
+                ready.append(prepared)
+        if len(ready) > 1 and all(p.tool.read_only for p in ready):
+            await asyncio.gather(*(self._execute(p, step) for p in ready))
+        else:
+            for p in ready:
+                await self._execute(p, step)
+        failed = self.state.tool_errors > errors_before
+        self._errors_in_row = self._errors_in_row + 1 if failed else 0
+        if self._errors_in_row >= 2:
+            self._effort_boost = True
+        if final is not None:
+            call, args = final
+            await self._tool_result(call.id, FINAL_ANSWER, "Final answer received.", step, error=None)
+            if self.agent.answer_schema is not None:
+                await self._final(args.model_dump_json(), args, step)
+            else:
+                await self._final(args.answer, None, step)  # type: ignore[attr-defined]
+            return
+        for p in ready:
+            self._recent.append(_signature(p.call.name, p.call.arguments))
+        if await self._detect_loop(step):
+            return
+        if failed and self.agent.strategy == "plan-act-reflect":
+            await self._reflect("error")
+
+    async def _prepare(self, call: ToolCallRequest, step: int) -> _Prepared | None:
+        """Check a call's name and arguments; tell the model what is wrong if not."""
+        if call.name == FINAL_ANSWER:
+            tool: Tool = self.final_tool
+        elif call.parse_error is not None:
+            await self._malformed(call.name or "(unreadable)", self._parse_error_text(call), step, call.id, "invalid_json")
+            return None
+        elif call.name not in self.tools:
+            names = ", ".join(self._tool_names)
+            await self._malformed(
+                "(unknown tool)",
+                f"Unknown tool '{call.name}'. Available tools: {names}.",
+                step,
+                call.id,
+                "unknown_tool",
+            )
+            return None
+        else:
+            tool = self.tools[call.name]
+        if call.parse_error is not None:
+            await self._malformed(call.name, self._parse_error_text(call), step, call.id, "invalid_json")
+            return None
+        try:
+            args = tool.validate(call.arguments or {})
+        except ValidationError as e:
+            await self._malformed(call.name, format_validation_error(call.name, e), step, call.id, "invalid_arguments")
+            return None
+        self._retries.pop(call.name, None)
+        return _Prepared(call, tool, args)
+
+    @staticmethod
+    def _parse_error_text(call: ToolCallRequest) -> str:
+        raw = (call.raw_arguments or "")[:300]
+        return (
+            f"Could not read your tool call: {call.parse_error}.\nYou wrote: {raw}\n"
+            'Write the call as <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call> with valid JSON.'
+        )
+
+    async def _malformed(
+        self,
+        budget_key: str,
+        message: str,
+        step: int,
+        call_id: str | None,
+        kind: ToolErrorKind = "invalid_arguments",
+    ) -> None:
+        """A model mistake: count it against the tool's retry budget and say so."""
+        used = self._retries.get(budget_key, 0) + 1
+        self._retries[budget_key] = used
+        tool = self.tools.get(budget_key)
+        budget = tool.max_retries if tool else self.agent.max_retries
+        if call_id is not None:
+            await self._tool_result(call_id, budget_key, message, step, error=kind)
+        else:
+            await self.bus.emit(Feedback(content=message, reason=kind, step=step), judge=False)
+        if used > budget:
+            raise _Stop("failed", f"gave up after {used} malformed calls to {budget_key}: {message.splitlines()[0]}")
+
+    async def _execute(self, p: _Prepared, step: int) -> None:
+        self._check_stop()
+        call, tool = p.call, p.tool
+        arguments = p.args.model_dump(mode="json")
+        decision = await self.bus.emit(ToolCall(call_id=call.id, name=call.name, arguments=arguments, step=step))
+        if decision.action == "halt":
+            raise _Stop("halted", decision.feedback or "halted by a guard")
+        if decision.action == "block":
+            await self._tool_result(call.id, call.name, f"Blocked: {decision.feedback}", step, error="blocked")
+            return
+        if decision.action == "rewrite":
+            arguments = decision.event.arguments  # type: ignore[union-attr]
+            p.args = tool.validate(arguments)
+        if tool.needs_approval and not await self._approved(call.id, call.name, arguments, step):
+            await self._tool_result(
+                call.id, call.name, f"The user refused to run {call.name}. Do not retry it; try another way.",
+                step, error="refused",
+            )
+            return
+        started = time.monotonic()
+        timeout = tool.timeout
+        if self._deadline is not None:
+            left = max(0.0, self._deadline - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
+        try:
+            async with asyncio.timeout(timeout):
+                value = await tool.run(p.args)
+        except TimeoutError:
+            self._check_stop()
+            text = f"Tool '{call.name}' timed out after {timeout:.1f} s."
+            await self._tool_result(call.id, call.name, text, step, error="timeout", started=started)
+            return
+        except ToolError as e:
+            await self._tool_result(call.id, call.name, f"Error: {e}", step, error="exception", started=started)
+            return
+        except Exception as e:  # the tool's own bug: the model sees it, the run goes on
+            text = f"Tool '{call.name}' raised {type(e).__name__}: {e}"
+            await self._tool_result(call.id, call.name, text, step, error="exception", started=started)
+            return
+        await self._tool_result(call.id, call.name, render_output(value), step, error=None, started=started)
+
+    async def _approved(self, call_id: str, name: str, arguments: dict[str, Any], step: int) -> bool:
+        request = ApprovalRequested(call_id=call_id, name=name, arguments=arguments, step=step)
+        await self.bus.deliver(request)
+        approver = self.agent.approver
+        if approver is None:
+            approved, by, note = False, "policy", "no approver is configured"
+        else:
+            answer = approver(request)
+            approved = bool(await answer if inspect.isawaitable(answer) else answer)
+            by, note = "approver", ""
+        await self.bus.deliver(ApprovalGiven(call_id=call_id, approved=approved, by=by, note=note, step=step))
+        return approved
+
+    async def _tool_result(
+        self,
+        call_id: str,
+        name: str,
+        content: str,
+        step: int,
+        *,
+        error: ToolErrorKind | None,
+        started: float | None = None,
+    ) -> None:
+        result = ToolResult(
+            call_id=call_id,
+            name=name,
+            content=content,
+            is_error=error is not None,
+            error_kind=error,
+            duration=time.monotonic() - started if started is not None else 0.0,
+            step=step,
+        )
+        decision = await self.bus.emit(result)
+        if decision.action == "halt":
+            raise _Stop("halted", decision.feedback or "halted by a guard")
+        if decision.action == "block":
+            blocked = result.model_copy(
+                update={"content": f"Blocked: {decision.feedback}", "is_error": True, "error_kind": "blocked"}
+            )
+            await self.bus.deliver(blocked)
+
+    async def _settle_interrupted(self, call: ToolCallRequest, step: int) -> None:
+        """A call that began before a crash: re-run it only if that is safe."""
+        tool = self.tools.get(call.name)
+        if tool is not None and tool.safe_to_rerun:
+            await self._execute(_Prepared(call, tool, tool.validate(call.arguments or {})), step)
+            return
+        await self._tool_result(
+            call.id,
+            call.name,
+            f"The run was interrupted while '{call.name}' was running. It was not run again because it is not "
+            "safe to repeat; check whether it took effect before calling it again.",
+            step,
+            error="interrupted",
+        )
+
+    # -- plan, reflect, loops ---------------------------------------------
+
+    async def _plan(self, reason: Literal["initial", "periodic", "stuck"]) -> None:
+        prompt = PLAN_PROMPT if reason == "initial" else REPLAN_PROMPT
+        response = await self._call_model("plan", step=self.state.step, effort="high", instruction=prompt)
+        if response is not None:
+            content = response.content.strip() or response.thinking.strip() or "(no plan)"
+            await self.bus.emit(Plan(content=content, reason=reason, step=self.state.step))
+
+    async def _reflect(self, reason: Literal["error", "loop", "final", "stuck"]) -> None:
+        response = await self._call_model(
+            "reflect", step=self.state.step, effort="high", instruction=REFLECT_PROMPTS[reason]
+        )
+        if response is not None:
+            content = response.content.strip() or response.thinking.strip() or "(no reflection)"
+            await self.bus.emit(Reflection(content=content, reason=reason, step=self.state.step))
+
+    async def _detect_loop(self, step: int) -> bool:
+        """Same call repeated, or two calls alternating: break the pattern."""
+        recent = self._recent
+        n = self.agent.loop_repeats
+        repeated = len(recent) >= n and len(set(recent[-n:])) == 1
+        oscillating = len(recent) >= 4 and recent[-1] == recent[-3] and recent[-2] == recent[-4] != recent[-1]
+        if not (repeated or oscillating):
+            return False
+        self._recent.clear()
+        self._effort_boost = True
+        if self.agent.strategy == "plan-act-reflect":
+            await self._reflect("loop")
+            await self._plan("stuck")
+        else:
+            pattern = "the same call repeatedly" if repeated else "two calls in alternation"
+            await self.bus.emit(
+                Feedback(
+                    content=f"You are making {pattern} without progress. Try a different approach, "
+                    "or give the final answer if you have it.",
+                    reason="loop",
+                    step=step,
+                ),
+                judge=False,
+            )
+        return True
+
+    # -- budgets and the end -----------------------------------------------
+
+    def _check_stop(self) -> None:
+        if self._cancel:
+            raise _Stop("cancelled", "cancelled")
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            raise _Stop("timeout", f"ran out of time ({self.agent.max_seconds} s)")
+
+    async def _with_deadline(self, coro: Awaitable[ModelResponse]) -> ModelResponse:
+        if self._deadline is None:
+            return await coro
+        try:
+            async with asyncio.timeout(max(0.0, self._deadline - time.monotonic())):
+                return await coro
+        except TimeoutError:
+            raise _Stop("timeout", f"ran out of time ({self.agent.max_seconds} s)") from None
+
+    async def _finish(self, status: RunStatus, error: str | None) -> None:
+        state = self.state
+        answer = state.answer
+        if isinstance(answer, BaseModel):
+            answer = answer.model_dump(mode="json")
+        await self.bus.deliver(
+            RunFinished(
+                status=status,
+                answer=answer,
+                usage=state.usage,
+                steps=state.step,
+                error=None if status == "completed" else error,
+                step=state.step,
+            )
+        )
+
+
+def bind_tools(owner: object, tools: list[Any]) -> list[Tool]:
+    """Tools given as objects or classes, and @tool methods of the owner."""
+    found: list[Tool] = []
+    for t in tools:
+        if isinstance(t, type) and issubclass(t, Tool):
+            t = t()
+        if not isinstance(t, Tool):
+            raise TypeError(f"not a tool: {t!r} (use @tool on a function, or subclass Tool)")
+        found.append(t)
+    for klass in type(owner).__mro__:
+        for attr, value in vars(klass).items():
+            if isinstance(value, FunctionTool) and value._takes_self:
+                bound = getattr(owner, attr)
+                if all(b.name != bound.name for b in found):
+                    found.append(bound)
+    return found
+

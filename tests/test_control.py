@@ -1,0 +1,218 @@
+"""Budgets, cancellation, interceptors and approvals."""
+
+import asyncio
+import threading
+
+from helpers import call
+
+from agent import Agent, Decision, tool
+from agent.events import ModelResponse, ToolCall, ToolResult
+from agent.llm import ScriptedLLM
+from agent.types import Usage
+
+
+@tool
+def echo(text: str) -> str:
+    """Echo the text."""
+    return text
+
+
+def test_step_budget(run_dir):
+    llm = ScriptedLLM([call("echo", text=str(i)) for i in range(10)])
+    result = Agent(llm, tools=[echo], max_steps=3, run_dir=run_dir).run_sync("go on forever")
+    assert result.status == "max_steps" and result.steps == 3
+    assert "3 steps" in result.error
+    assert result.events[-1].type == "run_finished" and result.events[-1].status == "max_steps"
+
+
+def test_token_budget(run_dir):
+    turn = {"tool_calls": [{"name": "echo", "arguments": {"text": "x"}}], "usage": Usage(prompt_tokens=400, completion_tokens=100)}
+    llm = ScriptedLLM([turn, turn, turn, "done"])
+    result = Agent(llm, tools=[echo], max_tokens=1000, run_dir=run_dir).run_sync("spend")
+    assert result.status == "max_tokens"
+    assert result.usage.total_tokens == 1000 and result.steps == 2
+
+
+def test_wall_clock_budget_during_a_tool(run_dir):
+    @tool(timeout=None)
+    async def wait() -> str:
+        """Wait a long time."""
+        await asyncio.sleep(30)
+        return "done"
+
+    llm = ScriptedLLM([call("wait"), "never"])
+    result = Agent(llm, tools=[wait], max_seconds=0.3, run_dir=run_dir).run_sync("wait")
+    assert result.status == "timeout"
+    assert "ran out of time" in result.error
+
+
+def test_wall_clock_budget_during_a_slow_model(run_dir):
+    llm = ScriptedLLM(["a", "b"], delay=5)
+    result = Agent(llm, max_seconds=0.2, run_dir=run_dir).run_sync("think slowly")
+    assert result.status == "timeout"
+
+
+def test_cancel_stops_at_the_next_safe_point(run_dir):
+    holder = {}
+
+    @tool(effects={"writes"})
+    def work(n: int) -> str:
+        """Do a unit of work."""
+        if n == 2:
+            holder["agent"].cancel()
+        return f"did {n}"
+
+    llm = ScriptedLLM([call("work", n=1), call("work", n=2), call("work", n=3), "done"])
+    agent = Agent(llm, tools=[work], run_dir=run_dir)
+    holder["agent"] = agent
+    result = agent.run_sync("work")
+    assert result.status == "cancelled"
+    # the call in flight finished and was recorded; no further model call was made
+    assert [e.content for e in result.events if e.type == "tool_result"] == ["did 1", "did 2"]
+    assert llm.remaining == 2
+    from agent import read_events
+
+    assert read_events(result.log_path)[-1].status == "cancelled"
+
+
+async def test_cancelling_the_task_records_the_run(run_dir):
+    started = asyncio.Event()
+
+    @tool(timeout=None)
+    async def hang() -> str:
+        """Hang."""
+        started.set()
+        await asyncio.sleep(30)
+        return "never"
+
+    agent = Agent(ScriptedLLM([call("hang")]), tools=[hang], run_dir=run_dir)
+    task = asyncio.create_task(agent.arun("hang"))
+    await started.wait()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    from agent import read_events
+
+    logs = list(run_dir.glob("*.jsonl"))
+    events = read_events(logs[0])
+    assert events[-1].type == "run_finished" and events[-1].status == "cancelled"
+
+
+def test_interceptor_blocks_rewrites_and_halts(run_dir):
+    async def guard(event):
+        if isinstance(event, ToolCall) and event.arguments.get("text") == "rm -rf /":
+            return Decision.block("that command is not allowed")
+        if isinstance(event, ToolResult) and "sk-secret" in event.content:
+            return Decision.rewrite(event.model_copy(update={"content": event.content.replace("sk-secret", "[REDACTED]")}))
+        if isinstance(event, ModelResponse) and "HALT" in event.content:
+            return Decision.halt("policy violation")
+        return None
+
+    llm = ScriptedLLM([call("echo", text="rm -rf /"), call("echo", text="key sk-secret"), "HALT now", "unreached"])
+    result = Agent(llm, tools=[echo], guards=[guard], run_dir=run_dir).run_sync("go")
+    assert result.status == "halted" and result.error == "policy violation"
+    outputs = [e for e in result.events if e.type == "tool_result"]
+    assert outputs[0].is_error and outputs[0].error_kind == "blocked"
+    assert "not allowed" in outputs[0].content
+    assert outputs[1].content == "key [REDACTED]"
+    # the blocked call never reached the log as a tool_call; the redacted result did
+    calls = [e for e in result.events if e.type == "tool_call"]
+    assert [c.arguments["text"] for c in calls] == ["key sk-secret"]
+    assert "sk-secret" not in llm.requests[2].messages[-1].content
+
+
+def test_user_input_refused_by_a_guard(run_dir):
+    async def guard(event):
+        return Decision.block("refused") if event.type == "user_message" else None
+
+    result = Agent(ScriptedLLM([]), guards=[guard], run_dir=run_dir).run_sync("bad request")
+    assert result.status == "halted" and result.error == "refused"
+
+
+def test_approval_given_and_refused(run_dir):
+    ran = []
+
+    @tool(effects={"writes"}, needs_approval=True)
+    def deploy(target: str) -> str:
+        """Deploy to a target."""
+        ran.append(target)
+        return "deployed"
+
+    asked = []
+
+    def approver(request):
+        asked.append(request.arguments["target"])
+        return request.arguments["target"] == "staging"
+
+    llm = ScriptedLLM([call("deploy", target="prod"), call("deploy", target="staging"), "ok"])
+    result = Agent(llm, tools=[deploy], approver=approver, run_dir=run_dir).run_sync("deploy")
+    assert result.ok and ran == ["staging"] and asked == ["prod", "staging"]
+    verdicts = [(e.approved) for e in result.events if e.type == "approval_given"]
+    assert verdicts == [False, True]
+    refused = next(e for e in result.events if e.type == "tool_result")
+    assert refused.error_kind == "refused"
+
+
+def test_approval_without_approver_refuses(run_dir):
+    @tool(effects={"writes"}, needs_approval=True)
+    def deploy() -> str:
+        """Deploy."""
+        raise AssertionError("must not run")
+
+    result = Agent(ScriptedLLM([call("deploy"), "ok"]), tools=[deploy], run_dir=run_dir).run_sync("deploy")
+    given = next(e for e in result.events if e.type == "approval_given")
+    assert not given.approved and given.by == "policy"
+
+
+def test_run_sync_inside_a_loop_gives_a_clear_error(run_dir):
+    from agent import AgentError
+
+    async def inner():
+        Agent(ScriptedLLM(["x"]), run_dir=run_dir).run_sync("x")
+
+    try:
+        asyncio.run(inner())
+    except AgentError as e:
+        assert "await agent.arun" in str(e)
+    else:
+        raise AssertionError("expected AgentError")
+
+
+def test_concurrent_runs_of_one_agent_are_independent(run_dir):
+    async def main():
+        agents = [Agent(ScriptedLLM([call("echo", text=str(i)), f"answer {i}"]), tools=[echo], run_dir=run_dir) for i in range(5)]
+        return await asyncio.gather(*(a.arun(f"task {i}") for i, a in enumerate(agents)))
+
+    results = asyncio.run(main())
+    assert [r.answer for r in results] == [f"answer {i}" for i in range(5)]
+    assert len({r.run_id for r in results}) == 5
+
+
+def test_no_run_log_when_run_dir_is_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = Agent(ScriptedLLM(["x"]), run_dir=None).run_sync("x")
+    assert result.ok and result.log_path is None and not (tmp_path / ".agent").exists()
+
+
+def test_run_in_thread_with_cancel(run_dir):
+    gate = threading.Event()
+
+    @tool(timeout=None)
+    def step() -> str:
+        """Block until released."""
+        gate.wait(5)
+        return "ok"
+
+    llm = ScriptedLLM([call("step"), call("step"), "done"])
+    agent = Agent(llm, tools=[step], run_dir=run_dir)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", agent.run_sync("x")))
+    t.start()
+    while not agent._runs:
+        pass
+    agent.cancel()
+    gate.set()
+    t.join(10)
+    assert out["r"].status == "cancelled"

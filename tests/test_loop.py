@@ -1,0 +1,345 @@
+"""The agent loop: event order, tools, model mistakes, strategies."""
+
+import asyncio
+import json
+
+import pytest
+from helpers import call, types
+from pydantic import BaseModel
+
+from agent import Agent, Tool, ToolError, read_events, tool
+from agent.events import parse_event
+from agent.llm import ScriptedLLM
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: The first number.
+        b: The second number.
+    """
+    return a + b
+
+
+def test_multi_step_run_events_in_order(run_dir):
+    llm = ScriptedLLM(
+        [
+            "<think>I should add.</think>" + call("add", a=2, b=3),
+            call("add", a=5, b=10),
+            "The total is 15.",
+        ]
+    )
+    result = Agent(llm, tools=[add], run_dir=run_dir).run_sync("Add 2 and 3, then add 10.")
+    assert result.status == "completed" and result.ok
+    assert result.answer == "The total is 15."
+    assert result.steps == 3
+    assert types(result.events) == [
+        "run_started", "user_message",
+        "model_request", "model_response", "tool_call", "tool_result",
+        "model_request", "model_response", "tool_call", "tool_result",
+        "model_request", "model_response", "final_answer", "run_finished",
+    ]  # fmt: skip
+    seqs = [e.seq for e in result.events]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert {e.run_id for e in result.events} == {result.run_id}
+    first = next(e for e in result.events if e.type == "model_response")
+    assert first.thinking == "I should add." and first.tool_calls[0].arguments == {"a": 2, "b": 3}
+    outputs = [e.content for e in result.events if e.type == "tool_result"]
+    assert outputs == ["5", "15"]
+    steps = [e.step for e in result.events if e.type == "tool_result"]
+    assert steps == [1, 2]
+    # the model saw each tool result in its next prompt
+    second_prompt = llm.requests[1].messages
+    assert second_prompt[-1].role == "tool" and second_prompt[-1].content == "5"
+    assert second_prompt[-2].tool_calls[0].name == "add"
+    # the log on disk holds the same events, byte-stable through a round trip
+    logged = read_events(result.log_path)
+    assert [e.seq for e in logged] == [e.seq for e in result.events if e.type != "model_delta"]
+    for line in open(result.log_path):
+        assert parse_event(line).model_dump_json() == line.rstrip("\n")
+
+
+async def test_run_yields_events_as_they_happen(run_dir):
+    llm = ScriptedLLM([call("add", a=1, b=1), "two"], chunk_size=1)
+    agent = Agent(llm, tools=[add], run_dir=run_dir)
+    seen = [e async for e in agent.run("1+1")]
+    assert seen[0].type == "run_started" and seen[-1].type == "run_finished"
+    deltas = "".join(e.content for e in seen if e.type == "model_delta")
+    assert deltas == "two"
+
+
+def test_read_only_calls_in_one_turn_run_concurrently(run_dir):
+    log: list[tuple[str, str]] = []
+
+    @tool
+    async def fetch(key: str) -> str:
+        """Read a value."""
+        log.append(("start", key))
+        await asyncio.sleep(0.2)
+        log.append(("end", key))
+        return key.upper()
+
+    @tool(effects={"writes"})
+    async def store(key: str) -> str:
+        """Write a value."""
+        log.append(("start", key))
+        await asyncio.sleep(0.05)
+        log.append(("end", key))
+        return "stored"
+
+    llm = ScriptedLLM(
+        [
+            call("fetch", key="a") + call("fetch", key="b") + call("fetch", key="c"),
+            call("store", key="x") + call("store", key="y"),
+            "done",
+        ]
+    )
+    result = Agent(llm, tools=[fetch, store], run_dir=run_dir).run_sync("go")
+    assert result.ok
+    # all three reads started before any finished
+    assert [kind for kind, _ in log[:3]] == ["start", "start", "start"]
+    # writes ran one after the other
+    assert log[6:] == [("start", "x"), ("end", "x"), ("start", "y"), ("end", "y")]
+    results = [e for e in result.events if e.type == "tool_result"]
+    assert sorted(r.content for r in results[:3]) == ["A", "B", "C"]
+
+
+@pytest.mark.parametrize(
+    "bad_turn, kind, hint",
+    [
+        ('<tool_call>{"name": "add", "arguments": {"a": 1, "b": }</tool_call>', "invalid_json", "not valid JSON"),
+        (call("multiply", a=1, b=2), "unknown_tool", "Available tools: add"),
+        (call("add", a="one", b=2), "invalid_arguments", "a: Input should be a valid integer"),
+        (call("add", a=1), "invalid_arguments", "b: Field required"),
+        (call("boom"), "exception", "ZeroDivisionError"),
+        (call("slow"), "timeout", "timed out"),
+    ],
+)
+def test_model_mistakes_become_observations(run_dir, bad_turn, kind, hint):
+    @tool
+    def boom() -> int:
+        """Always fails."""
+        return 1 // 0
+
+    @tool(timeout=0.2)
+    async def slow() -> str:
+        """Never finishes in time."""
+        await asyncio.sleep(30)
+        return "late"
+
+    llm = ScriptedLLM([bad_turn, call("add", a=1, b=2), "3"])
+    result = Agent(llm, tools=[add, boom, slow], run_dir=run_dir).run_sync("add 1 and 2")
+    assert result.status == "completed" and result.answer == "3"
+    error = next(e for e in result.events if e.type == "tool_result" and e.is_error)
+    assert error.error_kind == kind
+    assert hint in error.content
+    # the model was shown the error in its next prompt
+    assert hint in llm.requests[1].messages[-1].content
+
+
+def test_retry_budget_is_per_tool_and_ends_the_run(run_dir):
+    @tool(max_retries=2)
+    def pick(n: int) -> int:
+        """Pick a number."""
+        return n
+
+    bad = call("pick", n="x")
+    llm = ScriptedLLM([bad, bad, bad, "never reached"])
+    result = Agent(llm, tools=[pick], run_dir=run_dir).run_sync("pick")
+    assert result.status == "failed"
+    assert "gave up after 3 malformed calls to pick" in result.error
+    assert llm.remaining == 1
+
+
+def test_valid_call_resets_the_retry_budget(run_dir):
+    bad = call("add", a="x", b=1)
+    good = call("add", a=1, b=1)
+    llm = ScriptedLLM([bad, bad, bad, good, bad, bad, bad, good, "2"])
+    result = Agent(llm, tools=[add], run_dir=run_dir, loop_repeats=10).run_sync("add")
+    assert result.status == "completed"
+
+
+def test_typed_final_answer_is_validated_and_retried(run_dir):
+    class Answer(BaseModel):
+        value: int
+        unit: str
+
+    llm = ScriptedLLM(
+        [
+            "It is 42 metres.",  # plain text is not accepted when a schema is set
+            call("final_answer", value="forty-two", unit="m"),
+            call("final_answer", value=42, unit="m"),
+        ]
+    )
+    result = Agent(llm, run_dir=run_dir, answer_schema=Answer).run_sync("how far?")
+    assert result.status == "completed"
+    assert result.answer == Answer(value=42, unit="m")
+    feedback = [e for e in result.events if e.type == "feedback"]
+    assert feedback and "final_answer" in feedback[0].content
+    errors = [e for e in result.events if e.type == "tool_result" and e.is_error]
+    assert "value: Input should be a valid integer" in errors[0].content
+    assert read_events(result.log_path)[-1].answer == {"value": 42, "unit": "m"}
+
+
+def test_final_answer_tool_without_schema(run_dir):
+    llm = ScriptedLLM([call("final_answer", answer="Paris")])
+    result = Agent(llm, run_dir=run_dir).run_sync("capital of France?")
+    assert result.answer == "Paris"
+
+
+def test_react_loop_detection_warns_the_model(run_dir):
+    same = call("add", a=1, b=1)
+    llm = ScriptedLLM([same, same, same, "2"])
+    result = Agent(llm, tools=[add], run_dir=run_dir).run_sync("1+1")
+    assert result.ok
+    warning = next(e for e in result.events if e.type == "feedback")
+    assert warning.reason == "loop" and "same call repeatedly" in warning.content
+    # effort was raised for the step after the loop
+    efforts = [e.effort for e in result.events if e.type == "model_request"]
+    assert efforts == ["medium", "medium", "medium", "high"]
+
+
+def test_plan_act_reflect(run_dir):
+    a, b = call("add", a=1, b=1), call("add", a=2, b=2)
+    llm = ScriptedLLM(
+        [
+            "1. add numbers\n2. answer",  # initial plan
+            a, b, a, b,  # A-B-A-B oscillation
+            "I keep alternating; I will answer now.",  # reflection on the loop
+            "1. answer with 4",  # re-plan because stuck
+            call("oops"),  # unknown tool: an error
+            "I called a tool that does not exist.",  # reflection after the error
+            "4",
+        ]
+    )  # fmt: skip
+    agent = Agent(llm, tools=[add], strategy="plan-act-reflect", run_dir=run_dir, replan_every=0)
+    result = agent.run_sync("add things")
+    assert result.ok and result.answer == "4"
+    kinds = [(e.type, getattr(e, "reason", "")) for e in result.events if e.type in ("plan", "reflection")]
+    assert kinds == [("plan", "initial"), ("reflection", "loop"), ("plan", "stuck"), ("reflection", "error")]
+    purposes = [e.purpose for e in result.events if e.type == "model_request"]
+    assert purposes == ["plan", "act", "act", "act", "act", "reflect", "plan", "act", "reflect", "act"]
+    # the plan is in the prompt of the first act step, with no tools offered to the planner
+    assert "1. add numbers" in llm.requests[1].messages[-1].content
+    assert llm.requests[0].tools == [] and llm.requests[1].tools
+
+
+def test_periodic_replanning_and_reflection_before_answer(run_dir):
+    llm = ScriptedLLM(
+        [
+            "plan A",
+            call("add", a=1, b=1),
+            call("add", a=1, b=2),
+            "plan B",  # re-plan before step 3
+            "answer 3",
+            "Checked: the answer is right.",  # reflection before the final answer
+            "3",
+        ]
+    )
+    agent = Agent(
+        llm, tools=[add], strategy="plan-act-reflect", replan_every=2, reflect_before_answer=True, run_dir=run_dir
+    )
+    result = agent.run_sync("sum")
+    assert result.ok and result.answer == "3"
+    plans = [e.reason for e in result.events if e.type == "plan"]
+    assert plans == ["initial", "periodic"]
+    assert [e.reason for e in result.events if e.type == "reflection"] == ["final"]
+
+
+def test_tool_error_class_shows_plain_message(run_dir):
+    @tool
+    def lookup(key: str) -> str:
+        """Look up a key."""
+        raise ToolError(f"no entry named {key!r}")
+
+    llm = ScriptedLLM([call("lookup", key="zz"), "unknown"])
+    result = Agent(llm, tools=[lookup], run_dir=run_dir).run_sync("find zz")
+    error = next(e for e in result.events if e.type == "tool_result")
+    assert error.content == "Error: no entry named 'zz'"
+
+
+def test_class_based_tool_keeps_state(run_dir):
+    class Counter(Tool):
+        name = "count"
+        description = "Add `step` to a counter."
+        effects = {"writes"}
+
+        class Args(BaseModel):
+            step: int = 1
+
+        def __init__(self):
+            self.value = 0
+
+        async def run(self, args):
+            self.value += args.step
+            return {"value": self.value}
+
+    counter = Counter()
+    llm = ScriptedLLM([call("count", step=2), call("count"), "3"])
+    result = Agent(llm, tools=[counter], run_dir=run_dir).run_sync("count")
+    assert result.ok and counter.value == 3
+    assert [e.content for e in result.events if e.type == "tool_result"] == ['{"value": 2}', '{"value": 3}']
+    assert counter.read_only is False and counter.safe_to_rerun is True
+
+
+def test_subclass_with_method_tools_and_class_settings(run_dir):
+    class Shop(Agent):
+        name = "shop"
+        system_prompt = "You run a shop."
+        strategy = "react"
+        effort = "low"
+
+        def __init__(self, model, **kw):
+            self.stock = {"apple": 3}
+            super().__init__(model, **kw)
+
+        @tool
+        def stock_of(self, item: str) -> int:
+            """How many of an item are in stock."""
+            return self.stock.get(item, 0)
+
+    llm = ScriptedLLM([call("stock_of", item="apple"), "3 apples"])
+    result = Shop(llm, run_dir=run_dir).run_sync("apples?")
+    assert result.ok
+    assert next(e for e in result.events if e.type == "tool_result").content == "3"
+    started = result.events[0]
+    assert started.agent == "shop" and started.effort == "low" and started.system_prompt == "You run a shop."
+    assert llm.requests[0].messages[0].content == "You run a shop."
+
+
+def test_tool_schema_from_signature_and_docstring():
+    schema = add.schema()["function"]
+    assert schema["name"] == "add" and schema["description"] == "Add two integers."
+    props = schema["parameters"]["properties"]
+    assert props["a"] == {"description": "The first number.", "title": "A", "type": "integer"}
+    assert schema["parameters"]["required"] == ["a", "b"]
+    assert add(2, 3) == 5  # still callable directly
+
+
+def test_oversized_tool_output_is_capped(run_dir):
+    @tool
+    def big() -> str:
+        """A huge output."""
+        return "x" * 100_000
+
+    llm = ScriptedLLM([call("big"), "ok"])
+    result = Agent(llm, tools=[big], run_dir=run_dir).run_sync("big")
+    content = next(e for e in result.events if e.type == "tool_result").content
+    assert len(content) < 21_000 and "more characters cut" in content
+
+
+def test_extra_model_call_fails_loudly(run_dir):
+    llm = ScriptedLLM([call("add", a=1, b=1)])
+    result = Agent(llm, tools=[add], run_dir=run_dir).run_sync("add")
+    assert result.status == "failed"
+    assert "ScriptedLLM: call 2 but the script has 1 turns" in result.error
+    assert result.events[-2].type == "error" and result.events[-2].fatal
+
+
+def test_events_serialise_to_json_lines(run_dir):
+    result = Agent(ScriptedLLM(["hi"]), run_dir=run_dir).run_sync("hello")
+    for event in result.events:
+        data = json.loads(event.model_dump_json())
+        assert data["type"] == event.type and data["run_id"] == result.run_id

@@ -1,0 +1,436 @@
+"""OpenAICompatLLM against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from agent.events import ModelDelta, ModelResponse
+from agent.llm.base import LLMError, LLMRequest, complete
+from agent.llm.openai_compat import LLMHTTPError, OpenAICompatLLM
+from agent.types import Message, ToolCallRequest
+
+# --------------------------------------------------------------------------- fake server
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    json_body: Any = None  # sent as application/json
+    events: list[Any] | None = None  # sent as SSE, each a dict (JSON) or a raw string
+    done: bool = True  # end the SSE stream with `data: [DONE]`
+
+
+class FakeServer:
+    """Answers each POST with the next queued `Reply` and records the request."""
+
+    def __init__(self) -> None:
+        self.replies: list[Reply] = []
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                server.requests.append(json.loads(self.rfile.read(length)))
+                server.headers.append(dict(self.headers))
+                server.paths.append(self.path)
+                reply = server.replies.pop(0) if server.replies else Reply(status=500, json_body={})
+                self.send_response(reply.status)
+                for k, v in reply.headers.items():
+                    self.send_header(k, v)
+                if reply.events is None:
+                    data = json.dumps(reply.json_body).encode()
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+                for event in reply.events:
+                    text = event if isinstance(event, str) else json.dumps(event)
+                    self.wfile.write(f"data: {text}\n\n".encode())
+                    self.wfile.flush()
+                if reply.done:
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01})
+        self.thread.daemon = True
+
+    def queue(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    s = FakeServer()
+    s.thread.start()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+@pytest.fixture
+async def make_llm(server: FakeServer):
+    made: list[OpenAICompatLLM] = []
+
+    def make(**kwargs: Any) -> OpenAICompatLLM:
+        kwargs.setdefault("backoff", 0.001)
+        llm = OpenAICompatLLM("test-model", base_url=server.base_url, api_key="sk-test", **kwargs)
+        made.append(llm)
+        return llm
+
+    yield make
+    for llm in made:
+        await llm.aclose()
+
+
+def chunk(
+    delta: dict[str, Any] | None = None, finish: str | None = None, usage: Any = None
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "test-model",
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
+    }
+    if usage is not None:
+        event["choices"] = []
+        event["usage"] = usage
+    return event
+
+
+def text_stream(*pieces: str, usage: dict[str, Any] | None = None) -> Reply:
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": p}) for p in pieces]
+    events.append(chunk(finish="stop"))
+    if usage:
+        events.append(chunk(usage=usage))
+    return Reply(events=events)
+
+
+async def collect(llm: OpenAICompatLLM, request: LLMRequest) -> tuple[list[ModelDelta], ModelResponse]:
+    items = [item async for item in llm.stream(request)]
+    assert isinstance(items[-1], ModelResponse)
+    assert all(isinstance(i, ModelDelta) for i in items[:-1])
+    return items[:-1], items[-1]  # type: ignore[return-value]
+
+
+def user(text: str = "hi") -> LLMRequest:
+    return LLMRequest(messages=[Message(role="user", content=text)])
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+async def test_streamed_content_arrives_in_order_with_usage(server: FakeServer, make_llm) -> None:
+    server.queue(
+        text_stream(
+            "Hel",
+            "lo, ",
+            "wor",
+            "ld!",
+            usage={
+                "prompt_tokens": 12,
+                "completion_tokens": 4,
+                "completion_tokens_details": {"reasoning_tokens": 2},
+            },
+        )
+    )
+    llm = make_llm()
+    deltas, response = await collect(llm, user())
+    assert [d.content for d in deltas] == ["Hel", "lo, ", "wor", "ld!"]
+    assert response.content == "Hello, world!"
+    assert response.tool_calls == []
+    assert response.finish_reason == "stop"
+    assert response.model == llm.name == "openai:test-model"
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (12, 4)
+    assert response.usage.thinking_tokens == 2
+    assert server.paths == ["/v1/chat/completions"]
+    assert server.headers[0]["Authorization"] == "Bearer sk-test"
+    body = server.requests[0]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["model"] == "test-model"
+    assert "tools" not in body and "tool_choice" not in body
+
+
+async def test_streamed_tool_calls_are_reassembled(server: FakeServer, make_llm) -> None:
+    def tc(index: int, args: str, id_: str | None = None, name: str | None = None) -> dict[str, Any]:
+        call: dict[str, Any] = {"index": index, "function": {"arguments": args}}
+        if id_:
+            call["id"], call["type"] = id_, "function"
+        if name:
+            call["function"]["name"] = name
+        return chunk({"tool_calls": [call]})
+
+    events = [
+        chunk({"role": "assistant", "content": None}),
+        tc(0, "", "call_a", "read_file"),
+        tc(0, '{"pa'),
+        tc(0, 'th": "/tmp/'),
+        tc(0, 'x.txt"}'),
+        tc(1, "", "call_b", "add"),
+        tc(1, '{"a": 2,'),
+        tc(1, ' "b": 3'),
+        tc(1, "}"),
+        chunk(finish="tool_calls"),
+    ]
+    server.queue(Reply(events=events))
+    _, response = await collect(make_llm(), user())
+    assert response.finish_reason == "tool_calls"
+    assert [(c.id, c.name, c.arguments) for c in response.tool_calls] == [
+        ("call_a", "read_file", {"path": "/tmp/x.txt"}),
+        ("call_b", "add", {"a": 2, "b": 3}),
+    ]
+    assert all(c.parse_error is None for c in response.tool_calls)
+
+
+async def test_bad_tool_arguments_keep_raw_text(server: FakeServer, make_llm) -> None:
+    call = {"index": 0, "id": "call_x", "function": {"name": "f", "arguments": '{"a": 1,, oops'}}
+    lenient = {"index": 1, "id": "call_y", "function": {"name": "g", "arguments": '{"a": 1,}'}}
+    server.queue(Reply(events=[chunk({"tool_calls": [call, lenient]}), chunk(finish="tool_calls")]))
+    _, response = await collect(make_llm(), user())
+    bad, ok = response.tool_calls
+    assert bad.arguments is None and bad.raw_arguments == '{"a": 1,, oops' and bad.parse_error
+    assert ok.arguments == {"a": 1} and ok.parse_error is None
+
+
+async def test_reasoning_goes_to_thinking(server: FakeServer, make_llm) -> None:
+    events = [
+        chunk({"role": "assistant"}),
+        chunk({"reasoning_content": "Let me "}),
+        chunk({"reasoning": "think."}),  # the newer vLLM field name
+        chunk({"content": "Answer."}),
+        chunk(finish="stop"),
+    ]
+    server.queue(Reply(events=events))
+    deltas, response = await collect(make_llm(), user())
+    assert [(d.thinking, d.content) for d in deltas] == [("Let me ", ""), ("think.", ""), ("", "Answer.")]
+    assert response.thinking == "Let me think."
+    assert response.content == "Answer."
+
+
+async def test_request_body_converts_history(server: FakeServer, make_llm) -> None:
+    server.queue(text_stream("ok"))
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "add",
+                "description": "Add two numbers.",
+                "parameters": {"type": "object", "properties": {"a": {"type": "number"}}},
+            },
+        }
+    ]
+    request = LLMRequest(
+        messages=[
+            Message(role="system", content="Be brief."),
+            Message(role="user", content="2+3?"),
+            Message(
+                role="assistant",
+                content="",
+                thinking="I should call add.",
+                tool_calls=[
+                    ToolCallRequest(id="call_1", name="add", arguments={"a": 2, "b": 3}),
+                    ToolCallRequest(id="call_2", name="add", raw_arguments="{bad", parse_error="x"),
+                ],
+            ),
+            Message(role="tool", content="5", tool_call_id="call_1", name="add"),
+        ],
+        tools=tools,
+        tool_choice="required",
+        effort="high",
+        max_new_tokens=64,
+        temperature=0.2,
+        stop=["</s>"],
+    )
+    await complete(make_llm(extra_body={"top_k": 20}), request)
+    body = server.requests[0]
+    assert body["tools"] == tools
+    assert body["tool_choice"] == "required"
+    assert body["reasoning_effort"] == "high"
+    assert body["max_tokens"] == 64
+    assert body["temperature"] == 0.2
+    assert body["stop"] == ["</s>"]
+    assert body["top_k"] == 20
+    system, usr, assistant, tool = body["messages"]
+    assert system == {"role": "system", "content": "Be brief."}
+    assert usr == {"role": "user", "content": "2+3?"}
+    assert "thinking" not in assistant and "reasoning_content" not in assistant
+    assert assistant["role"] == "assistant"
+    assert assistant["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "add", "arguments": "{bad"}},
+    ]
+    assert tool == {"role": "tool", "tool_call_id": "call_1", "content": "5"}
+
+
+async def test_extra_body_none_removes_a_field(server: FakeServer, make_llm) -> None:
+    server.queue(text_stream("ok"))
+    await complete(make_llm(extra_body={"reasoning_effort": None}), user())
+    assert "reasoning_effort" not in server.requests[0]
+    assert "max_tokens" not in server.requests[0]
+
+
+async def test_tool_call_text_is_parsed_without_structured_calls(server: FakeServer, make_llm) -> None:
+    server.queue(
+        text_stream(
+            "<think>need the sum</think>",
+            'Sure. <tool_call>{"name": "add", ',
+            '"arguments": {"a": 2, "b": 3}}</tool_call>',
+        )
+    )
+    _, response = await collect(make_llm(), user())
+    assert response.content == "Sure."
+    assert response.thinking == "need the sum"
+    assert [(c.name, c.arguments) for c in response.tool_calls] == [("add", {"a": 2, "b": 3})]
+    assert response.finish_reason == "tool_calls"
+
+
+# --------------------------------------------------------------------------- non-streaming
+
+
+async def test_non_streaming_mode(server: FakeServer, make_llm) -> None:
+    server.queue(
+        Reply(
+            json_body={
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "tool_calls",
+                        "message": {
+                            "role": "assistant",
+                            "content": "Adding.",
+                            "reasoning_content": "Simple.",
+                            "tool_calls": [
+                                {
+                                    "id": "call_9",
+                                    "type": "function",
+                                    "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'},
+                                }
+                            ],
+                        },
+                    }
+                ],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+            }
+        )
+    )
+    deltas, response = await collect(make_llm(stream=False), user())
+    assert len(deltas) == 1 and deltas[0].content == "Adding."
+    assert response.content == "Adding." and response.thinking == "Simple."
+    assert [(c.id, c.name, c.arguments) for c in response.tool_calls] == [("call_9", "add", {"a": 1, "b": 2})]
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (7, 3)
+    assert response.finish_reason == "tool_calls"
+    assert server.requests[0]["stream"] is False and "stream_options" not in server.requests[0]
+
+
+# --------------------------------------------------------------------------- retries and errors
+
+
+async def test_retries_on_503_then_succeeds(server: FakeServer, make_llm) -> None:
+    busy = Reply(status=503, json_body={"error": {"message": "overloaded"}})
+    server.queue(busy, busy, text_stream("fine"))
+    items = [item async for item in make_llm(max_retries=3).stream(user())]
+    responses = [i for i in items if isinstance(i, ModelResponse)]
+    assert len(responses) == 1 and responses[0].content == "fine"
+    assert len(server.requests) == 3
+
+
+async def test_retry_after_header_on_429(server: FakeServer, make_llm) -> None:
+    limited = Reply(status=429, headers={"Retry-After": "0"}, json_body={"error": {"message": "slow down"}})
+    server.queue(limited, text_stream("ok"))
+    start = time.monotonic()
+    response = await complete(make_llm(backoff=5.0), user())  # Retry-After: 0 wins over the backoff
+    assert response.content == "ok"
+    assert len(server.requests) == 2
+    assert time.monotonic() - start < 1.0
+
+
+async def test_gives_up_after_max_retries(server: FakeServer, make_llm) -> None:
+    server.queue(*[Reply(status=502, json_body={"error": {"message": "bad gateway"}})] * 3)
+    with pytest.raises(LLMHTTPError) as info:
+        await complete(make_llm(max_retries=2), user())
+    assert info.value.status_code == 502
+    assert "bad gateway" in str(info.value) and "2 retries" in str(info.value)
+    assert len(server.requests) == 3
+
+
+async def test_401_is_clear_and_not_retried(server: FakeServer, make_llm) -> None:
+    server.queue(Reply(status=401, json_body={"error": {"message": "Incorrect API key provided"}}))
+    llm = make_llm()
+    with pytest.raises(LLMHTTPError) as info:
+        await complete(llm, user())
+    message = str(info.value)
+    assert info.value.status_code == 401
+    assert "401" in message and llm.url in message
+    assert "Incorrect API key provided" in message and "--api-key" in message
+    assert len(server.requests) == 1
+
+
+async def test_404_names_base_url_and_model(server: FakeServer, make_llm) -> None:
+    server.queue(Reply(status=404, json_body={"detail": "Not Found"}))
+    with pytest.raises(LLMHTTPError, match=r"404.*Not Found.*--base-url and model name"):
+        await complete(make_llm(), user())
+    assert len(server.requests) == 1
+
+
+async def test_no_retry_after_partial_stream(server: FakeServer, make_llm) -> None:
+    # The server sends some text, then the connection closes without finish or [DONE].
+    server.queue(Reply(events=[chunk({"content": "partial"})], done=False), text_stream("never"))
+    seen: list[ModelDelta | ModelResponse] = []
+    with pytest.raises(LLMError, match="ended before the answer"):
+        async for item in make_llm().stream(user()):
+            seen.append(item)
+    assert [i.content for i in seen] == ["partial"]
+    assert len(server.requests) == 1
+
+
+async def test_error_event_in_stream(server: FakeServer, make_llm) -> None:
+    server.queue(Reply(events=[{"error": {"message": "context length exceeded"}}], done=False))
+    with pytest.raises(LLMError, match="context length exceeded"):
+        await complete(make_llm(), user())
+
+
+async def test_connection_refused_is_quick_and_clear() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}/v1"
+    llm = OpenAICompatLLM("m", base_url=base, max_retries=1, backoff=0.001)
+    start = time.monotonic()
+    try:
+        with pytest.raises(LLMError, match="unreachable") as info:
+            await complete(llm, user())
+    finally:
+        await llm.aclose()
+    assert base in str(info.value)
+    assert time.monotonic() - start < 1.0
+
+
+def test_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    assert OpenAICompatLLM("m").api_key == "sk-env"
+    assert OpenAICompatLLM("m", api_key="sk-arg").api_key == "sk-arg"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert OpenAICompatLLM("m").api_key is None
+    assert OpenAICompatLLM("m", name="local").name == "local"

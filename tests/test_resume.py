@@ -1,0 +1,210 @@
+"""Resume after a crash: a killed process, its log, and a second process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from agent import Agent, AgentError, read_events, tool
+from agent.llm import ScriptedLLM
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from agent import Agent, tool
+    from agent.llm import ScriptedLLM
+
+    work = Path(sys.argv[1])
+
+    @tool(effects={"writes"})
+    def charge(amount: int) -> str:
+        "Charge a card (a side effect that must never repeat)."
+        with open(work / "charges.txt", "a") as f:
+            f.write(f"{amount}\\n")
+        return f"charged {amount}"
+
+    @tool(effects={"writes"}, timeout=None)
+    def ship(order: str) -> str:
+        "Ship an order; slow, and not safe to repeat."
+        with open(work / "shipments.txt", "a") as f:
+            f.write(order + "\\n")
+        time.sleep(60)
+        return "shipped"
+
+    @tool
+    def status(order: str) -> str:
+        "Read an order's status (safe to repeat)."
+        with open(work / "status_reads.txt", "a") as f:
+            f.write(order + "\\n")
+        return "pending"
+
+    script = [
+        '<tool_call>{"name": "charge", "arguments": {"amount": 30}}</tool_call>',
+        '<tool_call>{"name": "status", "arguments": {"order": "A1"}}</tool_call>'
+        '<tool_call>{"name": "ship", "arguments": {"order": "A1"}}</tool_call>',
+    ]
+    agent = Agent(ScriptedLLM(script), tools=[charge, ship, status], run_dir=work / "runs")
+    agent.run_sync("charge and ship order A1")
+    """
+)
+
+
+def _tools(work: Path):
+    @tool(effects={"writes"})
+    def charge(amount: int) -> str:
+        """Charge a card."""
+        raise AssertionError("charge must not run again")
+
+    @tool(effects={"writes"}, timeout=None)
+    def ship(order: str) -> str:
+        """Ship an order."""
+        raise AssertionError("ship must not run again")
+
+    @tool
+    def status(order: str) -> str:
+        """Read an order's status."""
+        with open(work / "status_reads.txt", "a") as f:
+            f.write(order + "\n")
+        return "pending"
+
+    return [charge, ship, status]
+
+
+def _wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def _log_has_call(runs: Path, name: str) -> bool:
+    for path in runs.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            if f'"type":"tool_call"' in line and f'"name":"{name}"' in line:
+                return True
+    return False
+
+
+def test_resume_after_kill_does_not_repeat_side_effects(tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, str(driver), str(tmp_path)], env=env)
+    try:
+        _wait_for(lambda: (tmp_path / "shipments.txt").exists() and _log_has_call(runs, "ship"))
+    finally:
+        proc.kill()
+        proc.wait()
+    log = next(runs.glob("*.jsonl"))
+    before = read_events(log)
+    assert before[-1].type == "tool_call" and before[-1].name == "ship"
+
+    llm = ScriptedLLM(["Charged 30 and shipped A1 (check shipment status)."])
+    agent = Agent(llm, tools=_tools(tmp_path), run_dir=runs)
+    result = agent.resume_sync(before[0].run_id)
+
+    assert result.status == "completed" and result.run_id == before[0].run_id
+    assert (tmp_path / "charges.txt").read_text() == "30\n"
+    assert (tmp_path / "shipments.txt").read_text() == "A1\n"
+    # the read-only call in the same turn had finished before the kill: not repeated
+    assert (tmp_path / "status_reads.txt").read_text() == "A1\n"
+    after = read_events(log)
+    seqs = [e.seq for e in after]
+    assert seqs == sorted(set(seqs))  # strictly increasing across the crash (deltas are not logged)
+    resumed = [e for e in after if e.type == "run_started"]
+    assert [e.resumed for e in resumed] == [False, True]
+    interrupted = next(e for e in after if e.type == "tool_result" and e.name == "ship")
+    assert interrupted.error_kind == "interrupted" and "not safe to repeat" in interrupted.content
+    # the resumed model saw the whole history, ending with the interruption notice
+    prompt = llm.requests[0].messages
+    assert [m.role for m in prompt] == ["system", "user", "assistant", "tool", "assistant", "tool", "tool"]
+
+
+def test_resume_reruns_an_interrupted_call_that_is_safe_to_repeat(tmp_path):
+    runs = tmp_path / "runs"
+
+    @tool(timeout=None)
+    def lookup(key: str) -> str:
+        """Look something up."""
+        return f"value of {key}"
+
+    # Simulate a crash between the tool call and its result by cutting the log.
+    first = Agent(ScriptedLLM(['<tool_call>{"name": "lookup", "arguments": {"key": "k"}}</tool_call>', "x"]), tools=[lookup], run_dir=runs)
+    done = first.run_sync("look up k")
+    lines = Path(done.log_path).read_text().splitlines()
+    cut = next(i for i, line in enumerate(lines) if '"type":"tool_result"' in line)
+    Path(done.log_path).write_text("\n".join(lines[:cut]) + '\n{"type": "tool_res')  # torn last line
+
+    agent = Agent(ScriptedLLM(["the value of k"]), tools=[lookup], run_dir=runs)
+    result = agent.resume_sync(done.run_id)
+    assert result.ok and result.answer == "the value of k"
+    rerun = [e for e in read_events(done.log_path) if e.type == "tool_result"]
+    assert [r.content for r in rerun] == ["value of k"]
+
+
+def test_resume_a_completed_run_is_refused(tmp_path):
+    runs = tmp_path / "runs"
+    done = Agent(ScriptedLLM(["hi"]), run_dir=runs).run_sync("hello")
+    with pytest.raises(AgentError, match="already ended"):
+        Agent(ScriptedLLM([]), run_dir=runs).resume_sync(done.run_id)
+
+
+def test_resume_after_step_budget_continues(tmp_path):
+    runs = tmp_path / "runs"
+
+    @tool
+    def tick(n: int) -> str:
+        """Tick."""
+        return str(n)
+
+    calls = [json.dumps({"name": "tick", "arguments": {"n": i}}) for i in range(3)]
+    script = [f"<tool_call>{c}</tool_call>" for c in calls]
+    first = Agent(ScriptedLLM(script[:2]), tools=[tick], run_dir=runs, max_steps=2).run_sync("tick")
+    assert first.status == "max_steps"
+    second = Agent(ScriptedLLM([script[2], "ticked thrice"]), tools=[tick], run_dir=runs, max_steps=5)
+    result = second.resume_sync("last")
+    assert result.ok and result.steps == 4
+
+
+def test_ctrl_c_in_run_sync_leaves_a_finished_log(tmp_path):
+    driver = tmp_path / "sigint.py"
+    driver.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            from agent import Agent, tool
+            from agent.llm import ScriptedLLM
+
+            @tool(timeout=None)
+            def wait() -> str:
+                "Wait."
+                print("waiting", flush=True)
+                time.sleep(30)
+                return "x"
+
+            agent = Agent(ScriptedLLM(['<tool_call>{"name": "wait", "arguments": {}}</tool_call>']), tools=[wait], run_dir=sys.argv[1])
+            result = agent.run_sync("wait")
+            print("status", result.status, flush=True)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), str(tmp_path / "runs")], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "waiting"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert "status cancelled" in out
+    events = read_events(next((tmp_path / "runs").glob("*.jsonl")))
+    assert events[-1].type == "run_finished" and events[-1].status == "cancelled"
