@@ -7,7 +7,6 @@ arguments against the model, so a tool body only ever sees valid input.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import inspect
 import json
@@ -16,6 +15,8 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from .threads import run_blocking
 
 Effect = Literal["reads", "writes", "network", "executes"]
 EFFECTS: frozenset[str] = frozenset({"reads", "writes", "network", "executes"})
@@ -139,7 +140,7 @@ class FunctionTool(Tool):
         call_args = (self._bound,) if self._takes_self else ()
         if self._is_async:
             return await self.fn(*call_args, **kwargs)
-        return await asyncio.to_thread(self.fn, *call_args, **kwargs)
+        return await run_blocking(self.fn, *call_args, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the underlying function directly (handy in tests)."""
