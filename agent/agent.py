@@ -133,6 +133,9 @@ class Agent:
         self.workspace = Path(workspace) if workspace is not None else None
         self._runs: list[Run] = []
         self._last: Run | None = None
+        # One event loop for all sync calls, so tools that hold async resources
+        # (kernels, HTTP clients) keep working from one run_sync to the next.
+        self._runner: asyncio.Runner | None = None
 
     # -- hooks -------------------------------------------------------------
 
@@ -175,6 +178,35 @@ class Agent:
         """Stop every active run of this agent at its next safe point."""
         for run in self._runs:
             run.cancel()
+
+    async def aclose(self) -> None:
+        """Release what the tools hold (kernels, clients)."""
+        for t in self.tool_list:
+            await t.aclose()
+        aclose = getattr(self.model, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def close(self) -> None:
+        """`aclose` from synchronous code; the agent's event loop ends too."""
+        if self._runner is not None:
+            self._runner.run(self.aclose())
+            self._runner.close()
+            self._runner = None
+        else:
+            asyncio.run(self.aclose())
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Agent:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     # -- internals -----------------------------------------------------------
 
@@ -267,8 +299,10 @@ class Agent:
         else:
             coro.close()
             raise AgentError("run_sync() cannot run inside an event loop; use `await agent.arun(task)` instead")
+        if self._runner is None:
+            self._runner = asyncio.Runner()
         try:
-            return asyncio.run(coro)
+            return self._runner.run(coro)
         except KeyboardInterrupt:
             if self._last is None:
                 raise

@@ -42,7 +42,15 @@ from .events import (
 from .llm.base import LLMRequest
 from .runlog import RunLog
 from .state import RunState
-from .tool import FunctionTool, Tool, ToolError, format_validation_error, render_output
+from .tool import (
+    FunctionTool,
+    Tool,
+    ToolContext,
+    ToolError,
+    _context,
+    format_validation_error,
+    render_output,
+)
 from .types import EFFORTS, Effort, Message, ToolCallRequest
 
 if TYPE_CHECKING:
@@ -471,6 +479,9 @@ class Run:
         if self._deadline is not None:
             left = max(0.0, self._deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
+        token = _context.set(
+            ToolContext(self.run_id, step, call.id, self.agent.workspace, self.bus.emit)
+        )
         try:
             async with asyncio.timeout(timeout):
                 value = await tool.run(p.args)
@@ -486,6 +497,8 @@ class Run:
             text = f"Tool '{call.name}' raised {type(e).__name__}: {e}"
             await self._tool_result(call.id, call.name, text, step, error="exception", started=started)
             return
+        finally:
+            _context.reset(token)
         await self._tool_result(call.id, call.name, render_output(value), step, error=None, started=started)
 
     async def _approved(self, call_id: str, name: str, arguments: dict[str, Any], step: int) -> bool:

@@ -8,6 +8,7 @@ daemon threads: a cancelled run returns at once and the process can exit.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
@@ -64,5 +65,6 @@ async def run_blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
             threading.Thread(target=_worker, name=f"agent-tool-{_workers}", daemon=True).start()
         else:
             _backlog += 1
-    _jobs.put((lambda: fn(*args, **kwargs), loop, future))
+    context = contextvars.copy_context()  # so tool_context() works in sync tools
+    _jobs.put((lambda: context.run(fn, *args, **kwargs), loop, future))
     return await future

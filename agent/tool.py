@@ -11,7 +11,10 @@ import copy
 import inspect
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -24,6 +27,29 @@ EFFECTS: frozenset[str] = frozenset({"reads", "writes", "network", "executes"})
 
 class ToolError(Exception):
     """Raise inside a tool to show the model a plain error message."""
+
+
+@dataclass
+class ToolContext:
+    """What a running tool may know about its run, and how it reports events.
+
+    `emit` puts an event on the run's bus (guards judge it first) and returns
+    the decision, so a tool that writes memory can be refused by a guard.
+    """
+
+    run_id: str
+    step: int
+    call_id: str
+    workspace: Path | None
+    emit: Callable[[Any], Awaitable[Any]]
+
+
+_context: ContextVar[ToolContext | None] = ContextVar("agent_tool_context", default=None)
+
+
+def tool_context() -> ToolContext | None:
+    """The context of the tool call running now, or None outside a run."""
+    return _context.get()
 
 
 class Tool:
@@ -71,6 +97,9 @@ class Tool:
 
     async def run(self, args: Any) -> Any:
         raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release what the tool holds (kernels, clients). Called when the agent closes."""
 
     def validate(self, arguments: dict[str, Any]) -> BaseModel:
         return self.args_model.model_validate(arguments)
