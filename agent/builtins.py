@@ -12,7 +12,10 @@ from typing import Any
 from .errors import AgentError
 
 # name -> "module:factory"; the factory takes the agent's options and returns tools.
-REGISTRY: dict[str, str] = {}
+REGISTRY: dict[str, str] = {
+    "files": "tools.files:make_tools",
+    "web": "tools.web:make_tools",
+}
 
 
 def builtin_tools(names: list[str], **options: Any) -> list[Any]:

@@ -1,0 +1,313 @@
+"""Workspace file tools: confinement, atomic writes, edits, listing and search."""
+
+import os
+import socket
+import stat
+
+import pytest
+from helpers import call
+
+from agent import Agent, ToolError
+from agent.builtins import builtin_tools
+from agent.llm import ScriptedLLM
+from tools import files
+from tools.files import FileTools, Workspace, make_tools
+
+
+@pytest.fixture
+def ws(tmp_path):
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "notes.txt").write_text("alpha\nbeta\ngamma\n")
+    (root / "src").mkdir()
+    (root / "src" / "app.py").write_text("def main():\n    print('hello')\n    return 0\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("TOP SECRET\n")
+    return root
+
+
+@pytest.fixture
+def ft(ws):
+    return FileTools(ws)
+
+
+def refused(fn, **kwargs) -> str:
+    with pytest.raises(ToolError) as info:
+        fn(**kwargs)
+    return str(info.value)
+
+
+# -- escapes -------------------------------------------------------------------
+
+
+def test_dotdot_escape_is_refused(ft):
+    msg = refused(ft.read_file, path="../outside/secret.txt")
+    assert "escapes the workspace" in msg and "'..'" in msg
+    assert "escapes" in refused(ft.read_file, path="src/../../outside/secret.txt")
+    assert "escapes" in refused(ft.write_file, path="../outside/new.txt", content="x")
+    assert not (ft.workspace.root.parent / "outside" / "new.txt").exists()
+    # `..` that stays inside is fine
+    assert "alpha" in ft.read_file(path="src/../notes.txt")
+
+
+def test_absolute_path_outside_is_refused_and_inside_is_allowed(ft, ws, tmp_path):
+    msg = refused(ft.read_file, path=str(tmp_path / "outside" / "secret.txt"))
+    assert "absolute path" in msg and "outside the workspace" in msg
+    assert "outside the workspace" in refused(ft.read_file, path="/etc/passwd")
+    assert "alpha" in ft.read_file(path=str(ws / "notes.txt"))
+
+
+def test_symlink_to_outside_file_is_refused(ft, ws, tmp_path):
+    os.symlink(tmp_path / "outside" / "secret.txt", ws / "link.txt")
+    msg = refused(ft.read_file, path="link.txt")
+    assert "symlink" in msg and "outside the workspace" in msg
+    assert "symlink" in refused(ft.write_file, path="link.txt", content="overwritten")
+    assert "symlink" in refused(ft.edit_file, path="link.txt", old="TOP", new="NOT")
+    assert (tmp_path / "outside" / "secret.txt").read_text() == "TOP SECRET\n"
+
+
+def test_symlink_to_outside_directory_is_refused_at_any_component(ft, ws, tmp_path):
+    os.symlink(tmp_path / "outside", ws / "linkdir")
+    assert "symlink" in refused(ft.read_file, path="linkdir/secret.txt")
+    assert "symlink" in refused(ft.list_files, path="linkdir")
+    assert "symlink" in refused(ft.search_files, pattern="SECRET", path="linkdir")
+    assert "symlink" in refused(ft.write_file, path="linkdir/new.txt", content="x")
+    assert "symlink" in refused(ft.write_file, path="linkdir/deeper/new.txt", content="x")
+    assert sorted(os.listdir(tmp_path / "outside")) == ["secret.txt"]
+    # listing the workspace shows the link without following it; search skips it
+    assert "linkdir -> (symlink outside the workspace)" in ft.list_files(path=".")
+    assert "No matches" in ft.search_files(pattern="SECRET")
+
+
+def test_dangling_symlink_pointing_outside_cannot_be_written_through(ft, ws, tmp_path):
+    target = tmp_path / "outside" / "created-by-model.txt"
+    os.symlink(target, ws / "dangling")
+    assert "symlink" in refused(ft.write_file, path="dangling", content="x")
+    assert not target.exists()
+
+
+def test_symlink_inside_the_workspace_is_followed(ft, ws):
+    os.symlink(ws / "notes.txt", ws / "alias.txt")
+    assert "beta" in ft.read_file(path="alias.txt")
+    ft.edit_file(path="alias.txt", old="beta", new="BETA")
+    assert os.path.islink(ws / "alias.txt")  # the link survives; its target changed
+    assert (ws / "notes.txt").read_text() == "alpha\nBETA\ngamma\n"
+
+
+def test_symlink_loops_are_refused(ft, ws):
+    os.symlink(ws / "loop_b", ws / "loop_a")
+    os.symlink(ws / "loop_a", ws / "loop_b")
+    assert "symlink loop" in refused(ft.read_file, path="loop_a")
+    assert "symlink loop" in refused(ft.read_file, path="loop_a/x.txt")
+    assert "symlink loop" in refused(ft.write_file, path="loop_a", content="x")
+    assert "loop" in refused(ft.write_file, path="loop_a/x.txt", content="x")
+
+
+def test_dev_zero_through_a_symlink_is_refused(ft, ws):
+    os.symlink("/dev/zero", ws / "zero")
+    msg = refused(ft.read_file, path="zero")
+    assert "outside the workspace" in msg
+    assert "outside" in refused(ft.read_file, path="/dev/zero")
+
+
+def test_fifo_is_refused_without_blocking(ft, ws):
+    os.mkfifo(ws / "pipe")
+    msg = refused(ft.read_file, path="pipe")
+    assert "FIFO" in msg and "not a regular file" in msg
+    assert "FIFO" in refused(ft.write_file, path="pipe", content="x")
+    assert "(a FIFO (named pipe))" in ft.list_files(path=".")
+    assert "No matches" in ft.search_files(pattern="anything")
+
+
+def test_socket_is_refused(ft, ws, monkeypatch):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        monkeypatch.chdir(ws)  # a short relative path: AF_UNIX paths are limited to ~108 bytes
+        sock.bind("sock")
+        assert "socket" in refused(ft.read_file, path="sock")
+    finally:
+        sock.close()
+
+
+def test_oversized_file_is_refused(ws):
+    with open(ws / "big.log", "wb") as f:
+        f.truncate(3_000_000)  # sparse: quick to make
+    msg = refused(FileTools(ws).read_file, path="big.log")
+    assert "3,000,000 bytes" in msg and "2,000,000-byte limit" in msg
+    small = FileTools(ws, max_read_bytes=10)
+    assert "10-byte limit" in refused(small.read_file, path="notes.txt")
+    assert "10-byte limit" in refused(small.edit_file, path="notes.txt", old="alpha", new="x")
+
+
+def test_binary_file_is_refused(ft, ws):
+    (ws / "blob.bin").write_bytes(b"\x89PNG\x00\x01\x02")
+    assert "binary" in refused(ft.read_file, path="blob.bin")
+    assert "binary" in refused(ft.edit_file, path="blob.bin", old="PNG", new="x")
+
+
+def test_directory_and_missing_paths_have_clear_messages(ft):
+    assert "a directory" in refused(ft.read_file, path="src")
+    assert "No such file" in refused(ft.read_file, path="nope.txt")
+    assert "empty" in refused(ft.read_file, path="")
+    assert "is a file" in refused(ft.write_file, path="notes.txt/x", content="x")
+
+
+# -- read ----------------------------------------------------------------------
+
+
+def test_read_file_numbers_lines_and_reports_total(ft, ws):
+    (ws / "long.txt").write_text("".join(f"line {i}\n" for i in range(1, 21)))
+    out = ft.read_file(path="long.txt", start_line=5, end_line=7)
+    assert out.splitlines()[0] == "long.txt (lines 5-7 of 20)"
+    assert out.splitlines()[1:4] == ["5| line 5", "6| line 6", "7| line 7"]
+    assert "start_line=8" in out
+    whole = ft.read_file(path="long.txt")
+    assert "(lines 1-20 of 20)" in whole and "more lines" not in whole
+    assert "past the end" in refused(ft.read_file, path="long.txt", start_line=30)
+    assert "before start_line" in refused(ft.read_file, path="long.txt", start_line=5, end_line=2)
+
+
+def test_read_file_keeps_undecodable_bytes_through_an_edit(ft, ws):
+    (ws / "latin.txt").write_bytes(b"caf\xe9 au lait\nsecond\n")
+    ft.edit_file(path="latin.txt", old="second", new="2nd")
+    assert (ws / "latin.txt").read_bytes() == b"caf\xe9 au lait\n2nd\n"
+
+
+# -- write ---------------------------------------------------------------------
+
+
+def test_write_file_is_atomic_and_creates_parents(ft, ws):
+    out = ft.write_file(path="deep/er/new.md", content="# Title\nbody\n")
+    assert out.startswith("Created deep/er/new.md")
+    assert (ws / "deep" / "er" / "new.md").read_text() == "# Title\nbody\n"
+    os.chmod(ws / "notes.txt", 0o640)
+    assert ft.write_file(path="notes.txt", content="replaced\n").startswith("Overwrote notes.txt")
+    assert (ws / "notes.txt").read_text() == "replaced\n"
+    assert stat.S_IMODE(os.stat(ws / "notes.txt").st_mode) == 0o640  # mode kept
+    leftovers = [p for p in ws.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_failed_write_leaves_the_old_content_and_no_temp_file(ft, ws, monkeypatch):
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", boom)
+    with pytest.raises(OSError):
+        ft.write_file(path="notes.txt", content="half-written")
+    assert (ws / "notes.txt").read_text() == "alpha\nbeta\ngamma\n"
+    assert sorted(p.name for p in ws.iterdir()) == ["notes.txt", "src"]
+
+
+def test_write_size_limit(ws):
+    small = FileTools(ws, max_write_bytes=5)
+    assert "5-byte limit" in refused(small.write_file, path="x.txt", content="123456")
+
+
+# -- edit ----------------------------------------------------------------------
+
+
+def test_edit_file_unique_missing_and_multiple(ft, ws):
+    out = ft.edit_file(path="src/app.py", old="print('hello')", new="print('bye')")
+    assert "replaced 1 occurrence" in out and "lines 2-2" in out
+    assert "print('bye')" in (ws / "src" / "app.py").read_text()
+    msg = refused(ft.edit_file, path="src/app.py", old="print('nope')", new="x")
+    assert "not found" in msg
+    (ws / "dup.txt").write_text("x = 1\nx = 1\nx = 1\n")
+    msg = refused(ft.edit_file, path="dup.txt", old="x = 1", new="x = 2")
+    assert "occurs 3 times" in msg and "exactly once" in msg
+    assert (ws / "dup.txt").read_text() == "x = 1\nx = 1\nx = 1\n"
+    assert "empty" in refused(ft.edit_file, path="dup.txt", old="", new="y")
+
+
+# -- list and search -------------------------------------------------------------
+
+
+def test_list_files(ft, ws):
+    (ws / ".git").mkdir()
+    (ws / ".git" / "HEAD").write_text("ref")
+    top = ft.list_files()
+    assert "notes.txt  17 B" in top and "src/" in top and "src/app.py" not in top
+    deep = ft.list_files(recursive=True)
+    assert "src/app.py" in deep and ".git/HEAD" not in deep and "not descended into: .git" in deep
+    assert ft.list_files(recursive=True, pattern="*.py").splitlines()[1:2] == ["src/app.py  44 B"]
+    assert "not a directory" in refused(ft.list_files, path="notes.txt")
+
+
+def test_list_files_is_capped(ft, ws, monkeypatch):
+    monkeypatch.setattr(files, "MAX_LIST_ENTRIES", 3)
+    for i in range(6):
+        (ws / f"f{i}.txt").write_text("x")
+    out = ft.list_files()
+    assert "5 more entries not shown" in out  # 8 entries, 3 shown
+
+
+def test_search_files(ft, ws, monkeypatch):
+    assert ft.search_files(pattern="beta") == "notes.txt:2: beta"
+    assert ft.search_files(pattern="BETA").startswith("No matches")
+    assert ft.search_files(pattern="BETA", ignore_case=True) == "notes.txt:2: beta"
+    assert ft.search_files(pattern=r"^\s+return \d", regex=True) == "src/app.py:3: return 0"
+    assert ft.search_files(pattern="a", glob="*.py", path="src").splitlines()[0].startswith("src/app.py:1:")
+    assert ft.search_files(pattern="gamma", path="notes.txt") == "notes.txt:3: gamma"
+    assert "Invalid regular expression" in refused(ft.search_files, pattern="(", regex=True)
+    monkeypatch.setattr(files, "MAX_SEARCH_MATCHES", 2)
+    out = ft.search_files(pattern="a")
+    assert len([line for line in out.splitlines() if ":" in line and not line.startswith("[")]) == 2
+    assert "more matches not shown" in out
+
+
+# -- factory, effects, approval, workspace from the run ----------------------------
+
+
+def test_effects_and_approval_option(ws):
+    tools = {t.name: t for t in make_tools(workspace=ws, needs_approval_for_writes=True, unknown_option=1)}
+    assert set(tools) == {"read_file", "write_file", "edit_file", "list_files", "search_files"}
+    assert tools["write_file"].effects == {"writes"} and tools["edit_file"].effects == {"writes"}
+    assert tools["write_file"].needs_approval and tools["edit_file"].needs_approval
+    for name in ("read_file", "list_files", "search_files"):
+        assert tools[name].effects == {"reads"} and tools[name].read_only and not tools[name].needs_approval
+    plain = {t.name: t for t in make_tools(workspace=ws)}
+    assert not plain["write_file"].needs_approval
+    assert isinstance(FileTools(Workspace(ws)).workspace, Workspace)
+
+
+def test_writes_wait_for_approval(ws, run_dir):
+    llm = ScriptedLLM([call("write_file", path="new.txt", content="hi"), "done"])
+    agent = Agent(
+        llm,
+        tools=make_tools(workspace=ws, needs_approval_for_writes=True),
+        run_dir=run_dir,
+        approver=lambda request: False,
+    )
+    result = agent.run_sync("write a file")
+    refused_result = next(e for e in result.events if e.type == "tool_result")
+    assert refused_result.error_kind == "refused"
+    assert not (ws / "new.txt").exists()
+
+
+def test_registry_and_workspace_from_the_run(ws, run_dir):
+    assert [t.name for t in builtin_tools(["files"], workspace=ws)][0] == "read_file"
+    llm = ScriptedLLM([call("write_file", path="out/result.txt", content="42\n"), "written"])
+    result = Agent(llm, tools=["files"], workspace=ws, run_dir=run_dir).run_sync("save 42")
+    assert result.ok
+    assert (ws / "out" / "result.txt").read_text() == "42\n"
+
+
+def test_agent_escape_attempt_gets_an_error_then_succeeds(ws, run_dir):
+    llm = ScriptedLLM(
+        [
+            call("read_file", path="../outside/secret.txt"),
+            call("read_file", path="notes.txt"),
+            "The second line is beta.",
+        ]
+    )
+    result = Agent(llm, tools=make_tools(workspace=ws), run_dir=run_dir).run_sync("What is on line 2?")
+    assert result.status == "completed" and result.answer == "The second line is beta."
+    first, second = [e for e in result.events if e.type == "tool_result"]
+    assert first.is_error and first.error_kind == "exception"
+    assert "escapes the workspace" in first.content and "TOP SECRET" not in first.content
+    assert not second.is_error and "2| beta" in second.content
+    # the model saw the refusal as an observation before its next step
+    seen = llm.requests[1].messages[-1]
+    assert seen.role == "tool" and "escapes the workspace" in seen.content

@@ -1,0 +1,570 @@
+"""Workspace file tools: read, write, edit, list and search files.
+
+Every path the model gives is resolved inside one workspace root and refused,
+with a message the model can act on, when it would leave that root: `..`
+escapes, absolute paths elsewhere, symlinks (at any component) that point
+outside, symlink loops, device files, FIFOs and sockets, and files over the
+size limit.
+
+```python
+from tools.files import make_tools
+
+agent = Agent(tools=make_tools(workspace="project", needs_approval_for_writes=True))
+```
+
+Where the workspace comes from: the `workspace` option when given (resolved
+once, when the tools are made). Without it, each call uses the workspace of the
+run that calls it (`Agent(workspace=...)`, seen through `tool_context()`), and
+outside a run, or when the agent has none, the current directory at the time
+of the call. So `Agent(tools=["files"], workspace="project")` confines the
+tools to `project`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import re
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent.tool import Tool, ToolError, tool, tool_context
+
+DEFAULT_MAX_READ_BYTES = 2_000_000
+DEFAULT_MAX_WRITE_BYTES = 10_000_000
+DEFAULT_READ_LINES = 500  # lines shown when no end_line is given
+MAX_LINE_CHARS = 2_000
+MAX_LIST_ENTRIES = 500
+MAX_SEARCH_MATCHES = 100
+# Directories a recursive listing or search does not descend into (they can
+# still be listed or searched by naming them as `path`).
+SKIP_DIRS = frozenset(
+    {".git", ".hg", ".svn", "__pycache__", ".venv", "node_modules", ".mypy_cache", ".ruff_cache"}
+)
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _describe_mode(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+class Workspace:
+    """A directory the file tools are confined to.
+
+    The root is resolved (symlinks followed) once, here. `resolve()` turns a
+    path the model gave into a real path inside the root or raises `ToolError`
+    saying why not.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
+        max_write_bytes: int = DEFAULT_MAX_WRITE_BYTES,
+    ) -> None:
+        real = Path(os.path.realpath(root))
+        if not real.is_dir():
+            raise ValueError(f"workspace {str(root)!r} is not a directory")
+        self.root = real
+        self.max_read_bytes = max_read_bytes
+        self.max_write_bytes = max_write_bytes
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    # -- resolving paths ---------------------------------------------------
+
+    def _inside(self, path: Path) -> bool:
+        return path == self.root or path.is_relative_to(self.root)
+
+    def relative(self, real: Path) -> str:
+        """How a real path inside the workspace is shown to the model."""
+        rel = real.relative_to(self.root).as_posix()
+        return rel if rel != "." else "."
+
+    def resolve(self, path: str, *, must_exist: bool = True) -> Path:
+        """The real path of `path` (relative to the root, or absolute inside it).
+
+        Raises `ToolError` when the path leaves the workspace by any route, is
+        a symlink loop, or (with `must_exist`) does not exist.
+        """
+        if not path or not path.strip():
+            raise ToolError("The path is empty; give a path relative to the workspace root.")
+        if "\x00" in path:
+            raise ToolError("The path contains a NUL character.")
+        given = Path(path)
+        candidate = given if given.is_absolute() else self.root / given
+        real = Path(os.path.realpath(candidate))
+        if not self._inside(real):
+            lexical = Path(os.path.normpath(candidate))
+            if given.is_absolute() and not self._inside(lexical):
+                raise ToolError(
+                    f"Refused: the absolute path {path!r} is outside the workspace ({self.root}). "
+                    "Use a path relative to the workspace root."
+                )
+            if not self._inside(lexical):
+                raise ToolError(
+                    f"Refused: {path!r} escapes the workspace with '..'. Stay inside the workspace root."
+                )
+            raise ToolError(
+                f"Refused: {path!r} goes through a symlink that points outside the workspace "
+                f"(to {str(real)!r}). Only files inside the workspace can be used."
+            )
+        try:
+            os.stat(real)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ToolError(
+                    f"Refused: {path!r} is a symlink loop (a link that points back to itself)."
+                ) from None
+            if isinstance(e, FileNotFoundError):
+                if must_exist:
+                    raise ToolError(
+                        f"No such file or directory: {path!r} (use list_files to see what exists)."
+                    ) from None
+                self._check_parent(real, path)
+                return real
+            if isinstance(e, NotADirectoryError):
+                raise ToolError(
+                    f"{path!r} is not valid: a component of it is a file, not a directory."
+                ) from None
+            raise ToolError(f"Cannot use {path!r}: {e.strerror}.") from None
+        return real
+
+    def _check_parent(self, real: Path, path: str) -> None:
+        """For a path that does not exist yet: its existing ancestors must be directories."""
+        parent = real.parent
+        while not parent.exists():
+            parent = parent.parent
+        try:
+            st = os.stat(parent)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ToolError(f"Refused: {path!r} goes through a symlink loop.") from None
+            raise ToolError(f"Cannot use {path!r}: {e.strerror}.") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ToolError(f"Cannot create {path!r}: {self.relative(parent)!r} is a file, not a directory.")
+
+    def regular_file(self, path: str) -> tuple[Path, os.stat_result]:
+        """Resolve `path` to an existing regular file within the read size limit."""
+        real = self.resolve(path)
+        st = os.stat(real)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _describe_mode(st.st_mode)
+            hint = " (use list_files for directories)" if stat.S_ISDIR(st.st_mode) else ""
+            raise ToolError(
+                f"Refused: {path!r} is {kind}, not a regular file; only regular files can be read{hint}."
+            )
+        self._check_size(path, st.st_size)
+        return real, st
+
+    def _check_size(self, path: str, size: int) -> None:
+        if size > self.max_read_bytes:
+            raise ToolError(
+                f"Refused: {path!r} is {size:,} bytes, over the {self.max_read_bytes:,}-byte limit for reading. "
+                "Use search_files to find the part you need."
+            )
+
+    def read_bytes(self, path: str) -> tuple[Path, bytes]:
+        """The bytes of a regular file, read without following a swapped-in symlink."""
+        real, _ = self.regular_file(path)
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(real, flags)
+        except OSError as e:
+            raise ToolError(f"Cannot open {path!r}: {e.strerror}.") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):  # changed since it was checked
+                raise ToolError(f"Refused: {path!r} is {_describe_mode(st.st_mode)}, not a regular file.")
+            self._check_size(path, st.st_size)
+            data = f.read(self.max_read_bytes + 1)
+        self._check_size(path, len(data))
+        return real, data
+
+    def read_text(self, path: str) -> tuple[Path, str]:
+        """The text of a file; binary files are refused. Undecodable bytes survive a round trip."""
+        real, data = self.read_bytes(path)
+        if _is_binary(data):
+            raise ToolError(
+                f"Refused: {path!r} looks like a binary file (it contains NUL bytes); these tools only handle text."
+            )
+        return real, data.decode("utf-8", errors="surrogateescape")
+
+    # -- writing -------------------------------------------------------------
+
+    def write_text(self, path: str, content: str) -> tuple[Path, bool]:
+        """Write `content` atomically; returns the real path and whether the file is new."""
+        data = content.encode("utf-8", errors="surrogateescape")
+        if len(data) > self.max_write_bytes:
+            raise ToolError(
+                f"Refused: the content is {len(data):,} bytes, over the {self.max_write_bytes:,}-byte limit."
+            )
+        real = self.resolve(path, must_exist=False)
+        mode: int | None = None
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            created = True
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                raise ToolError(
+                    f"Refused: {path!r} is {_describe_mode(st.st_mode)}; only regular files can be written."
+                )
+            created = False
+            mode = stat.S_IMODE(st.st_mode)
+        real.parent.mkdir(parents=True, exist_ok=True)
+        # A parent created just now cannot be a symlink; check again in case one appeared.
+        if not self._inside(Path(os.path.realpath(real.parent))):
+            raise ToolError(f"Refused: {path!r} now points outside the workspace.")
+        _atomic_write(real, data, mode)
+        return real, created
+
+
+def _is_binary(data: bytes) -> bool:
+    return b"\x00" in data[:8192]
+
+
+def _atomic_write(target: Path, data: bytes, mode: int | None) -> None:
+    """Write to a temp file in the same directory, then rename it over the target."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _clip(line: str, limit: int = MAX_LINE_CHARS) -> str:
+    return line if len(line) <= limit else line[:limit] + f" [... {len(line) - limit} more characters]"
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KB", "MB", "GB"):
+        value /= 1024
+        if value < 1024 or unit == "GB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+class FileTools:
+    """The file tools over one workspace (or the run's workspace, see the module docs).
+
+    `tools()` returns `read_file`, `write_file`, `edit_file`, `list_files` and
+    `search_files`. The writing tools declare the `writes` effect, and with
+    `needs_approval_for_writes=True` each of their calls waits for the agent's
+    approver.
+    """
+
+    def __init__(
+        self,
+        workspace: str | os.PathLike[str] | Workspace | None = None,
+        *,
+        needs_approval_for_writes: bool = False,
+        max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
+        max_write_bytes: int = DEFAULT_MAX_WRITE_BYTES,
+    ) -> None:
+        self.max_read_bytes = max_read_bytes
+        self.max_write_bytes = max_write_bytes
+        self.needs_approval_for_writes = needs_approval_for_writes
+        if workspace is None or isinstance(workspace, Workspace):
+            self._fixed = workspace
+        else:
+            self._fixed = Workspace(workspace, max_read_bytes=max_read_bytes, max_write_bytes=max_write_bytes)
+        self._by_root: dict[Path, Workspace] = {}
+
+    @property
+    def workspace(self) -> Workspace:
+        """The workspace of this call: fixed, else the run's, else the current directory."""
+        if self._fixed is not None:
+            return self._fixed
+        ctx = tool_context()
+        root = Path(ctx.workspace) if ctx is not None and ctx.workspace is not None else Path.cwd()
+        ws = self._by_root.get(root)
+        if ws is None:
+            try:
+                ws = Workspace(root, max_read_bytes=self.max_read_bytes, max_write_bytes=self.max_write_bytes)
+            except ValueError as e:
+                raise ToolError(str(e)) from None
+            self._by_root[root] = ws
+        return ws
+
+    def tools(self) -> list[Tool]:
+        found: list[Tool] = [
+            self.read_file,
+            self.write_file,
+            self.edit_file,
+            self.list_files,
+            self.search_files,
+        ]
+        for t in (self.write_file, self.edit_file):
+            t.needs_approval = self.needs_approval_for_writes
+        return found
+
+    # -- the tools ------------------------------------------------------------
+
+    @tool
+    def read_file(self, path: str, start_line: int | None = None, end_line: int | None = None) -> str:
+        """Read a text file in the workspace, with numbered lines.
+
+        Args:
+            path: File path relative to the workspace root.
+            start_line: First line to show (1-based). Defaults to 1.
+            end_line: Last line to show (inclusive). Defaults to 500 lines after start_line.
+        """
+        ws = self.workspace
+        real, text = ws.read_text(path)
+        lines = text.splitlines()
+        total = len(lines)
+        start = 1 if start_line is None else start_line
+        if start < 1:
+            raise ToolError("start_line must be 1 or more (lines are numbered from 1).")
+        if total == 0:
+            return f"{ws.relative(real)}: the file is empty (0 lines)."
+        if start > total:
+            raise ToolError(f"start_line {start} is past the end of {path!r}, which has {total} lines.")
+        if end_line is not None and end_line < start:
+            raise ToolError(f"end_line {end_line} is before start_line {start}.")
+        end = min(total, end_line if end_line is not None else start + DEFAULT_READ_LINES - 1)
+        width = len(str(end))
+        body = "\n".join(f"{n:>{width}}| {_clip(lines[n - 1])}" for n in range(start, end + 1))
+        header = f"{ws.relative(real)} (lines {start}-{end} of {total})"
+        footer = ""
+        if end < total:
+            footer = f"\n[{total - end} more lines; read_file with start_line={end + 1} to continue]"
+        return f"{header}\n{body}{footer}"
+
+    @tool(effects={"writes"})
+    def write_file(self, path: str, content: str) -> str:
+        """Write a text file in the workspace, replacing it if it exists. Parent directories are created.
+
+        Args:
+            path: File path relative to the workspace root.
+            content: The complete new content of the file.
+        """
+        ws = self.workspace
+        real, created = ws.write_text(path, content)
+        lines = len(content.splitlines())
+        verb = "Created" if created else "Overwrote"
+        return f"{verb} {ws.relative(real)} ({len(content.encode('utf-8', 'surrogateescape')):,} bytes, {lines} lines)."
+
+    @tool(effects={"writes"})
+    def edit_file(self, path: str, old: str, new: str) -> str:
+        """Replace one exact piece of text in a file. `old` must occur exactly once; include surrounding lines to make it unique.
+
+        Args:
+            path: File path relative to the workspace root.
+            old: The exact text to replace (whitespace and indentation matter).
+            new: The text to put in its place.
+        """
+        if not old:
+            raise ToolError("`old` is empty; give the exact text to replace.")
+        ws = self.workspace
+        real, text = ws.read_text(path)
+        count = text.count(old)
+        if count == 0:
+            raise ToolError(
+                f"The text to replace was not found in {path!r}. Read the file and copy the exact text, "
+                "including whitespace and indentation."
+            )
+        if count > 1:
+            raise ToolError(
+                f"The text to replace occurs {count} times in {path!r}; it must occur exactly once. "
+                "Include more surrounding lines so it matches one place."
+            )
+        at = text.index(old)
+        first = text.count("\n", 0, at) + 1
+        updated = text[:at] + new + text[at + len(old) :]
+        ws.write_text(ws.relative(real), updated)
+        last = first + max(new.count("\n") - (1 if new.endswith("\n") else 0), 0)
+        return f"Edited {ws.relative(real)}: replaced 1 occurrence; the new text is at lines {first}-{last}."
+
+    @tool
+    def list_files(self, path: str = ".", pattern: str | None = None, recursive: bool = False) -> str:
+        """List files and directories in the workspace, with sizes.
+
+        Args:
+            path: Directory relative to the workspace root.
+            pattern: Optional glob such as '*.py' (matched against names, or against relative paths if it contains '/').
+            recursive: List subdirectories too.
+        """
+        ws = self.workspace
+        real = ws.resolve(path)
+        if not real.is_dir():
+            raise ToolError(f"{path!r} is not a directory; use read_file for files.")
+        entries: list[str] = []
+        more = 0
+        skipped: set[str] = set()
+
+        def matches(rel: str, name: str) -> bool:
+            if pattern is None:
+                return True
+            return fnmatch.fnmatch(rel if "/" in pattern else name, pattern)
+
+        for dirpath, dirnames, filenames in os.walk(real):
+            dirnames.sort()
+            here = Path(dirpath)
+            if recursive:
+                for d in [d for d in dirnames if d in SKIP_DIRS]:
+                    skipped.add(d)
+                    dirnames.remove(d)
+            for name in sorted([*dirnames, *filenames]):
+                full = here / name
+                rel = ws.relative(full)
+                if not matches(rel, name):
+                    continue
+                if len(entries) >= MAX_LIST_ENTRIES:
+                    more += 1
+                    continue
+                entries.append(self._entry(ws, full, rel))
+            if not recursive:
+                break
+        shown = ws.relative(real)
+        if not entries:
+            what = f" matching {pattern!r}" if pattern else ""
+            return f"{shown}: no entries{what}."
+        lines = [f"{shown}: {len(entries) + more} entries" + (f" matching {pattern!r}" if pattern else "")]
+        lines += entries
+        if more:
+            lines.append(f"[... {more} more entries not shown; narrow with path or pattern]")
+        if skipped:
+            lines.append(f"[not descended into: {', '.join(sorted(skipped))}]")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _entry(ws: Workspace, full: Path, rel: str) -> str:
+        try:
+            lst = os.lstat(full)
+        except OSError:
+            return f"{rel} (unreadable)"
+        if stat.S_ISLNK(lst.st_mode):
+            target = Path(os.path.realpath(full))
+            if not ws._inside(target):
+                return f"{rel} -> (symlink outside the workspace)"
+            try:
+                st = os.stat(target)
+            except OSError:
+                return f"{rel} -> (broken symlink)"
+            suffix = "/" if stat.S_ISDIR(st.st_mode) else f"  {_size(st.st_size)}"
+            return f"{rel} -> {ws.relative(target)}{suffix}"
+        if stat.S_ISDIR(lst.st_mode):
+            return f"{rel}/"
+        if stat.S_ISREG(lst.st_mode):
+            return f"{rel}  {_size(lst.st_size)}"
+        return f"{rel}  ({_describe_mode(lst.st_mode)})"
+
+    @tool
+    def search_files(
+        self,
+        pattern: str,
+        path: str = ".",
+        regex: bool = False,
+        ignore_case: bool = False,
+        glob: str | None = None,
+    ) -> str:
+        """Search text files in the workspace for a string or regular expression; returns `file:line: text` matches.
+
+        Args:
+            pattern: The text (or, with regex=true, the Python regular expression) to find.
+            path: A directory to search recursively, or a single file.
+            regex: Treat pattern as a regular expression.
+            ignore_case: Match regardless of case.
+            glob: Only search files whose names match this glob, such as '*.py'.
+        """
+        if not pattern:
+            raise ToolError("The pattern is empty.")
+        flags = re.IGNORECASE if ignore_case else 0
+        try:
+            rx = re.compile(pattern if regex else re.escape(pattern), flags)
+        except re.error as e:
+            raise ToolError(f"Invalid regular expression {pattern!r}: {e}.") from None
+        ws = self.workspace
+        real = ws.resolve(path)
+        if real.is_dir():
+            files = self._walk_files(ws, real, glob)
+        else:
+            files = iter([real])
+        matches: list[str] = []
+        more = 0
+        skipped = 0
+        for file in files:
+            rel = ws.relative(file)
+            try:
+                _, text = ws.read_text(rel)
+            except ToolError:
+                skipped += 1
+                continue
+            for n, line in enumerate(text.splitlines(), 1):
+                if rx.search(line):
+                    if len(matches) >= MAX_SEARCH_MATCHES:
+                        more += 1
+                    else:
+                        matches.append(f"{rel}:{n}: {_clip(line.strip(), 300)}")
+        if not matches:
+            note = f" ({skipped} binary, oversized or special files skipped)" if skipped else ""
+            return f"No matches for {pattern!r} in {ws.relative(real)}{note}."
+        out = "\n".join(matches)
+        if more:
+            out += f"\n[... {more} more matches not shown; narrow the pattern, path or glob]"
+        if skipped:
+            out += f"\n[{skipped} binary, oversized or special files skipped]"
+        return out
+
+    @staticmethod
+    def _walk_files(ws: Workspace, root: Path, glob: str | None) -> Any:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+            for name in sorted(filenames):
+                if glob is not None and not fnmatch.fnmatch(name, glob):
+                    continue
+                full = Path(dirpath) / name
+                if os.path.islink(full) and not ws._inside(Path(os.path.realpath(full))):
+                    continue
+                yield full
+
+
+def make_tools(
+    workspace: str | os.PathLike[str] | Workspace | None = None,
+    needs_approval_for_writes: bool = False,
+    max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
+    max_write_bytes: int = DEFAULT_MAX_WRITE_BYTES,
+    **_options: Any,
+) -> list[Tool]:
+    """The file tools (the `"files"` built-in). Unknown options are ignored.
+
+    `workspace`: the root the tools are confined to; None means the run's
+    workspace, or the current directory outside a run or without one.
+    """
+    return FileTools(
+        workspace,
+        needs_approval_for_writes=needs_approval_for_writes,
+        max_read_bytes=max_read_bytes,
+        max_write_bytes=max_write_bytes,
+    ).tools()
