@@ -230,7 +230,10 @@ class Agent:
 
     def _wire(self, run: Run, log_path: Path | None = None) -> Run:
         for guard in self.guards:
-            run.bus.intercept(guard)
+            # A guard object with `bind` gets the run's bus (to record its
+            # verdicts) and the agent's approver (to settle "ask" verdicts).
+            bind = getattr(guard, "bind", None)
+            run.bus.intercept(bind(run.bus, approver=self.approver) if bind else guard)
         if self.run_dir is not None:
             run.log = RunLog(log_path or self.run_dir / f"{run.run_id}.jsonl")
             run.bus.subscribe(run.log)
