@@ -95,6 +95,7 @@ class Agent:
         approver: Approver | None = None,
         run_dir: str | Path | None = DEFAULT_RUN_DIR,
         workspace: str | Path | None = None,
+        tool_options: dict[str, Any] | None = None,
     ) -> None:
         if model is None:
             from .llm import TransformersLLM
@@ -122,7 +123,9 @@ class Agent:
             raise AgentError(f"unknown strategy {self.strategy!r}; use 'react' or 'plan-act-reflect'")
         if self.effort not in EFFORTS:
             raise AgentError(f"unknown effort {self.effort!r}; use one of {', '.join(EFFORTS)}")
-        self.tool_list: list[Tool] = bind_tools(self, list(tools if tools is not None else self.tools))
+        self.workspace = Path(workspace) if workspace is not None else None
+        options = {"workspace": self.workspace, **(tool_options or {})}
+        self.tool_list: list[Tool] = bind_tools(self, list(tools if tools is not None else self.tools), options)
         names = [t.name for t in self.tool_list]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -130,7 +133,6 @@ class Agent:
         self.guards: list[Interceptor] = list(guards or [])
         self.approver = approver
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.workspace = Path(workspace) if workspace is not None else None
         self._runs: list[Run] = []
         self._last: Run | None = None
         # One event loop for all sync calls, so tools that hold async resources

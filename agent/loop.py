@@ -634,14 +634,17 @@ class Run:
         )
 
 
-def bind_tools(owner: object, tools: list[Any]) -> list[Tool]:
-    """Tools given as objects or classes, and @tool methods of the owner."""
+def bind_tools(owner: object, tools: list[Any], options: dict[str, Any] | None = None) -> list[Tool]:
+    """Tools given as objects, classes or built-in names, and @tool methods of the owner.
+
+    `options` (workspace, allow_network, ...) go to the built-in tool factories.
+    """
     found: list[Tool] = []
     names = [t for t in tools if isinstance(t, str)]
     if names:
         from .builtins import builtin_tools
 
-        tools = [t for t in tools if not isinstance(t, str)] + builtin_tools(names)
+        tools = [t for t in tools if not isinstance(t, str)] + builtin_tools(names, **(options or {}))
     for t in tools:
         if isinstance(t, type) and issubclass(t, Tool):
             t = t()
