@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .bus import Bus, Interceptor
 from .errors import AgentError
-from .events import Event, RunStatus
+from .events import Event, ModelResponse, Plan, Reflection, RunStatus, ToolResult
 from .llm.base import LLM
 from .loop import Approver, Run, bind_tools
 from .runlog import DEFAULT_RUN_DIR, RunLog, find_run, new_run_id, read_events, trim_torn_tail
@@ -144,6 +144,30 @@ class Agent:
     def render_system_prompt(self) -> str:
         """The system prompt of a new run. Override to add context."""
         return self.system_prompt
+
+    # Each hook takes one typed object and returns it, changed or not; a hook
+    # may be sync or async. They run inside the loop, so a subclass changes
+    # one decision without copying the loop.
+
+    def plan(self, plan: Plan) -> Plan | Awaitable[Plan]:
+        """A plan the model wrote, before it is recorded and shown to the model."""
+        return plan
+
+    def act(self, response: ModelResponse) -> ModelResponse | Awaitable[ModelResponse]:
+        """The model's turn before its tool calls are dispatched (e.g. drop or rewrite calls)."""
+        return response
+
+    def observe(self, result: ToolResult) -> ToolResult | Awaitable[ToolResult]:
+        """A tool's result before guards and the model see it (e.g. summarise it)."""
+        return result
+
+    def reflect(self, reflection: Reflection) -> Reflection | Awaitable[Reflection]:
+        """A reflection the model wrote, before it is recorded."""
+        return reflection
+
+    def should_stop(self, state: RunState) -> str | None | Awaitable[str | None]:
+        """Checked before every step: return a reason to end the run ("stopped")."""
+        return None
 
     def on_event(self, event: Event) -> None:
         """Called for every event of every run, in order. Override to observe."""

@@ -21,6 +21,7 @@ RunStatus = Literal[
     "timeout",
     "cancelled",
     "halted",
+    "stopped",
     "failed",
 ]
 

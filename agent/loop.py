@@ -94,6 +94,10 @@ class _Prepared:
     args: BaseModel
 
 
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
 def _raise_effort(effort: Effort) -> Effort:
     return EFFORTS[min(EFFORTS.index(effort) + 1, len(EFFORTS) - 1)]
 
@@ -236,6 +240,9 @@ class Run:
     async def _step(self) -> None:
         agent = self.agent
         self._check_stop()
+        reason = await _maybe_await(agent.should_stop(self.state))
+        if reason:
+            raise _Stop("stopped", str(reason))
         if self.state.step >= agent.max_steps:
             raise _Stop("max_steps", f"stopped after {agent.max_steps} steps without a final answer")
         step = self.state.step + 1
@@ -294,6 +301,8 @@ class Run:
         response.step = step
         response.purpose = purpose
         response.effort = effort
+        if acting:
+            response = await _maybe_await(self.agent.act(response))
         decision = await self.bus.emit(response)
         if decision.action == "rewrite":
             response = decision.event  # type: ignore[assignment]
@@ -533,6 +542,7 @@ class Run:
             duration=time.monotonic() - started if started is not None else 0.0,
             step=step,
         )
+        result = await _maybe_await(self.agent.observe(result))
         decision = await self.bus.emit(result)
         if decision.action == "halt":
             raise _Stop("halted", decision.feedback or "halted by a guard")
@@ -564,7 +574,8 @@ class Run:
         response = await self._call_model("plan", step=self.state.step, effort="high", instruction=prompt)
         if response is not None:
             content = response.content.strip() or response.thinking.strip() or "(no plan)"
-            await self.bus.emit(Plan(content=content, reason=reason, step=self.state.step))
+            plan = await _maybe_await(self.agent.plan(Plan(content=content, reason=reason, step=self.state.step)))
+            await self.bus.emit(plan)
 
     async def _reflect(self, reason: Literal["error", "loop", "final", "stuck"]) -> None:
         response = await self._call_model(
@@ -572,7 +583,8 @@ class Run:
         )
         if response is not None:
             content = response.content.strip() or response.thinking.strip() or "(no reflection)"
-            await self.bus.emit(Reflection(content=content, reason=reason, step=self.state.step))
+            reflection = Reflection(content=content, reason=reason, step=self.state.step)
+            await self.bus.emit(await _maybe_await(self.agent.reflect(reflection)))
 
     async def _detect_loop(self, step: int) -> bool:
         """Same call repeated, or two calls alternating: break the pattern."""

@@ -343,3 +343,71 @@ def test_events_serialise_to_json_lines(run_dir):
     for event in result.events:
         data = json.loads(event.model_dump_json())
         assert data["type"] == event.type and data["run_id"] == result.run_id
+
+
+def test_subclass_hooks_change_one_decision_each(run_dir):
+    from agent.events import ModelResponse, Plan, Reflection, ToolResult
+
+    class Careful(Agent):
+        strategy = "plan-act-reflect"
+
+        def plan(self, plan: Plan) -> Plan:
+            return plan.model_copy(update={"content": plan.content + "\n3. double-check"})
+
+        async def act(self, response: ModelResponse) -> ModelResponse:
+            # never let the model add more than 100
+            calls = [c for c in response.tool_calls if (c.arguments or {}).get("b", 0) <= 100]
+            return response.model_copy(update={"tool_calls": calls})
+
+        def observe(self, result: ToolResult) -> ToolResult:
+            return result.model_copy(update={"content": f"result={result.content}"})
+
+        def reflect(self, reflection: Reflection) -> Reflection:
+            return reflection.model_copy(update={"content": reflection.content.upper()})
+
+        def should_stop(self, state):
+            return "enough additions" if state.step >= 2 else None
+
+    llm = ScriptedLLM(
+        [
+            "1. add\n2. answer",
+            call("add", a=1, b=1000) + call("add", a=1, b=2),
+            call("nope"),
+            "the tool did not exist",
+            call("add", a=2, b=2),
+            "unreached",
+        ]
+    )
+    result = Careful(llm, tools=[add], run_dir=run_dir, replan_every=0).run_sync("add")
+    assert result.status == "stopped" and result.error == "enough additions"
+    plan = next(e for e in result.events if e.type == "plan")
+    assert plan.content.endswith("3. double-check")
+    outputs = [e.content for e in result.events if e.type == "tool_result" and not e.is_error]
+    assert outputs == ["result=3"]  # the b=1000 call was dropped by act()
+    reflection = next(e for e in result.events if e.type == "reflection")
+    assert reflection.content == "THE TOOL DID NOT EXIST"
+
+
+def test_tool_context_lets_a_tool_emit_guarded_events(run_dir):
+    from agent import Decision
+    from agent.events import MemoryWrite
+    from agent.tool import tool_context
+
+    @tool(effects={"writes"})
+    async def remember(text: str) -> str:
+        """Remember a fact."""
+        ctx = tool_context()
+        decision = await ctx.emit(MemoryWrite(text=text, step=ctx.step))
+        return "refused" if decision.action == "block" else f"saved in run {ctx.run_id}"
+
+    async def guard(event):
+        if isinstance(event, MemoryWrite) and "password" in event.text:
+            return Decision.block("no secrets in memory")
+        return None
+
+    llm = ScriptedLLM([call("remember", text="the sky is blue"), call("remember", text="password=hunter2"), "ok"])
+    result = Agent(llm, tools=[remember], guards=[guard], run_dir=run_dir).run_sync("remember")
+    outputs = [e.content for e in result.events if e.type == "tool_result"]
+    assert outputs == [f"saved in run {result.run_id}", "refused"]
+    writes = [e.text for e in result.events if e.type == "memory_write"]
+    assert writes == ["the sky is blue"]
