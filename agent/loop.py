@@ -124,6 +124,16 @@ class _FinalAnswerTool(Tool):
             self.description = f"Give the final answer as a {schema.__name__} object and end the run."
 
 
+_final_tools: dict[type[BaseModel] | None, _FinalAnswerTool] = {}
+
+
+def _final_answer_tool(schema: type[BaseModel] | None) -> _FinalAnswerTool:
+    # Shared per schema: building a tool's JSON schema costs milliseconds.
+    if schema not in _final_tools:
+        _final_tools[schema] = _FinalAnswerTool(schema)
+    return _final_tools[schema]
+
+
 class Run:
     """One execution of an agent on one task."""
 
@@ -141,7 +151,7 @@ class Run:
         self.bus = bus
         self.state = state or RunState(run_id)
         self.tools: dict[str, Tool] = {t.name: t for t in agent.tool_list}
-        self.final_tool = _FinalAnswerTool(agent.answer_schema)
+        self.final_tool = _final_answer_tool(agent.answer_schema)
         offered = [*self.tools.values(), self.final_tool]
         self._schemas = [t.schema() for t in offered]
         self._tool_names = [t.name for t in offered]

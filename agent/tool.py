@@ -105,10 +105,13 @@ class Tool:
         return self.args_model.model_validate(arguments)
 
     def schema(self) -> dict[str, Any]:
-        """The OpenAI function-tool schema the model is shown."""
+        """The OpenAI function-tool schema the model is shown (built once: it is slow)."""
+        cached = self.__dict__.get("_schema")
+        if cached is not None and cached[0] is self.args_model:
+            return cached[1]
         params = self.args_model.model_json_schema()
         params.pop("title", None)
-        return {
+        schema = {
             "type": "function",
             "function": {
                 "name": self.name,
@@ -116,6 +119,8 @@ class Tool:
                 "parameters": params,
             },
         }
+        self.__dict__["_schema"] = (self.args_model, schema)
+        return schema
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} effects={sorted(self.effects)}>"
