@@ -1,0 +1,115 @@
+"""This project: ``Agent`` driven by ``ScriptedLLM``.
+
+The script is raw model text, so every turn goes through the Hermes
+``<tool_call>`` parser exactly like a real model's output.  Two variants:
+
+* ``--variant log`` (default): the default run log -- ``run_dir`` is a
+  fresh temporary directory and every event is written to JSONL and
+  flushed as it happens.
+* ``--variant nolog``: ``run_dir=None``, no run log.
+
+``guards=None`` (no interceptors; also the default) is passed explicitly
+so the figure is the bare loop overhead.  Only ``agent.run_sync`` is
+timed; ``agent.close()`` (which ends the agent's event loop) runs after
+the timer stops.  Run with the project's own virtualenv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+# The orchestrator points LOOP_OVERHEAD_SRC at a snapshot of the project's
+# packages so edits made while a benchmark runs do not leak into it.
+SRC = os.environ.get("LOOP_OVERHEAD_SRC") or REPO
+sys.path.insert(0, HERE)
+sys.path.insert(0, SRC)
+
+_parser = argparse.ArgumentParser(add_help=False)
+_parser.add_argument("--variant", choices=["log", "nolog"], default="log")
+_known, sys.argv[1:] = _parser.parse_known_args()
+_VARIANT = _known.variant
+
+from _common import Counter, measure  # noqa: E402
+
+import agent as agent_pkg  # noqa: E402
+from agent import Agent, tool  # noqa: E402
+from agent.llm import ScriptedLLM  # noqa: E402
+
+assert os.path.dirname(os.path.abspath(agent_pkg.__file__)) == os.path.join(os.path.abspath(SRC), "agent"), (
+    f"imported agent from {agent_pkg.__file__}, expected it under {SRC}"
+)
+
+_TMP_ROOT = tempfile.mkdtemp(prefix="loop-overhead-")
+
+
+def make_run(n: int):
+    counter = Counter()
+
+    @tool
+    def noop(i: int) -> str:
+        """Do nothing."""
+        return counter.hit(i)
+
+    script = [f'<tool_call>{{"name": "noop", "arguments": {{"i": {i}}}}}</tool_call>' for i in range(n)]
+    script.append("done")
+    llm = ScriptedLLM(script)
+    run_dir = tempfile.mkdtemp(dir=_TMP_ROOT) if _VARIANT == "log" else None
+    kwargs = {"guards": None}
+    bench_agent = Agent(llm, tools=[noop], max_steps=n + 5, run_dir=run_dir, **kwargs)
+
+    def run():
+        return bench_agent.run_sync("task")
+
+    def verify(result):
+        assert result.status == "completed" and result.answer == "done", (
+            result.status,
+            result.answer,
+            result.error,
+        )
+        counter.check(n)
+        assert len(llm.requests) == n + 1, len(llm.requests)
+        if run_dir is not None:
+            assert result.log_path and os.path.getsize(result.log_path) > 0, result.log_path
+        close = getattr(bench_agent, "close", None)  # ends the agent's event loop; not timed
+        if close is not None:
+            close()
+
+    return run, verify
+
+
+def _version() -> str:
+    if os.environ.get("LOOP_OVERHEAD_VERSION"):
+        return os.environ["LOOP_OVERHEAD_VERSION"]
+    version = getattr(agent_pkg, "__version__", "?")
+    try:
+        sha = subprocess.run(
+            ["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        # GIT_OPTIONAL_LOCKS=0 keeps `git status` read-only (no index refresh).
+        dirty = subprocess.run(
+            ["git", "-C", REPO, "status", "--porcelain", "--", "agent", "tools", "memory", "guards"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+        ).stdout.strip()
+        if sha:
+            version += f"+{sha}" + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version
+
+
+if __name__ == "__main__":
+    try:
+        name = "ours" if _VARIANT == "log" else "ours (no log)"
+        measure(name, _version(), make_run, {"variant": _VARIANT})
+    finally:
+        shutil.rmtree(_TMP_ROOT, ignore_errors=True)
