@@ -13,6 +13,7 @@ from .errors import AgentError
 
 # name -> "module:factory"; the factory takes the agent's options and returns tools.
 REGISTRY: dict[str, str] = {
+    "python": "tools.python_tool:make_tools",
     "files": "tools.files:make_tools",
     "web": "tools.web:make_tools",
 }

@@ -86,7 +86,9 @@ def make_model(args: argparse.Namespace) -> Any:
         return ScriptedLLM.from_file(path)
     from .llm.transformers import TransformersLLM
 
-    return TransformersLLM(model)
+    # Load before the run starts, so a wrong path is a one-line usage error
+    # rather than a failed run, and the first-start conversion shows its progress.
+    return TransformersLLM(model).load()
 
 
 def make_tools(spec: str) -> list[Any]:

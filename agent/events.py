@@ -7,7 +7,7 @@ them, and a run is resumed by replaying them (see `agent.state`).
 from __future__ import annotations
 
 import time as _time
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -203,26 +203,7 @@ class Error(EventBase):
 
 
 Event = Annotated[
-    Union[
-        RunStarted,
-        RunFinished,
-        UserMessage,
-        Plan,
-        ModelRequest,
-        ModelDelta,
-        ModelResponse,
-        ToolCall,
-        ToolResult,
-        Feedback,
-        Reflection,
-        GuardVerdict,
-        ApprovalRequested,
-        ApprovalGiven,
-        MemoryRead,
-        MemoryWrite,
-        FinalAnswer,
-        Error,
-    ],
+    RunStarted | RunFinished | UserMessage | Plan | ModelRequest | ModelDelta | ModelResponse | ToolCall | ToolResult | Feedback | Reflection | GuardVerdict | ApprovalRequested | ApprovalGiven | MemoryRead | MemoryWrite | FinalAnswer | Error,
     Field(discriminator="type"),
 ]
 

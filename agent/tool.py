@@ -255,7 +255,7 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     sections = _SECTION.split(doc)
     summary = sections[0].strip()
     params: dict[str, str] = {}
-    for title, body in zip(sections[1::2], sections[2::2]):
+    for title, body in zip(sections[1::2], sections[2::2], strict=False):
         if title not in ("Args", "Arguments", "Parameters"):
             continue
         current = None

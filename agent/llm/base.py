@@ -7,12 +7,17 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import AgentError
 from ..events import ModelDelta, ModelResponse
 from ..types import Effort, Message
 
 
 class LLMError(Exception):
     """The backend could not produce a response (network, server, loading)."""
+
+
+class ModelNotFoundError(LLMError, AgentError):
+    """The model the user named cannot be found or loaded as given: fix the name or path."""
 
 
 class LLMRequest(BaseModel):

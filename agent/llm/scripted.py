@@ -6,14 +6,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from ..events import ModelDelta, ModelResponse
 from ..types import ToolCallRequest, Usage
 from .base import LLMError, LLMRequest
 from .parse import parse_output
 
-ScriptItem = Union[str, ModelResponse, dict[str, Any], Callable[[LLMRequest], Union[str, ModelResponse]]]
+ScriptItem = str | ModelResponse | dict[str, Any] | Callable[[LLMRequest], str | ModelResponse]
 
 
 class ScriptExhausted(LLMError):

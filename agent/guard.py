@@ -1,0 +1,77 @@
+"""What a guard is: a check of one step of a run, returning a `Verdict`.
+
+Every event a guard may judge belongs to a `Stage`. A guard answers with a
+`Verdict`; `guards.GuardPipeline` turns verdicts into bus `Decision`s.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from .events import Event
+
+Stage = Literal[
+    "user_input",
+    "model_output",
+    "tool_call",
+    "tool_result",
+    "memory_write",
+    "memory_read",
+    "final_answer",
+]
+STAGES: tuple[Stage, ...] = (
+    "user_input",
+    "model_output",
+    "tool_call",
+    "tool_result",
+    "memory_write",
+    "memory_read",
+    "final_answer",
+)
+Action = Literal["allow", "redact", "block", "ask", "halt"]
+
+_STAGE_OF_TYPE: dict[str, Stage] = {
+    "user_message": "user_input",
+    "model_response": "model_output",
+    "tool_call": "tool_call",
+    "tool_result": "tool_result",
+    "memory_write": "memory_write",
+    "memory_read": "memory_read",
+    "final_answer": "final_answer",
+}
+
+
+def stage_of(event: Event | Any) -> Stage | None:
+    """The stage an event belongs to, or None for events no guard judges."""
+    return _STAGE_OF_TYPE.get(getattr(event, "type", ""))
+
+
+class Verdict(BaseModel):
+    """One guard's judgement of one event.
+
+    `content` is the replacement for "redact": text for most events, the
+    arguments dict for a tool call, the hits list for a memory read.
+    `feedback` is what the model is told when the step is blocked.
+    """
+
+    model_config = ConfigDict(defer_build=True)
+
+    action: Action = "allow"
+    content: Any = None
+    feedback: str = ""
+    category: str = ""
+    score: float | None = None
+    rationale: str = ""
+    guard: str = ""
+    latency: float = 0.0
+
+
+@runtime_checkable
+class Guard(Protocol):
+    """Anything with a name and an async `check`."""
+
+    name: str
+
+    async def check(self, event: Event, stage: Stage) -> Verdict: ...

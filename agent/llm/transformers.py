@@ -1,0 +1,715 @@
+"""An in-process model run with Hugging Face transformers.
+
+`TransformersLLM` loads a model directory, a cached hub id, a `.gguf` file,
+or (by default) the embedded SmolLM2-135M-Instruct, and streams its output
+as `ModelDelta` events. torch and transformers are imported only inside the
+functions here, so importing `agent.llm` stays cheap.
+
+Prompt rendering lives in `TemplateChatFormat`: it uses the tokenizer's chat
+template, with native tool support when the template has it and a Hermes
+style tool prompt (`<tools>`, `<tool_call>`, `<tool_response>`) otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..events import ModelDelta, ModelResponse
+from ..types import Effort, Message, Usage
+from .base import LLMError, LLMRequest, ModelNotFoundError
+from .parse import CALL_CLOSE, CALL_OPEN, THINK_CLOSE, THINK_OPEN, parse_output
+
+#: Tokens that end a turn in common chat formats; the model's own EOS ids are added.
+END_OF_TURN_TOKENS = (
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<|return|>",
+    "</s>",
+)
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def prepare_openmp() -> None:
+    """Make OpenMP threads sleep, not spin, while they wait for work.
+
+    With the default spin-waiting, torch's intra-op threads compete with any
+    other busy thread or process for the cores; on a small machine that made
+    generation about ten times slower. The setting is read when torch loads,
+    so it only takes effect if torch has not been imported yet, and an
+    explicit OMP_WAIT_POLICY in the environment wins.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def set_torch_threads(threads: int) -> None:
+    """Set torch's intra-op thread count for the calling thread.
+
+    OpenMP keeps the thread count per OS thread, so a generation worker thread
+    calls this again before generating rather than relying on the main thread.
+    """
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- chat format
+
+HERMES_TOOLS_INSTRUCTION = (
+    "# Tools\n\n"
+    "You may call one or more tools to help with the user's request. "
+    "The tools are described by JSON schemas inside <tools></tools>:\n"
+    "<tools>\n{tools}\n</tools>\n\n"
+    "To call a tool, write a JSON object with the tool name and its arguments inside "
+    "<tool_call></tool_call> tags, one block per call, for example:\n"
+    '<tool_call>{{"name": "tool_name", "arguments": {{"arg": "value"}}}}</tool_call>\n'
+    "Tool results come back inside <tool_response></tool_response> tags. "
+    "When you can answer, reply in plain text without a tool call."
+)
+HERMES_TOOL_REQUIRED = "\nYou must call at least one tool in this reply."
+
+
+def hermes_tools_prompt(tools: Sequence[dict[str, Any]], *, required: bool = False) -> str:
+    """The Hermes-style tool instructions placed in the system prompt."""
+    schemas = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+    text = HERMES_TOOLS_INSTRUCTION.format(tools=schemas)
+    return text + HERMES_TOOL_REQUIRED if required else text
+
+
+def hermes_tool_call(name: str, arguments: dict[str, Any] | None) -> str:
+    return (
+        "<tool_call>"
+        + json.dumps({"name": name, "arguments": arguments or {}}, ensure_ascii=False)
+        + "</tool_call>"
+    )
+
+
+def hermes_tool_response(name: str | None, content: str) -> str:
+    body = json.dumps({"name": name or "", "content": content}, ensure_ascii=False)
+    return f"<tool_response>\n{body}\n</tool_response>"
+
+
+class TemplateChatFormat:
+    """Renders an `LLMRequest` into prompt text with a tokenizer's chat template.
+
+    When the template mentions `tools`, messages and tool schemas are handed
+    to it in the Hugging Face format. Otherwise tools are described in the
+    system prompt in Hermes style, past tool calls are written as
+    `<tool_call>` text and tool results become user messages holding
+    `<tool_response>` blocks (unless the template knows a `tool` role).
+    """
+
+    def __init__(self, tokenizer: Any, template_kwargs: dict[str, Any] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.template_kwargs = dict(template_kwargs or {})
+        template = getattr(tokenizer, "chat_template", None)
+        if not template:
+            raise LLMError("the tokenizer has no chat template, so chat messages cannot be formatted")
+        self.template_text = template if isinstance(template, str) else "\n".join(map(str, template.values()))
+        self.native_tools = "tools" in self.template_text
+        self.native_tool_role = self.native_tools or any(
+            q in self.template_text for q in ("'tool'", '"tool"')
+        )
+        self.uses_enable_thinking = "enable_thinking" in self.template_text
+        self.uses_reasoning_effort = "reasoning_effort" in self.template_text
+
+    # -- the pieces, each overridable
+
+    def effort_options(self, effort: Effort) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.uses_enable_thinking:
+            options["enable_thinking"] = effort != "low"
+        if self.uses_reasoning_effort:
+            options["reasoning_effort"] = effort
+        return options
+
+    def template_messages(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[dict[str, Any]] = (),
+        *,
+        tools_required: bool = False,
+    ) -> list[dict[str, Any]]:
+        if self.native_tools:
+            return [self._native_message(m) for m in messages]
+        return self._hermes_messages(messages, tools, tools_required)
+
+    def render(self, request: LLMRequest) -> str:
+        tools = request.tools if request.tool_choice != "none" else []
+        required = request.tool_choice == "required"
+        messages = self.template_messages(request.messages, tools, tools_required=required)
+        kwargs: dict[str, Any] = self.effort_options(request.effort)
+        if self.native_tools and tools:
+            kwargs["tools"] = list(tools)
+        kwargs.update(self.template_kwargs)
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False, **kwargs
+            )
+        except Exception as e:  # jinja errors: the template rejects these messages
+            raise LLMError(f"the chat template could not render the messages: {e}") from e
+
+    # -- helpers
+
+    @staticmethod
+    def _native_message(m: Message) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.role == "assistant" and m.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments or {}}}
+                for c in m.tool_calls
+            ]
+        if m.role == "tool":
+            if m.tool_call_id:
+                out["tool_call_id"] = m.tool_call_id
+            if m.name:
+                out["name"] = m.name
+        return out
+
+    def _hermes_messages(
+        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]], required: bool
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        call_names: dict[str, str] = {}
+        pending_results: list[str] = []
+
+        def flush_results() -> None:
+            if pending_results:
+                out.append({"role": "user", "content": "\n".join(pending_results)})
+                pending_results.clear()
+
+        for m in messages:
+            if m.role == "tool" and not self.native_tool_role:
+                name = m.name or call_names.get(m.tool_call_id or "")
+                pending_results.append(hermes_tool_response(name, m.content))
+                continue
+            flush_results()
+            if m.role == "assistant" and m.tool_calls:
+                parts = [m.content.strip()] if m.content.strip() else []
+                for c in m.tool_calls:
+                    call_names[c.id] = c.name
+                    parts.append(hermes_tool_call(c.name, c.arguments))
+                out.append({"role": "assistant", "content": "\n".join(parts)})
+            elif m.role == "tool":
+                out.append({"role": "tool", "content": m.content})
+            else:
+                out.append({"role": m.role, "content": m.content})
+        flush_results()
+
+        if tools:
+            prompt = hermes_tools_prompt(tools, required=required)
+            if out and out[0]["role"] == "system":
+                base = out[0]["content"].rstrip()
+                out[0] = {"role": "system", "content": f"{base}\n\n{prompt}" if base else prompt}
+            else:
+                out.insert(0, {"role": "system", "content": prompt})
+        return out
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _partial_tag_len(text: str, tags: Iterable[str]) -> int:
+    """Length of the longest end of `text` that begins one of `tags`."""
+    best = 0
+    for tag in tags:
+        for n in range(min(len(tag) - 1, len(text)), best, -1):
+            if text.endswith(tag[:n]):
+                best = n
+                break
+    return best
+
+
+class _Trimmed:
+    """Emits text without its leading and trailing whitespace, like `.strip()`
+    on the concatenation, holding trailing whitespace until more text comes."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.pending = ""
+
+    def push(self, text: str) -> str:
+        if not self.started:
+            text = text.lstrip()
+            if not text:
+                return ""
+            self.started = True
+        text = self.pending + text
+        kept = text.rstrip()
+        self.pending = text[len(kept) :]
+        return kept
+
+
+class StreamSplitter:
+    """Routes streamed text into content and thinking deltas.
+
+    Text inside `<think>` goes to thinking and text inside `<tool_call>` is
+    held back (the final response carries the parsed calls), so the content
+    deltas add up to the response's content.
+    """
+
+    def __init__(self, *, in_thinking: bool = False) -> None:
+        self.state = "thinking" if in_thinking else "content"
+        self.buffer = ""
+        self.content = _Trimmed()
+        self.thinking = _Trimmed()
+        self.thinking_blocks = 0
+
+    def _tags(self) -> tuple[str, ...]:
+        if self.state == "content":
+            return (THINK_OPEN, CALL_OPEN)
+        return (THINK_CLOSE,) if self.state == "thinking" else (CALL_CLOSE,)
+
+    def _emit(self, text: str, out: list[ModelDelta]) -> None:
+        if not text:
+            return
+        if self.state == "content":
+            piece = self.content.push(text)
+            if piece:
+                out.append(ModelDelta(content=piece))
+        elif self.state == "thinking":
+            starting = not self.thinking.started
+            piece = self.thinking.push(text)
+            if piece:
+                if starting and self.thinking_blocks:
+                    piece = "\n" + piece
+                out.append(ModelDelta(thinking=piece))
+
+    def feed(self, text: str) -> list[ModelDelta]:
+        self.buffer += text
+        out: list[ModelDelta] = []
+        while True:
+            tags = self._tags()
+            hits = [(i, t) for t in tags if (i := self.buffer.find(t)) >= 0]
+            if not hits:
+                keep = _partial_tag_len(self.buffer, tags)
+                self._emit(self.buffer[: len(self.buffer) - keep], out)
+                self.buffer = self.buffer[len(self.buffer) - keep :]
+                return out
+            index, tag = min(hits)
+            self._emit(self.buffer[:index], out)
+            self.buffer = self.buffer[index + len(tag) :]
+            if tag == THINK_OPEN:
+                self.state = "thinking"
+            elif tag == CALL_OPEN:
+                self.state = "call"
+            else:
+                if self.state == "thinking" and self.thinking.started:
+                    self.thinking_blocks += 1
+                    self.thinking = _Trimmed()
+                self.state = "content"
+
+    def finish(self) -> list[ModelDelta]:
+        out: list[ModelDelta] = []
+        self._emit(self.buffer, out)
+        self.buffer = ""
+        return out
+
+
+class _RequestStreamer:
+    """One request's streamer for `generate` (runs on the worker thread).
+
+    It decodes tokens incrementally, drops end-of-turn tokens, cuts the text
+    at the first stop string, and hands text pieces to `emit`.
+    """
+
+    def __init__(
+        self, tokenizer: Any, end_ids: set[int], stop: Sequence[str], emit: Any, halt: threading.Event
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.end_ids = end_ids
+        self.stop = [s for s in stop if s]
+        self.emit = emit
+        self.halt = halt
+        self.prompt_seen = False
+        self.prompt_tokens = 0
+        self.generated = 0
+        self.last_token: int | None = None
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+        self.text = ""
+        self.sent = 0
+        self.stopped_by_string = False
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # the first call carries the prompt
+            self.prompt_seen = True
+            return
+        tokens = [int(t) for t in value.reshape(-1).tolist()]
+        for token in tokens:
+            self.generated += 1
+            self.last_token = token
+            if self.stopped_by_string or token in self.end_ids:
+                continue
+            self.ids.append(token)
+            prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+            full = self._decode(self.ids[self.prefix_offset :])
+            if len(full) > len(prefix) and not full.endswith("\ufffd"):
+                self._add_text(full[len(prefix) :])
+                self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+
+    def end(self) -> None:
+        if not self.stopped_by_string and self.read_offset < len(self.ids):
+            prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+            full = self._decode(self.ids[self.prefix_offset :])
+            self._add_text(full[len(prefix) :])
+            self.read_offset = len(self.ids)
+        if not self.stopped_by_string and self.sent < len(self.text):
+            self.emit(self.text[self.sent :])
+            self.sent = len(self.text)
+
+    def _add_text(self, piece: str) -> None:
+        if self.stopped_by_string or not piece:
+            return
+        start = len(self.text)
+        self.text += piece
+        if self.stop:
+            cuts = [i for s in self.stop if (i := self.text.find(s, max(0, start - len(s) + 1))) >= 0]
+            if cuts:
+                self.text = self.text[: min(cuts)]
+                self.stopped_by_string = True
+                self.halt.set()
+                if self.sent < len(self.text):
+                    self.emit(self.text[self.sent :])
+                self.sent = len(self.text)
+                return
+        keep = _partial_tag_len(self.text[self.sent :], self.stop) if self.stop else 0
+        upto = len(self.text) - keep
+        if upto > self.sent:
+            self.emit(self.text[self.sent : upto])
+            self.sent = upto
+
+
+@functools.cache
+def _halt_criteria_class() -> type:
+    import torch
+    from transformers import StoppingCriteria
+
+    class HaltCriteria(StoppingCriteria):
+        """Stops generation once an event is set (stop string seen, request cancelled)."""
+
+        def __init__(self, event: threading.Event) -> None:
+            self.event = event
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full(
+                (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+            )
+
+    return HaltCriteria
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+class TransformersLLM:
+    """A local model run in-process with transformers.
+
+    `model` is a model directory, a hub id already in the local Hugging Face
+    cache, a `.gguf` file, or None for the embedded SmolLM2-135M-Instruct.
+    The model loads on the first request or on `load()`.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        device: str | None = None,
+        dtype: Any = None,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        threads: int | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.model_ref = model
+        self.device = device
+        self.dtype = dtype
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.threads = max(1, threads) if threads else usable_cores()
+        self.template_kwargs = dict(template_kwargs or {})
+        self.name = "transformers:" + self._short_name(model)
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.chat_format: TemplateChatFormat | None = None
+        self.end_ids: set[int] = set()
+        self.model_path: Path | str | None = None
+        self._load_lock = threading.Lock()
+        self._generate_lock = threading.Lock()
+
+    @staticmethod
+    def _short_name(model: str | Path | None) -> str:
+        if model is None:
+            return DEFAULT_MODEL_NAME
+        text = str(model)
+        path = Path(text).expanduser()
+        if path.exists() or text.endswith(".gguf"):
+            return path.name
+        return text
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    # -- loading
+
+    def load(self) -> TransformersLLM:
+        """Load the model and tokenizer now (thread-safe, once)."""
+        if self.model is not None:
+            return self
+        with self._load_lock:
+            if self.model is None:
+                self._load()
+        return self
+
+    def _load(self) -> None:
+        prepare_openmp()
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        set_torch_threads(self.threads)
+        source, gguf_file = self._resolve_source()
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = self._torch_dtype(device)
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
+        model_kwargs: dict[str, Any] = {"dtype": dtype}
+        if device == "cuda":
+            model_kwargs["device_map"] = "auto"
+        elif device != "cpu":
+            model_kwargs["device_map"] = device
+
+        from .default_model import gguf_loading_speedups
+
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()
+        try:
+            with gguf_loading_speedups() if gguf_file else contextlib.nullcontext():
+                tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+                model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **model_kwargs)
+        except (OSError, ValueError) as e:
+            if isinstance(source, str) and not Path(source).exists():
+                raise ModelNotFoundError(
+                    f"model {source!r} is not a local path and is not in the Hugging Face cache "
+                    f"(models load offline); download it first, e.g. `hf download {source}`: {e}"
+                ) from e
+            raise LLMError(f"could not load model {str(source)!r}: {e}") from e
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
+        model.eval()
+        self.tokenizer = tokenizer
+        self.chat_format = TemplateChatFormat(tokenizer, self.template_kwargs)
+        self.end_ids = self._end_token_ids(model, tokenizer)
+        self.model_path = source
+        self.model = model
+
+    def _resolve_source(self) -> tuple[Path | str, str | None]:
+        """(directory or hub id, gguf file name or None)."""
+        if self.model_ref is None:
+            from .default_model import ensure_default_model
+
+            return ensure_default_model(), None
+        path = Path(self.model_ref).expanduser()
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise ModelNotFoundError(f"{str(path)!r} is a file but not a .gguf model")
+            return path.parent, path.name
+        if path.is_dir():
+            if not (path / "config.json").exists():
+                ggufs = sorted(path.glob("*.gguf"))
+                if len(ggufs) == 1:
+                    return path, ggufs[0].name
+            return path, None
+        if str(self.model_ref).endswith(".gguf") or path.is_absolute() or str(self.model_ref).startswith("."):
+            raise ModelNotFoundError(f"model file or directory {str(path)!r} does not exist")
+        return str(self.model_ref), None
+
+    def _torch_dtype(self, device: str) -> Any:
+        import torch
+
+        if self.dtype is None:
+            return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if isinstance(self.dtype, str) and self.dtype != "auto":
+            value = getattr(torch, self.dtype, None)
+            if not isinstance(value, torch.dtype):
+                raise LLMError(f"unknown dtype {self.dtype!r}")
+            return value
+        return self.dtype
+
+    @staticmethod
+    def _end_token_ids(model: Any, tokenizer: Any) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+            value = getattr(source, "eos_token_id", None)
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list | tuple):
+                ids.update(int(v) for v in value)
+        vocab = tokenizer.get_vocab()
+        for token in END_OF_TURN_TOKENS:
+            if token in vocab:
+                ids.add(vocab[token])
+        return ids
+
+    # -- prompts
+
+    def render_prompt(self, request: LLMRequest) -> str:
+        """The exact prompt text the model sees for `request` (loads the model)."""
+        self.load()
+        assert self.chat_format is not None
+        return self.chat_format.render(request)
+
+    # -- generation
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        if not self.loaded:
+            await asyncio.to_thread(self.load)
+        prompt = self.render_prompt(request)
+        max_new = request.max_new_tokens or self.max_new_tokens
+        temperature = self.temperature if request.temperature is None else request.temperature
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def send(kind: str, payload: Any = None) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, payload))
+            except RuntimeError:  # the loop is gone; nobody is listening
+                pass
+
+        halt = threading.Event()
+        streamer = _RequestStreamer(
+            self.tokenizer, self.end_ids, request.stop, lambda t: send("text", t), halt
+        )
+        worker = threading.Thread(
+            target=self._generate,
+            args=(prompt, max_new, temperature, streamer, halt, send),
+            name="transformers-generate",
+        )
+        worker.start()
+        opened_thinking = prompt.rstrip().endswith(THINK_OPEN)
+        splitter = StreamSplitter(in_thinking=opened_thinking)
+        try:
+            while True:
+                kind, payload = await queue.get()
+                if kind == "text":
+                    for delta in splitter.feed(payload):
+                        yield delta
+                elif kind == "error":
+                    raise LLMError(f"{self.name}: generation failed: {payload}") from payload
+                else:
+                    break
+            for delta in splitter.finish():
+                yield delta
+        finally:
+            halt.set()  # stops the worker early if the consumer went away
+
+        text = streamer.text
+        if opened_thinking:  # the template opened the think block in the prompt
+            text = THINK_OPEN + text
+        parsed = parse_output(text)
+        completion_tokens = streamer.generated
+        hit_length = (
+            completion_tokens >= max_new
+            and not streamer.stopped_by_string
+            and streamer.last_token not in self.end_ids
+        )
+        if parsed.tool_calls:
+            finish_reason = "tool_calls"
+        elif hit_length:
+            finish_reason = "length"
+        else:
+            finish_reason = "stop"
+        thinking_tokens = (
+            len(self.tokenizer.encode(parsed.thinking, add_special_tokens=False)) if parsed.thinking else 0
+        )
+        yield ModelResponse(
+            purpose=request.purpose,
+            content=parsed.content,
+            thinking=parsed.thinking,
+            tool_calls=parsed.tool_calls,
+            usage=Usage(
+                prompt_tokens=streamer.prompt_tokens,
+                completion_tokens=completion_tokens,
+                thinking_tokens=thinking_tokens,
+            ),
+            effort=request.effort,
+            finish_reason=finish_reason,
+            model=self.name,
+        )
+
+    def _generate(
+        self,
+        prompt: str,
+        max_new: int,
+        temperature: float,
+        streamer: _RequestStreamer,
+        halt: threading.Event,
+        send: Any,
+    ) -> None:
+        """Worker thread: one `generate` call at a time per model."""
+        try:
+            import torch
+            from transformers import StoppingCriteriaList
+
+            with self._generate_lock:
+                if halt.is_set():
+                    return
+                set_torch_threads(self.threads)
+                # The template already wrote the special tokens (BOS, turn markers).
+                encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+                streamer.prompt_tokens = int(encoded["input_ids"].shape[1])
+                inputs = {k: v.to(self.model.device) for k, v in encoded.items()}
+                sampling: dict[str, Any] = (
+                    {"do_sample": True, "temperature": temperature}
+                    if temperature > 0
+                    else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+                )
+                pad = self.tokenizer.pad_token_id
+                if pad is None:
+                    pad = min(self.end_ids) if self.end_ids else 0
+                with torch.inference_mode():
+                    self.model.generate(
+                        **inputs,
+                        max_new_tokens=max_new,
+                        eos_token_id=sorted(self.end_ids),
+                        pad_token_id=pad,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_halt_criteria_class()(halt)]),
+                        **sampling,
+                    )
+        except Exception as e:
+            send("error", e)
+        finally:
+            send("done")
