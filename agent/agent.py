@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,9 @@ from .runlog import DEFAULT_RUN_DIR, RunLog, find_run, new_run_id, read_events, 
 from .state import RunState
 from .tool import Tool
 from .types import EFFORTS, Effort, Usage
+
+if TYPE_CHECKING:
+    from .session import Session
 
 Strategy = Literal["react", "plan-act-reflect"]
 
@@ -240,7 +243,16 @@ class Agent:
         run_id = new_run_id()
         return self._wire(Run(self, run_id=run_id, bus=Bus(run_id)))
 
-    def _resumed_run(self, run: str | Path) -> Run:
+    def session(self, run: str | Path | None = None) -> Session:
+        """A conversation: each message continues one run, with one log.
+
+        Pass a run id (or 'last', or a log path) to pick up a saved session.
+        """
+        from .session import Session
+
+        return Session(self, self._resumed_run(run, allow_ended=True) if run is not None else None)
+
+    def _resumed_run(self, run: str | Path, *, allow_ended: bool = False) -> Run:
         path = find_run(run, self.run_dir or DEFAULT_RUN_DIR)
         trim_torn_tail(path)
         events = read_events(path)
@@ -249,7 +261,7 @@ class Agent:
         state = RunState(events[0].run_id)
         for event in events:
             state.apply(event)
-        if state.status in ("completed", "halted"):
+        if state.status in ("completed", "halted") and not allow_ended:
             raise AgentError(f"run {state.run_id} already ended ({state.status}); start a new run instead")
         bus = Bus(state.run_id, first_seq=events[-1].seq)
         return self._wire(Run(self, run_id=state.run_id, bus=bus, state=state), path)
@@ -269,24 +281,25 @@ class Agent:
             run.bus.subscribe(self.on_event)
         return run
 
-    async def _execute(self, run: Run, task: str | None) -> None:
+    async def _execute(self, run: Run, task: str | None, follow_up: str | None = None) -> None:
         self._runs.append(run)
         self._last = run
         try:
-            await run.execute(task)
+            await run.execute(task, follow_up=follow_up)
         finally:
             self._runs.remove(run)
             if run.log is not None:
                 run.log.close()
 
-    async def _iterate(self, run: Run, task: str | None) -> AsyncIterator[Event]:
+    async def _iterate(self, run: Run, task: str | None, follow_up: str | None = None) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         run.bus.subscribe(queue.put_nowait)
 
         async def work() -> None:
             try:
-                await self._execute(run, task)
+                await self._execute(run, task, follow_up)
             finally:
+                run.bus.unsubscribe(queue.put_nowait)
                 queue.put_nowait(None)
 
         worker = asyncio.create_task(work())

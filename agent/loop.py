@@ -162,6 +162,7 @@ class Run:
         self._final_reflected = False
         self._cancel = False  # a plain flag: cancel() may come from another thread
         self._deadline: float | None = None
+        self._first_step = 0
         self.log: RunLog | None = None
         bus.subscribe(self.state.apply)
 
@@ -171,17 +172,27 @@ class Run:
         """Stop at the next safe point (before a model call or a tool call)."""
         self._cancel = True
 
-    async def execute(self, task: str | None) -> RunState:
-        """Run the task (or continue the resumed state when `task` is None)."""
+    async def execute(self, task: str | None, *, follow_up: str | None = None) -> RunState:
+        """Run the task, or continue the run's state when `task` is None.
+
+        A `follow_up` message continues a run that may have ended (a chat turn):
+        it is added as a new user message and the loop goes on from there.
+        Budgets count from the start of this call.
+        """
         agent = self.agent
-        if agent.max_seconds is not None:
-            self._deadline = time.monotonic() + agent.max_seconds
+        self._cancel = False
+        self._first_step = self.state.step
+        self._deadline = time.monotonic() + agent.max_seconds if agent.max_seconds is not None else None
         try:
             try:
                 if task is not None:
                     await self._start(task)
                 else:
                     await self._restart()
+                if follow_up is not None:
+                    decision = await self.bus.emit(UserMessage(content=follow_up, step=self.state.step))
+                    if decision.action in ("block", "halt"):
+                        raise _Stop("halted", decision.feedback or "the message was refused by a guard")
                 while True:
                     await self._step()
             except _Stop as stop:
@@ -218,8 +229,9 @@ class Run:
             await self._plan("initial")
 
     async def _restart(self) -> None:
-        """Continue a resumed run: settle the calls a crash left without results."""
+        """Continue a run: settle the calls a crash left without results."""
         state = self.state
+        ended = state.status in ("completed", "halted")
         await self.bus.deliver(
             RunStarted(
                 task=state.task,
@@ -232,8 +244,9 @@ class Run:
                 step=state.step,
             )
         )
+        state.answer = state.answer_text = None
         response = state.last_response
-        if response is None or state.answer_text is not None:
+        if response is None or ended:
             return
         pending = set(state.unfinished_calls())
         if response.tool_calls and pending:
@@ -253,7 +266,7 @@ class Run:
         reason = await _maybe_await(agent.should_stop(self.state))
         if reason:
             raise _Stop("stopped", str(reason))
-        if self.state.step >= agent.max_steps:
+        if self.state.step - self._first_step >= agent.max_steps:
             raise _Stop("max_steps", f"stopped after {agent.max_steps} steps without a final answer")
         step = self.state.step + 1
         if (

@@ -1,0 +1,62 @@
+"""A conversation with an agent: every message continues one run.
+
+The run log is the session file: `agent chat --resume` and
+`Agent.session(run_id)` rebuild the conversation from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from .events import Event
+
+if TYPE_CHECKING:
+    from .agent import Agent, RunResult
+    from .loop import Run
+
+
+class Session:
+    """Send messages one after another; the agent keeps the whole history."""
+
+    def __init__(self, agent: Agent, run: Run | None = None) -> None:
+        self.agent = agent
+        self._run = run
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run.run_id if self._run is not None else None
+
+    @property
+    def log_path(self) -> str | None:
+        log = self._run.log if self._run is not None else None
+        return str(log.path) if log is not None else None
+
+    @property
+    def history(self) -> list[Event]:
+        return list(self._run.state.events) if self._run is not None else []
+
+    async def send(self, message: str) -> AsyncIterator[Event]:
+        """Add a user message and run until the agent answers, yielding events."""
+        if self._run is None:
+            self._run = self.agent._new_run()
+            events = self.agent._iterate(self._run, message)
+        else:
+            events = self.agent._iterate(self._run, None, follow_up=message)
+        async for event in events:
+            yield event
+
+    async def asend(self, message: str) -> RunResult:
+        """`send` to the end; the result describes this turn's outcome."""
+        async for _ in self.send(message):
+            pass
+        assert self._run is not None
+        return self.agent._result(self._run)
+
+    def send_sync(self, message: str) -> RunResult:
+        return self.agent._sync(self.asend(message))
+
+    def cancel(self) -> None:
+        """Stop the current turn at its next safe point; the session goes on."""
+        if self._run is not None:
+            self._run.cancel()

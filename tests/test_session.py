@@ -1,0 +1,48 @@
+"""Sessions: a conversation is one run that each message continues."""
+
+from helpers import call
+
+from agent import Agent, read_events, tool
+from agent.llm import ScriptedLLM
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add."""
+    return a + b
+
+
+def test_messages_continue_one_run_with_history(run_dir):
+    llm = ScriptedLLM([call("add", a=2, b=3), "5", "You asked about 2 + 3.", call("add", a=5, b=5), "10"])
+    agent = Agent(llm, tools=[add], run_dir=run_dir)
+    chat = agent.session()
+    first = chat.send_sync("2+3?")
+    assert first.ok and first.answer == "5"
+    second = chat.send_sync("what did I ask?")
+    assert second.ok and second.answer == "You asked about 2 + 3." and second.run_id == first.run_id
+    # the model saw the earlier turn
+    roles = [m.role for m in llm.requests[2].messages]
+    assert roles == ["system", "user", "assistant", "tool", "assistant", "user"]
+    third = chat.send_sync("add 5 and 5")
+    assert third.answer == "10"
+    events = read_events(chat.log_path)
+    assert [e.content for e in events if e.type == "user_message"] == ["2+3?", "what did I ask?", "add 5 and 5"]
+    assert [e.status for e in events if e.type == "run_finished"] == ["completed"] * 3
+
+
+def test_a_saved_session_resumes_from_its_log(run_dir):
+    agent = Agent(ScriptedLLM(["Nice to meet you, Ada."]), run_dir=run_dir)
+    first = agent.session()
+    first.send_sync("I am Ada.")
+    llm = ScriptedLLM(["Your name is Ada."])
+    later = Agent(llm, run_dir=run_dir).session("last")
+    result = later.send_sync("What is my name?")
+    assert result.answer == "Your name is Ada." and later.run_id == first.run_id
+    assert [m.content for m in llm.requests[0].messages if m.role == "user"] == ["I am Ada.", "What is my name?"]
+
+
+def test_step_budget_is_per_turn(run_dir):
+    llm = ScriptedLLM([call("add", a=1, b=1), "2", call("add", a=2, b=2), "4"])
+    chat = Agent(llm, tools=[add], max_steps=2, run_dir=run_dir).session()
+    assert chat.send_sync("1+1").ok
+    assert chat.send_sync("2+2").ok
