@@ -1,0 +1,442 @@
+"""Batch tasks: many prompts from a JSONL file, results to another.
+
+Each result line is written once, flushed and synced as its task ends, so a
+crash loses only the tasks in flight; `resume=True` skips the ids that have a
+result and redoes the rest. Infrastructure failures (the model server, a
+crashed backend) are retried with backoff; a model that fails the task is a
+result, not a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import AgentError
+from .types import Effort
+
+
+class BatchTask(BaseModel):
+    """One line of a tasks file."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    prompt: str
+    tools: list[str] | None = None
+    effort: Effort | None = None
+    expected: Any = None
+    max_steps: int | None = None
+
+
+class BatchResult(BaseModel):
+    """One line of a results file."""
+
+    id: str
+    status: str
+    answer: Any = None
+    correct: bool | None = None
+    error: str | None = None
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_s: float = 0.0
+    attempts: int = 1
+    run_id: str | None = None
+    log_path: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+def read_tasks(path: str | Path) -> list[BatchTask]:
+    """Parse a tasks file; a bad line is an error naming its line number."""
+    tasks: list[BatchTask] = []
+    seen: set[str] = set()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise AgentError(f"cannot read tasks file {path}: {e.strerror}") from e
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            if isinstance(data, dict) and "id" in data and not isinstance(data["id"], str):
+                data["id"] = str(data["id"])
+            task = BatchTask.model_validate(data)
+        except (json.JSONDecodeError, ValidationError) as e:
+            first = str(e).splitlines()[0 if isinstance(e, json.JSONDecodeError) else 1:][:2]
+            raise AgentError(f"{path}:{number}: not a valid task ({'; '.join(s.strip() for s in first)})") from e
+        if task.id in seen:
+            raise AgentError(f"{path}:{number}: task id {task.id!r} appears twice")
+        seen.add(task.id)
+        tasks.append(task)
+    if not tasks:
+        raise AgentError(f"{path} holds no tasks")
+    return tasks
+
+
+def read_results(path: str | Path) -> dict[str, BatchResult]:
+    """Results so far, by id; a torn last line (a crash mid-write) is ignored."""
+    results: dict[str, BatchResult] = {}
+    p = Path(path)
+    if not p.exists():
+        return results
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            result = BatchResult.model_validate_json(line)
+        except ValidationError:
+            continue
+        results.setdefault(result.id, result)
+    return results
+
+
+def is_correct(expected: Any, answer: Any) -> bool | None:
+    """Text answers match when the expected text appears in the answer (case and
+    spacing ignored); other values must be equal."""
+    if expected is None:
+        return None
+    if isinstance(expected, str):
+        norm = lambda s: " ".join(str(s).lower().split())  # noqa: E731
+        return norm(expected) in norm(answer if not isinstance(answer, dict) else json.dumps(answer))
+    return bool(expected == answer)
+
+
+class Progress(BaseModel):
+    total: int
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    skipped: int = 0
+    tokens: int = 0
+    started: float = Field(default_factory=time.monotonic)
+
+
+AgentFactory = Callable[[BatchTask], Any]
+
+
+class BatchRunner:
+    """Runs tasks concurrently with one shared model, writing results as they end."""
+
+    def __init__(
+        self,
+        make_agent: AgentFactory,
+        output: str | Path,
+        *,
+        concurrency: int = 4,
+        resume: bool = False,
+        overwrite: bool = False,
+        retries: int = 2,
+        backoff: float = 1.0,
+        on_progress: Callable[[Progress, BatchResult | None], None] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise AgentError("--concurrency must be at least 1")
+        self.make_agent = make_agent
+        self.output = Path(output)
+        self.concurrency = concurrency
+        self.resume = resume
+        self.overwrite = overwrite
+        self.retries = retries
+        self.backoff = backoff
+        self.on_progress = on_progress
+        self._lock = asyncio.Lock()
+
+    def pending(self, tasks: list[BatchTask]) -> tuple[list[BatchTask], dict[str, BatchResult]]:
+        if self.output.exists() and self.output.stat().st_size and not (self.resume or self.overwrite):
+            raise AgentError(f"{self.output} already has results; pass --resume to continue or --overwrite")
+        if self.overwrite and not self.resume:
+            self.output.unlink(missing_ok=True)
+        finished = read_results(self.output) if self.resume else {}
+        if self.resume:
+            self._rewrite_clean(finished)
+        return [t for t in tasks if t.id not in finished], finished
+
+    async def run(self, tasks: list[BatchTask]) -> list[BatchResult]:
+        todo, finished = self.pending(tasks)
+        progress = Progress(total=len(tasks), skipped=len(finished), done=len(finished))
+        progress.failed = sum(1 for r in finished.values() if not r.ok)
+        self._notify(progress, None)
+        gate = asyncio.Semaphore(self.concurrency)
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+
+        async def one(task: BatchTask) -> BatchResult:
+            async with gate:
+                progress.running += 1
+                self._notify(progress, None)
+                try:
+                    result = await self._attempts(task)
+                finally:
+                    progress.running -= 1
+                await self._write(result)
+                progress.done += 1
+                progress.failed += not result.ok
+                progress.tokens += result.prompt_tokens + result.completion_tokens
+                self._notify(progress, result)
+                return result
+
+        new = await asyncio.gather(*(one(t) for t in todo))
+        by_id = {**finished, **{r.id: r for r in new}}
+        return [by_id[t.id] for t in tasks if t.id in by_id]
+
+    async def _attempts(self, task: BatchTask) -> BatchResult:
+        attempt = 0
+        while True:
+            attempt += 1
+            result, infrastructure = await self._once(task)
+            result.attempts = attempt
+            if not infrastructure or attempt > self.retries:
+                return result
+            await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+
+    async def _once(self, task: BatchTask) -> tuple[BatchResult, bool]:
+        started = time.monotonic()
+        try:
+            agent = self.make_agent(task)
+            run = await agent.arun(task.prompt)
+        except AgentError as e:  # a bad task (unknown tool, ...): its own result, no retry
+            return BatchResult(id=task.id, status="failed", error=str(e), time_s=time.monotonic() - started), False
+        except Exception as e:  # the factory or backend broke: worth another try
+            message = f"{type(e).__name__}: {e}"
+            return BatchResult(id=task.id, status="failed", error=message, time_s=time.monotonic() - started), True
+        infrastructure = run.status == "failed" and any(e.type == "error" and e.fatal for e in run.events)
+        answer = run.answer.model_dump(mode="json") if isinstance(run.answer, BaseModel) else run.answer
+        result = BatchResult(
+            id=task.id,
+            status=run.status,
+            answer=answer,
+            correct=is_correct(task.expected, answer) if run.ok else (False if task.expected is not None else None),
+            error=run.error,
+            steps=run.steps,
+            prompt_tokens=run.usage.prompt_tokens,
+            completion_tokens=run.usage.completion_tokens,
+            time_s=round(time.monotonic() - started, 3),
+            run_id=run.run_id,
+            log_path=run.log_path,
+        )
+        return result, infrastructure
+
+    async def _write(self, result: BatchResult) -> None:
+        line = result.model_dump_json() + "\n"
+        async with self._lock:
+            with open(self.output, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _rewrite_clean(self, finished: dict[str, BatchResult]) -> None:
+        """Drop a torn or duplicate line left by a crash before appending more."""
+        if not self.output.exists():
+            return
+        tmp = self.output.with_suffix(self.output.suffix + ".tmp")
+        tmp.write_text("".join(r.model_dump_json() + "\n" for r in finished.values()), encoding="utf-8")
+        os.replace(tmp, self.output)
+
+    def _notify(self, progress: Progress, result: BatchResult | None) -> None:
+        if self.on_progress is not None:
+            self.on_progress(progress, result)
+
+
+def summarize(results: Iterable[BatchResult]) -> dict[str, Any]:
+    results = list(results)
+    statuses: dict[str, int] = {}
+    for r in results:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    graded = [r for r in results if r.correct is not None]
+    return {
+        "tasks": len(results),
+        "statuses": statuses,
+        "correct": sum(1 for r in graded if r.correct),
+        "graded": len(graded),
+        "prompt_tokens": sum(r.prompt_tokens for r in results),
+        "completion_tokens": sum(r.completion_tokens for r in results),
+        "all_ok": all(r.ok for r in results),
+    }
+
+
+Executor = Literal["local", "ray"]
+
+_shared_models: dict[tuple[str | None, str | None], Any] = {}
+
+
+class AgentSpec(BaseModel):
+    """How to build an agent for a task: picklable, so Ray workers can build it too.
+
+    Real models are loaded once per process and shared by every task there;
+    a scripted model (`scripted:FILE`) is fresh per task, so each task replays
+    the whole script.
+    """
+
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    effort: Effort | None = None
+    strategy: Literal["react", "plan-act-reflect"] | None = None
+    tools: list[str] = Field(default_factory=list)
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    run_dir: str | None = ".agent/runs"
+    workspace: str | None = None
+    approve: bool = False
+
+    def llm(self) -> Any:
+        if self.model and self.model.startswith("scripted:"):
+            from .llm.scripted import ScriptedLLM
+
+            path = Path(self.model.removeprefix("scripted:"))
+            if not path.is_file():
+                raise AgentError(f"scripted model file not found: {path}")
+            return ScriptedLLM.from_file(path)
+        key = (self.model, self.base_url)
+        if key not in _shared_models:
+            if self.base_url:
+                from .llm.openai_compat import OpenAICompatLLM
+
+                _shared_models[key] = OpenAICompatLLM(self.model or "default", base_url=self.base_url, api_key=self.api_key)
+            else:
+                from .llm.transformers import TransformersLLM
+
+                _shared_models[key] = TransformersLLM(self.model).load()
+        return _shared_models[key]
+
+    def build(self, task: BatchTask) -> Any:
+        from .agent import Agent
+
+        return Agent(
+            self.llm(),
+            tools=task.tools if task.tools is not None else self.tools,
+            effort=task.effort or self.effort,
+            strategy=self.strategy,
+            max_steps=task.max_steps or self.max_steps,
+            max_seconds=self.max_seconds,
+            run_dir=self.run_dir,
+            workspace=self.workspace,
+            # Batch runs have nobody to ask: approvals follow the --yes flag.
+            approver=(lambda request: True) if self.approve else None,
+        )
+
+
+class RayBatchRunner(BatchRunner):
+    """The same batch on a Ray cluster: each task runs in a Ray worker.
+
+    Workers build their agent from the `AgentSpec` and load the model once per
+    worker process; the driver writes the results file, so `--resume` works the
+    same way. Point `address` at a cluster, or leave it None for a local one.
+    """
+
+    def __init__(self, spec: AgentSpec, output: str | Path, *, address: str | None = None, **kwargs: Any) -> None:
+        super().__init__(spec.build, output, **kwargs)
+        self.spec = spec
+        self.address = address
+        self._remote: Any = None
+
+    async def run(self, tasks: list[BatchTask]) -> list[BatchResult]:
+        try:
+            import ray
+        except ImportError as e:
+            raise AgentError("--executor ray needs Ray: pip install 'ray>=2.9'") from e
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+        self._remote = ray.remote(max_retries=0)(_run_in_worker)
+        return await super().run(tasks)
+
+    async def _once(self, task: BatchTask) -> tuple[BatchResult, bool]:
+        started = time.monotonic()
+        try:
+            data, infrastructure = await self._remote.remote(self.spec.model_dump(), task.model_dump())
+        except Exception as e:  # the worker died or Ray failed: retry with backoff
+            message = f"{type(e).__name__}: {e}"
+            return BatchResult(id=task.id, status="failed", error=message, time_s=time.monotonic() - started), True
+        return BatchResult.model_validate(data), infrastructure
+
+
+def _run_in_worker(spec: dict[str, Any], task: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    agent_spec = AgentSpec.model_validate(spec)
+    batch_task = BatchTask.model_validate(task)
+    runner = BatchRunner(agent_spec.build, os.devnull)
+    result, infrastructure = asyncio.run(runner._once(batch_task))
+    return result.model_dump(mode="json"), infrastructure
+
+
+def run_cli(args: Any) -> int:
+    """`agent batch TASKS -o RESULTS`: progress on stderr, a summary at the end."""
+    from rich.console import Console
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bar
+    from rich.table import Table
+
+    tasks = read_tasks(args.tasks)
+    spec = AgentSpec(
+        model=args.model,
+        base_url=args.base_url,
+        api_key=args.api_key,
+        effort=args.effort,
+        strategy=args.strategy,
+        tools=[t.strip() for t in args.tools.split(",") if t.strip()],
+        max_steps=args.max_steps,
+        max_seconds=args.timeout,
+        run_dir=str(args.run_dir),
+        approve=args.yes,
+    )
+    if args.executor == "local" and not (spec.model or "").startswith("scripted:"):
+        spec.llm()  # load the shared model before the clock starts; a bad path fails here
+    err = Console(stderr=True)
+    bar = Bar(
+        TextColumn("[bold]batch"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/] {task.fields[running]} running"),
+        TextColumn("{task.fields[rate]} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not err.is_terminal,
+    )
+    bar_id = bar.add_task("batch", total=len(tasks), ok=0, failed=0, running=0, rate="0")
+
+    def on_progress(p: Progress, result: BatchResult | None) -> None:
+        elapsed = max(time.monotonic() - p.started, 1e-6)
+        bar.update(
+            bar_id,
+            completed=p.done,
+            ok=p.done - p.failed,
+            failed=p.failed,
+            running=p.running,
+            rate=f"{p.tokens / elapsed:.0f}",
+        )
+        if result is not None and not err.is_terminal:
+            mark = "ok" if result.ok else result.status
+            err.print(f"[{p.done}/{p.total}] {result.id}: {mark}", highlight=False)
+
+    options = dict(
+        concurrency=args.concurrency,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        retries=args.retries,
+        on_progress=on_progress,
+    )
+    runner: BatchRunner
+    if args.executor == "ray":
+        runner = RayBatchRunner(spec, args.output, address=args.ray_address, **options)
+    else:
+        runner = BatchRunner(spec.build, args.output, **options)
+    with bar:
+        results = asyncio.run(runner.run(tasks))
+    summary = summarize(results)
+    table = Table("status", "tasks", title=f"{args.output}")
+    for status, count in sorted(summary["statuses"].items()):
+        table.add_row(status, str(count))
+    if summary["graded"]:
+        table.add_row("correct", f"{summary['correct']}/{summary['graded']}")
+    table.add_row("tokens", f"{summary['prompt_tokens']} in, {summary['completion_tokens']} out")
+    err.print(table)
+    return 0 if summary["all_ok"] else 1

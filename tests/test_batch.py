@@ -1,0 +1,136 @@
+"""Batch runs: concurrency, results written once, resume, retries, Ray."""
+
+import asyncio
+import json
+
+import pytest
+
+from agent import Agent, AgentError
+from agent.batch import AgentSpec, BatchRunner, BatchTask, RayBatchRunner, read_results, read_tasks
+from agent.llm import LLMError, ScriptedLLM
+
+
+def tasks(n):
+    return [BatchTask(id=f"t{i}", prompt=f"say {i}", expected=f"answer {i}") for i in range(n)]
+
+
+def scripted(run_dir, delay=0.0):
+    def make(task):
+        return Agent(ScriptedLLM([f"The answer {task.id[1:]}."], delay=delay), run_dir=run_dir)
+
+    return make
+
+
+def test_concurrent_batch_writes_one_line_per_task(tmp_path):
+    out = tmp_path / "results.jsonl"
+    running, peak = 0, 0
+
+    def make(task):
+        nonlocal running, peak
+
+        def turn(request):
+            return f"The answer {task.id[1:]}."
+
+        llm = ScriptedLLM([turn], delay=0.05)
+        original = llm.stream
+
+        async def counting(request):
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                async for item in original(request):
+                    yield item
+            finally:
+                running -= 1
+
+        llm.stream = counting
+        return Agent(llm, run_dir=tmp_path / "runs")
+
+    results = asyncio.run(BatchRunner(make, out, concurrency=3).run(tasks(7)))
+    assert [r.id for r in results] == [f"t{i}" for i in range(7)]
+    assert all(r.ok and r.correct for r in results)
+    assert peak == 3
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["id"] for line in lines) == [f"t{i}" for i in range(7)]
+    assert all(line["log_path"] and line["run_id"] for line in lines)
+
+
+def test_resume_skips_finished_and_drops_a_torn_line(tmp_path):
+    out = tmp_path / "results.jsonl"
+    asyncio.run(BatchRunner(scripted(tmp_path / "runs"), out).run(tasks(3)))
+    with open(out, "a") as f:
+        f.write('{"id": "t3", "stat')  # a crash in the middle of writing t3
+    made = []
+
+    def make(task):
+        made.append(task.id)
+        return scripted(tmp_path / "runs")(task)
+
+    results = asyncio.run(BatchRunner(make, out, resume=True).run(tasks(5)))
+    assert made == ["t3", "t4"]
+    assert [r.id for r in results] == ["t0", "t1", "t2", "t3", "t4"]
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == ["t0", "t1", "t2", "t3", "t4"] and len(ids) == 5
+
+
+def test_existing_results_need_resume_or_overwrite(tmp_path):
+    out = tmp_path / "results.jsonl"
+    asyncio.run(BatchRunner(scripted(tmp_path / "runs"), out).run(tasks(1)))
+    with pytest.raises(AgentError, match="--resume"):
+        asyncio.run(BatchRunner(scripted(tmp_path / "runs"), out).run(tasks(1)))
+    asyncio.run(BatchRunner(scripted(tmp_path / "runs"), out, overwrite=True).run(tasks(2)))
+    assert len(read_results(out)) == 2
+
+
+def test_infrastructure_errors_are_retried_model_failures_are_not(tmp_path):
+    out = tmp_path / "results.jsonl"
+    attempts = {"flaky": 0, "bad": 0}
+
+    class Flaky(ScriptedLLM):
+        async def stream(self, request):
+            attempts["flaky"] += 1
+            if attempts["flaky"] < 3:
+                raise LLMError("server unavailable (503)")
+            async for item in super().stream(request):
+                yield item
+
+    def make(task):
+        if task.id == "flaky":
+            return Agent(Flaky(["recovered"]), run_dir=tmp_path / "runs")
+        attempts["bad"] += 1
+        bad = '<tool_call>{"name": "nope", "arguments": {}}</tool_call>'
+        return Agent(ScriptedLLM([bad] * 5), run_dir=tmp_path / "runs", max_retries=1)
+
+    work = [BatchTask(id="flaky", prompt="x"), BatchTask(id="bad", prompt="y")]
+    results = {r.id: r for r in asyncio.run(BatchRunner(make, out, retries=3, backoff=0.01).run(work))}
+    assert results["flaky"].ok and results["flaky"].attempts == 3
+    assert results["bad"].status == "failed" and results["bad"].attempts == 1 and attempts["bad"] == 1
+
+
+def test_tasks_file_errors_name_the_line(tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('{"id": 1, "prompt": "ok"}\n{"prompt": "no id"}\n')
+    with pytest.raises(AgentError, match=r"tasks.jsonl:2: not a valid task"):
+        read_tasks(path)
+    path.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')
+    with pytest.raises(AgentError, match="appears twice"):
+        read_tasks(path)
+    path.write_text('{"id": 7, "prompt": "x", "effort": "high", "tools": []}\n')
+    assert read_tasks(path)[0].id == "7"
+
+
+def test_ray_executor_runs_the_same_file(tmp_path):
+    ray = pytest.importorskip("ray")
+    script = tmp_path / "script.jsonl"
+    script.write_text(json.dumps("The answer is 42.") + "\n")
+    spec = AgentSpec(model=f"scripted:{script}", run_dir=str(tmp_path / "runs"))
+    out = tmp_path / "results.jsonl"
+    work = [BatchTask(id=f"r{i}", prompt=f"q{i}", expected="42") for i in range(4)]
+    try:
+        results = asyncio.run(RayBatchRunner(spec, out, concurrency=2).run(work))
+    finally:
+        ray.shutdown()
+    assert [r.id for r in results] == ["r0", "r1", "r2", "r3"]
+    assert all(r.ok and r.correct for r in results)
+    assert len(out.read_text().splitlines()) == 4
