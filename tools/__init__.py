@@ -23,6 +23,9 @@ _LAZY: dict[str, str] = {
     "SearxngBackend": "tools.web",
     "LocalDocsBackend": "tools.web",
     "BM25": "tools.web",
+    "PythonTool": "tools.python_tool",
+    "Limits": "tools.sandbox",
+    "KernelPool": "tools.sandbox",
 }
 
 
@@ -39,19 +42,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
-
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .python_tool import PythonTool
-
-__all__ = ["PythonTool"]
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy, so `import tools` stays cheap and loads no tool's dependencies.
-    if name == "PythonTool":
-        from .python_tool import PythonTool
-
-        return PythonTool
-    raise AttributeError(f"module 'tools' has no attribute {name!r}")

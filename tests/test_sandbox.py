@@ -1,0 +1,329 @@
+"""The python tool: a persistent sandboxed kernel per session, its pool, limits and recovery."""
+
+import asyncio
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import call
+
+from agent import Agent
+from agent.llm import ScriptedLLM
+from agent.tool import ToolError
+from tools import sandbox as sb
+from tools.python_tool import PythonTool, make_tools
+
+pytest.importorskip("jupyter_client")
+pytest.importorskip("ipykernel")
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVELS = [
+    pytest.param(
+        level,
+        id=level,
+        marks=pytest.mark.skipif(
+            not sb.isolation_status(level)[0], reason=f"{level}: {sb.isolation_status(level)[1]}"
+        ),
+    )
+    for level in sb.ISOLATION_LEVELS
+]
+BEST = sb.available_isolation()[0]
+
+# A 16x16 PNG drawn with the standard library, so the tests need no matplotlib.
+PNG_CODE = """
+import struct, zlib
+from IPython.display import Image, display
+def _chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+def make_png(values, size=16):
+    rows = b"".join(
+        b"\\x00" + b"".join(bytes((255, 255, 255) if size - y > values[x * len(values) // size] else (30, 90, 200))
+                             for x in range(size))
+        for y in range(size))
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return b"\\x89PNG\\r\\n\\x1a\\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
+"""
+
+
+async def run(tool: PythonTool, code: str) -> str:
+    try:
+        return await tool.run(tool.Args(code=code))
+    except ToolError as e:
+        return f"ERROR: {e}"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = sb.KernelPool(size=1)
+    yield p
+    p.shutdown()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return tmp_path_factory.mktemp("workspace")
+
+
+@pytest.fixture(scope="module")
+def py(pool, workspace):
+    """One session shared by the tests below (its kernel starts while the first test runs)."""
+    # kernels read the environment when they start, in the background
+    os.environ["SANDBOX_TEST_API_KEY"] = "hunter2"
+    os.environ["SANDBOX_TEST_PLAIN"] = "visible"
+    tool = PythonTool(workspace=workspace, timeout=2, interrupt_grace=1, pool=pool)
+    pool.warm(tool.config, tool.isolation, str(workspace))  # a spare, so recovery is quick
+    yield tool
+    tool.close()
+    del os.environ["SANDBOX_TEST_API_KEY"], os.environ["SANDBOX_TEST_PLAIN"]
+
+
+async def test_state_persists_and_outputs_are_shown(py, workspace):
+    first = await run(py, "x = 20\nprint('hello')\nimport sys\nprint('warning', file=sys.stderr)\nx + 1")
+    assert first.startswith("[python kernel: ")  # the isolation is reported once, in the first observation
+    assert py.isolation in ("bubblewrap", "netns", "none")
+    assert first.splitlines()[1:] == ["hello", "[stderr]", "warning", "Out[1]: 21"]
+    second = await run(py, "x * 2")
+    assert second == "Out[2]: 40"
+    assert await run(py, "y = 1") == "(no output)"
+    assert await run(py, "import os\nprint(os.getcwd())") == str(workspace)
+
+
+async def test_traceback_is_trimmed(py):
+    out = await run(py, "def inner():\n    return 1 / 0\n\ndef outer():\n    return inner()\n\nouter()")
+    assert out.startswith("ERROR: Traceback (most recent call last):")
+    assert "\x1b[" not in out
+    assert "ipykernel" not in out and "IPython" not in out and "interactiveshell" not in out
+    assert "in inner" in out and "return 1 / 0" in out
+    assert out.rstrip().endswith("ZeroDivisionError: division by zero")
+    syntax = await run(py, "x = = 1")
+    assert "SyntaxError" in syntax and "\x1b[" not in syntax
+
+
+async def test_output_is_capped(py):
+    py.max_output = 2000
+    try:
+        out = await run(py, "print('a' * 100_000)\nprint('END')")
+    finally:
+        py.max_output = 10_000
+    assert len(out) < 2500
+    assert "characters of output cut" in out
+    assert out.startswith("aaaa") and out.rstrip().endswith("END")
+
+
+async def test_images_are_saved_in_the_workspace(py, workspace):
+    out = await run(py, PNG_CODE + "display(Image(data=make_png([3, 9, 14, 6])))\nprint('drawn')")
+    assert "[image/png saved to outputs/plot-" in out and "drawn" in out
+    name = out.split("outputs/")[1].split(" ")[0]
+    assert (workspace / "outputs" / name).read_bytes().startswith(b"\x89PNG")
+    html = await run(py, "from IPython.display import HTML\nHTML('<b>bold</b>')")
+    assert "[text/html saved to outputs/output-" in html
+
+
+async def test_secret_environment_variables_are_not_passed(py):
+    out = await run(
+        py, "import os\nprint(os.environ.get('SANDBOX_TEST_API_KEY'), os.environ.get('SANDBOX_TEST_PLAIN'))"
+    )
+    assert out == "None visible"
+    env = sb.kernel_env()
+    assert not any(
+        k in env for k in ("OPENAI_API_KEY", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD")
+    )
+
+
+async def test_timeout_interrupts_and_keeps_state(py):
+    await run(py, "kept = 'still here'")
+    out = await run(py, "while True:\n    pass")
+    assert "Timed out after 2 s" in out and "KeyboardInterrupt" in out and "variables are kept" in out
+    assert (await run(py, "kept")).endswith("]: 'still here'")
+
+
+async def test_unresponsive_kernel_is_restarted(py):
+    await run(py, "lost = 1")
+    started = time.monotonic()
+    out = await run(py, "sum(range(10**13))")  # a C loop: ignores KeyboardInterrupt
+    assert time.monotonic() - started < 2 + 1 + 10
+    assert "did not respond to an interrupt" in out and "was restarted" in out and "lost" in out
+    assert "NameError" in await run(py, "lost")
+    assert await run(py, "print(1 + 1)") == "2"
+
+
+@pytest.mark.parametrize(
+    "code, reason",
+    [
+        ("import os\nos._exit(3)", "exit code 3"),
+        ("import ctypes\nctypes.string_at(0)", "SIGSEGV: segmentation fault"),
+    ],
+    ids=["exit", "segfault"],
+)
+async def test_dead_kernel_is_replaced(py, code, reason):
+    await run(py, "gone = 1")
+    out = await run(py, code)
+    assert "The Python kernel died" in out and reason in out
+    assert "variables were lost" in out and "a fresh kernel is ready" in out
+    assert "NameError" in await run(py, "gone")
+    assert await run(py, "print(1 + 1)") == "2"
+
+
+async def test_cancelled_call_interrupts_the_kernel(py):
+    await run(py, "value = 5")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await py.run(py.Args(code="import time\ntime.sleep(30)"))
+    out = await run(py, "value")
+    assert "previous python call was cancelled" in out and "Out[" in out and out.endswith(" 5")
+
+
+def test_successive_event_loops(pool, run_dir):
+    tool = PythonTool(timeout=5, pool=pool)  # no workspace: a pooled kernel with a temporary one
+    assert asyncio.run(run(tool, "n = 1")).endswith("(no output)")
+    asyncio.run(run(tool, "n += 1"))
+    agent = Agent(ScriptedLLM([call("python", code="n += 1\nn"), "done"]), tools=[tool], run_dir=run_dir)
+    result = agent.run_sync("count")  # the agent's own event loop
+    assert result.ok
+    assert [e.content for e in result.events if e.type == "tool_result"] == ["Out[3]: 3"]
+    result = agent.run_sync("again")  # same runner, next run
+    temp_workspace = tool.workspace
+    assert Path(temp_workspace).is_dir()
+    agent.close()  # closes the tool: its kernel and temporary workspace go
+    assert tool.kernel is None and not Path(temp_workspace).exists()
+
+
+def test_pool_hands_out_warm_kernels_fast(pool):
+    config = sb.SandboxConfig()
+    pool.warm(config, BEST)
+    assert pool.wait_warm(config, BEST, timeout=60)
+    started = time.perf_counter()
+    kernel = pool.acquire(config, BEST, None)
+    elapsed = time.perf_counter() - started
+    try:
+        assert kernel.alive() and elapsed < 0.25, elapsed
+    finally:
+        kernel.kill()
+    assert not kernel.alive() and not kernel.host_pids()
+
+
+async def test_agent_writes_a_csv_reads_it_back_and_saves_a_plot(tmp_path, run_dir, pool):
+    workspace = tmp_path / "ws"
+    tool = PythonTool(workspace=workspace, pool=pool)
+    write = (
+        "import csv\nrows = [('city', 'rain_mm'), ('Oslo', 763), ('Bergen', 2250), ('Madrid', 436)]\n"
+        "with open('rain.csv', 'w', newline='') as f:\n    csv.writer(f).writerows(rows)\nprint('wrote', len(rows) - 1)"
+    )
+    read = (
+        "import csv\nwith open('rain.csv') as f:\n    data = [(r['city'], int(r['rain_mm'])) for r in csv.DictReader(f)]\n"
+        "wettest = max(data, key=lambda r: r[1])\nprint(wettest[0], sum(v for _, v in data))"
+    )
+    plot = PNG_CODE + "display(Image(data=make_png([v for _, v in data])))"
+    llm = ScriptedLLM(
+        [
+            call("python", code=write),
+            call("python", code=read),
+            call("python", code=plot),
+            "Bergen is the wettest city; the chart is in outputs/.",
+        ]
+    )
+    async with Agent(llm, tools=[tool], run_dir=run_dir, workspace=workspace) as agent:
+        result = await agent.arun("Which city is wettest? Save the data as CSV and draw a chart.")
+    assert result.ok, result.error
+    observations = [e.content for e in result.events if e.type == "tool_result"]
+    assert observations[0].endswith("wrote 3")
+    assert observations[1] == "Bergen 3449"
+    assert "[image/png saved to outputs/plot-1.png" in observations[2]
+    assert (workspace / "rain.csv").read_text().splitlines()[1] == "Oslo,763"
+    assert (workspace / "outputs" / "plot-1.png").read_bytes()[:4] == b"\x89PNG"
+    assert tool.kernel is None  # the agent closed the tool
+
+
+def test_builtin_name_and_factory(run_dir):
+    assert [t.name for t in make_tools(workspace=None, allow_network=True, unknown_option=1)] == ["python"]
+    tool = make_tools(allow_network=True, prefetch=False)[0]
+    assert tool.effects == {"executes", "network"} and not tool.safe_to_rerun
+    from tools import PythonTool as Exported
+
+    assert Exported is PythonTool
+    agent = Agent(ScriptedLLM(["ok"]), tools=["python"], run_dir=run_dir)
+    assert [t.name for t in agent.tool_list] == ["python"]
+    assert agent.tool_list[0].effects == {"executes"}
+    agent.close()
+    tool.close()
+
+
+def test_importing_tools_loads_no_jupyter():
+    code = (
+        "import sys\nimport tools, tools.python_tool\nfrom tools import PythonTool\n"
+        "print([m for m in ('jupyter_client', 'zmq', 'ipykernel') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+HOST_SCRIPT = """
+import asyncio, json, sys, time
+sys.path.insert(0, {root!r})
+from tools import PythonTool
+from tools.sandbox import KernelPool
+tool = PythonTool(isolation={level!r}, pool=KernelPool(size=0), prefetch=False)
+code = "import subprocess\\nsubprocess.Popen(['sleep', '{marker}'], start_new_session=True)\\nprint('ok')"
+print(asyncio.run(tool.run(tool.Args(code=code))), file=sys.stderr)
+print(json.dumps(tool.kernel_pids()), flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize(
+    "level, how",
+    [*[pytest.param(p.values[0], "SIGKILL", id=f"{p.id}-SIGKILL", marks=p.marks) for p in LEVELS],
+     pytest.param(BEST, "SIGINT", id=f"{BEST}-SIGINT")],
+)  # fmt: skip
+def test_no_kernel_outlives_its_host(level, how):
+    if level == "none" and sb.cgroups().base is None:
+        pytest.skip("without a pids cgroup or a pid namespace, a process that left the session is not found")
+    marker = str(random.randint(700_000, 799_999))
+    script = HOST_SCRIPT.format(root=str(ROOT), level=level, marker=marker)
+    host = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        ready, _, _ = select.select([host.stdout], [], [], 90)
+        assert ready, host.stderr.read() if host.poll() is not None else "the host did not start a kernel"
+        line = host.stdout.readline()
+        assert line, host.stderr.read()
+        pids = json.loads(line)
+        assert len(pids) >= 2 and all(_alive(p) for p in pids)
+        assert any(f"sleep {marker}" in _cmdline(p) for p in pids), [_cmdline(p) for p in pids]
+        host.send_signal(getattr(signal, how))
+        host.wait(timeout=20)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.05)
+        left = [f"{p}: {_cmdline(p)}" for p in pids if _alive(p)]
+        assert not left, left
+        assert not any(f"sleep {marker}" in _cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit())
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
