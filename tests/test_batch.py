@@ -134,3 +134,41 @@ def test_ray_executor_runs_the_same_file(tmp_path):
     assert [r.id for r in results] == ["r0", "r1", "r2", "r3"]
     assert all(r.ok and r.correct for r in results)
     assert len(out.read_text().splitlines()) == 4
+
+
+def test_cli_batch_killed_mid_run_then_resumed(tmp_path):
+    """Kill `agent batch` mid-run; `--resume` finishes; every id appears exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    tasks_file = tmp_path / "tasks.jsonl"
+    tasks_file.write_text("".join(json.dumps({"id": f"t{i}", "prompt": f"q{i}", "expected": "ok"}) + "\n" for i in range(12)))
+    slow = tmp_path / "slow.jsonl"
+    slow.write_text(json.dumps({"content": "ok", "delay": 0.4}) + "\n")
+    out = tmp_path / "results.jsonl"
+    cmd = [sys.executable, "-m", "agent", "batch", str(tasks_file), "-o", str(out), "--model", f"scripted:{slow}",
+           "--concurrency", "2", "--run-dir", str(tmp_path / "runs")]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if out.exists() and len(out.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = [json.loads(line)["id"] for line in out.read_text().splitlines() if line.strip()]
+    assert 3 <= len(partial) < 12
+    done = subprocess.run(cmd + ["--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == sorted(f"t{i}" for i in range(12)) and len(ids) == 12
+    assert "completed" in done.stderr and "correct" in done.stderr
+    # without --resume an existing results file is refused with one clear line
+    again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr

@@ -26,6 +26,8 @@ class ScriptedLLM:
     Each item is raw model text (parsed like a real model's output, so
     `<think>` and `<tool_call>` blocks work), a `ModelResponse`, a dict of
     `ModelResponse` fields, or a function of the request returning either.
+    A dict may also hold `"delay"`: seconds to wait before that turn streams
+    (it overrides the `delay` argument for that turn only).
     Every request is kept in `requests` so tests can look at the prompts.
 
     ```python
@@ -76,9 +78,13 @@ class ScriptedLLM:
         item = self.script[index]
         if callable(item):
             item = item(request)
+        delay = self.delay
+        if isinstance(item, dict) and "delay" in item:
+            item = dict(item)
+            delay = float(item.pop("delay") or 0.0)
         response = self._to_response(item)
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        if delay:
+            await asyncio.sleep(delay)
         for field in ("thinking", "content"):
             text = getattr(response, field)
             for i in range(0, len(text), self.chunk_size):

@@ -1,0 +1,271 @@
+"""`agent chat` in a real terminal: tmux runs it, the tests type and read the screen."""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.chat import resolve_session, save_session, saved_sessions
+from agent.errors import AgentError
+from agent.runlog import read_events
+
+ROOT = Path(__file__).resolve().parents[1]
+TMUX = shutil.which("tmux")
+needs_tmux = pytest.mark.skipif(
+    TMUX is None,
+    reason="tmux is not installed (apt-get install -y tmux); the chat UI tests drive a real terminal",
+)
+
+
+def write_script(path: Path, turns: list) -> Path:
+    path.write_text("\n".join(json.dumps(t) for t in turns) + "\n")
+    return path
+
+
+def write_call(path: str, content: str) -> dict:
+    return {"tool_calls": [{"name": "write_file", "arguments": {"path": path, "content": content}}]}
+
+
+def log_events(cwd: Path) -> list:
+    logs = sorted((cwd / ".agent" / "runs").glob("*.jsonl"))
+    assert len(logs) == 1, logs
+    return read_events(logs[0])
+
+
+class Terminal:
+    """`agent chat` in a detached tmux session of a fixed size."""
+
+    def __init__(self, cwd: Path, *args: str, width: int = 100, height: int = 40) -> None:
+        # A private server on a short socket path (tmux limits its length), removed on close.
+        self.socket_dir = tempfile.mkdtemp(prefix="chat-tmux-")
+        self.socket = os.path.join(self.socket_dir, "s")
+        env = {"PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "HF_HUB_OFFLINE": "1"}
+        command = shlex.join(
+            ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "agent", "chat", *args]
+        )
+        # Keep the pane after the program ends, so its last words can be read.
+        shell = f'cd {shlex.quote(str(cwd))} && {command}; echo "[exited $?]"; sleep 600'
+        self.tmux("new-session", "-d", "-s", "chat", "-x", str(width), "-y", str(height), shell)
+
+    def tmux(self, *args: str) -> str:
+        out = subprocess.run(
+            [TMUX, "-S", self.socket, "-f", "/dev/null", *args], capture_output=True, text=True, timeout=10
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-J", "-S", "-1000", "-t", "chat")
+
+    def send(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", "chat", *keys)
+
+    def type(self, line: str) -> None:
+        self.tmux("send-keys", "-t", "chat", "-l", line)
+        self.send("Enter")
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 10.0) -> str:
+        """Poll the screen until `text` shows `count` times; fail with the screen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if screen.count(text) >= count:
+                return screen
+            if time.monotonic() > deadline:
+                pytest.fail(f"{text!r} did not show {count}x within {timeout} s; the screen:\n{screen}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        subprocess.run([TMUX, "-S", self.socket, "kill-server"], capture_output=True, timeout=10)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def terminals():
+    opened: list[Terminal] = []
+
+    def open_terminal(cwd: Path, *args: str) -> Terminal:
+        terminal = Terminal(cwd, *args)
+        opened.append(terminal)
+        return terminal
+
+    yield open_terminal
+    for terminal in opened:
+        terminal.close()
+
+
+@needs_tmux
+def test_streamed_markdown_answer_and_effort(tmp_path, terminals):
+    script = write_script(
+        tmp_path / "script.jsonl",
+        [
+            "<think>A greeting with a heading and a list.</think># Greetings\n\nThis is **bold**.\n\n- item one\n- item two",
+            "Second answer at high effort.",
+        ],
+    )
+    term = terminals(tmp_path, "--model", f"scripted:{script}")
+    term.wait_for("Ctrl-D leaves")
+    term.type("say hello")
+    screen = term.wait_for("• item two")
+    # rendered as markdown: bullets, no raw emphasis markers; thinking folded into one line
+    assert (
+        "• item one" in screen and "Greetings" in screen and "This is bold." in screen and "**" not in screen
+    )
+    assert "▸ thought (" in screen and "A greeting with" in screen
+    screen = term.wait_for("tokens · ")
+    assert "tokens" in screen
+
+    term.type("/effort high")
+    term.wait_for("effort: high (from the next turn)")
+    term.type("again")
+    term.wait_for("Second answer at high effort.")
+    term.wait_for("effort high · ")
+    requests = [e for e in log_events(tmp_path) if e.type == "model_request"]
+    assert [r.effort for r in requests] == ["medium", "high"]
+
+
+@needs_tmux
+def test_approvals_yes_no_always(tmp_path, terminals):
+    script = write_script(
+        tmp_path / "script.jsonl",
+        [
+            write_call("a.txt", "A"),
+            "Wrote a.",
+            write_call("b.txt", "B"),
+            "Did not write b.",
+            write_call("c.txt", "C"),
+            "Wrote c.",
+            write_call("d.txt", "D"),
+            "Wrote d.",
+        ],
+    )
+    term = terminals(tmp_path, "--model", f"scripted:{script}", "--tools", "files", "--approve-writes")
+    term.wait_for("Ctrl-D leaves")
+    prompt = "Allow write_file? [y]es / [n]o / [a]lways"
+
+    term.type("write a")
+    term.wait_for(prompt)
+    assert "a.txt" in term.screen()
+    term.type("y")
+    term.wait_for("Wrote a.")
+    assert (tmp_path / "a.txt").read_text() == "A"
+
+    term.type("write b")
+    term.wait_for(prompt, count=2)
+    term.type("n")
+    screen = term.wait_for("Did not write b.")
+    assert "✗ write_file refused" in screen and not (tmp_path / "b.txt").exists()
+
+    term.type("write c")
+    term.wait_for(prompt, count=3)
+    term.type("a")
+    term.wait_for("Wrote c.")
+
+    term.type("write d")  # no question this time: "always" holds for the session
+    screen = term.wait_for("Wrote d.")
+    assert screen.count(prompt) == 3 and "approved (always, this session)" in screen
+    assert [(tmp_path / f"{n}.txt").read_text() for n in "acd"] == ["A", "C", "D"]
+    given = [e.approved for e in log_events(tmp_path) if e.type == "approval_given"]
+    assert given == [True, False, True, True]
+
+
+@needs_tmux
+def test_ctrl_c_interrupts_the_turn_not_the_session(tmp_path, terminals):
+    script = write_script(tmp_path / "script.jsonl", [{"content": "too late", "delay": 60}, "Back again."])
+    term = terminals(tmp_path, "--model", f"scripted:{script}")
+    term.wait_for("Ctrl-D leaves")
+    term.type("take your time")
+    term.wait_for("thinking…")
+    started = time.monotonic()
+    term.send("C-c")
+    term.wait_for("interrupted · the turn was cancelled")
+    assert time.monotonic() - started < 5
+    # at the prompt, Ctrl-C drops the line instead of sending it
+    term.send("-l", "never sent")
+    term.send("C-c")
+    term.type("are you there?")
+    screen = term.wait_for("Back again.")
+    assert "too late" not in screen and "Traceback" not in screen
+    events = log_events(tmp_path)
+    assert [e.content for e in events if e.type == "user_message"] == ["take your time", "are you there?"]
+    assert [e.status for e in events if e.type == "run_finished"] == ["cancelled", "completed"]
+
+
+@needs_tmux
+def test_quit_and_resume_last(tmp_path, terminals):
+    first = write_script(tmp_path / "first.jsonl", ["Nice to meet you, Ada."])
+    term = terminals(tmp_path, "--model", f"scripted:{first}")
+    term.wait_for("Ctrl-D leaves")
+    term.type("My name is Ada.")
+    term.wait_for("Nice to meet you, Ada.")
+    term.type("/save ada")
+    term.wait_for("saved as 'ada'")
+    term.send("C-d")
+    term.wait_for("[exited 0]")
+
+    second = write_script(tmp_path / "second.jsonl", ["Your name is Ada."])
+    term = terminals(tmp_path, "--model", f"scripted:{second}", "--resume", "last")
+    screen = term.wait_for("Ctrl-D leaves")
+    assert "resumed session" in screen and "My name is Ada." in screen
+    term.type("What is my name?")
+    term.wait_for("Your name is Ada.")
+    events = log_events(tmp_path)  # one session, one log
+    assert [e.content for e in events if e.type == "user_message"] == ["My name is Ada.", "What is my name?"]
+    # the second model saw the first turn: system, user, assistant, user
+    assert [e.messages for e in events if e.type == "model_request"] == [2, 4]
+    assert resolve_session("ada", tmp_path / ".agent" / "runs") == events[0].run_id
+
+
+def chat(cwd: Path, *args: str, input: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "chat", *args],
+        cwd=cwd,
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_piped_input_works_without_a_terminal(tmp_path):
+    script = write_script(tmp_path / "script.jsonl", ["First.", "Second."])
+    out = chat(tmp_path, "--model", f"scripted:{script}", input="one\n/effort low\n/nonsense\ntwo\n")
+    assert out.returncode == 0, out.stderr
+    assert "First." in out.stdout and "Second." in out.stdout
+    assert "effort: low" in out.stdout and "unknown command /nonsense" in out.stdout
+    assert [e.effort for e in log_events(tmp_path) if e.type == "model_request"] == ["medium", "low"]
+
+
+def test_user_errors_are_one_line(tmp_path):
+    script = write_script(tmp_path / "script.jsonl", ["x"])
+    out = chat(tmp_path, "--model", f"scripted:{script}", "--resume", "nosuch", input="")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert (
+        out.stderr.strip().startswith("error: no run 'nosuch'") and len(out.stderr.strip().splitlines()) == 1
+    )
+    out = chat(tmp_path, "--model", f"scripted:{script}", "--tools", "nope", input="")
+    assert (
+        out.returncode == 2 and "unknown built-in tool 'nope'" in out.stderr and "Traceback" not in out.stderr
+    )
+    out = chat(tmp_path, "--model", "scripted:missing.jsonl", input="")
+    assert out.returncode == 2 and "scripted model file not found" in out.stderr
+
+
+def test_saved_session_names(tmp_path):
+    run_dir = tmp_path / ".agent" / "runs"
+    save_session("work", "20250101-000000-abcdef", run_dir)
+    assert (tmp_path / ".agent" / "sessions" / "work").read_text().strip() == "20250101-000000-abcdef"
+    assert resolve_session("work", run_dir) == "20250101-000000-abcdef"
+    assert resolve_session("last", run_dir) == "last"
+    assert saved_sessions(run_dir) == [("work", "20250101-000000-abcdef")]
+    with pytest.raises(AgentError, match="bad session name"):
+        save_session("../escape", "x", run_dir)
