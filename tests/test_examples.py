@@ -67,3 +67,44 @@ def test_batch_script_over_a_jsonl_file(tmp_path):
     assert {json.loads(line)["id"] for line in out.read_text().splitlines()} == {
         "capital-fr", "capital-jp", "colour-sky", "opposite-hot"
     }  # fmt: skip
+
+
+def test_data_analysis_writes_a_csv_reads_it_back_and_plots(tmp_path):
+    example = load("data_analysis")
+    make_csv = (
+        "import csv\n"
+        "with open('squares.csv', 'w', newline='') as f:\n"
+        "    w = csv.writer(f)\n"
+        "    w.writerow(['n', 'square'])\n"
+        "    w.writerows([(n, n * n) for n in range(1, 11)])\n"
+        "print('wrote squares.csv')"
+    )
+    plot = (
+        "import csv\n"
+        "import matplotlib\n"
+        "matplotlib.use('module://matplotlib_inline.backend_inline')\n"
+        "import matplotlib.pyplot as plt\n"
+        "rows = list(csv.DictReader(open('squares.csv')))\n"
+        "plt.plot([int(r['n']) for r in rows], [int(r['square']) for r in rows])\n"
+        "plt.title('squares')\n"
+        "plt.show()"
+    )
+    llm = ScriptedLLM(
+        [
+            call("python", code=make_csv),
+            call("read_file", path="squares.csv", start_line=1, end_line=3),
+            call("python", code=plot),
+            "squares.csv holds n and n squared for 1..10; the plot is in outputs/.",
+        ]
+    )
+    with example.make_agent(str(tmp_path), llm, run_dir=tmp_path / "runs") as agent:
+        result = agent.run_sync("Make a CSV of squares and plot it")
+    assert result.ok, result.error
+    outputs = [e for e in result.events if e.type == "tool_result"]
+    assert [o.is_error for o in outputs] == [False, False, False], [o.content for o in outputs]
+    assert "wrote squares.csv" in outputs[0].content
+    assert "n,square" in outputs[1].content and "1,1" in outputs[1].content
+    images = list((tmp_path / "outputs").glob("*.png"))
+    assert len(images) == 1 and images[0].read_bytes().startswith(b"\x89PNG")
+    assert images[0].name in outputs[2].content
+    assert (tmp_path / "squares.csv").read_text().splitlines()[-1] == "10,100"
