@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
@@ -99,11 +98,13 @@ class Bus:
         """Number `event` and hand it to every subscriber, in order."""
         async with self._lock:
             self._seq += 1
-            event.seq = self._seq
-            if not event.run_id:
-                event.run_id = self.run_id
-            if not event.time:
-                event.time = time.time()
+            # Plain attribute writes: these fields are ints and strings we set
+            # ourselves, and pydantic's __setattr__ cost more than the rest of
+            # the delivery.
+            fields = event.__dict__
+            fields["seq"] = self._seq
+            if not fields["run_id"]:
+                fields["run_id"] = self.run_id
             for fn, is_async in self._subscribers:
                 if is_async:
                     await fn(event)  # type: ignore[misc]
