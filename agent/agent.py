@@ -50,6 +50,29 @@ class RunResult(BaseModel):
         return self.status == "completed"
 
 
+def _split_memory(memory: Any) -> tuple[Any, Any, list[Tool]]:
+    """(vector memory, episodic memory, memory tools) from what `Agent(memory=...)` got.
+
+    An episodic memory (has `recall`) feeds lessons into each run and records
+    each finished run; a vector memory (has `search`) becomes the
+    `memory_search` and `memory_save` tools.
+    """
+    items = memory if isinstance(memory, (list, tuple)) else [memory] if memory is not None else []
+    vector = episodic = None
+    tools: list[Tool] = []
+    for item in items:
+        if hasattr(item, "recall") and hasattr(item, "arecord"):
+            episodic = item
+        elif hasattr(item, "search") and hasattr(item, "add"):
+            from memory.tools import memory_tools
+
+            vector = item
+            tools.extend(memory_tools(item))
+        else:
+            raise AgentError(f"memory={item!r} is neither a VectorMemory nor an EpisodicMemory")
+    return vector, episodic, tools
+
+
 class Agent:
     """An agent: a model, tools, a strategy and budgets.
 
@@ -99,6 +122,7 @@ class Agent:
         run_dir: str | Path | None = DEFAULT_RUN_DIR,
         workspace: str | Path | None = None,
         tool_options: dict[str, Any] | None = None,
+        memory: Any = None,
     ) -> None:
         if model is None:
             from .llm import TransformersLLM
@@ -128,7 +152,10 @@ class Agent:
             raise AgentError(f"unknown effort {self.effort!r}; use one of {', '.join(EFFORTS)}")
         self.workspace = Path(workspace) if workspace is not None else None
         options = {"workspace": self.workspace, **(tool_options or {})}
-        self.tool_list: list[Tool] = bind_tools(self, list(tools if tools is not None else self.tools), options)
+        self.memory, self.episodic, memory_tools = _split_memory(memory)
+        self.tool_list: list[Tool] = bind_tools(
+            self, [*(tools if tools is not None else self.tools), *memory_tools], options
+        )
         names = [t.name for t in self.tool_list]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

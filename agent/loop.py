@@ -225,8 +225,18 @@ class Run:
         decision = await self.bus.emit(UserMessage(content=task))
         if decision.action in ("block", "halt"):
             raise _Stop("halted", decision.feedback or "the task was refused by a guard")
+        if agent.episodic is not None:
+            await self._recall(task)
         if agent.strategy == "plan-act-reflect":
             await self._plan("initial")
+
+    async def _recall(self, task: str) -> None:
+        """Lessons from similar past runs, shown to the model before it plans."""
+        from memory.episodic import format_lessons, recall_for_run
+
+        lessons = await recall_for_run(self.agent.episodic, task, self.bus.emit, step=0)
+        if lessons:
+            await self.bus.emit(Feedback(content=format_lessons(lessons), reason="recall"), judge=False)
 
     async def _restart(self) -> None:
         """Continue a run: settle the calls a crash left without results."""
@@ -653,6 +663,17 @@ class Run:
             raise _Stop("timeout", f"ran out of time ({self.agent.max_seconds} s)") from None
 
     async def _finish(self, status: RunStatus, error: str | None) -> None:
+        await self._finish_event(status, error)
+        episodic = self.agent.episodic
+        if episodic is not None and status != "cancelled":
+            from memory.episodic import record_run
+
+            try:
+                await record_run(episodic, self.state.events)
+            except Exception as e:  # the run's outcome stands even if memory fails
+                await self.bus.deliver(Error(kind="memory", message=f"could not record the episode: {e}"))
+
+    async def _finish_event(self, status: RunStatus, error: str | None) -> None:
         state = self.state
         answer = state.answer
         if isinstance(answer, BaseModel):
