@@ -27,7 +27,7 @@ import httpx
 from ..events import ModelDelta, ModelResponse
 from ..types import Message, ToolCallRequest, Usage, new_call_id
 from .base import LLMError, LLMRequest
-from .parse import CALL_OPEN, THINK_CLOSE, THINK_OPEN, loads_lenient, parse_output
+from .parse import has_markup, loads_lenient, parse_output
 
 log = logging.getLogger(__name__)
 
@@ -522,7 +522,7 @@ class OpenAICompatLLM:
         finish_reason: str | None,
         request: LLMRequest,
     ) -> ModelResponse:
-        if not calls and any(tag in content for tag in (CALL_OPEN, THINK_OPEN, THINK_CLOSE)):
+        if not calls and has_markup(content):
             # A server without a tool/reasoning parser: read the raw text ourselves.
             parsed = parse_output(content)
             content = parsed.content

@@ -1,0 +1,159 @@
+"""Output formats: how model families write thinking and tool calls.
+
+`parse_output(text, family=None)` reads raw generated text (decoded with its
+special tokens) through a ladder of formats:
+
+1. the tokenizer's own response schema, when a `ResponseSchemaFormat` is given;
+2. harmony (gpt-oss): `<|channel|>analysis<|message|>...`, calls `to=functions.NAME`;
+3. Hermes / Qwen: `<tool_call>{...}</tool_call>`;
+4. Llama 3: a JSON call as the whole message, optionally after `<|python_tag|>`;
+5. Mistral: `[TOOL_CALLS] [{...}]` or `[TOOL_CALLS]name[ARGS]{...}`;
+6. a bare or fenced JSON call, leniently repaired.
+
+Thinking (`<think>`, `[THINK]`, harmony's analysis channel) is taken out
+first, so calls written while thinking are never read. A format is chosen by
+its markers; `family` (a name or a `ChatFormat`) is tried first. A call that
+cannot be read comes back with `parse_error` set; parsing never raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    ChatFormat,
+    ParsedOutput,
+    output,
+    split_all_thinking,
+    split_thinking,
+)
+from .base import strip_end_tokens as strip_end_tokens
+from .fallback import JsonFallbackFormat
+from .harmony import HarmonyFormat, HarmonyReader
+from .hermes import CALL_CLOSE, CALL_OPEN, HermesFormat
+from .jsonfix import call_from_json, calls_from_json_text, loads_lenient, repair_json
+from .llama import Llama3Format
+from .mistral import MistralFormat
+from .schema import ResponseSchemaFormat, response_schema
+
+HARMONY = HarmonyFormat()
+HERMES = HermesFormat()
+LLAMA3 = Llama3Format()
+MISTRAL = MistralFormat()
+JSON_FALLBACK = JsonFallbackFormat()
+
+#: The ladder after harmony, in order; harmony is tried on the raw text first.
+LADDER: tuple[ChatFormat, ...] = (HERMES, LLAMA3, MISTRAL)
+
+FORMATS: dict[str, ChatFormat] = {f.name: f for f in (HARMONY, HERMES, LLAMA3, MISTRAL, JSON_FALLBACK)}
+ALIASES = {
+    "gpt-oss": "harmony",
+    "gpt_oss": "harmony",
+    "qwen": "hermes",
+    "llama": "llama3",
+    "llama-3": "llama3",
+    "llama3_json": "llama3",
+}
+
+__all__ = [
+    "CALL_CLOSE",
+    "CALL_OPEN",
+    "FORMATS",
+    "HARMONY",
+    "HERMES",
+    "JSON_FALLBACK",
+    "LADDER",
+    "LLAMA3",
+    "MISTRAL",
+    "THINK_CLOSE",
+    "THINK_OPEN",
+    "ChatFormat",
+    "HarmonyFormat",
+    "HarmonyReader",
+    "HermesFormat",
+    "JsonFallbackFormat",
+    "Llama3Format",
+    "MistralFormat",
+    "ParsedOutput",
+    "ResponseSchemaFormat",
+    "call_from_json",
+    "calls_from_json_text",
+    "detect_format",
+    "format_for_tokenizer",
+    "get_format",
+    "loads_lenient",
+    "parse_output",
+    "repair_json",
+    "split_thinking",
+    "stream_splitter",
+]
+
+
+def get_format(family: str | ChatFormat | None) -> ChatFormat | None:
+    """A format by name ("harmony", "hermes", "llama3", "mistral", "json") or as given."""
+    if family is None or isinstance(family, ChatFormat):
+        return family
+    key = family.strip().lower()
+    found = FORMATS.get(ALIASES.get(key, key))
+    if found is None:
+        raise ValueError(f"unknown output format {family!r}; known: {', '.join(sorted(FORMATS))}")
+    return found
+
+
+def detect_format(source: Any) -> ChatFormat | None:
+    """The format whose markers `source` (raw output text or a tokenizer) carries, or None."""
+    if isinstance(source, str):
+        if HARMONY.detect_text(source):
+            return HARMONY
+        rest = split_all_thinking(source)[1]
+        return next((f for f in (*LADDER, JSON_FALLBACK) if f.detect_text(rest)), None)
+    return format_for_tokenizer(source)
+
+
+def format_for_tokenizer(tokenizer: Any) -> ChatFormat | None:
+    """The format a model writes, judged from its tokenizer: its own response
+    schema when it has one, else the family its chat template mentions
+    (`<|channel|>` for harmony, `[TOOL_CALLS]`, `<|python_tag|>`, `<tool_call>`).
+    None means auto-detection from the text."""
+    family = next((f for f in (HARMONY, MISTRAL, LLAMA3, HERMES) if f.detect_tokenizer(tokenizer)), None)
+    if response_schema(tokenizer) is not None:
+        return ResponseSchemaFormat(tokenizer, fallback=family)
+    return family
+
+
+def parse_output(text: str, family: str | ChatFormat | None = None) -> ParsedOutput:
+    """Parse raw model text into content, thinking and tool calls (never raises
+    on any text; an unreadable call has `parse_error` set)."""
+    fmt = get_format(family)
+    if isinstance(fmt, ResponseSchemaFormat):
+        try:
+            parsed = fmt.parse(text)
+        except Exception:  # a third-party parser: any failure sends the text down the ladder
+            parsed = None
+        fmt = fmt.fallback
+        if parsed is not None and (parsed.tool_calls or detect_format(text) in (None, JSON_FALLBACK)):
+            return parsed
+    if HARMONY.detect_text(text):
+        return HARMONY.parse(text)
+    thinking, rest = split_all_thinking(text)
+    rest = strip_end_tokens(rest)
+    ladder = LADDER if fmt is None or fmt in (HARMONY, JSON_FALLBACK) else (fmt, *LADDER)
+    chosen: ChatFormat = next((f for f in ladder if f.detect_text(rest)), JSON_FALLBACK)
+    content, calls = chosen.parse_calls(rest)
+    name = chosen.name if chosen is not JSON_FALLBACK or calls else "text"
+    return output(content, thinking, calls, name)
+
+
+def stream_splitter(family: str | ChatFormat | None = None, *, in_thinking: bool = False) -> Any:
+    """A splitter with `feed(text) -> [ModelDelta]` and `finish()` for streaming
+    text of this format (harmony has its own; every other format shares the tag one)."""
+    from .stream import HarmonyStreamSplitter, TagStreamSplitter
+
+    fmt = get_format(family)
+    if isinstance(fmt, ResponseSchemaFormat):
+        fmt = fmt.fallback
+    if fmt is HARMONY:
+        return HarmonyStreamSplitter(in_thinking=in_thinking)
+    return TagStreamSplitter(in_thinking=in_thinking)

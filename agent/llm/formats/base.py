@@ -1,0 +1,138 @@
+"""What every output format shares: the parsed result, thinking blocks, and
+the `ChatFormat` base class."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...types import ToolCallRequest
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+#: Thinking markers: `<think>` (Qwen, DeepSeek, SmolLM3...) and `[THINK]` (Magistral).
+THINK_TAGS: tuple[tuple[str, str], ...] = ((THINK_OPEN, THINK_CLOSE), ("[THINK]", "[/THINK]"))
+#: End-of-turn tokens a decoded generation may still end with.
+END_TOKENS = (
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end_of_text|>",
+    "<end_of_turn>",
+    "</s>",
+)
+
+
+class ParsedOutput(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+    content: str = ""
+    thinking: str = ""
+    tool_calls: list[ToolCallRequest] = Field(default_factory=list)
+    #: The format that read the text: "harmony", "hermes", "llama3", "mistral",
+    #: "json" (a bare or fenced JSON call), "schema" (the tokenizer's own parser), or "text".
+    format: str = ""
+
+
+def output(content: str, thinking: str, calls: list[ToolCallRequest], format: str) -> ParsedOutput:
+    return ParsedOutput(content=content, thinking=thinking, tool_calls=calls, format=format)
+
+
+def split_thinking(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> tuple[str, str]:
+    """Return (thinking, rest). An unclosed open tag makes the tail thinking."""
+    if open_tag not in text and close_tag not in text:
+        return "", text
+    thinking_parts: list[str] = []
+    rest_parts: list[str] = []
+    pos = 0
+    while True:
+        start = text.find(open_tag, pos)
+        if start < 0:
+            rest_parts.append(text[pos:])
+            break
+        rest_parts.append(text[pos:start])
+        end = text.find(close_tag, start)
+        if end < 0:
+            thinking_parts.append(text[start + len(open_tag) :])
+            break
+        thinking_parts.append(text[start + len(open_tag) : end])
+        pos = end + len(close_tag)
+    # Some templates open the think block in the prompt, so only a close appears.
+    rest = "".join(rest_parts)
+    if not thinking_parts and close_tag in rest:
+        head, _, rest = rest.partition(close_tag)
+        thinking_parts.append(head)
+    return "\n".join(p.strip() for p in thinking_parts).strip(), rest
+
+
+def split_all_thinking(text: str) -> tuple[str, str]:
+    """`split_thinking` for every known pair of thinking markers."""
+    found: list[str] = []
+    for open_tag, close_tag in THINK_TAGS:
+        thinking, text = split_thinking(text, open_tag, close_tag)
+        if thinking:
+            found.append(thinking)
+    return "\n".join(found), text
+
+
+def strip_end_tokens(text: str) -> str:
+    """Drop end-of-turn tokens (and whitespace) from the end of the text."""
+    end = cut = len(text)
+    while True:
+        while end and text[end - 1].isspace():
+            end -= 1
+        token = next((t for t in END_TOKENS if text.endswith(t, 0, end)), None)
+        if token is None:
+            return text[:cut]
+        end = cut = end - len(token)
+
+
+def template_text(tokenizer: Any) -> str:
+    """A tokenizer's chat template as one string ("" when it has none)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return ""
+    if isinstance(template, dict):
+        return "\n".join(map(str, template.values()))
+    return str(template)
+
+
+class ChatFormat:
+    """How one model family writes thinking and tool calls in raw text.
+
+    `detect` says whether a text (or a tokenizer) belongs to the family;
+    `parse` reads a whole turn. Formats that share the `<think>` convention
+    only implement `detect_text` and `parse_calls` on the text with the
+    thinking taken out, so a call written inside thinking is never read.
+    """
+
+    name: ClassVar[str] = "text"
+    #: Substrings of a chat template that mark the family.
+    template_markers: ClassVar[tuple[str, ...]] = ()
+
+    def detect(self, source: Any) -> bool:
+        """Whether `source`, a raw output text or a tokenizer, is in this format."""
+        if isinstance(source, str):
+            return self.detect_text(split_all_thinking(source)[1])
+        return self.detect_tokenizer(source)
+
+    def detect_tokenizer(self, tokenizer: Any) -> bool:
+        template = template_text(tokenizer)
+        return any(marker in template for marker in self.template_markers)
+
+    def detect_text(self, text: str) -> bool:
+        """Whether text outside thinking carries this format's call markers."""
+        return False
+
+    def parse_calls(self, text: str) -> tuple[str, list[ToolCallRequest]]:
+        """(content, calls) from text outside thinking."""
+        return text.strip(), []
+
+    def parse(self, text: str) -> ParsedOutput:
+        thinking, rest = split_all_thinking(text)
+        content, calls = self.parse_calls(strip_end_tokens(rest))
+        return output(content, thinking, calls, self.name)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,76 @@
+"""Hermes / Qwen: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`.
+
+Also reads the XML body Qwen3-Coder and Qwen 3.5 put inside the same tags:
+`<tool_call><function=NAME><parameter=KEY>VALUE</parameter></function></tool_call>`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from ...types import ToolCallRequest
+from .base import ChatFormat
+from .jsonfix import call_error, calls_from_json_text, loads_lenient
+
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+
+_XML_FUNCTION = re.compile(r"\s*<function=([^>\n]*)>(.*?)(?:</function>\s*)?\Z", re.DOTALL)
+_XML_PARAM = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.DOTALL)
+
+
+def _xml_call(body: str) -> ToolCallRequest | None:
+    m = _XML_FUNCTION.match(body)
+    if m is None:
+        return None
+    name = m.group(1).strip()
+    if not name:
+        return call_error("", body.strip(), "the <function=...> tag has no tool name")
+    args: dict[str, object] = {}
+    for key, value in _XML_PARAM.findall(m.group(2)):
+        value = value.strip("\n")
+        if value.lstrip()[:1] in ("{", "["):  # objects and arrays are written as JSON
+            try:
+                args[key.strip()] = loads_lenient(value)
+                continue
+            except json.JSONDecodeError:
+                pass
+        args[key.strip()] = value
+    return ToolCallRequest(name=name, arguments=args)
+
+
+def hermes_calls(body: str) -> list[ToolCallRequest]:
+    """The calls in the body of one `<tool_call>` block."""
+    if not body.strip():
+        return [call_error("", "", "the <tool_call> block is empty")]
+    if "<function=" in body:
+        call = _xml_call(body)
+        if call is not None:
+            return [call]
+    return calls_from_json_text(body)
+
+
+class HermesFormat(ChatFormat):
+    name = "hermes"
+    template_markers = (CALL_OPEN,)
+
+    def detect_text(self, text: str) -> bool:
+        return CALL_OPEN in text
+
+    def parse_calls(self, text: str) -> tuple[str, list[ToolCallRequest]]:
+        calls: list[ToolCallRequest] = []
+        content_parts: list[str] = []
+        pos = 0
+        while True:
+            start = text.find(CALL_OPEN, pos)
+            if start < 0:
+                content_parts.append(text[pos:])
+                break
+            content_parts.append(text[pos:start])
+            end = text.find(CALL_CLOSE, start)
+            body_end = end if end >= 0 else len(text)
+            calls.extend(hermes_calls(text[start + len(CALL_OPEN) : body_end]))
+            if end < 0:
+                break
+            pos = end + len(CALL_CLOSE)
+        return "".join(content_parts).strip(), calls

@@ -1,0 +1,176 @@
+"""Stream splitters: route generated text into content and thinking deltas
+while it streams, holding back tool calls (the final response carries them
+parsed), so the deltas add up to the parsed content and thinking."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from ...events import ModelDelta
+from .base import THINK_CLOSE, THINK_TAGS
+from .harmony import HarmonyReader, partial_marker_len
+from .hermes import CALL_CLOSE, CALL_OPEN
+from .llama import PYTHON_TAG
+from .mistral import TOOL_CALLS
+
+#: Call markers and what closes them (None: the call runs to the end of the turn).
+HIDDEN_TAGS: tuple[tuple[str, str | None], ...] = (
+    (CALL_OPEN, CALL_CLOSE),
+    (TOOL_CALLS, None),
+    (PYTHON_TAG, None),
+)
+_LIST_OF_OBJECTS = re.compile(r"\[\s*\{")
+
+
+class _Trimmed:
+    """Emits text without its leading and trailing whitespace, like `.strip()`
+    on the concatenation, holding trailing whitespace until more text comes."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.pending = ""
+
+    def push(self, text: str) -> str:
+        if not self.started:
+            text = text.lstrip()
+            if not text:
+                return ""
+            self.started = True
+        text = self.pending + text
+        kept = text.rstrip()
+        self.pending = text[len(kept) :]
+        return kept
+
+
+class TagStreamSplitter:
+    """Splits text that marks thinking and calls with tags (`<think>`,
+    `<tool_call>`, `[TOOL_CALLS]`, `<|python_tag|>`...).
+
+    With `hold_json`, a reply whose content starts with `{` is held back to
+    the end (it may be a bare JSON call) and then parsed with `parse_output`.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_thinking: bool = False,
+        think_tags: Sequence[tuple[str, str]] = THINK_TAGS,
+        hidden_tags: Sequence[tuple[str, str | None]] = HIDDEN_TAGS,
+        hold_json: bool = True,
+    ) -> None:
+        self.opens: dict[str, tuple[str, str | None]] = {o: ("thinking", c) for o, c in think_tags}
+        self.opens.update({o: ("call", c) for o, c in hidden_tags})
+        self.state = "thinking" if in_thinking else "content"
+        self.close: str | None = THINK_CLOSE if in_thinking else None
+        self.hold_json = hold_json
+        self.held = ""
+        self.buffer = ""
+        self.content = _Trimmed()
+        self.thinking = _Trimmed()
+        self.thinking_blocks = 0
+
+    def _tags(self) -> tuple[str, ...]:
+        if self.state == "content":
+            return tuple(self.opens)
+        return (self.close,) if self.close else ()
+
+    def _emit(self, text: str, out: list[ModelDelta]) -> None:
+        if not text:
+            return
+        if self.state == "content":
+            piece = self.content.push(text)
+            if piece:
+                out.append(ModelDelta(content=piece))
+        elif self.state == "thinking":
+            starting = not self.thinking.started
+            piece = self.thinking.push(text)
+            if piece:
+                if starting and self.thinking_blocks:
+                    piece = "\n" + piece
+                out.append(ModelDelta(thinking=piece))
+
+    def feed(self, text: str) -> list[ModelDelta]:
+        out: list[ModelDelta] = []
+        if self.state == "held":
+            self.held += text
+            return out
+        self.buffer += text
+        while True:
+            if self.state == "content" and self.hold_json and not self.content.started:
+                head = self.buffer.lstrip()
+                if head.startswith("{") or _LIST_OF_OBJECTS.match(head):
+                    self.state, self.held, self.buffer = "held", head, ""
+                    return out
+            tags = self._tags()
+            hits = [(i, t) for t in tags if (i := self.buffer.find(t)) >= 0]
+            if not hits:
+                keep = partial_marker_len(self.buffer, tags) if tags else 0
+                self._emit(self.buffer[: len(self.buffer) - keep], out)
+                self.buffer = self.buffer[len(self.buffer) - keep :]
+                return out
+            index, tag = min(hits)
+            self._emit(self.buffer[:index], out)
+            self.buffer = self.buffer[index + len(tag) :]
+            if self.state == "content":
+                self.state, self.close = self.opens[tag]
+            else:
+                if self.state == "thinking" and self.thinking.started:
+                    self.thinking_blocks += 1
+                    self.thinking = _Trimmed()
+                self.state, self.close = "content", None
+
+    def finish(self) -> list[ModelDelta]:
+        out: list[ModelDelta] = []
+        if self.state == "held":
+            from . import parse_output
+
+            parsed = parse_output(self.held)
+            self.state = "content"
+            self._emit(parsed.content, out)
+            if parsed.thinking:
+                self.state = "thinking"
+                if self.thinking.started:
+                    self.thinking_blocks += 1
+                    self.thinking = _Trimmed()
+                self._emit(parsed.thinking, out)
+            self.held = ""
+            return out
+        self._emit(self.buffer, out)
+        self.buffer = ""
+        return out
+
+
+class HarmonyStreamSplitter:
+    """Splits harmony text: `analysis` bodies are thinking, `final` and
+    preamble bodies are content, calls are held back."""
+
+    def __init__(self, *, in_thinking: bool = False) -> None:
+        self.reader = HarmonyReader(self._piece)
+        self.out: list[ModelDelta] = []
+        self.trimmed = {"content": _Trimmed(), "thinking": _Trimmed()}
+        self.any = {"content": False, "thinking": False}
+
+    def _piece(self, kind: str, text: str, first: bool) -> None:
+        if first:
+            self.trimmed[kind] = _Trimmed()
+        trimmed = self.trimmed[kind]
+        starting = not trimmed.started
+        piece = trimmed.push(text)
+        if piece:
+            if starting and self.any[kind]:
+                piece = "\n" + piece
+            self.any[kind] = True
+            self.out.append(ModelDelta(**{kind: piece}))
+
+    def _take(self) -> list[ModelDelta]:
+        out, self.out = self.out, []
+        return out
+
+    def feed(self, text: str) -> list[ModelDelta]:
+        self.reader.feed(text)
+        return self._take()
+
+    def finish(self) -> list[ModelDelta]:
+        self.reader.finish()
+        return self._take()
