@@ -1,0 +1,91 @@
+"""Where each kind of event keeps its text, and how to put redacted text back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+# Events whose text lives in `content`.
+_CONTENT_TYPES = ("user_message", "model_response", "tool_result", "final_answer")
+_HIT_TEXT_KEYS = ("text", "content", "document", "snippet")
+
+
+def text_of(event: Any) -> str:
+    """All the text of an event a content check should read."""
+    kind = getattr(event, "type", "")
+    if kind in _CONTENT_TYPES:
+        return event.content or ""
+    if kind == "memory_write":
+        return event.text or ""
+    if kind == "memory_read":
+        return "\n".join(_hit_text(h) for h in event.hits)
+    if kind == "tool_call":
+        return _flatten(event.arguments)
+    return ""
+
+
+def _hit_text(hit: Any) -> str:
+    if isinstance(hit, dict):
+        for key in _HIT_TEXT_KEYS:
+            if isinstance(hit.get(key), str):
+                return hit[key]
+        return json.dumps(hit, default=str, ensure_ascii=False)
+    return str(hit)
+
+
+def _flatten(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "\n".join(_flatten(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return "\n".join(_flatten(v) for v in value)
+    return ""
+
+
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return value
+
+
+def map_text(event: Any, fn: Callable[[str], str]) -> Any:
+    """Apply `fn` to the event's text; return the new content in the event's own shape.
+
+    A string for content/text events, the arguments dict for a tool call,
+    the hits list for a memory read (None for events without text).
+    """
+    kind = getattr(event, "type", "")
+    if kind in _CONTENT_TYPES:
+        return fn(event.content or "")
+    if kind == "memory_write":
+        return fn(event.text or "")
+    if kind == "memory_read":
+        return _map_strings(list(event.hits), fn)
+    if kind == "tool_call":
+        return _map_strings(dict(event.arguments), fn)
+    return None
+
+
+def current_content(event: Any) -> Any:
+    """The event's redactable content, in the shape `map_text` returns."""
+    return map_text(event, lambda s: s)
+
+
+def with_content(event: Any, content: Any) -> Any:
+    """A copy of `event` whose text is `content` (the field depends on the event type)."""
+    kind = getattr(event, "type", "")
+    if kind in _CONTENT_TYPES:
+        return event.model_copy(update={"content": content})
+    if kind == "memory_write":
+        return event.model_copy(update={"text": content})
+    if kind == "memory_read":
+        return event.model_copy(update={"hits": content})
+    if kind == "tool_call":
+        return event.model_copy(update={"arguments": content})
+    return event

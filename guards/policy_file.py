@@ -1,0 +1,155 @@
+"""Guard policies as data: a TOML file says what each stage checks and what follows.
+
+`load_policy(path=None)` reads `guards/default_policy.toml`, then the file at
+`path` on top of it (tables merge, lists and values replace), and validates
+the result. Relative paths inside a policy file (the classifier model, the
+written policy for the LLM tier) are taken from the file's own directory.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.guard import STAGES
+
+DEFAULT_POLICY_FILE = Path(__file__).resolve().parent / "default_policy.toml"
+
+RuleName = Literal["secrets", "pii", "code", "paths", "network", "injection"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+
+class StagePolicy(_Model):
+    rules: list[RuleName] = Field(default_factory=list)
+    classifier: dict[Literal["injection", "harm"], float] = Field(default_factory=dict)
+    llm: Literal["never", "escalate", "always"] = "escalate"
+    on_error: Literal["open", "closed"] = "open"
+    timeout: float = 5.0
+    injection: Literal["block", "redact"] = "block"
+
+
+class ClassifierPolicy(_Model):
+    enabled: bool = True
+    model: str = ""  # empty: guards/data/classifier.npz
+
+
+class EscalationPolicy(_Model):
+    band: tuple[float, float] = (0.2, 0.8)
+    side_effecting_tools: bool = True
+
+
+class LLMPolicy(_Model):
+    format: Literal["gpt-oss-safeguard", "llama-guard-3"] = "gpt-oss-safeguard"
+    effort: Literal["low", "medium", "high"] = "low"
+    policy: str = ""  # a markdown file; empty: guards/policies/default.md
+    timeout: float = 30.0
+    ask: list[str] = Field(default_factory=list)
+    halt: list[str] = Field(default_factory=list)
+
+
+class ApprovalPolicy(_Model):
+    tools: list[str] = Field(default_factory=list)
+    batch: Literal["approve", "refuse"] = "refuse"
+    ask_categories: list[str] = Field(default_factory=list)
+
+
+class ToolsPolicy(_Model):
+    read_only: list[str] = Field(default_factory=list)
+
+
+class CodePolicy(_Model):
+    tools: dict[str, list[str]] = Field(default_factory=dict)
+    extra_patterns: dict[str, str] = Field(default_factory=dict)
+
+
+class PathsPolicy(_Model):
+    allow: list[str] = Field(default_factory=lambda: ["**"])
+    absolute_allow: list[str] = Field(default_factory=lambda: ["/tmp/**"])
+    deny: list[str] = Field(default_factory=list)
+    arguments: list[str] = Field(default_factory=lambda: ["path"])
+
+
+class NetworkPolicy(_Model):
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+    arguments: list[str] = Field(default_factory=lambda: ["url"])
+
+
+class Policy(_Model):
+    version: int = 1
+    verbose: bool = False
+    max_blocks: int = 0
+    halt_categories: list[str] = Field(default_factory=list)
+    classifier: ClassifierPolicy = Field(default_factory=ClassifierPolicy)
+    escalation: EscalationPolicy = Field(default_factory=EscalationPolicy)
+    llm: LLMPolicy = Field(default_factory=LLMPolicy)
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    tools: ToolsPolicy = Field(default_factory=ToolsPolicy)
+    code: CodePolicy = Field(default_factory=CodePolicy)
+    paths: PathsPolicy = Field(default_factory=PathsPolicy)
+    network: NetworkPolicy = Field(default_factory=NetworkPolicy)
+    stages: dict[str, StagePolicy] = Field(default_factory=dict)
+    source: str = ""  # the file it was read from (set by load_policy)
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> Policy:
+        unknown = set(self.stages) - set(STAGES)
+        if unknown:
+            raise ValueError(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
+        lo, hi = self.escalation.band
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"escalation.band must be two numbers 0 <= low <= high <= 1, not {self.escalation.band}")
+        return self
+
+    def stage(self, name: str) -> StagePolicy | None:
+        return self.stages.get(name)
+
+    def matches(self, category: str, names: list[str]) -> bool:
+        """Whether `category` is one of `names` or below one (`dangerous_code` covers `dangerous_code.x`)."""
+        return any(category == n or category.startswith(n + ".") for n in names)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "extra_patterns":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _resolve(value: str, base: Path) -> str:
+    if not value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def load_policy(path: str | Path | None = None, *, replace: bool = False) -> Policy:
+    """The default policy, with the file at `path` merged on top (or instead, with `replace=True`)."""
+    with DEFAULT_POLICY_FILE.open("rb") as f:
+        data = tomllib.load(f)
+    base_dir = DEFAULT_POLICY_FILE.parent
+    if path is not None:
+        path = Path(path)
+        with path.open("rb") as f:
+            user = tomllib.load(f)
+        data = user if replace else _merge(data, user)
+        base_dir = path.resolve().parent
+        for section in ("classifier", "llm"):
+            key = "model" if section == "classifier" else "policy"
+            if isinstance(user.get(section), dict) and user[section].get(key):
+                data[section][key] = _resolve(user[section][key], base_dir)
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as e:
+        raise ValueError(f"invalid guard policy {path or DEFAULT_POLICY_FILE}: {e}") from None
+    policy.source = str(path or DEFAULT_POLICY_FILE)
+    return policy
