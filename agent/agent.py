@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .bus import Bus, Interceptor
+from .bus import Bus
 from .errors import AgentError
 from .events import Event, ModelResponse, Plan, Reflection, RunStatus, ToolResult
 from .llm.base import LLM
@@ -117,7 +117,7 @@ class Agent:
         replan_every: int | None = None,
         loop_repeats: int | None = None,
         max_retries: int | None = None,
-        guards: Sequence[Interceptor] | None = None,
+        guards: Sequence[Any] | None | Literal["default"] = "default",
         approver: Approver | None = None,
         run_dir: str | Path | None = DEFAULT_RUN_DIR,
         workspace: str | Path | None = None,
@@ -160,7 +160,12 @@ class Agent:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise AgentError(f"two tools share the name {duplicates[0]!r}; tool names must be unique")
-        self.guards: list[Interceptor] = list(guards or [])
+        if guards == "default":
+            # Every agent is guarded unless its author opts out with guards=None.
+            from guards import default_pipeline
+
+            guards = [default_pipeline(tools=self.tool_list)]
+        self.guards: list[Any] = list(guards or [])
         self.approver = approver
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._runs: list[Run] = []

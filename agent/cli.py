@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print every event as a JSON line instead")
     r.add_argument("--verbose", "-v", action="store_true", help="show thinking and guard verdicts")
     r.add_argument("--yes", "-y", action="store_true", help="approve every tool call that asks for approval")
+    r.add_argument("--no-guards", action="store_true", help="run without the default guard pipeline (not advised)")
 
     p = sub.add_parser("run", parents=[model_flags, run_flags], help="run one task and print the answer")
     p.add_argument("task", help="what the agent should do")
@@ -166,8 +167,16 @@ def _agent_from(args: argparse.Namespace, **extra: Any) -> Any:
         max_seconds=args.timeout,
         run_dir=args.run_dir,
         approver=_approver(args.yes),
+        guards=None if getattr(args, "no_guards", False) else "default",
         **extra,
     )
+
+
+def _warn_if_unguarded(args: argparse.Namespace) -> None:
+    if getattr(args, "no_guards", False) and not getattr(args, "json", False):
+        from rich.console import Console
+
+        Console(stderr=True).print("[bold yellow]guards are off:[/] no step of this run is checked", highlight=False)
 
 
 def _renderer(args: argparse.Namespace) -> Any:
@@ -197,12 +206,14 @@ def _exit_code(last: Any) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _warn_if_unguarded(args)
     extra = {"system_prompt": args.system} if args.system else {}
     agent = _agent_from(args, **extra)
     return _exit_code(asyncio.run(_drive(agent.run(args.task), _renderer(args))))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    _warn_if_unguarded(args)
     agent = _agent_from(args)
     return _exit_code(asyncio.run(_drive(agent.resume(args.run), _renderer(args))))
 

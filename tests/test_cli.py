@@ -100,3 +100,29 @@ def test_resume_from_the_cli(tmp_path):
     out = agent("resume", "last", "--model", f"scripted:{second}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "done after resume"
+
+
+def test_guards_are_on_by_default_and_the_cli_says_when_off(tmp_path):
+    path = tmp_path / "script.jsonl"
+    path.write_text(json.dumps("ok") + "\n")
+    out = agent("run", "x", "--model", f"scripted:{path}", "--no-guards", cwd=tmp_path)
+    assert out.returncode == 0 and "guards are off" in out.stderr
+    out = agent("run", "x", "--model", f"scripted:{path}", cwd=tmp_path)
+    assert out.returncode == 0 and "guards are off" not in out.stderr
+
+
+def test_default_guards_redact_a_secret_before_the_model_sees_it(tmp_path):
+    from agent import Agent, tool
+    from agent.llm import ScriptedLLM
+    from agent.testing import call
+
+    @tool
+    def read_config() -> str:
+        """Read the config."""
+        return "token = ghp_0123456789abcdefghijklmnopqrstuvwxyzAB"
+
+    llm = ScriptedLLM([call("read_config"), "done"])
+    result = Agent(llm, tools=[read_config], run_dir=tmp_path / "runs").run_sync("read the config")
+    assert result.ok
+    assert "ghp_0123456789" not in llm.requests[1].messages[-1].content
+    assert any(e.type == "guard_verdict" and e.action == "redact" for e in result.events)

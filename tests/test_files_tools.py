@@ -302,7 +302,8 @@ def test_agent_escape_attempt_gets_an_error_then_succeeds(ws, run_dir):
             "The second line is beta.",
         ]
     )
-    result = Agent(llm, tools=make_tools(workspace=ws), run_dir=run_dir).run_sync("What is on line 2?")
+    # guards=None: this checks the tool's own confinement (the default guards would block the escape first)
+    result = Agent(llm, tools=make_tools(workspace=ws), run_dir=run_dir, guards=None).run_sync("What is on line 2?")
     assert result.status == "completed" and result.answer == "The second line is beta."
     first, second = [e for e in result.events if e.type == "tool_result"]
     assert first.is_error and first.error_kind == "exception"

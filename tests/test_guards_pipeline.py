@@ -350,7 +350,7 @@ def test_verbose_policy_records_allow_verdicts(tmp_path, run_dir):
     llm = ScriptedLLM([call("open_url", url="https://weather.example.com"), "Sunny."])
     result = Agent(llm, tools=[open_url], guards=[GuardPipeline.from_policy(path)], run_dir=run_dir).run_sync("Weather?")
     stages = {v.stage for v in verdicts(result, "allow")}
-    assert {"user_input", "tool_call", "tool_result", "final_answer"} <= stages
+    assert {"tool_call", "tool_result", "final_answer"} <= stages  # user input is not scored by default
     assert all(v.latency >= 0 for v in verdicts(result))
 
 
