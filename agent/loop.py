@@ -156,6 +156,7 @@ class Run:
         self._schemas = [t.schema() for t in offered]
         self._tool_names = [t.name for t in offered]
         self._retries: dict[str, int] = {}
+        self._constrain_next = False  # the next act call is a malformed call's last retry
         self._recent: list[str] = []
         self._errors_in_row = 0
         self._effort_boost = False
@@ -310,10 +311,13 @@ class Run:
         if instruction is not None:
             messages = [*messages, Message(role="user", content=instruction)]
         acting = purpose == "act"
+        required = acting and self._constrain_next
+        if acting:
+            self._constrain_next = False
         request = LLMRequest.model_construct(
             messages=messages,
             tools=self._schemas if acting else [],
-            tool_choice="auto" if acting else "none",
+            tool_choice="required" if required else "auto" if acting else "none",
             effort=effort,
             thinking_budget=self.agent.thinking_budget,
             max_new_tokens=None,
@@ -490,6 +494,8 @@ class Run:
         self._retries[budget_key] = used
         tool = self.tools.get(budget_key)
         budget = tool.max_retries if tool else self.agent.max_retries
+        if used == budget:  # the next try is the last: backends constrain a required call to the schemas
+            self._constrain_next = True
         if call_id is not None:
             await self._tool_result(call_id, budget_key, message, step, error=kind)
         else:

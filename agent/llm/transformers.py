@@ -19,14 +19,23 @@ import json
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..events import ModelDelta, ModelResponse
 from ..types import Effort, Message, Usage
 from .base import LLMError, LLMRequest, ModelNotFoundError
-from .parse import CALL_CLOSE, CALL_OPEN, THINK_CLOSE, THINK_OPEN, parse_output
+from .parse import (
+    CALL_CLOSE,
+    CALL_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    format_for_tokenizer,
+    parse_output,
+    stream_splitter,
+)
+from .thinking import effort_template_options, harmony_reasoning, is_harmony_template
 
 #: Tokens that end a turn in common chat formats; the model's own EOS ids are added.
 END_OF_TURN_TOKENS = (
@@ -136,16 +145,13 @@ class TemplateChatFormat:
         )
         self.uses_enable_thinking = "enable_thinking" in self.template_text
         self.uses_reasoning_effort = "reasoning_effort" in self.template_text
+        self.harmony = is_harmony_template(self.template_text)
 
     # -- the pieces, each overridable
 
     def effort_options(self, effort: Effort) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if self.uses_enable_thinking:
-            options["enable_thinking"] = effort != "low"
-        if self.uses_reasoning_effort:
-            options["reasoning_effort"] = effort
-        return options
+        """Template kwargs for the effort: `enable_thinking` (False for low), `reasoning_effort`."""
+        return effort_template_options(self.template_text, effort)
 
     def template_messages(
         self,
@@ -162,6 +168,8 @@ class TemplateChatFormat:
         tools = request.tools if request.tool_choice != "none" else []
         required = request.tool_choice == "required"
         messages = self.template_messages(request.messages, tools, tools_required=required)
+        if self.harmony and not self.uses_reasoning_effort:  # harmony reads `Reasoning: ...` from the system
+            messages = harmony_reasoning(messages, request.effort)
         kwargs: dict[str, Any] = self.effort_options(request.effort)
         if self.native_tools and tools:
             kwargs["tools"] = list(tools)
@@ -436,7 +444,15 @@ class TransformersLLM:
     `model` is a model directory, a hub id already in the local Hugging Face
     cache, a `.gguf` file, or None for the embedded SmolLM2-135M-Instruct.
     The model loads on the first request or on `load()`.
+
+    A request with `tool_choice="required"` is held to the tools' schemas by
+    a grammar (`agent.llm.constrain`, needs llguidance) unless
+    `constrain_required_calls` is False; thinking is limited by the effort's
+    token budget (`agent.llm.thinking`).
     """
+
+    #: hold `tool_choice="required"` turns to the tool schemas (when llguidance is installed)
+    constrain_required_calls = True
 
     def __init__(
         self,
@@ -612,14 +628,17 @@ class TransformersLLM:
         streamer = _RequestStreamer(
             self.tokenizer, self.end_ids, request.stop, lambda t: send("text", t), halt
         )
+        # built on the worker: compiling a tool grammar can take a second
+        processors = functools.partial(self._logits_processors, request, prompt, max_new)
         worker = threading.Thread(
             target=self._generate,
-            args=(prompt, max_new, temperature, streamer, halt, send),
+            args=(prompt, max_new, temperature, streamer, halt, send, processors),
             name="transformers-generate",
         )
         worker.start()
         opened_thinking = prompt.rstrip().endswith(THINK_OPEN)
-        splitter = StreamSplitter(in_thinking=opened_thinking)
+        output_format = format_for_tokenizer(self.tokenizer)  # None: detect from the text
+        splitter = stream_splitter(output_format, in_thinking=opened_thinking)
         try:
             while True:
                 kind, payload = await queue.get()
@@ -638,7 +657,7 @@ class TransformersLLM:
         text = streamer.text
         if opened_thinking:  # the template opened the think block in the prompt
             text = THINK_OPEN + text
-        parsed = parse_output(text)
+        parsed = parse_output(text, output_format)
         completion_tokens = streamer.generated
         hit_length = (
             completion_tokens >= max_new
@@ -669,6 +688,47 @@ class TransformersLLM:
             model=self.name,
         )
 
+    def _logits_processors(self, request: LLMRequest, prompt: str, max_new: int) -> list[Any]:
+        """Logits processors for one request: the tool-call grammar when a call is
+        required (agent.llm.constrain), then the thinking budget (agent.llm.thinking).
+        A request that offers tools warms their grammar in the background."""
+        from . import constrain, thinking
+
+        assert self.chat_format is not None
+        template = self.chat_format.template_text
+        processors: list[Any] = []
+        hermes_calls = not self.chat_format.harmony and (
+            not self.chat_format.native_tools or CALL_OPEN in template
+        )
+        if (
+            self.constrain_required_calls
+            and request.tools
+            and request.tool_choice != "none"
+            and hermes_calls
+            and constrain.available()
+        ):
+            options = constrain.grammar_options(template, prompt, request.effort)
+            grammars = constrain.tool_grammars(self.tokenizer, self.end_ids)
+            if request.tool_choice == "required":
+                try:
+                    processors.append(grammars.processor(request.tools, max_new_tokens=max_new, **options))
+                except constrain.ConstraintUnavailable as e:
+                    constrain.logger.warning("tool call left unconstrained: %s", e)
+            else:
+                grammars.warm_in_background(request.tools, **options)
+        budget = thinking.thinking_budget_processor(
+            self.tokenizer,
+            template,
+            prompt,
+            effort=request.effort,
+            budget=request.thinking_budget,
+            max_new_tokens=max_new,
+            end_ids=self.end_ids,
+        )
+        if budget is not None:
+            processors.append(budget)
+        return processors
+
     def _generate(
         self,
         prompt: str,
@@ -677,11 +737,14 @@ class TransformersLLM:
         streamer: _RequestStreamer,
         halt: threading.Event,
         send: Any,
+        make_processors: Callable[[], list[Any]] | None = None,
     ) -> None:
         """Worker thread: one `generate` call at a time per model."""
         try:
             import torch
-            from transformers import StoppingCriteriaList
+            from transformers import LogitsProcessorList, StoppingCriteriaList
+
+            processors = make_processors() if make_processors is not None else []
 
             with self._generate_lock:
                 if halt.is_set():
@@ -699,15 +762,20 @@ class TransformersLLM:
                 pad = self.tokenizer.pad_token_id
                 if pad is None:
                     pad = min(self.end_ids) if self.end_ids else 0
+                end_ids = set(self.end_ids)
+                for processor in processors:  # e.g. harmony's <|end|> ends a message, not the turn
+                    end_ids -= set(getattr(processor, "continue_ids", ()))
+                extra: dict[str, Any] = {"logits_processor": LogitsProcessorList(processors)} if processors else {}
                 with torch.inference_mode():
                     self.model.generate(
                         **inputs,
                         max_new_tokens=max_new,
-                        eos_token_id=sorted(self.end_ids),
+                        eos_token_id=sorted(end_ids),
                         pad_token_id=pad,
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_halt_criteria_class()(halt)]),
                         **sampling,
+                        **extra,
                     )
         except Exception as e:
             send("error", e)
