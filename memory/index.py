@@ -1,0 +1,293 @@
+"""In-process vector indexes: exact (numpy) and approximate (faiss HNSW).
+
+Both map record ids to unit vectors and answer top-k inner-product queries.
+They are caches of the store: the store (SQLite) is the truth, and an index
+is brought up to date from its change log (see `store_sqlite`).
+
+faiss HNSW was chosen over usearch after measuring both here (see
+benchmarks/memory_bench.py --compare): faster queries at equal recall and a
+faster build on this machine. HNSW in faiss cannot remove vectors, so a
+deleted or replaced vector becomes a tombstone: a bit cleared in a bitmap that
+the search skips (`IDSelectorBitmap`), and the graph is rebuilt from the live
+vectors once tombstones pass a quarter of it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .embedders import cpu_budget
+
+
+class ExactIndex:
+    """All vectors in one matrix; a query is one matrix-vector product."""
+
+    kind = "exact"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._vecs = np.zeros((0, dim), dtype=np.float32)
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._n = 0
+        self._pos: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _grow(self, need: int) -> None:
+        if need <= len(self._vecs):
+            return
+        cap = max(need, 2 * len(self._vecs), 1024)
+        vecs = np.zeros((cap, self.dim), dtype=np.float32)
+        vecs[: self._n] = self._vecs[: self._n]
+        ids = np.zeros(cap, dtype=np.int64)
+        ids[: self._n] = self._ids[: self._n]
+        self._vecs, self._ids = vecs, ids
+
+    def upsert(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        vecs = np.asarray(vecs, dtype=np.float32).reshape(-1, self.dim)
+        self._grow(self._n + len(ids))
+        for i, v in zip(ids.tolist(), vecs, strict=True):
+            row = self._pos.get(i)
+            if row is None:
+                row = self._n
+                self._n += 1
+                self._pos[i] = row
+                self._ids[row] = i
+            self._vecs[row] = v
+
+    def remove(self, ids: Any) -> None:
+        for i in np.asarray(ids, dtype=np.int64).tolist():
+            row = self._pos.pop(i, None)
+            if row is None:
+                continue
+            last = self._n - 1
+            if row != last:
+                moved = int(self._ids[last])
+                self._vecs[row] = self._vecs[last]
+                self._ids[row] = moved
+                self._pos[moved] = row
+            self._n = last
+
+    def __contains__(self, record_id: int) -> bool:
+        return record_id in self._pos
+
+    def vectors(self, ids: Any) -> np.ndarray:
+        rows = [self._pos[i] for i in ids]
+        return self._vecs[rows]
+
+    def all(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._ids[: self._n], self._vecs[: self._n]
+
+    def search(self, query: np.ndarray, k: int, ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top k of all vectors, or of `ids` only."""
+        if ids is not None:
+            pos = self._pos
+            rows = np.fromiter((pos.get(i, -1) for i in ids), dtype=np.int64)
+            rows = rows[rows >= 0]
+            if len(rows) == 0:
+                return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+            ids = self._ids[rows]
+            scores = self._vecs[rows] @ query
+        else:
+            ids = self._ids[: self._n]
+            scores = self._vecs[: self._n] @ query
+        return _top(ids, scores, k)
+
+
+def _top(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(scores) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+    else:
+        part = np.arange(len(scores))
+    order = part[np.argsort(-scores[part], kind="stable")]
+    return ids[order], scores[order]
+
+
+class HnswIndex:
+    """faiss `IndexHNSWFlat` (inner product) with record-id labels and tombstones."""
+
+    kind = "hnsw"
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import faiss
+
+        self.dim = dim
+        self.m = m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.threads = threads or cpu_budget()
+        self.index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = ef_construction
+        self.labels = np.zeros(0, dtype=np.int64)  # internal position -> record id
+        self.bitmap = np.zeros(0, dtype=np.uint8)  # bit i set: position i is alive (little-endian bits)
+        self._pos: dict[int, int] = {}
+        self._dead = 0
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dead_ratio(self) -> float:
+        return self._dead / self.ntotal if self.ntotal else 0.0
+
+    def __contains__(self, record_id: int) -> bool:
+        return record_id in self._pos
+
+    def _set_alive(self, positions: np.ndarray, alive: bool) -> None:
+        for p in positions.tolist():
+            if alive:
+                self.bitmap[p >> 3] |= 1 << (p & 7)
+            else:
+                self.bitmap[p >> 3] &= ~(1 << (p & 7)) & 0xFF
+
+    def upsert(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        import faiss
+
+        ids = np.asarray(ids, dtype=np.int64)
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1, self.dim)
+        if len(ids) == 0:
+            return
+        self.remove(ids)
+        start = self.ntotal
+        before = faiss.omp_get_max_threads()
+        # A large batch is added in parallel; one query never is (faiss only
+        # parallelises over queries), so the thread count only matters here.
+        faiss.omp_set_num_threads(self.threads if len(ids) > 1000 else 1)
+        try:
+            self.index.add(vecs)
+        finally:
+            faiss.omp_set_num_threads(before)
+        end = self.ntotal
+        self.labels = np.concatenate([self.labels, ids])
+        need = (end + 7) // 8
+        if need > len(self.bitmap):
+            self.bitmap = np.concatenate([self.bitmap, np.zeros(need - len(self.bitmap), dtype=np.uint8)])
+        positions = np.arange(start, end, dtype=np.int64)
+        self._set_alive(positions, True)
+        self._pos.update(zip(ids.tolist(), positions.tolist(), strict=True))
+
+    def remove(self, ids: Any) -> None:
+        gone = [self._pos.pop(i) for i in np.asarray(ids, dtype=np.int64).tolist() if i in self._pos]
+        if gone:
+            self._set_alive(np.asarray(gone, dtype=np.int64), False)
+            self._dead += len(gone)
+
+    def vectors(self, ids: Any) -> np.ndarray:
+        positions = np.asarray([self._pos[i] for i in ids], dtype=np.int64)
+        if len(positions) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.index.reconstruct_batch(positions)
+
+    def live(self) -> tuple[np.ndarray, np.ndarray]:
+        """The live record ids and their vectors, in insertion order."""
+        positions = np.fromiter(sorted(self._pos.values()), dtype=np.int64, count=len(self._pos))
+        vecs = np.empty((len(positions), self.dim), dtype=np.float32)
+        for s in range(0, len(positions), 65536):
+            vecs[s : s + 65536] = self.index.reconstruct_batch(positions[s : s + 65536])
+        return self.labels[positions], vecs
+
+    def auto_ef(self) -> int:
+        """efSearch for recall@10 of about 0.95 on sentence-embedding-like data (see memory_bench)."""
+        n = len(self._pos)
+        return 64 if n <= 250_000 else 128 if n <= 2_000_000 else 192
+
+    def search(self, query: np.ndarray, k: int, *, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        k = min(k, len(self._pos))
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        ef = max(ef or self.ef_search or self.auto_ef(), k)
+        if self._dead:
+            selector = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(self.bitmap))
+            params = faiss.SearchParametersHNSW(efSearch=ef, sel=selector)
+        else:
+            selector = None
+            params = faiss.SearchParametersHNSW(efSearch=ef)
+        scores, positions = self.index.search(
+            query.reshape(1, -1).astype(np.float32, copy=False), k, params=params
+        )
+        del selector
+        positions = positions[0]
+        keep = positions >= 0
+        return self.labels[positions[keep]], scores[0][keep]
+
+    def compacted(self) -> HnswIndex:
+        """A fresh graph of the live vectors only (drops tombstones)."""
+        ids, vecs = self.live()
+        fresh = HnswIndex(
+            self.dim,
+            m=self.m,
+            ef_construction=self.ef_construction,
+            ef_search=self.ef_search,
+            threads=self.threads,
+        )
+        fresh.upsert(ids, vecs)
+        return fresh
+
+    # -- persistence ---------------------------------------------------------
+
+    def save(self, folder: Path, stem: str) -> None:
+        """Write `stem.faiss` and `stem.npz` atomically (temp files, then rename)."""
+        import faiss
+
+        folder.mkdir(parents=True, exist_ok=True)
+        tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        npz_tmp = folder / f"{stem}.npz{tag}"
+        idx_tmp = folder / f"{stem}.faiss{tag}"
+        try:
+            with open(npz_tmp, "wb") as f:
+                np.savez(
+                    f,
+                    labels=self.labels,
+                    bitmap=self.bitmap,
+                    params=np.array([self.m, self.ef_construction, self.ef_search or 0], dtype=np.int64),
+                )
+            faiss.write_index(self.index, str(idx_tmp))
+            os.replace(npz_tmp, folder / f"{stem}.npz")
+            os.replace(idx_tmp, folder / f"{stem}.faiss")
+        finally:
+            for p in (npz_tmp, idx_tmp):
+                p.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, folder: Path, stem: str, *, threads: int | None = None) -> HnswIndex:
+        import faiss
+
+        with np.load(folder / f"{stem}.npz") as data:
+            labels, bitmap, params = data["labels"], data["bitmap"].copy(), data["params"]
+        index = faiss.read_index(str(folder / f"{stem}.faiss"))
+        self = cls.__new__(cls)
+        self.dim = index.d
+        self.m, self.ef_construction, ef_search = (int(p) for p in params)
+        self.ef_search = ef_search or None
+        self.threads = threads or cpu_budget()
+        self.index = index
+        self.labels = labels
+        self.bitmap = bitmap
+        if index.ntotal != len(labels):
+            raise ValueError(f"index file has {index.ntotal} vectors but {len(labels)} labels")
+        alive = np.unpackbits(bitmap, bitorder="little", count=len(labels)).astype(bool)
+        positions = np.flatnonzero(alive)
+        self._pos = dict(zip(labels[positions].tolist(), positions.tolist(), strict=True))
+        self._dead = len(labels) - len(positions)
+        return self

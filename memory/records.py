@@ -1,0 +1,72 @@
+"""Plain record types shared by the stores (no numpy, no database imports)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class VectorMemoryError(RuntimeError):
+    """The memory cannot do what was asked (wrong model, bad arguments, closed)."""
+
+
+@dataclass
+class Record:
+    """One stored memory: its text, metadata, where it came from and when."""
+
+    id: int
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] | None = None  # {"run_id": ..., "seq": ...}
+    time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Hit(Record):
+    """A search result: a record and its cosine similarity to the query."""
+
+    score: float = 0.0
+
+
+SourceLike = dict[str, Any] | tuple[str, int] | str | None
+
+
+def normalize_source(source: Any) -> tuple[str | None, int | None]:
+    """`(run_id, seq)` from a dict, a `(run_id, seq)` pair, a `"run_id#seq"` string or an event."""
+    if source is None:
+        return None, None
+    if isinstance(source, dict):
+        seq = source.get("seq")
+        return (str(source["run_id"]) if source.get("run_id") is not None else None), (
+            int(seq) if seq is not None else None
+        )
+    if isinstance(source, (tuple, list)) and len(source) == 2:
+        return str(source[0]), (int(source[1]) if source[1] is not None else None)
+    if isinstance(source, str):
+        run, _, seq = source.partition("#")
+        return run, int(seq) if seq.isdigit() else None
+    run_id = getattr(source, "run_id", None)
+    if run_id is not None:  # an agent event
+        return str(run_id), int(getattr(source, "seq", 0)) or None
+    raise VectorMemoryError(f"source must be a dict, (run_id, seq), 'run_id#seq' or an event, not {source!r}")
+
+
+def source_dict(run_id: str | None, seq: int | None) -> dict[str, Any] | None:
+    if run_id is None and seq is None:
+        return None
+    return {"run_id": run_id, "seq": seq}
+
+
+def dump_metadata(metadata: dict[str, Any] | None) -> str:
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, dict):
+        raise VectorMemoryError(f"metadata must be a dict, not {type(metadata).__name__}")
+    try:
+        return json.dumps(metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise VectorMemoryError(f"metadata must be JSON-serialisable: {e}") from e

@@ -1,0 +1,261 @@
+"""`VectorMemory`: texts with metadata, searched by meaning.
+
+```python
+from memory import VectorMemory
+
+mem = VectorMemory("notes.db")                      # all-MiniLM-L6-v2, one SQLite file
+i = mem.add("The staging DB password rotates on Mondays", {"tags": ["ops"]})
+mem.search("when does the password change?", k=3, where={"tags": {"$contains": "ops"}})
+
+shared = VectorMemory.postgres("postgresql://host/db", collection="team")  # pgvector, many hosts
+```
+
+The embedded default keeps everything in one SQLite file (WAL mode, safe for
+several processes) with an exact or HNSW index beside it; the PostgreSQL
+backend keeps it in a pgvector table. Both give the same results through the
+same API. Embeddings are cached by content hash, per model.
+"""
+
+from __future__ import annotations
+
+import time as _time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .embedders import CachedEmbedder, Embedder, resolve_embedder
+from .filters import Where
+from .records import Hit, Record, VectorMemoryError, dump_metadata, normalize_source
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["Hit", "Record", "VectorMemory", "VectorMemoryError"]
+
+
+class VectorMemory:
+    """A semantic memory over one store (SQLite by default, or PostgreSQL)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        embedder: Embedder | str | Path | None = None,
+        *,
+        name: str | None = None,
+        ann_threshold: int = 20_000,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int | None = None,
+        threads: int | None = None,
+        cache_embeddings: bool = True,
+    ) -> None:
+        from .store_sqlite import SqliteStore
+
+        store = SqliteStore(
+            path,
+            ann_threshold=ann_threshold,
+            hnsw_m=hnsw_m,
+            ef_construction=ef_construction,
+            ef_search=ef_search,
+            threads=threads,
+        )
+        self._setup(store, embedder, name or Path(path).stem, cache_embeddings)
+
+    @classmethod
+    def postgres(
+        cls,
+        dsn: str,
+        embedder: Embedder | str | Path | None = None,
+        *,
+        collection: str = "memory",
+        name: str | None = None,
+        ef_search: int | None = None,
+        cache_embeddings: bool = True,
+    ) -> VectorMemory:
+        """A memory in PostgreSQL + pgvector, shared by every host that can reach the server."""
+        from .store_pg import PgVectorStore
+
+        self = cls.__new__(cls)
+        self._setup(
+            PgVectorStore(dsn, collection=collection, ef_search=ef_search),
+            embedder,
+            name or collection,
+            cache_embeddings,
+        )
+        return self
+
+    @classmethod
+    def from_store(
+        cls,
+        store: Any,
+        embedder: Embedder | str | Path | None = None,
+        *,
+        name: str = "memory",
+        cache_embeddings: bool = True,
+    ) -> VectorMemory:
+        self = cls.__new__(cls)
+        self._setup(store, embedder, name, cache_embeddings)
+        return self
+
+    def _setup(self, store: Any, embedder: Any, name: str, cache_embeddings: bool) -> None:
+        self.store = store
+        self.name = name
+        self._raw_embedder = embedder
+        self._embedder: Embedder | None = None
+        self._cache_embeddings = cache_embeddings
+        self._bound = False
+
+    def __repr__(self) -> str:
+        return f"VectorMemory({self.name!r}, backend={self.store.backend!r})"
+
+    # -- embedding -------------------------------------------------------------
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            inner = resolve_embedder(self._raw_embedder)
+            cache = getattr(self.store, "cache", None)
+            self._embedder = (
+                CachedEmbedder(inner, cache) if self._cache_embeddings and cache is not None else inner
+            )
+        return self._embedder
+
+    def _bind(self) -> None:
+        if not self._bound:
+            emb = self.embedder
+            self.store.bind_model(emb.name, emb.dim)
+            self._bound = True
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embedder.embed(list(texts))
+
+    # -- writes ------------------------------------------------------------------
+
+    def add(
+        self,
+        text: str,
+        metadata: dict[str, Any] | None = None,
+        source: Any = None,
+        *,
+        time: float | None = None,
+        vector: np.ndarray | None = None,
+    ) -> int:
+        """Store one text; returns its id."""
+        vectors = None if vector is None else vector.reshape(1, -1)
+        return self.add_many([text], [metadata], [source], times=[time], vectors=vectors)[0]
+
+    def add_many(
+        self,
+        texts: Sequence[str],
+        metadatas: Sequence[dict[str, Any] | None] | None = None,
+        sources: Sequence[Any] | None = None,
+        *,
+        times: Sequence[float | None] | None = None,
+        vectors: np.ndarray | None = None,
+        batch_size: int = 10_000,
+    ) -> list[int]:
+        """Store many texts (embedded in batches, or with precomputed unit `vectors`)."""
+        import numpy as np
+
+        texts = list(texts)
+        n = len(texts)
+        for label, seq in (("metadatas", metadatas), ("sources", sources), ("times", times)):
+            if seq is not None and len(seq) != n:
+                raise VectorMemoryError(f"{label} has {len(seq)} items for {n} texts")
+        if any(not isinstance(t, str) for t in texts):
+            raise VectorMemoryError("texts must be strings")
+        self._bind()
+        dim = self.embedder.dim
+        if vectors is not None:
+            vectors = np.asarray(vectors, dtype=np.float32)
+            if vectors.shape != (n, dim):
+                raise VectorMemoryError(f"vectors must have shape ({n}, {dim}), not {vectors.shape}")
+        now = _time.time()
+        ids: list[int] = []
+        for s in range(0, n, batch_size):
+            part = texts[s : s + batch_size]
+            vecs = vectors[s : s + batch_size] if vectors is not None else self.embedder.embed(part)
+            rows = []
+            for j, text in enumerate(part):
+                i = s + j
+                run, seq = normalize_source(sources[i] if sources is not None else None)
+                when = times[i] if times is not None and times[i] is not None else now
+                rows.append(
+                    (text, dump_metadata(metadatas[i] if metadatas is not None else None), run, seq, when)
+                )
+            ids.extend(self.store.insert(rows, vecs))
+        return ids
+
+    def update(self, id: int, text: str | None = None, metadata: dict[str, Any] | None = None) -> bool:
+        """Change a record's text (re-embedded) and/or replace its metadata. False if it is gone."""
+        vector = None
+        if text is not None:
+            self._bind()
+            vector = self.embedder.embed([text])[0]
+        meta = dump_metadata(metadata) if metadata is not None else None
+        return self.store.update(int(id), text, meta, vector)
+
+    def delete(self, id: int | Sequence[int]) -> bool | int:
+        """Delete one record (True if it existed) or a list of them (how many existed)."""
+        if isinstance(id, (list, tuple)):
+            return self.store.delete([int(i) for i in id])
+        return self.store.delete([int(id)]) == 1
+
+    # -- reads -------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        where: Where | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """The k records nearest in meaning to `query` (cosine score, best first)."""
+        if k <= 0:
+            return []
+        self._bind()
+        return self.store.search(self.embedder.embed_query(query), k, where, min_score)
+
+    def search_vector(
+        self, vector: np.ndarray, k: int = 5, where: Where | None = None, min_score: float | None = None
+    ) -> list[Hit]:
+        """Like `search`, with a unit query vector of the memory's model."""
+        return self.store.search(vector, k, where, min_score)
+
+    def get(self, id: int) -> Record | None:
+        return self.store.get(int(id))
+
+    def count(self) -> int:
+        return self.store.count()
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def ids(self, where: Where | None = None) -> list[int]:
+        """Ids of all records (matching `where`), oldest id first."""
+        return self.store.ids(where)
+
+    def records(self, ids: Sequence[int]) -> list[Record]:
+        found = self.store.records([int(i) for i in ids])
+        return [found[i] for i in ids if i in found]
+
+    def recent(self, limit: int = 10, where: Where | None = None) -> list[Record]:
+        """The newest records by time."""
+        return self.store.recent(limit, where)
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Persist the approximate index now (SQLite backend)."""
+        flush = getattr(self.store, "flush", None)
+        if flush is not None:
+            flush()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> VectorMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

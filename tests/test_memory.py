@@ -1,0 +1,544 @@
+"""Vector memory: the shared suite (SQLite and PostgreSQL), processes, the ANN path, tools."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import call
+
+from agent import Agent, Decision
+from agent.llm import ScriptedLLM
+from memory import VectorMemory, memory_tools
+from memory.embedders import CachedEmbedder, EmbeddingCache, HashingEmbedder, default_embedder
+from memory.records import VectorMemoryError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NOTES = [
+    ("The staging database password is rotated every Monday by the ops team.", {"topic": "ops", "n": 1}),
+    ("Our CI pipeline runs the unit tests on Python 3.11 and 3.12.", {"topic": "ci", "n": 2}),
+    ("Alice prefers answers in French and short bullet lists.", {"topic": "user", "n": 3}),
+    ("The quarterly sales report is stored as a CSV file in the finance bucket.", {"topic": "data", "n": 4}),
+    ("To deploy the web app, run make deploy after merging to main.", {"topic": "ops", "n": 5}),
+    ("The cat sat on the warm windowsill all afternoon.", {"topic": "misc", "n": 6}),
+    ("Bananas are rich in potassium and make a good snack.", {"topic": "misc", "n": 7}),
+    ("The API rate limit is 100 requests per minute per key.", {"topic": "api", "n": 8}),
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """The real default model; each text is embedded once per module (both backends share it)."""
+    emb = CachedEmbedder(default_embedder(), EmbeddingCache(lru=10_000))
+    emb.embed(["warm up"])
+    return emb
+
+
+@pytest.fixture(scope="module")
+def pg_dsn():
+    from memory.testing import PostgresUnavailable, postgres_dsn
+
+    try:
+        return postgres_dsn()
+    except PostgresUnavailable as e:
+        pytest.skip(f"PostgreSQL backend not tested: {e}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_memory(request, tmp_path):
+    """A factory of fresh memories on one backend; the same suite runs on both."""
+    opened = []
+
+    def make(embedder, **kwargs):
+        if request.param == "sqlite":
+            mem = VectorMemory(tmp_path / f"{uuid.uuid4().hex[:8]}.db", embedder, **kwargs)
+        else:
+            dsn = request.getfixturevalue("pg_dsn")
+            kwargs.pop("ann_threshold", None)
+            mem = VectorMemory.postgres(dsn, embedder, collection="c" + uuid.uuid4().hex[:10], **kwargs)
+        opened.append(mem)
+        return mem
+
+    make.backend = request.param
+    yield make
+    for mem in opened:
+        mem.close()
+
+
+# -- the shared suite ---------------------------------------------------------------
+
+
+def test_semantic_search_finds_paraphrases(make_memory, minilm):
+    mem = make_memory(minilm)
+    ids = mem.add_many([t for t, _ in NOTES], [m for _, m in NOTES])
+    assert mem.count() == len(NOTES) and len(set(ids)) == len(NOTES)
+    cases = {
+        "when does the DB credential change?": 0,
+        "which python versions does continuous integration use": 1,
+        "how should I format replies for Alice": 2,
+        "where can I find the sales numbers": 3,
+        "how many API calls am I allowed": 7,
+    }
+    for query, expected in cases.items():
+        hits = mem.search(query, k=3)
+        assert hits[0].id == ids[expected], (query, [h.text for h in hits])
+        assert hits[0].score > hits[1].score >= hits[2].score
+        assert hits[0].metadata == NOTES[expected][1]
+
+
+def test_get_update_delete(make_memory, minilm):
+    mem = make_memory(minilm)
+    ids = mem.add_many([t for t, _ in NOTES], [m for _, m in NOTES])
+    rec = mem.get(ids[0])
+    assert rec.text == NOTES[0][0] and rec.metadata == {"topic": "ops", "n": 1} and rec.time > 0
+    # new text is re-embedded: the old meaning is gone, the new one is found
+    assert mem.update(ids[5], text="Kubernetes pods restart when they exceed their memory limit.")
+    hits = mem.search("why did my container get OOM killed", k=1)
+    assert hits[0].id == ids[5] and "Kubernetes" in hits[0].text
+    assert all("cat sat" not in h.text for h in mem.search("a cat resting on the windowsill", k=len(NOTES)))
+    # metadata alone: replaced, vector untouched
+    assert mem.update(ids[5], metadata={"topic": "k8s"})
+    assert mem.get(ids[5]).metadata == {"topic": "k8s"}
+    assert mem.search("why did my container get OOM killed", k=1)[0].id == ids[5]
+    # delete
+    assert mem.delete(ids[0]) is True
+    assert mem.delete(ids[0]) is False
+    assert mem.get(ids[0]) is None and mem.count() == len(NOTES) - 1
+    assert all(h.id != ids[0] for h in mem.search("database password rotation", k=len(NOTES)))
+    assert mem.delete([ids[1], ids[2], 10**9]) == 2
+    assert mem.update(10**9, text="nothing") is False and mem.get(10**9) is None
+    assert mem.count() == len(NOTES) - 3
+
+
+def test_filters(make_memory):
+    mem = make_memory(HashingEmbedder(64))
+    rows = [
+        {"kind": "note", "n": 1, "tags": ["a", "b"], "ok": True},
+        {"kind": "note", "n": 2, "tags": ["b"], "ok": False},
+        {"kind": "task", "n": 3, "tags": [], "ok": True, "owner": {"name": "ada"}},
+        {"kind": "task", "n": 2.5, "tags": ["a"], "extra": None},
+        {"kind": "1", "n": "1", "tags": ["c"]},
+        {},
+    ]
+    ids = mem.add_many([f"record number {i}" for i in range(len(rows))], rows)
+
+    def found(where):
+        return sorted(h.id for h in mem.search("record number", k=20, where=where))
+
+    def expect(*indexes):
+        return sorted(ids[i] for i in indexes)
+
+    assert found({"kind": "note"}) == expect(0, 1)
+    assert found({"kind": "note", "n": 2}) == expect(1)
+    assert found({"n": 1}) == expect(0)  # typed: the string "1" does not match
+    assert found({"kind": {"$in": ["task", "1"]}}) == expect(2, 3, 4)
+    assert found({"kind": {"$nin": ["task", "1"]}}) == expect(0, 1, 5)
+    assert found({"kind": {"$ne": "note"}}) == expect(2, 3, 4, 5)
+    assert found({"tags": {"$contains": "a"}}) == expect(0, 3)
+    assert found({"ok": True}) == expect(0, 2)
+    assert found({"ok": False}) == expect(1)
+    assert found({"extra": None}) == expect(3)
+    assert found({"owner.name": "ada"}) == expect(2)
+    assert found({"n": {"$gte": 2, "$lt": 3}}) == expect(1, 3)
+    assert found({"owner": {"$exists": True}}) == expect(2)
+    assert found({"$or": [{"kind": "1"}, {"ok": False}]}) == expect(1, 4)
+    assert found({"kind": "none-such"}) == []
+    assert mem.ids({"kind": "task"}) == expect(2, 3)
+    with pytest.raises(ValueError):
+        found({"kind": {"$regex": "x"}})
+    with pytest.raises(ValueError):
+        found({"bad key!": 1})
+
+
+def test_min_score_and_k(make_memory, minilm):
+    mem = make_memory(minilm)
+    mem.add_many([t for t, _ in NOTES], [m for _, m in NOTES])
+    all_hits = mem.search("deploying the web application", k=50)
+    assert len(all_hits) == len(NOTES)
+    strong = mem.search("deploying the web application", k=50, min_score=0.4)
+    assert 1 <= len(strong) < len(NOTES)
+    assert all(h.score >= 0.4 for h in strong) and "make deploy" in strong[0].text
+    assert mem.search("anything", k=0) == []
+    assert mem.search("deploy", k=3, where={"topic": "ops"}, min_score=0.99) == []
+
+
+def test_source_time_and_metadata_round_trip(make_memory):
+    mem = make_memory(HashingEmbedder(64))
+    a = mem.add(
+        "from a tool call", {"tags": ["x"], "nested": {"k": [1, 2]}}, source=("run-1", 7), time=1000.0
+    )
+    b = mem.add("from an event dict", source={"run_id": "run-2", "seq": 3})
+    c = mem.add("no source")
+    assert mem.get(a).source == {"run_id": "run-1", "seq": 7}
+    assert mem.get(a).time == 1000.0 and mem.get(a).metadata == {"tags": ["x"], "nested": {"k": [1, 2]}}
+    assert mem.get(b).source == {"run_id": "run-2", "seq": 3}
+    assert mem.get(c).source is None and mem.get(c).metadata == {}
+    assert [r.id for r in mem.recent(2)] == [c, b]
+    hit = mem.search("from a tool call", k=1)[0]
+    assert hit.to_dict()["source"] == {"run_id": "run-1", "seq": 7}
+    with pytest.raises(VectorMemoryError):
+        mem.add("bad", {"x": object()})
+
+
+def test_a_memory_refuses_another_model(make_memory):
+    mem = make_memory(HashingEmbedder(64))
+    mem.add("hello")
+    if make_memory.backend == "sqlite":
+        other = VectorMemory(mem.store.path, HashingEmbedder(32))
+    else:
+        other = VectorMemory.postgres(
+            mem.store.conn.info.dsn, HashingEmbedder(32), collection=mem.store.collection
+        )
+    with pytest.raises(VectorMemoryError, match="hashing-64"):
+        other.search("hello")
+    other.close()
+
+
+def test_ann_path_agrees_with_exact(make_memory):
+    """Past the threshold the SQLite backend switches to HNSW; results match brute force."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((12, 64)).astype(np.float32)
+    labels = rng.integers(0, 12, 600)
+    vecs = centres[labels] + 0.6 * rng.standard_normal((600, 64)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    mem = make_memory(HashingEmbedder(64), ann_threshold=200)
+    ids = np.asarray(
+        mem.add_many([f"v{i}" for i in range(600)], [{"g": int(g % 3)} for g in labels], vectors=vecs)
+    )
+    queries = centres[:8] + 0.6 * rng.standard_normal((8, 64)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+
+    def check(alive, where_g=None, floor=0.9):
+        total = 0.0
+        for q in queries:
+            mask = alive.copy()
+            if where_g is not None:
+                mask &= (labels % 3) == where_g
+            scores = np.where(mask, vecs @ q, -np.inf)
+            truth = set(ids[np.argsort(-scores)[:10]].tolist())
+            hits = mem.search_vector(q, 10, where={"g": where_g} if where_g is not None else None)
+            got = {h.id for h in hits}
+            assert got <= set(ids[mask].tolist())
+            total += len(got & truth) / 10
+        assert total / len(queries) >= floor
+
+    alive = np.ones(600, dtype=bool)
+    check(alive)
+    if make_memory.backend == "sqlite":
+        assert mem.store.index_kind == "hnsw"
+    check(alive, where_g=1)
+    # deletes and updates on the live index (tombstones, re-inserts)
+    dead = rng.choice(600, 60, replace=False)
+    mem.delete([int(ids[i]) for i in dead])
+    alive[dead] = False
+    check(alive)
+    check(alive, where_g=2)
+    assert mem.count() == 540
+
+
+def test_embedding_cache_embeds_each_text_once(tmp_path):
+    calls = []
+
+    class Counting(HashingEmbedder):
+        def embed(self, texts):
+            calls.extend(texts)
+            return super().embed(texts)
+
+    mem = VectorMemory(tmp_path / "m.db", Counting(64))
+    mem.add_many(["alpha", "beta", "alpha"])
+    mem.add("beta")
+    assert sorted(calls) == ["alpha", "beta"]
+    mem.close()
+    mem = VectorMemory(tmp_path / "m.db", Counting(64))
+    mem.add("alpha")  # from the SQLite cache of the file, not the model
+    assert sorted(calls) == ["alpha", "beta"] and mem.count() == 5
+    cache = EmbeddingCache(tmp_path / "other.db")
+    emb = CachedEmbedder(HashingEmbedder(64), cache)
+    np.testing.assert_allclose(emb.embed(["x y"])[0], HashingEmbedder(64).embed(["x y"])[0])
+    mem.close()
+
+
+def test_openai_compatible_embedder():
+    import httpx
+
+    from memory.embedders import EmbedderError, OpenAIEmbedder
+
+    seen = []
+
+    def handler(request):
+        body = json.loads(request.content)
+        seen.append((request.url.path, request.headers.get("authorization"), body))
+        if body["model"] == "broken":
+            return httpx.Response(500, text="boom")
+        data = [{"index": i, "embedding": [float(len(t)), 1.0, 0.0]} for i, t in enumerate(body["input"])]
+        return httpx.Response(200, json={"data": data[::-1]})  # out of order: sorted by index
+
+    emb = OpenAIEmbedder(
+        "http://emb.local/v1/", "e5", api_key="k", batch_size=2, transport=httpx.MockTransport(handler)
+    )
+    vecs = emb.embed(["a", "bbb", "cc"])
+    assert vecs.shape == (3, 3) and emb.dim == 3 and emb.name == "openai:e5"
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-6)
+    assert vecs[1, 0] > vecs[2, 0] > vecs[0, 0]
+    assert [len(b["input"]) for _, _, b in seen] == [2, 1]  # batched
+    assert seen[0][0] == "/v1/embeddings" and seen[0][1] == "Bearer k"
+    with pytest.raises(EmbedderError, match="500"):
+        OpenAIEmbedder("http://emb.local/v1", "broken", transport=httpx.MockTransport(handler)).embed(["x"])
+
+
+def test_transformers_embedder_batches_like_single_texts(minilm):
+    from memory.embedders import default_model_path
+
+    texts = [
+        "short",
+        "a much longer sentence with many more tokens in it than the first one",
+        "mid length text",
+    ]
+    together = minilm.inner.embed(texts)
+    alone = np.stack([minilm.inner.embed([t])[0] for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)  # padding does not leak into the mean
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=1e-5)
+    assert minilm.dim == 384 and minilm.name == "all-MiniLM-L6-v2"
+    assert (default_model_path() / "model.safetensors").exists()
+    paraphrase, unrelated = minilm.inner.embed(["How old are you?", "What is your age?", "The sky is blue."])[
+        1:
+    ]
+    q = minilm.inner.embed_query("How old are you?")
+    assert float(q @ paraphrase) > 0.7 > float(q @ unrelated)
+
+
+# -- the embedded store: processes and the index on disk ------------------------------
+
+WRITER = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from memory import VectorMemory
+    from memory.embedders import HashingEmbedder
+    mem = VectorMemory({path!r}, HashingEmbedder(64), ann_threshold={threshold})
+    who = sys.argv[1]
+    ids = []
+    for i in range({n}):
+        ids.append(mem.add(f"{{who}} wrote note {{i}}", {{"who": who, "i": i}}))
+        if i % 25 == 0:
+            mem.search(f"{{who}} note", k=3)  # reads interleaved with the other writer
+    print(json.dumps(ids))
+    mem.close()
+    """
+)
+
+READER = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from memory import VectorMemory
+    from memory.embedders import HashingEmbedder
+    mem = VectorMemory({path!r}, HashingEmbedder(64), ann_threshold={threshold})
+    hits = mem.search(sys.argv[1], k=3, where={{"who": "a"}})
+    print(json.dumps({{"count": mem.count(), "top": [h.text for h in hits], "kind": mem.store.index_kind}}))
+    mem.close()
+    """
+)
+
+
+def _script(template, path, n=0, threshold=20_000):
+    return template.format(root=str(ROOT), path=str(path), n=n, threshold=threshold)
+
+
+def test_persists_across_processes(tmp_path):
+    path = tmp_path / "mem.db"
+    out = subprocess.run(
+        [sys.executable, "-c", _script(WRITER, path, n=40), "a"], capture_output=True, text=True, check=True
+    )
+    ids = json.loads(out.stdout)
+    assert len(ids) == 40
+    out = subprocess.run(
+        [sys.executable, "-c", _script(READER, path), "a wrote note 17"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(out.stdout)
+    assert seen["count"] == 40 and seen["top"][0] == "a wrote note 17"
+
+
+def test_two_processes_write_one_file(tmp_path):
+    path = tmp_path / "mem.db"
+    VectorMemory(path, HashingEmbedder(64)).close()  # created (WAL) before the race
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _script(WRITER, path, n=150, threshold=100), who],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for who in ("a", "b")
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err
+    ids_a, ids_b = (json.loads(out) for out, _ in results)
+    assert len(set(ids_a) | set(ids_b)) == 300
+    mem = VectorMemory(path, HashingEmbedder(64), ann_threshold=100)
+    assert mem.count() == 300
+    assert {mem.get(i).metadata["who"] for i in ids_b} == {"b"}
+    hits = mem.search("b wrote note 149", k=3)
+    assert "b wrote note 149" in [h.text for h in hits], hits  # approximate: top 3, not top 1
+    mem.close()
+    # and a third process sees everything through the index the writers saved
+    out = subprocess.run(
+        [sys.executable, "-c", _script(READER, path, threshold=100), "a wrote note 99"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(out.stdout)
+    assert seen["count"] == 300 and seen["kind"] == "hnsw", seen
+    assert "a wrote note 99" in seen["top"], seen
+
+
+def test_index_catches_up_incrementally_and_reloads(tmp_path):
+    path = tmp_path / "mem.db"
+    emb = HashingEmbedder(64)
+    a = VectorMemory(path, emb, ann_threshold=100)
+    a.add_many([f"first batch item {i}" for i in range(150)])
+    assert a.search("first batch item 3", k=1)[0].text == "first batch item 3"
+    index = a.store._index
+    assert index.kind == "hnsw"
+    b = VectorMemory(path, emb, ann_threshold=100)  # another handle: another process's view
+    new = b.add_many([f"second batch entry {i}" for i in range(20)])
+    b.delete(new[0])
+    b.update(new[1], text="a completely rewritten entry about zebras")
+    hits = a.search("rewritten entry about zebras", k=1)
+    assert hits[0].id == new[1]
+    assert a.store._index is index  # replayed the log, no rebuild
+    assert all(h.id != new[0] for h in a.search("second batch entry 0", k=5))
+    assert a.count() == b.count() == 169
+    a.close()
+    b.close()
+    files = sorted(p.name for p in (tmp_path / "mem.db.ann").iterdir())
+    assert len(files) == 2 and files[0].endswith(".faiss") and files[1].endswith(".npz")
+    c = VectorMemory(path, emb, ann_threshold=100)
+    assert c.search("rewritten entry about zebras", k=1)[0].id == new[1]
+    info = c.store.index_info()
+    assert info["kind"] == "hnsw" and info["saved_generation"] == info["generation"]  # loaded, not rebuilt
+    c.close()
+
+
+def test_damaged_index_file_is_rebuilt(tmp_path):
+    path = tmp_path / "mem.db"
+    emb = HashingEmbedder(64)
+    mem = VectorMemory(path, emb, ann_threshold=100)
+    mem.add_many([f"item {i}" for i in range(120)])
+    mem.search("item 1", k=1)
+    mem.close()
+    for f in (tmp_path / "mem.db.ann").glob("*.faiss"):
+        f.write_bytes(b"garbage")
+    mem = VectorMemory(path, emb, ann_threshold=100)
+    assert mem.search("item 42", k=1)[0].text == "item 42"
+    assert mem.store.index_kind == "hnsw"
+    mem.close()
+
+
+def test_import_memory_is_light():
+    code = (
+        "import sys, memory; from memory import VectorMemory, EpisodicMemory; "
+        "heavy = [m for m in ('numpy', 'torch', 'transformers', 'faiss', 'psycopg') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == ""
+
+
+# -- memory as tools, through a real run ----------------------------------------------
+
+
+def test_memory_tools_in_a_run(tmp_path, minilm, run_dir):
+    mem = VectorMemory(tmp_path / "notes.db", minilm)
+    mem.add("The office wifi password is on the fridge.", {"tags": ["office"]})
+    llm = ScriptedLLM(
+        [
+            call("memory_save", text="The release train leaves every second Thursday.", tags=["process"]),
+            call("memory_search", query="when is the next release?", k=2),
+            "Every second Thursday.",
+        ]
+    )
+    result = Agent(llm, tools=memory_tools(mem), run_dir=run_dir).run_sync("When do we release?")
+    assert result.ok
+    writes = [e for e in result.events if e.type == "memory_write"]
+    reads = [e for e in result.events if e.type == "memory_read"]
+    assert len(writes) == 1 and writes[0].metadata == {"tags": ["process"]} and writes[0].memory == "notes"
+    assert len(reads) == 1 and reads[0].query == "when is the next release?"
+    assert reads[0].hits[0]["text"] == "The release train leaves every second Thursday."
+    saved = mem.get(reads[0].hits[0]["id"])
+    assert saved.source == {"run_id": result.run_id, "seq": writes[0].seq}
+    outputs = [e.content for e in result.events if e.type == "tool_result"]
+    assert outputs[0].startswith("Saved to memory as id")
+    assert "second Thursday" in outputs[1].splitlines()[0]
+    # the model saw the search result in its next prompt
+    assert "second Thursday" in llm.requests[2].messages[-1].content
+    mem.close()
+
+
+def test_a_guard_refuses_a_memory_write(tmp_path, run_dir):
+    mem = VectorMemory(tmp_path / "notes.db", HashingEmbedder(64))
+    seen = []
+
+    async def guard(event):
+        seen.append(event.type)
+        if event.type == "memory_write" and "password" in event.text:
+            return Decision.block("Do not store credentials in memory.")
+        return None
+
+    llm = ScriptedLLM(
+        [
+            call("memory_save", text="The admin password is hunter2", tags=["secret"]),
+            call("memory_save", text="Standup is at 9:30", tags=["team"]),
+            "Noted.",
+        ]
+    )
+    result = Agent(llm, tools=memory_tools(mem), guards=[guard], run_dir=run_dir).run_sync("remember things")
+    assert result.ok
+    results = [e for e in result.events if e.type == "tool_result"]
+    assert results[0].is_error and "Do not store credentials in memory." in results[0].content
+    assert not results[1].is_error
+    assert "memory_write" in seen
+    # the refused write never reached the store or the log
+    assert [r.text for r in mem.recent(10)] == ["Standup is at 9:30"]
+    assert [e.text for e in result.events if e.type == "memory_write"] == ["Standup is at 9:30"]
+    assert "Do not store credentials" in llm.requests[1].messages[-1].content
+    mem.close()
+
+
+def test_a_guard_rewrites_or_blocks_what_a_search_shows(tmp_path, run_dir):
+    mem = VectorMemory(tmp_path / "notes.db", HashingEmbedder(64))
+    mem.add("public: the cafeteria opens at noon", {"tags": ["public"]})
+    mem.add("secret: the vault code is 4711", {"tags": ["secret"]})
+
+    async def redact(event):
+        if event.type == "memory_read":
+            kept = [h for h in event.hits if "secret" not in h["metadata"].get("tags", [])]
+            return Decision.rewrite(event.model_copy(update={"hits": kept}))
+        return None
+
+    llm = ScriptedLLM([call("memory_search", query="the vault code and the cafeteria", k=5), "done"])
+    result = Agent(llm, tools=memory_tools(mem), guards=[redact], run_dir=run_dir).run_sync("look")
+    shown = [e.content for e in result.events if e.type == "tool_result"][0]
+    assert "cafeteria" in shown and "4711" not in shown
+    assert "4711" not in llm.requests[1].messages[-1].content
+    (read,) = [e for e in result.events if e.type == "memory_read"]
+    assert [h["text"] for h in read.hits] == ["public: the cafeteria opens at noon"]
+
+    async def block(event):
+        return Decision.block("memory is off limits") if event.type == "memory_read" else None
+
+    llm = ScriptedLLM([call("memory_search", query="vault"), "done"])
+    result = Agent(llm, tools=memory_tools(mem), guards=[block], run_dir=run_dir).run_sync("look")
+    (res,) = [e for e in result.events if e.type == "tool_result"]
+    assert res.is_error and "memory is off limits" in res.content and "4711" not in res.content
+    mem.close()
