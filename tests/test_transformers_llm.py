@@ -19,8 +19,9 @@ import pytest
 from agent.events import ModelDelta, ModelResponse
 from agent.llm.base import LLMError, LLMRequest, complete
 from agent.llm.default_model import DEFAULT_MODEL_ID, default_model_dir, is_converted
+from agent.llm.formats.stream import TagStreamSplitter
 from agent.llm.parse import parse_output
-from agent.llm.transformers import StreamSplitter, TemplateChatFormat, TransformersLLM, hermes_tools_prompt
+from agent.llm.transformers import TemplateChatFormat, TransformersLLM, hermes_tools_prompt
 from agent.types import Message, ToolCallRequest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -216,7 +217,7 @@ def test_import_agent_llm_does_not_import_torch():
 
 def test_stream_splitter_matches_the_parser():
     text = '<think> plan it </think> Hello <tool_call>{"name": "f", "arguments": {}}</tool_call> world \n'
-    splitter = StreamSplitter()
+    splitter = TagStreamSplitter()
     deltas = []
     for i in range(0, len(text), 3):
         deltas += splitter.feed(text[i : i + 3])

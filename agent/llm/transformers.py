@@ -27,9 +27,7 @@ from ..events import ModelDelta, ModelResponse
 from ..types import Effort, Message, Usage
 from .base import LLMError, LLMRequest, ModelNotFoundError
 from .parse import (
-    CALL_CLOSE,
     CALL_OPEN,
-    THINK_CLOSE,
     THINK_OPEN,
     format_for_tokenizer,
     parse_output,
@@ -250,92 +248,6 @@ def _partial_tag_len(text: str, tags: Iterable[str]) -> int:
                 best = n
                 break
     return best
-
-
-class _Trimmed:
-    """Emits text without its leading and trailing whitespace, like `.strip()`
-    on the concatenation, holding trailing whitespace until more text comes."""
-
-    def __init__(self) -> None:
-        self.started = False
-        self.pending = ""
-
-    def push(self, text: str) -> str:
-        if not self.started:
-            text = text.lstrip()
-            if not text:
-                return ""
-            self.started = True
-        text = self.pending + text
-        kept = text.rstrip()
-        self.pending = text[len(kept) :]
-        return kept
-
-
-class StreamSplitter:
-    """Routes streamed text into content and thinking deltas.
-
-    Text inside `<think>` goes to thinking and text inside `<tool_call>` is
-    held back (the final response carries the parsed calls), so the content
-    deltas add up to the response's content.
-    """
-
-    def __init__(self, *, in_thinking: bool = False) -> None:
-        self.state = "thinking" if in_thinking else "content"
-        self.buffer = ""
-        self.content = _Trimmed()
-        self.thinking = _Trimmed()
-        self.thinking_blocks = 0
-
-    def _tags(self) -> tuple[str, ...]:
-        if self.state == "content":
-            return (THINK_OPEN, CALL_OPEN)
-        return (THINK_CLOSE,) if self.state == "thinking" else (CALL_CLOSE,)
-
-    def _emit(self, text: str, out: list[ModelDelta]) -> None:
-        if not text:
-            return
-        if self.state == "content":
-            piece = self.content.push(text)
-            if piece:
-                out.append(ModelDelta(content=piece))
-        elif self.state == "thinking":
-            starting = not self.thinking.started
-            piece = self.thinking.push(text)
-            if piece:
-                if starting and self.thinking_blocks:
-                    piece = "\n" + piece
-                out.append(ModelDelta(thinking=piece))
-
-    def feed(self, text: str) -> list[ModelDelta]:
-        self.buffer += text
-        out: list[ModelDelta] = []
-        while True:
-            tags = self._tags()
-            hits = [(i, t) for t in tags if (i := self.buffer.find(t)) >= 0]
-            if not hits:
-                keep = _partial_tag_len(self.buffer, tags)
-                self._emit(self.buffer[: len(self.buffer) - keep], out)
-                self.buffer = self.buffer[len(self.buffer) - keep :]
-                return out
-            index, tag = min(hits)
-            self._emit(self.buffer[:index], out)
-            self.buffer = self.buffer[index + len(tag) :]
-            if tag == THINK_OPEN:
-                self.state = "thinking"
-            elif tag == CALL_OPEN:
-                self.state = "call"
-            else:
-                if self.state == "thinking" and self.thinking.started:
-                    self.thinking_blocks += 1
-                    self.thinking = _Trimmed()
-                self.state = "content"
-
-    def finish(self) -> list[ModelDelta]:
-        out: list[ModelDelta] = []
-        self._emit(self.buffer, out)
-        self.buffer = ""
-        return out
 
 
 class _RequestStreamer:
