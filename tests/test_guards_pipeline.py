@@ -424,3 +424,21 @@ def test_policy_file_loading_and_merging(tmp_path):
         load_policy(policy_file(tmp_path, "[stages.nonsense]\nrules = []\n", "bad.toml"))
     pipeline = GuardPipeline.from_policy(path, llm=ScriptedLLM([]))
     assert pipeline.llm.format == "llama-guard-3"
+
+
+def test_default_guards_stop_a_fork_bomb_before_the_sandbox_sees_it(run_dir):
+    from agent import Agent, tool
+
+    ran = []
+
+    @tool(name="python", effects={"executes"})
+    def python(code: str) -> str:
+        """Run Python."""
+        ran.append(code)
+        return "ran"
+
+    llm = ScriptedLLM([call("python", code="import os\nwhile True:\n    os.fork()"), "I will not do that."])
+    result = Agent(llm, tools=[python], run_dir=run_dir).run_sync("stress the machine")
+    assert result.ok and ran == []
+    blocked = next(e for e in result.events if e.type == "tool_result")
+    assert blocked.error_kind == "blocked" and "fork_bomb" in blocked.content

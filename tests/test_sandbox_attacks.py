@@ -100,7 +100,9 @@ async def attack(box, code: str, run_dir, tool: PythonTool | None = None, both: 
             "done",
         ]
     )
-    agent = Agent(llm, tools=[tool or box.tool], run_dir=run_dir)
+    # guards=None: these attacks test the sandbox itself; the default guards
+    # would block several of them (fork bomb, /etc/shadow) before they ran.
+    agent = Agent(llm, tools=[tool or box.tool], run_dir=run_dir, guards=None)
     result = await agent.arun("attack")
     assert result.ok, result.error
     observations = [e for e in result.events if e.type == "tool_result"]
