@@ -263,8 +263,6 @@ def summarize(results: Iterable[BatchResult]) -> dict[str, Any]:
     }
 
 
-Executor = Literal["local", "ray"]
-
 _shared_models: dict[tuple[str | None, str | None], Any] = {}
 
 

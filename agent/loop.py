@@ -123,6 +123,10 @@ class _FinalAnswerTool(Tool):
             self.Args = schema  # type: ignore[misc]
             self.description = f"Give the final answer as a {schema.__name__} object and end the run."
 
+    async def run(self, args: BaseModel) -> Any:
+        # The loop ends the run on this call itself; run() only echoes the answer.
+        return args if self.schema_model is not None else args.answer  # type: ignore[attr-defined]
+
 
 _final_tools: dict[type[BaseModel] | None, _FinalAnswerTool] = {}
 
@@ -445,25 +449,18 @@ class Run:
 
     async def _prepare(self, call: ToolCallRequest, step: int) -> _Prepared | None:
         """Check a call's name and arguments; tell the model what is wrong if not."""
-        if call.name == FINAL_ANSWER:
-            tool: Tool = self.final_tool
-        elif call.parse_error is not None:
+        if call.parse_error is not None:
             await self._malformed(call.name or "(unreadable)", self._parse_error_text(call), step, call.id, "invalid_json")
             return None
-        elif call.name not in self.tools:
+        if call.name == FINAL_ANSWER:
+            tool: Tool = self.final_tool
+        elif call.name in self.tools:
+            tool = self.tools[call.name]
+        else:
             names = ", ".join(self._tool_names)
             await self._malformed(
-                "(unknown tool)",
-                f"Unknown tool '{call.name}'. Available tools: {names}.",
-                step,
-                call.id,
-                "unknown_tool",
+                "(unknown tool)", f"Unknown tool '{call.name}'. Available tools: {names}.", step, call.id, "unknown_tool"
             )
-            return None
-        else:
-            tool = self.tools[call.name]
-        if call.parse_error is not None:
-            await self._malformed(call.name, self._parse_error_text(call), step, call.id, "invalid_json")
             return None
         try:
             args = tool.validate(call.arguments or {})

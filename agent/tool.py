@@ -11,6 +11,7 @@ import copy
 import inspect
 import json
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ def tool_context() -> ToolContext | None:
     return _context.get()
 
 
-class Tool:
+class Tool(ABC):
     """Base class for tools. Subclass it for tools that keep state.
 
     ```python
@@ -95,11 +96,12 @@ class Tool:
         """True when the tool only reads: such calls may run concurrently."""
         return self.effects <= {"reads"}
 
+    @abstractmethod
     async def run(self, args: Any) -> Any:
-        raise NotImplementedError
+        """Do the work with validated `args`; the return value becomes the observation."""
 
-    async def aclose(self) -> None:
-        """Release what the tool holds (kernels, clients). Called when the agent closes."""
+    async def aclose(self) -> None:  # noqa: B027
+        """Release what the tool holds (kernels, clients). Optional: most tools hold nothing."""
 
     def validate(self, arguments: dict[str, Any]) -> BaseModel:
         return self.args_model.model_validate(arguments)

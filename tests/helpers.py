@@ -1,11 +1,6 @@
 """Small helpers shared by the tests."""
 
-import json
-
-
-def call(name: str, **arguments) -> str:
-    """Raw model text for one Hermes-style tool call."""
-    return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+from agent.testing import call  # noqa: F401 - the tests import it from here
 
 
 def types(events) -> list[str]:

@@ -89,7 +89,7 @@ def _wait_for(predicate, timeout=30.0):
 def _log_has_call(runs: Path, name: str) -> bool:
     for path in runs.glob("*.jsonl"):
         for line in path.read_text().splitlines():
-            if f'"type":"tool_call"' in line and f'"name":"{name}"' in line:
+            if '"type":"tool_call"' in line and f'"name":"{name}"' in line:
                 return True
     return False
 
