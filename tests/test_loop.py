@@ -411,3 +411,14 @@ def test_tool_context_lets_a_tool_emit_guarded_events(run_dir):
     assert outputs == [f"saved in run {result.run_id}", "refused"]
     writes = [e.text for e in result.events if e.type == "memory_write"]
     assert writes == ["the sky is blue"]
+
+
+def test_a_tool_class_without_run_is_refused_when_made():
+    class Broken(Tool):
+        name = "broken"
+
+        class Args(BaseModel):
+            x: int
+
+    with pytest.raises(TypeError, match="abstract method"):
+        Broken()
