@@ -8,6 +8,8 @@ written policy for the LLM tier) are taken from the file's own directory.
 
 from __future__ import annotations
 
+import copy
+import functools
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -132,10 +134,16 @@ def _resolve(value: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+@functools.lru_cache(maxsize=1)
+def _default_policy_data() -> dict[str, Any]:
+    # Read once per process: every guarded Agent starts from it.
+    with DEFAULT_POLICY_FILE.open("rb") as f:
+        return tomllib.load(f)
+
+
 def load_policy(path: str | Path | None = None, *, replace: bool = False) -> Policy:
     """The default policy, with the file at `path` merged on top (or instead, with `replace=True`)."""
-    with DEFAULT_POLICY_FILE.open("rb") as f:
-        data = tomllib.load(f)
+    data = copy.deepcopy(_default_policy_data())
     base_dir = DEFAULT_POLICY_FILE.parent
     if path is not None:
         path = Path(path)

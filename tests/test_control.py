@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 from helpers import call
 
@@ -210,8 +211,10 @@ def test_run_in_thread_with_cancel(run_dir):
     out = {}
     t = threading.Thread(target=lambda: out.setdefault("r", agent.run_sync("x")))
     t.start()
-    while not agent._runs:
-        pass
+    deadline = time.monotonic() + 10
+    while not agent._runs:  # wait for the run to start, but fail rather than hang
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.001)
     agent.cancel()
     gate.set()
     t.join(10)
