@@ -1,4 +1,4 @@
-"""The `agent` command: run a task, replay or resume a run.
+"""The `agent` command: run a task, replay or resume a run, serve a model.
 
 Errors a user can cause print one line and exit non-zero; set AGENT_DEBUG=1
 to see the traceback of an internal error.
@@ -108,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list recent runs")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     p.add_argument("--limit", type=int, default=20)
+
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    p.add_argument(
+        "--model",
+        "-m",
+        help="a model directory, a cached Hugging Face id, a .gguf file or scripted:FILE "
+        "(default: the embedded SmolLM2-135M-Instruct)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (0 picks a free one)")
+    p.add_argument("--api-key", help="require this Bearer token (default: $AGENT_SERVE_API_KEY, else none)")
+    p.add_argument("--effort", choices=["low", "medium", "high"], help="effort for requests that name none")
+    p.set_defaults(base_url=None)
     return parser
 
 
@@ -261,6 +274,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import run_cli
+
+    return run_cli(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "resume": cmd_resume,
@@ -268,6 +287,7 @@ COMMANDS = {
     "batch": cmd_batch,
     "replay": cmd_replay,
     "runs": cmd_runs,
+    "serve": cmd_serve,
 }
 
 
