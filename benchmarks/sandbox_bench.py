@@ -7,6 +7,8 @@ For each isolation level available here (or the one given), measures:
   plain `python -c "print(1+1)"` subprocess and, when `.bench-venv` has
   smolagents, its in-process `LocalPythonExecutor` (run in that venv as a
   subprocess; it interprets the AST in the host process and isolates nothing);
+  with `--against REV`, also through the sandbox and tool of that git
+  revision, interleaved with the working tree's in blocks, with the ratio;
 - recovery: the time from a cell's timeout until the next `1+1` has answered,
   for an interruptible loop and for a C loop that forces a restart, and from
   a kernel's death until the next answer.
@@ -14,20 +16,24 @@ For each isolation level available here (or the one given), measures:
     .venv/bin/python benchmarks/sandbox_bench.py            # every available level
     .venv/bin/python benchmarks/sandbox_bench.py --quick    # fewer samples
     .venv/bin/python benchmarks/sandbox_bench.py --isolation bubblewrap --json out.json
+    .venv/bin/python benchmarks/sandbox_bench.py --against HEAD  # before/after a change
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -99,7 +105,9 @@ def machine() -> dict[str, str]:
     bwrap_version = (
         subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.strip() if bwrap else "-"
     )
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     return {
+        "load avg": f"{load} (1, 5, 15 min) at the start",
         "cpu": cpu,
         "cores": str(os.cpu_count()),
         "memory": mem,
@@ -143,20 +151,59 @@ def bench_acquire(level: str, warm_n: int, cold_n: int) -> dict[str, list[float]
     return {"warm": warm, "cold": cold}
 
 
-async def bench_roundtrip(level: str, n: int) -> list[float]:
-    pool = sb.KernelPool(size=1)
-    tool = PythonTool(isolation=level, pool=pool)
-    await call(tool, "1+1")  # first call: acquisition and the isolation header
-    for _ in range(20):
-        await call(tool, "1+1")
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        out = await call(tool, "1+1")
-        times.append(time.perf_counter() - t)
-    assert out == f"Out[{n + 21}]: 2", out
-    await tool.aclose()
-    pool.shutdown()
+def load_revision(rev: str) -> tuple[Any, type[PythonTool]]:
+    """The sandbox module and PythonTool class of git revision `rev`, imported under another name."""
+    root = Path(tempfile.mkdtemp(prefix="sandbox-bench-"))
+    try:
+        folder = root / "baseline_tools"
+        folder.mkdir()
+        (folder / "__init__.py").write_text("")
+        for name in ("sandbox.py", "python_tool.py"):
+            shown = subprocess.run(
+                ["git", "-C", str(REPO), "show", f"{rev}:tools/{name}"], capture_output=True, text=True
+            )
+            if shown.returncode != 0:
+                raise SystemExit(f"--against {rev}: cannot read tools/{name}: {shown.stderr.strip()}")
+            (folder / name).write_text(shown.stdout)
+        sys.path.insert(0, str(root))
+        try:
+            module = importlib.import_module("baseline_tools.python_tool")
+        finally:
+            sys.path.remove(str(root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return module.sb, module.PythonTool
+
+
+async def bench_roundtrip(
+    level: str, n: int, baseline: tuple[Any, type[PythonTool]] | None
+) -> dict[str, list[float]]:
+    """`1+1` round trips; with a baseline, both run in alternating blocks (order flipped each round)."""
+    variants = {"tree": (sb, PythonTool)}
+    if baseline is not None:
+        variants["baseline"] = baseline
+    tools = {}
+    for name, (module, tool_class) in variants.items():
+        pool = module.KernelPool(size=1)
+        tool = tool_class(isolation=level, pool=pool)
+        await call(tool, "1+1")  # first call: acquisition and the isolation header
+        for _ in range(20):
+            await call(tool, "1+1")
+        tools[name] = (tool, pool)
+    times: dict[str, list[float]] = {name: [] for name in tools}
+    block = 10
+    for round_ in range(-(-n // block)):
+        order = list(tools) if round_ % 2 == 0 else list(tools)[::-1]
+        for name in order:
+            tool = tools[name][0]
+            for _ in range(block):
+                t = time.perf_counter()
+                out = await call(tool, "1+1")
+                times[name].append(time.perf_counter() - t)
+                assert out.endswith("]: 2"), out
+    for tool, pool in tools.values():
+        await tool.aclose()
+        pool.shutdown()
     return times
 
 
@@ -212,7 +259,11 @@ def main() -> None:
     parser.add_argument("--isolation", default="all", help="all (default), auto, bubblewrap, netns or none")
     parser.add_argument("--quick", action="store_true", help="fewer samples")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--against", metavar="REV", help="also time `1+1` with the tools/ of this git revision"
+    )
     args = parser.parse_args()
+    baseline = load_revision(args.against) if args.against else None
     if args.isolation == "all":
         levels = sb.available_isolation()
     elif args.isolation == "auto":
@@ -234,7 +285,8 @@ def main() -> None:
     rows: list[tuple[str, str, str, str]] = []
     for level in levels:
         acquire = bench_acquire(level, warm_n, cold_n)
-        roundtrip = asyncio.run(bench_roundtrip(level, rt_n))
+        trips = asyncio.run(bench_roundtrip(level, rt_n, baseline))
+        roundtrip = trips["tree"]
         recovery = asyncio.run(bench_recovery(level, rec_n))
         results["levels"][level] = {"acquire": acquire, "roundtrip": roundtrip, "recovery": recovery}  # type: ignore[index]
         rows += [
@@ -242,6 +294,14 @@ def main() -> None:
             (level, "kernel, cold start", ms(pct(acquire["cold"], 0.5)), f"n={len(acquire['cold'])}"),
             (level, "`1+1` through the python tool", f"{ms(pct(roundtrip, 0.5))} / {ms(pct(roundtrip, 0.99))}",
              f"n={len(roundtrip)}"),
+        ]  # fmt: skip
+        if baseline is not None:
+            old = trips["baseline"]
+            results["levels"][level]["roundtrip_against"] = {"rev": args.against, "times": old}  # type: ignore[index]
+            rows.append((level, f"`1+1` through the python tool of {args.against}",
+                         f"{ms(pct(old, 0.5))} / {ms(pct(old, 0.99))}",
+                         f"n={len(old)}, interleaved; p50 {pct(old, 0.5) / pct(roundtrip, 0.5):.2f}x the tree's"))  # fmt: skip
+        rows += [
             (level, "recovery: interrupt after timeout", ms(pct(recovery["interrupt"], 0.5)),
              "until the next 1+1 answers"),
             (level, "recovery: restart after timeout", ms(pct(recovery["restart"], 0.5)),
@@ -268,6 +328,7 @@ def main() -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    print("\nload average at the end: " + " / ".join(f"{x:.2f}" for x in os.getloadavg()))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

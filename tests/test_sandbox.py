@@ -117,6 +117,46 @@ async def test_output_is_capped(py):
     assert out.startswith("aaaa") and out.rstrip().endswith("END")
 
 
+async def test_output_of_child_processes_keeps_its_place(py):
+    # written to the file descriptors, not through sys.stdout: read from a pipe by another thread
+    code = (
+        "import os, subprocess\n"
+        "for i in range(3):\n"
+        "    subprocess.run(['echo', f'child {i}'])\n"
+        "    print(f'parent {i}')\n"
+        "os.write(1, 'ünïcode\\n'.encode())\n"
+        "_ = os.system('echo last >&2')"
+    )
+    await run(py, "pass")  # the first observation starts with the isolation header
+    for _ in range(3):
+        out = await run(py, code)
+        assert out.splitlines() == [
+            *(f"{who} {i}" for i in range(3) for who in ("child", "parent")),
+            "ünïcode",
+            "[stderr]",
+            "last",
+        ]
+
+
+async def test_process_count_follows_the_sandbox(py):
+    await run(py, "pass")  # the session's kernel is running
+    kernel = py.kernel
+    before = kernel.tasks()
+    await run(py, "import subprocess\n_sleeper = subprocess.Popen(['sleep', '60'])")
+    try:
+        assert kernel.tasks() == before + 1
+        # the same count from a /proc scan, as on hosts without a pids cgroup
+        cgroup, kernel.cgroup = kernel.cgroup, None
+        try:
+            scanned = kernel.tasks()
+            assert scanned is not None and scanned >= before + 1
+        finally:
+            kernel.cgroup = cgroup
+    finally:
+        await run(py, "_sleeper.kill()\n_sleeper.wait()")
+    assert kernel.tasks() == before
+
+
 async def test_images_are_saved_in_the_workspace(py, workspace):
     out = await run(py, PNG_CODE + "display(Image(data=make_png([3, 9, 14, 6])))\nprint('drawn')")
     assert "[image/png saved to outputs/plot-" in out and "drawn" in out

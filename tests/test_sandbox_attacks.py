@@ -218,6 +218,21 @@ async def test_fork_bomb(box, run_dir):
     record(box.level, "fork bomb", f"stopped at {LIMITS.processes} tasks ({how}); kernel recycled")
 
 
+async def test_send_junk_and_forged_messages_to_the_host(box, run_dir):
+    # the kernel's sockets and key are within reach of the code it runs
+    code = (
+        "k = get_ipython().kernel\n"
+        "k.iopub_socket.send_multipart([b'junk'])\n"
+        "k.iopub_socket.send_multipart([b't', b'<IDS|MSG>', b'bad signature', b'{}', b'{}', b'{}', b'{}'])\n"
+        "parts = [b'{', b'{}', b'{}', b'[1]']\n"
+        "k.iopub_socket.send_multipart([b't', b'<IDS|MSG>', k.session.sign(parts), *parts])\n"
+        "print('still here')"
+    )
+    out = await attack(box, code, run_dir)
+    assert out == "still here", out
+    record(box.level, "send junk and forged messages to the host", "dropped; the cell's output is intact")
+
+
 async def test_allocate_without_bound(box, run_dir):
     out = await attack(box, "blob = bytearray(64 * 1024**3)", run_dir)
     assert "MemoryError" in out

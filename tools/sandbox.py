@@ -26,6 +26,8 @@ kernel starts.
 from __future__ import annotations
 
 import atexit
+import hashlib
+import hmac
 import json
 import os
 import queue
@@ -152,9 +154,19 @@ while True:
         os._exit(code if code >= 0 else 128 - code)
 """
 
-# Runs inside the sandbox: drop privileges (as root), then start ipykernel.
+# Runs inside the sandbox: drop privileges (as root), then start ipykernel with
+# the kernel and stdout/stderr classes below.
+# - Speed: every message the kernel publishes, and every flush of stdout or
+#   stderr (ipykernel does three of each per cell, even when nothing was
+#   written), is a round trip to its IOPub thread; those round trips were most
+#   of a trivial cell's time. Flushes with nothing pending are skipped, and the
+#   busy status and the echo of the code are not sent: the host reads neither.
+# - Output of C code and child processes goes to the file descriptors, which
+#   are a pipe read by a thread. ipykernel does not wait for that thread, so
+#   such output could come after later prints, or after the cell's end (and be
+#   lost). Here every write and flush first takes what waits in the pipe.
 _KERNEL_MAIN = r"""
-import os, sys
+import codecs, fcntl, os, select, struct, sys, termios, threading, time, types
 uid, gid = int(os.environ.pop("AGENT_SANDBOX_UID", "-1")), int(os.environ.pop("AGENT_SANDBOX_GID", "-1"))
 if uid >= 0:
     os.setgroups([])
@@ -163,12 +175,78 @@ if uid >= 0:
 os.environ.pop("JPY_PARENT_PID", None)
 if sys.path and sys.path[0] == "":
     del sys.path[0]
-from ipykernel import kernelapp
+from ipykernel import iostream, ipkernel, kernelapp
+
+class Kernel(ipkernel.IPythonKernel):
+    def _publish_execute_input(self, *args, **kwargs):
+        pass
+
+    def _publish_status(self, status, *args, **kwargs):
+        if status != "busy":
+            super()._publish_status(status, *args, **kwargs)
+
+class OutStream(iostream.OutStream):
+    def __init__(self, *args, **kwargs):
+        # held while output moves from the pipe into the stream (reentrant: a signal handler may print)
+        self._fd_lock = threading.RLock()
+        self._fd_decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._fd_checked = 0.0
+        super().__init__(*args, **kwargs)
+
+    def _watch_pipe_fd(self):
+        try:
+            os.set_blocking(self._fid, False)
+            readable = select.poll()
+            readable.register(self._fid, select.POLLIN)
+            while self._should_watch:
+                readable.poll()
+                with self._fd_lock:
+                    try:
+                        data = os.read(self._fid, 65536)
+                    except BlockingIOError:  # taken by a write or flush meanwhile
+                        continue
+                    if not data or not self._should_watch:
+                        return
+                    self._take(data)
+        except Exception:
+            self._exc = sys.exc_info()
+
+    def _take(self, data):
+        iostream.OutStream.write(self, self._fd_decoder.decode(data))
+        os.write(self._original_stdstream_copy, data)
+
+    def _take_pipe(self):
+        if self._should_watch and self._is_master_process():  # a forked child has no reader thread
+            self._fd_checked = time.monotonic()
+            with self._fd_lock:
+                unread = struct.unpack("i", fcntl.ioctl(self._fid, termios.FIONREAD, b"0000"))[0]
+                if unread:
+                    self._take(os.read(self._fid, unread))
+
+    def write(self, string):
+        # a check costs a system call: in a burst of prints, check once per 50 us
+        if time.monotonic() - self._fd_checked > 50e-6:
+            self._take_pipe()
+        return super().write(string)
+
+    def flush(self):
+        self._take_pipe()
+        if self._flush_pending or self._subprocess_flush_pending or self.echo is not None:
+            super().flush()
+
+sys.modules["agent_sandbox_kernel"] = types.ModuleType("agent_sandbox_kernel")
+sys.modules["agent_sandbox_kernel"].Kernel = Kernel
+sys.modules["agent_sandbox_kernel"].OutStream = OutStream
 kernelapp.launch_new_instance()
 """
 
 _KERNEL_ARGS = [
     "--IPKernelApp.log_level=CRITICAL",
+    "--IPKernelApp.kernel_class=agent_sandbox_kernel.Kernel",
+    "--IPKernelApp.outstream_class=agent_sandbox_kernel.OutStream",
+    # a 0.5 ms sleep before each reply, against a flush race our client does not have:
+    # it waits for the idle status, which comes after all of the cell's output
+    "--IPythonKernel._execute_sleep=0",
     "--InteractiveShell.xmode=Plain",
     "--InteractiveShell.colors=nocolor",
     "--HistoryManager.enabled=False",
@@ -340,7 +418,8 @@ def _unshare_argv(unshare: str, *, allow_network: bool) -> list[str]:
 def kernel_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The host environment without secrets, plus kernel settings."""
     env = {k: v for k, v in os.environ.items() if not SECRET_ENV.search(k)}
-    for k in ("JPY_PARENT_PID", "JPY_SESSION_NAME", "PYTHONSTARTUP", "PYTHONINSPECT"):
+    # PYTEST_CURRENT_TEST makes ipykernel leave the file descriptors alone (no output of child processes)
+    for k in ("JPY_PARENT_PID", "JPY_SESSION_NAME", "PYTHONSTARTUP", "PYTHONINSPECT", "PYTEST_CURRENT_TEST"):
         env.pop(k, None)
     env.update(
         PYTHONFAULTHANDLER="1",
@@ -798,6 +877,10 @@ class Kernel:
         self._log: Any = None
         self._dead = False
         self._lock = threading.Lock()
+        self._signer: Any = None  # HMAC of the connection key, copied for each message
+        self._poller: Any = None  # iopub and shell
+        self._pids_fd: int | None = None  # the cgroup's pids.current, kept open
+        self._tasks_seen: tuple[float, int | None] = (0.0, None)  # last /proc scan (no cgroup)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -946,11 +1029,16 @@ class Kernel:
             close_fds=True,
         )
 
+        import zmq
         from jupyter_client import BlockingKernelClient
 
         self.client = BlockingKernelClient(context=_zmq_context())
         self.client.load_connection_info(info)
         self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+        self._signer = hmac.new(key.encode(), digestmod=hashlib.sha256)
+        self._poller = zmq.Poller()
+        self._poller.register(self.client.iopub_channel.socket, zmq.POLLIN)
+        self._poller.register(self.client.shell_channel.socket, zmq.POLLIN)
 
     def _wait_ready(self, timeout: float) -> None:
         """Until a kernel_info request is answered on shell *and* seen on iopub."""
@@ -983,15 +1071,11 @@ class Kernel:
         raise SandboxError(f"the kernel did not start within {timeout:.0f} s: {self.log_tail()}")
 
     def _drain(self, settle: float) -> None:
-        from queue import Empty
-
+        """Drop what is waiting on every channel, until none has anything for `settle` seconds."""
         kc = self.client
         for channel in (kc.iopub_channel, kc.shell_channel, kc.control_channel):
-            while True:
-                try:
-                    channel.get_msg(timeout=settle)
-                except Empty:
-                    break
+            while channel.socket.poll(int(settle * 1000)):
+                channel.socket.recv_multipart()
 
     def alive(self) -> bool:
         return not self._dead and self.proc is not None and self.proc.poll() is None
@@ -1025,18 +1109,33 @@ class Kernel:
             return f"killed by {name}" + (f": {meaning}" if meaning else "")
         return f"exit code {code}"
 
-    def tasks(self) -> int | None:
-        """Processes and threads in the sandbox (None when unknown)."""
+    def tasks(self, *, rescan: bool = True) -> int | None:
+        """Processes and threads in the sandbox (None when unknown).
+
+        With a pids cgroup this is one read of an open file. Without one it
+        scans /proc, which takes milliseconds; `rescan=False` then returns the
+        last count when it is under a second old.
+        """
         if self.cgroup:
-            return cgroups().current(self.cgroup)
-        if self.proc is None:
+            try:
+                if self._pids_fd is None:
+                    self._pids_fd = os.open(os.path.join(self.cgroup, "pids.current"), os.O_RDONLY)
+                return int(os.pread(self._pids_fd, 32, 0))
+            except (OSError, ValueError):
+                return None
+        proc = self.proc
+        if proc is None:
             return None
+        seen_at, count = self._tasks_seen
+        if not rescan and time.monotonic() - seen_at < 1.0:
+            return count
         total = 0
-        for pid in descendants(self.proc.pid):
+        for pid in descendants(proc.pid):
             try:
                 total += len(os.listdir(f"/proc/{pid}/task"))
             except OSError:
                 pass
+        self._tasks_seen = (time.monotonic(), total)
         return total
 
     def host_pids(self) -> list[int]:
@@ -1084,6 +1183,9 @@ class Kernel:
                     proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
+            if self._pids_fd is not None:
+                os.close(self._pids_fd)
+                self._pids_fd = None
             if self.cgroup:
                 cgroups().remove(self.cgroup)
             if self._log is not None:
@@ -1116,8 +1218,6 @@ class Kernel:
         silent: bool = False,
     ) -> ExecResult:
         """Run `code`; on timeout or cancel, interrupt and wait `grace` seconds."""
-        import zmq
-
         t0 = time.monotonic()
         result = ExecResult()
         if not self.alive():
@@ -1129,9 +1229,7 @@ class Kernel:
         interrupted_at: float | None = None
         reply = idle = False
         reply_at = 0.0
-        poller = zmq.Poller()
-        poller.register(kc.iopub_channel.socket, zmq.POLLIN)
-        poller.register(kc.shell_channel.socket, zmq.POLLIN)
+        iopub, shell = kc.iopub_channel.socket, kc.shell_channel.socket
         last_check = t0
         while not (reply and idle):
             now = time.monotonic()
@@ -1152,16 +1250,16 @@ class Kernel:
                 break
             if reply and now - reply_at > 2.0:
                 break  # the idle status was lost; the reply is what counts
-            events = dict(poller.poll(50))
+            events = dict(self._poller.poll(50))
             if not events or now - last_check > 0.5:
                 last_check = now
                 if self.proc is None or self.proc.poll() is not None:
                     collector.flush_tail()
                     result.outputs = collector.outputs
                     return self._died(result, t0)
-            if kc.iopub_channel.socket in events:
+            if iopub in events:
                 idle = self._read_iopub(msg_id, collector, result) or idle
-            if kc.shell_channel.socket in events:
+            if shell in events:
                 got = self._read_shell(msg_id, result)
                 if got and not reply:
                     reply, reply_at = True, time.monotonic()
@@ -1177,19 +1275,43 @@ class Kernel:
             pass
         return result
 
-    def _read_iopub(self, msg_id: str, collector: _Collector, result: ExecResult) -> bool:
-        from queue import Empty
+    def _replies(self, socket: Any, msg_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """(type, content) of each message waiting on `socket` that answers `msg_id`.
 
-        idle = False
-        channel = self.client.iopub_channel
+        Parsed here rather than by jupyter_client, which also parses the date in
+        every header and was four times slower. A message that is malformed or
+        wrongly signed can only come from code in the sandbox, and is dropped.
+        """
+        import zmq
+
+        out = []
         while True:
             try:
-                msg = channel.get_msg(timeout=0)
-            except Empty:
-                return idle
-            if msg["parent_header"].get("msg_id") != msg_id:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            try:
+                start = frames.index(b"<IDS|MSG>") + 1
+                signature, header, parent, metadata, content = frames[start : start + 5]
+            except ValueError:
                 continue
-            kind, content = msg["msg_type"], msg["content"]
+            mac = self._signer.copy()
+            for part in (header, parent, metadata, content):
+                mac.update(part)
+            if not hmac.compare_digest(mac.hexdigest().encode(), signature):
+                continue
+            try:
+                if json.loads(parent).get("msg_id") != msg_id:
+                    continue
+                kind, body = json.loads(header)["msg_type"], json.loads(content)
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue
+            if isinstance(kind, str) and isinstance(body, dict):
+                out.append((kind, body))
+
+    def _read_iopub(self, msg_id: str, collector: _Collector, result: ExecResult) -> bool:
+        idle = False
+        for kind, content in self._replies(self.client.iopub_channel.socket, msg_id):
             if kind == "status":
                 if content.get("execution_state") == "idle":
                     idle = True
@@ -1215,25 +1337,18 @@ class Kernel:
                 )
             elif kind == "clear_output":
                 collector.clear()
+        return idle
 
     def _read_shell(self, msg_id: str, result: ExecResult) -> bool:
-        from queue import Empty
-
         got = False
-        while True:
-            try:
-                msg = self.client.shell_channel.get_msg(timeout=0)
-            except Empty:
-                return got
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
+        for _, content in self._replies(self.client.shell_channel.socket, msg_id):
             got = True
-            content = msg["content"]
             result.execution_count = content.get("execution_count", result.execution_count)
             if content.get("status") == "error" and result.status == "ok":
                 result.status = "error"
             elif content.get("status") == "aborted" and result.status == "ok":
                 result.status = "error"
+        return got
 
     def _died(self, result: ExecResult, t0: float) -> ExecResult:
         proc = self.proc
