@@ -2,8 +2,9 @@
 
 `TransformersLLM` loads a model directory, a cached hub id, a `.gguf` file,
 or (by default) the embedded SmolLM2-135M-Instruct, and streams its output
-as `ModelDelta` events. torch and transformers are imported only inside the
-functions here, so importing `agent.llm` stays cheap.
+as `ModelDelta` events. Concurrent requests share the model through the
+batching scheduler in `agent.llm.scheduler`. torch and transformers are
+imported only inside the functions here, so importing `agent.llm` stays cheap.
 
 Prompt rendering lives in `TemplateChatFormat`: it uses the tokenizer's chat
 template, with native tool support when the template has it and a Hermes
@@ -21,7 +22,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..events import ModelDelta, ModelResponse
 from ..types import Effort, Message, Usage
@@ -34,6 +35,9 @@ from .parse import (
     stream_splitter,
 )
 from .thinking import effort_template_options, harmony_reasoning, is_harmony_template
+
+if TYPE_CHECKING:
+    from .scheduler import BatchScheduler
 
 #: Tokens that end a turn in common chat formats; the model's own EOS ids are added.
 END_OF_TURN_TOKENS = (
@@ -280,21 +284,25 @@ class _RequestStreamer:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def put(self, value: Any) -> None:
+        """`generate`'s streamer call: first the prompt, then new tokens."""
         if not self.prompt_seen:  # the first call carries the prompt
             self.prompt_seen = True
             return
-        tokens = [int(t) for t in value.reshape(-1).tolist()]
-        for token in tokens:
-            self.generated += 1
-            self.last_token = token
-            if self.stopped_by_string or token in self.end_ids:
-                continue
-            self.ids.append(token)
-            prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-            full = self._decode(self.ids[self.prefix_offset :])
-            if len(full) > len(prefix) and not full.endswith("\ufffd"):
-                self._add_text(full[len(prefix) :])
-                self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        for token in value.reshape(-1).tolist():
+            self.push(int(token))
+
+    def push(self, token: int) -> None:
+        """Take one generated token (the scheduler calls this directly)."""
+        self.generated += 1
+        self.last_token = token
+        if self.stopped_by_string or token in self.end_ids:
+            return
+        self.ids.append(token)
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            self._add_text(full[len(prefix) :])
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
 
     def end(self) -> None:
         if not self.stopped_by_string and self.read_offset < len(self.ids):
@@ -361,6 +369,16 @@ class TransformersLLM:
     a grammar (`agent.llm.constrain`, needs llguidance) unless
     `constrain_required_calls` is False; thinking is limited by the effort's
     token budget (`agent.llm.thinking`).
+
+    Concurrent requests share the model through a `BatchScheduler`
+    (`agent.llm.scheduler`): they are decoded together in shared forward
+    passes, joining and leaving the batch between steps, and a prompt that
+    extends an earlier prompt and output reuses that KV cache instead of
+    prefilling it again. `max_batch_size` and `max_batch_tokens` bound the
+    batch, `prefix_cache_entries` and `prefix_cache_bytes` the kept caches;
+    `scheduler.stats` counts steps, batch sizes and reused prompt tokens. A
+    model whose cache cannot be batched, or `batching=False`, generates one
+    request at a time with `generate` (`serial_reason` says why).
     """
 
     #: hold `tool_choice="required"` turns to the tool schemas (when llguidance is installed)
@@ -376,6 +394,11 @@ class TransformersLLM:
         temperature: float = 0.0,
         threads: int | None = None,
         template_kwargs: dict[str, Any] | None = None,
+        batching: bool = True,
+        max_batch_size: int = 64,
+        max_batch_tokens: int | None = 65536,
+        prefix_cache_entries: int = 32,
+        prefix_cache_bytes: int = 1 << 30,
     ) -> None:
         self.model_ref = model
         self.device = device
@@ -384,12 +407,21 @@ class TransformersLLM:
         self.temperature = temperature
         self.threads = max(1, threads) if threads else usable_cores()
         self.template_kwargs = dict(template_kwargs or {})
+        self.batching = batching
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.prefix_cache_entries = prefix_cache_entries
+        self.prefix_cache_bytes = prefix_cache_bytes
         self.name = "transformers:" + self._short_name(model)
         self.model: Any = None
         self.tokenizer: Any = None
         self.chat_format: TemplateChatFormat | None = None
         self.end_ids: set[int] = set()
         self.model_path: Path | str | None = None
+        #: the batching scheduler, None while not loaded or when generation is serial
+        self.scheduler: BatchScheduler | None = None
+        #: why generation is serial (None when it is batched)
+        self.serial_reason: str | None = None
         self._load_lock = threading.Lock()
         self._generate_lock = threading.Lock()
 
@@ -406,6 +438,15 @@ class TransformersLLM:
     @property
     def loaded(self) -> bool:
         return self.model is not None
+
+    def close(self) -> None:
+        """Stop the batch scheduler's worker; requests still running end with an error.
+        The model stays loaded, and a later request starts a new scheduler."""
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None:
+            scheduler.close()
+            if self.model is not None:
+                self.scheduler = self._make_scheduler(self.model)
 
     # -- loading
 
@@ -460,7 +501,30 @@ class TransformersLLM:
         self.chat_format = TemplateChatFormat(tokenizer, self.template_kwargs)
         self.end_ids = self._end_token_ids(model, tokenizer)
         self.model_path = source
+        self.scheduler = self._make_scheduler(model)
         self.model = model
+
+    def _make_scheduler(self, model: Any) -> BatchScheduler | None:
+        from .scheduler import BatchScheduler
+
+        self.serial_reason = "batching=False" if not self.batching else BatchScheduler.unsupported(model)
+        if self.serial_reason:
+            return None
+        return BatchScheduler(
+            model,
+            threads=self.threads,
+            max_batch_size=self.max_batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            prefix_entries=self.prefix_cache_entries,
+            prefix_bytes=self.prefix_cache_bytes,
+            pad_token_id=self._pad_token_id(),
+        )
+
+    def _pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = min(self.end_ids) if self.end_ids else 0
+        return int(pad)
 
     def _resolve_source(self) -> tuple[Path | str, str | None]:
         """(directory or hub id, gguf file name or None)."""
@@ -543,7 +607,7 @@ class TransformersLLM:
         # built on the worker: compiling a tool grammar can take a second
         processors = functools.partial(self._logits_processors, request, prompt, max_new)
         worker = threading.Thread(
-            target=self._generate,
+            target=self._generate if self.scheduler is None else self._schedule,
             args=(prompt, max_new, temperature, streamer, halt, send, processors),
             name="transformers-generate",
         )
@@ -641,6 +705,56 @@ class TransformersLLM:
             processors.append(budget)
         return processors
 
+    def _encode(self, prompt: str) -> Any:
+        # The template already wrote the special tokens (BOS, turn markers).
+        return self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+
+    def _generation_end_ids(self, processors: Sequence[Any]) -> set[int]:
+        end_ids = set(self.end_ids)
+        for processor in processors:  # e.g. harmony's <|end|> ends a message, not the turn
+            end_ids -= set(getattr(processor, "continue_ids", ()))
+        return end_ids
+
+    def _schedule(
+        self,
+        prompt: str,
+        max_new: int,
+        temperature: float,
+        streamer: _RequestStreamer,
+        halt: threading.Event,
+        send: Any,
+        make_processors: Callable[[], list[Any]],
+    ) -> None:
+        """Short-lived worker: prepare the request and hand it to the scheduler."""
+        from .scheduler import GenerationJob
+
+        def done(error: BaseException | None) -> None:
+            if error is None:
+                streamer.end()
+            else:
+                send("error", error)
+            send("done")
+
+        try:
+            assert self.scheduler is not None
+            processors = make_processors()
+            ids = self._encode(prompt)["input_ids"][0].tolist()
+            streamer.prompt_tokens = len(ids)
+            job = GenerationJob(
+                ids,
+                max_new_tokens=max_new,
+                temperature=temperature,
+                end_ids=self._generation_end_ids(processors),
+                processors=processors,
+                on_token=streamer.push,
+                on_done=done,
+                halt=halt,
+            )
+            self.scheduler.submit(job)
+        except Exception as e:
+            send("error", e)
+            send("done")
+
     def _generate(
         self,
         prompt: str,
@@ -651,7 +765,7 @@ class TransformersLLM:
         send: Any,
         make_processors: Callable[[], list[Any]] | None = None,
     ) -> None:
-        """Worker thread: one `generate` call at a time per model."""
+        """Worker thread: one `generate` call at a time per model (models that cannot be batched)."""
         try:
             import torch
             from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -662,8 +776,7 @@ class TransformersLLM:
                 if halt.is_set():
                     return
                 set_torch_threads(self.threads)
-                # The template already wrote the special tokens (BOS, turn markers).
-                encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+                encoded = self._encode(prompt)
                 streamer.prompt_tokens = int(encoded["input_ids"].shape[1])
                 inputs = {k: v.to(self.model.device) for k, v in encoded.items()}
                 sampling: dict[str, Any] = (
@@ -671,19 +784,16 @@ class TransformersLLM:
                     if temperature > 0
                     else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
                 )
-                pad = self.tokenizer.pad_token_id
-                if pad is None:
-                    pad = min(self.end_ids) if self.end_ids else 0
-                end_ids = set(self.end_ids)
-                for processor in processors:  # e.g. harmony's <|end|> ends a message, not the turn
-                    end_ids -= set(getattr(processor, "continue_ids", ()))
-                extra: dict[str, Any] = {"logits_processor": LogitsProcessorList(processors)} if processors else {}
+                end_ids = self._generation_end_ids(processors)
+                extra: dict[str, Any] = (
+                    {"logits_processor": LogitsProcessorList(processors)} if processors else {}
+                )
                 with torch.inference_mode():
                     self.model.generate(
                         **inputs,
                         max_new_tokens=max_new,
                         eos_token_id=sorted(end_ids),
-                        pad_token_id=pad,
+                        pad_token_id=self._pad_token_id(),
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_halt_criteria_class()(halt)]),
                         **sampling,
