@@ -20,6 +20,8 @@ from .tool import Tool
 from .types import EFFORTS, Effort, Usage
 
 if TYPE_CHECKING:
+    from memory.context import ContextBudget
+
     from .session import Session
 
 Strategy = Literal["react", "plan-act-reflect"]
@@ -79,6 +81,14 @@ class Agent:
     Configure it with arguments, or subclass it and set the same names as
     class attributes; tools can also be `@tool`-decorated methods.
 
+    `context_window` fits each prompt to the model's context window (see
+    `memory.context`): None uses the model's own window when it tells it (a
+    `TransformersLLM` does; scripted and HTTP models then get the whole
+    history), an int is the window in tokens, and a `ContextBudget` sets
+    every detail (each run gets a copy). The system prompt and the task are
+    kept, recent steps stay whole, long tool results are cut with a pointer to
+    the full text and older steps are summarised; state and log keep it all.
+
     ```python
     agent = Agent(model, tools=[add], strategy="plan-act-reflect")
     result = agent.run_sync("What is 2 + 3?")
@@ -99,6 +109,7 @@ class Agent:
     replan_every: int = 5
     reflect_before_answer: bool = False
     answer_schema: type[BaseModel] | None = None
+    context_window: int | ContextBudget | None = None
 
     def __init__(
         self,
@@ -123,6 +134,7 @@ class Agent:
         workspace: str | Path | None = None,
         tool_options: dict[str, Any] | None = None,
         memory: Any = None,
+        context_window: int | ContextBudget | None = None,
     ) -> None:
         if model is None:
             from .llm import TransformersLLM
@@ -142,6 +154,7 @@ class Agent:
             "replan_every": replan_every,
             "loop_repeats": loop_repeats,
             "max_retries": max_retries,
+            "context_window": context_window,
         }
         for key, value in overrides.items():
             if value is not None:
@@ -150,6 +163,8 @@ class Agent:
             raise AgentError(f"unknown strategy {self.strategy!r}; use 'react' or 'plan-act-reflect'")
         if self.effort not in EFFORTS:
             raise AgentError(f"unknown effort {self.effort!r}; use one of {', '.join(EFFORTS)}")
+        if isinstance(self.context_window, int) and self.context_window < 256:
+            raise AgentError(f"context_window={self.context_window} is too small; give at least 256 tokens")
         self.workspace = Path(workspace) if workspace is not None else None
         options = {"workspace": self.workspace, **(tool_options or {})}
         self.memory, self.episodic, memory_tools = _split_memory(memory)
@@ -179,6 +194,28 @@ class Agent:
     def render_system_prompt(self) -> str:
         """The system prompt of a new run. Override to add context."""
         return self.system_prompt
+
+    def context_budget(self) -> ContextBudget | None:
+        """How a run fits its prompts to the context window; None sends the whole history.
+
+        Called once per run before its first model call (on a worker thread
+        when it may load the model). Tool results cut short are saved under
+        `.agent/observations/` in the workspace, or in the current directory
+        when the run is logged there, where the `read_file` tool finds them.
+        """
+        from memory.context import OBSERVATIONS_DIR, ContextBudget
+
+        if isinstance(self.context_window, ContextBudget):
+            return self.context_window.clone()
+        root = self.workspace
+        if root is None and self.run_dir is not None:
+            root = Path.cwd()
+        return ContextBudget.for_model(
+            self.model,
+            window=self.context_window,
+            spill_dir=root / OBSERVATIONS_DIR if root is not None else None,
+            read_root=root,
+        )
 
     # Each hook takes one typed object and returns it, changed or not; a hook
     # may be sync or async. They run inside the loop, so a subclass changes

@@ -285,6 +285,7 @@ class AgentSpec(BaseModel):
     run_dir: str | None = ".agent/runs"
     workspace: str | None = None
     approve: bool = False
+    context_window: int | None = None
 
     def llm(self) -> Any:
         if self.model and self.model.startswith("scripted:"):
@@ -318,6 +319,7 @@ class AgentSpec(BaseModel):
             max_seconds=self.max_seconds,
             run_dir=self.run_dir,
             workspace=self.workspace,
+            context_window=self.context_window,
             # Batch runs have nobody to ask: approvals follow the --yes flag.
             approver=(lambda request: True) if self.approve else None,
         )
@@ -384,6 +386,7 @@ def run_cli(args: Any) -> int:
         max_seconds=args.timeout,
         run_dir=str(args.run_dir),
         approve=args.yes,
+        context_window=getattr(args, "context_window", None),
     )
     if args.executor == "local" and not (spec.model or "").startswith("scripted:"):
         spec.llm()  # load the shared model before the clock starts; a bad path fails here

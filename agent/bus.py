@@ -44,7 +44,8 @@ class Decision(BaseModel):
         return cls(action="halt", feedback=feedback)
 
 
-_ALLOW = Decision()
+# Built without validation so that importing the bus builds no pydantic schema.
+_ALLOW = Decision.model_construct()
 
 Subscriber = Callable[[Event], None | Awaitable[None]]
 Interceptor = Callable[[Event], Awaitable[Decision | None]]
@@ -57,6 +58,7 @@ class Bus:
         self.run_id = run_id
         self._seq = first_seq
         self._subscribers: list[tuple[Subscriber, bool]] = []
+        self._sync_only = True  # no subscriber is a coroutine function
         self._interceptors: list[Interceptor] = []
         self._lock = asyncio.Lock()
 
@@ -67,9 +69,11 @@ class Bus:
 
     def subscribe(self, fn: Subscriber) -> None:
         self._subscribers.append((fn, inspect.iscoroutinefunction(fn)))
+        self._sync_only = not any(a for _, a in self._subscribers)
 
     def unsubscribe(self, fn: Subscriber) -> None:
         self._subscribers = [(f, a) for f, a in self._subscribers if f is not fn]
+        self._sync_only = not any(a for _, a in self._subscribers)
 
     def intercept(self, fn: Interceptor) -> None:
         self._interceptors.append(fn)
@@ -91,22 +95,39 @@ class Bus:
                     decision = verdict
                     continue
                 return verdict
-        await self.deliver(event)
+        if self._sync_only and not self._lock.locked():
+            self._deliver_now(event)
+        else:
+            await self.deliver(event)
         return decision
 
     async def deliver(self, event: Event) -> None:
         """Number `event` and hand it to every subscriber, in order."""
+        if self._sync_only and not self._lock.locked():
+            self._deliver_now(event)
+            return
         async with self._lock:
-            self._seq += 1
-            # Plain attribute writes: these fields are ints and strings we set
-            # ourselves, and pydantic's __setattr__ cost more than the rest of
-            # the delivery.
-            fields = event.__dict__
-            fields["seq"] = self._seq
-            if not fields["run_id"]:
-                fields["run_id"] = self.run_id
+            self._number(event)
             for fn, is_async in self._subscribers:
                 if is_async:
                     await fn(event)  # type: ignore[misc]
                 else:
                     fn(event)
+
+    def _deliver_now(self, event: Event) -> None:
+        # Every subscriber is sync, so nothing here awaits and no other
+        # delivery can cut in: the lock would only cost time. This is the path
+        # of every event of a run without async subscribers.
+        self._number(event)
+        for fn, _ in self._subscribers:
+            fn(event)
+
+    def _number(self, event: Event) -> None:
+        self._seq += 1
+        # Plain attribute writes: these fields are ints and strings we set
+        # ourselves, and pydantic's __setattr__ cost more than the rest of
+        # the delivery.
+        fields = event.__dict__
+        fields["seq"] = self._seq
+        if not fields["run_id"]:
+            fields["run_id"] = self.run_id

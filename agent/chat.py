@@ -812,6 +812,7 @@ def build_agent(args: Any) -> Any:
         max_tokens=args.max_tokens,
         max_seconds=args.timeout,
         run_dir=args.run_dir,
+        context_window=getattr(args, "context_window", None),
         **extra,
     )
 

@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, llama.cpp)")
     g.add_argument("--api-key", help="API key for --base-url (default: $OPENAI_API_KEY)")
     g.add_argument("--effort", choices=["low", "medium", "high"], default=None, help="reasoning effort")
+    g.add_argument(
+        "--context-window",
+        type=int,
+        default=None,
+        help="fit every prompt to this many tokens (default: the model's own window; none for --base-url)",
+    )
 
     run_flags = argparse.ArgumentParser(add_help=False)
     r = run_flags.add_argument_group("run")
@@ -181,6 +187,7 @@ def _agent_from(args: argparse.Namespace, **extra: Any) -> Any:
         run_dir=args.run_dir,
         approver=_approver(args.yes),
         guards=None if getattr(args, "no_guards", False) else "default",
+        context_window=getattr(args, "context_window", None),
         **extra,
     )
 

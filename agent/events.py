@@ -7,9 +7,9 @@ them, and a run is resumed by replaying them (see `agent.state`).
 from __future__ import annotations
 
 import time as _time
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
 from .types import Effort, ToolCallRequest, Usage
 
@@ -203,9 +203,29 @@ class Error(EventBase):
 
 
 Event = Annotated[
-    RunStarted | RunFinished | UserMessage | Plan | ModelRequest | ModelDelta | ModelResponse | ToolCall | ToolResult | Feedback | Reflection | GuardVerdict | ApprovalRequested | ApprovalGiven | MemoryRead | MemoryWrite | FinalAnswer | Error,
+    RunStarted
+    | RunFinished
+    | UserMessage
+    | Plan
+    | ModelRequest
+    | ModelDelta
+    | ModelResponse
+    | ToolCall
+    | ToolResult
+    | Feedback
+    | Reflection
+    | GuardVerdict
+    | ApprovalRequested
+    | ApprovalGiven
+    | MemoryRead
+    | MemoryWrite
+    | FinalAnswer
+    | Error,
     Field(discriminator="type"),
 ]
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 _adapter: TypeAdapter[Event] | None = None
 
@@ -214,6 +234,8 @@ def parse_event(data: str | bytes | dict[str, Any]) -> Event:
     """Decode one event from JSON text or a dict."""
     global _adapter
     if _adapter is None:
+        from pydantic import TypeAdapter  # with its schema machinery: only once events are read
+
         _adapter = TypeAdapter(Event)
     if isinstance(data, dict):
         return _adapter.validate_python(data)

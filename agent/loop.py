@@ -26,7 +26,6 @@ from .events import (
     Error,
     Feedback,
     FinalAnswer,
-    ModelDelta,
     ModelRequest,
     ModelResponse,
     Plan,
@@ -51,12 +50,13 @@ from .tool import (
     format_validation_error,
     render_output,
 )
-from .types import EFFORTS, Effort, Message, ToolCallRequest
+from .types import EFFORTS, Effort, Message, ToolCallRequest, trusted
 
 if TYPE_CHECKING:
     from .agent import Agent
 
 FINAL_ANSWER = "final_answer"
+_UNSET: Any = object()
 Purpose = Literal["act", "plan", "reflect"]
 Approver = Callable[[ApprovalRequested], "bool | Awaitable[bool]"]
 
@@ -94,8 +94,15 @@ class _Prepared:
     args: BaseModel
 
 
+def _pending(value: Any) -> bool:
+    """Whether a hook's return value must be awaited (hooks may be sync or async)."""
+    # Hooks mostly hand back None or an event: settle those before
+    # inspect.isawaitable, whose ABC check costs more than the hook.
+    return value is not None and not hasattr(value, "__pydantic_fields__") and inspect.isawaitable(value)
+
+
 async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
+    return await value if _pending(value) else value
 
 
 def _raise_effort(effort: Effort) -> Effort:
@@ -104,6 +111,12 @@ def _raise_effort(effort: Effort) -> Effort:
 
 def _signature(name: str, arguments: dict[str, Any] | None) -> str:
     return name + json.dumps(arguments, sort_keys=True, default=str)
+
+
+def _same(a: tuple[str, dict[str, Any] | None], b: tuple[str, dict[str, Any] | None]) -> bool:
+    """Same tool with the same arguments, as JSON (1 and true differ). The plain
+    comparison first: it settles most pairs without encoding anything."""
+    return a[0] == b[0] and a[1] == b[1] and _signature(*a) == _signature(*b)
 
 
 class _FinalAnswerTool(Tool):
@@ -161,7 +174,7 @@ class Run:
         self._tool_names = [t.name for t in offered]
         self._retries: dict[str, int] = {}
         self._constrain_next = False  # the next act call is a malformed call's last retry
-        self._recent: list[str] = []
+        self._recent: list[tuple[str, dict[str, Any] | None]] = []  # (name, arguments) of recent calls
         self._errors_in_row = 0
         self._effort_boost = False
         self._final_reflected = False
@@ -169,6 +182,7 @@ class Run:
         self._deadline: float | None = None
         self._first_step = 0
         self.log: RunLog | None = None
+        self._budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
         bus.subscribe(self.state.apply)
 
     # -- public control -------------------------------------------------
@@ -208,7 +222,9 @@ class Run:
             raise
         except Exception as e:  # infrastructure fault: record it before it escapes
             message = f"{type(e).__name__}: {e}"
-            await self.bus.deliver(Error(kind=type(e).__name__, message=message, fatal=True, step=self.state.step))
+            await self.bus.deliver(
+                Error(kind=type(e).__name__, message=message, fatal=True, step=self.state.step)
+            )
             await self._finish("failed", message)
         return self.state
 
@@ -278,7 +294,9 @@ class Run:
     async def _step(self) -> None:
         agent = self.agent
         self._check_stop()
-        reason = await _maybe_await(agent.should_stop(self.state))
+        reason = agent.should_stop(self.state)
+        if _pending(reason):
+            reason = await reason
         if reason:
             raise _Stop("stopped", str(reason))
         if self.state.step - self._first_step >= agent.max_steps:
@@ -318,7 +336,8 @@ class Run:
         required = acting and self._constrain_next
         if acting:
             self._constrain_next = False
-        request = LLMRequest.model_construct(
+        request = trusted(
+            LLMRequest,
             messages=messages,
             tools=self._schemas if acting else [],
             tool_choice="required" if required else "auto" if acting else "none",
@@ -329,21 +348,29 @@ class Run:
             stop=[],
             purpose=purpose,
         )
+        if self._budget is _UNSET:  # reading the tokenizer and window may load the model: off the loop then
+            make = self.agent.context_budget
+            self._budget = make() if getattr(self.llm, "loaded", True) else await asyncio.to_thread(make)
+        if self._budget is not None:  # only the prompt is fitted; state and log keep everything
+            request = self._budget.fit(request)
         await self.bus.deliver(
-            ModelRequest(
+            trusted(
+                ModelRequest,
                 purpose=purpose,
                 effort=effort,
-                messages=len(messages),
+                messages=len(request.messages),
                 tools=self._tool_names if acting else [],
                 step=step,
             )
         )
         response = await self._with_deadline(self._stream(request, step))
-        response.step = step
-        response.purpose = purpose
-        response.effort = effort
+        # Plain writes of our own typed values: pydantic's __setattr__ costs more.
+        fields = response.__dict__
+        fields["step"], fields["purpose"], fields["effort"] = step, purpose, effort
         if acting:
-            response = await _maybe_await(self.agent.act(response))
+            response = self.agent.act(response)
+            if _pending(response):
+                response = await response
         decision = await self.bus.emit(response)
         if decision.action == "rewrite":
             response = decision.event  # type: ignore[assignment]
@@ -351,7 +378,9 @@ class Run:
             raise _Stop("halted", decision.feedback or "halted by a guard")
         elif decision.action == "block":
             await self.bus.emit(
-                Feedback(content=decision.feedback or "Your last reply was blocked.", reason="blocked", step=step),
+                Feedback(
+                    content=decision.feedback or "Your last reply was blocked.", reason="blocked", step=step
+                ),
                 judge=False,
             )
             return None
@@ -363,7 +392,7 @@ class Run:
     async def _stream(self, request: LLMRequest, step: int) -> ModelResponse:
         response: ModelResponse | None = None
         async for item in self.llm.stream(request):
-            if isinstance(item, ModelDelta):
+            if item.type == "model_delta":  # the tag, not isinstance: cheaper on pydantic classes
                 item.step = step
                 await self.bus.deliver(item)
             else:
@@ -441,7 +470,7 @@ class Run:
                 await self._final(args.answer, None, step)  # type: ignore[attr-defined]
             return
         for p in ready:
-            self._recent.append(_signature(p.call.name, p.call.arguments))
+            self._recent.append((p.call.name, p.call.arguments))
         if await self._detect_loop(step):
             return
         if failed and self.agent.strategy == "plan-act-reflect":
@@ -450,7 +479,9 @@ class Run:
     async def _prepare(self, call: ToolCallRequest, step: int) -> _Prepared | None:
         """Check a call's name and arguments; tell the model what is wrong if not."""
         if call.parse_error is not None:
-            await self._malformed(call.name or "(unreadable)", self._parse_error_text(call), step, call.id, "invalid_json")
+            await self._malformed(
+                call.name or "(unreadable)", self._parse_error_text(call), step, call.id, "invalid_json"
+            )
             return None
         if call.name == FINAL_ANSWER:
             tool: Tool = self.final_tool
@@ -459,13 +490,19 @@ class Run:
         else:
             names = ", ".join(self._tool_names)
             await self._malformed(
-                "(unknown tool)", f"Unknown tool '{call.name}'. Available tools: {names}.", step, call.id, "unknown_tool"
+                "(unknown tool)",
+                f"Unknown tool '{call.name}'. Available tools: {names}.",
+                step,
+                call.id,
+                "unknown_tool",
             )
             return None
         try:
             args = tool.validate(call.arguments or {})
         except ValidationError as e:
-            await self._malformed(call.name, format_validation_error(call.name, e), step, call.id, "invalid_arguments")
+            await self._malformed(
+                call.name, format_validation_error(call.name, e), step, call.id, "invalid_arguments"
+            )
             return None
         self._retries.pop(call.name, None)
         return _Prepared(call, tool, args)
@@ -498,25 +535,34 @@ class Run:
         else:
             await self.bus.emit(Feedback(content=message, reason=kind, step=step), judge=False)
         if used > budget:
-            raise _Stop("failed", f"gave up after {used} malformed calls to {budget_key}: {message.splitlines()[0]}")
+            raise _Stop(
+                "failed", f"gave up after {used} malformed calls to {budget_key}: {message.splitlines()[0]}"
+            )
 
     async def _execute(self, p: _Prepared, step: int) -> None:
         self._check_stop()
         call, tool = p.call, p.tool
         arguments = p.args.model_dump(mode="json")
-        decision = await self.bus.emit(ToolCall(call_id=call.id, name=call.name, arguments=arguments, step=step))
+        decision = await self.bus.emit(
+            trusted(ToolCall, call_id=call.id, name=call.name, arguments=arguments, step=step)
+        )
         if decision.action == "halt":
             raise _Stop("halted", decision.feedback or "halted by a guard")
         if decision.action == "block":
-            await self._tool_result(call.id, call.name, f"Blocked: {decision.feedback}", step, error="blocked")
+            await self._tool_result(
+                call.id, call.name, f"Blocked: {decision.feedback}", step, error="blocked"
+            )
             return
         if decision.action == "rewrite":
             arguments = decision.event.arguments  # type: ignore[union-attr]
             p.args = tool.validate(arguments)
         if tool.needs_approval and not await self._approved(call.id, call.name, arguments, step):
             await self._tool_result(
-                call.id, call.name, f"The user refused to run {call.name}. Do not retry it; try another way.",
-                step, error="refused",
+                call.id,
+                call.name,
+                f"The user refused to run {call.name}. Do not retry it; try another way.",
+                step,
+                error="refused",
             )
             return
         started = time.monotonic()
@@ -524,19 +570,26 @@ class Run:
         if self._deadline is not None:
             left = max(0.0, self._deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
-        token = _context.set(
-            ToolContext(self.run_id, step, call.id, self.agent.workspace, self.bus.emit)
-        )
+        token = _context.set(ToolContext(self.run_id, step, call.id, self.agent.workspace, self.bus.emit))
         try:
-            async with asyncio.timeout(timeout):
+            if tool.blocking:
+                async with asyncio.timeout(timeout):
+                    value = await tool.run(p.args)
+            else:  # declared quick and free of I/O: no timer to arm and cancel
                 value = await tool.run(p.args)
-        except TimeoutError:
+        except TimeoutError as e:
+            if not tool.blocking or timeout is None:  # raised by the tool itself
+                text = f"Tool '{call.name}' raised TimeoutError: {e}"
+                await self._tool_result(call.id, call.name, text, step, error="exception", started=started)
+                return
             self._check_stop()
             text = f"Tool '{call.name}' timed out after {timeout:.1f} s."
             await self._tool_result(call.id, call.name, text, step, error="timeout", started=started)
             return
         except ToolError as e:
-            await self._tool_result(call.id, call.name, f"Error: {e}", step, error="exception", started=started)
+            await self._tool_result(
+                call.id, call.name, f"Error: {e}", step, error="exception", started=started
+            )
             return
         except Exception as e:  # the tool's own bug: the model sees it, the run goes on
             text = f"Tool '{call.name}' raised {type(e).__name__}: {e}"
@@ -569,7 +622,8 @@ class Run:
         error: ToolErrorKind | None,
         started: float | None = None,
     ) -> None:
-        result = ToolResult(
+        result = trusted(
+            ToolResult,
             call_id=call_id,
             name=name,
             content=content,
@@ -578,7 +632,9 @@ class Run:
             duration=time.monotonic() - started if started is not None else 0.0,
             step=step,
         )
-        result = await _maybe_await(self.agent.observe(result))
+        result = self.agent.observe(result)
+        if _pending(result):
+            result = await result
         decision = await self.bus.emit(result)
         if decision.action == "halt":
             raise _Stop("halted", decision.feedback or "halted by a guard")
@@ -610,7 +666,9 @@ class Run:
         response = await self._call_model("plan", step=self.state.step, effort="high", instruction=prompt)
         if response is not None:
             content = response.content.strip() or response.thinking.strip() or "(no plan)"
-            plan = await _maybe_await(self.agent.plan(Plan(content=content, reason=reason, step=self.state.step)))
+            plan = await _maybe_await(
+                self.agent.plan(Plan(content=content, reason=reason, step=self.state.step))
+            )
             await self.bus.emit(plan)
 
     async def _reflect(self, reason: Literal["error", "loop", "final", "stuck"]) -> None:
@@ -626,8 +684,13 @@ class Run:
         """Same call repeated, or two calls alternating: break the pattern."""
         recent = self._recent
         n = self.agent.loop_repeats
-        repeated = len(recent) >= n and len(set(recent[-n:])) == 1
-        oscillating = len(recent) >= 4 and recent[-1] == recent[-3] and recent[-2] == recent[-4] != recent[-1]
+        repeated = bool(recent) and len(recent) >= n and all(_same(recent[-1], c) for c in recent[-n:-1])
+        oscillating = (
+            len(recent) >= 4
+            and _same(recent[-1], recent[-3])
+            and _same(recent[-2], recent[-4])
+            and not _same(recent[-2], recent[-1])
+        )
         if not (repeated or oscillating):
             return False
         self._recent.clear()
@@ -716,5 +779,6 @@ def bind_tools(owner: object, tools: list[Any], options: dict[str, Any] | None =
                 bound = getattr(owner, attr)
                 if all(b.name != bound.name for b in found):
                     found.append(bound)
+    for t in found:
+        t.schema()  # cached on the tool: built here, the first run does not wait for it
     return found
-

@@ -11,10 +11,9 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import IO
 
 from .errors import AgentError
-from .events import Event, ModelDelta, parse_event
+from .events import Event, parse_event
 
 DEFAULT_RUN_DIR = Path(".agent") / "runs"
 
@@ -27,24 +26,39 @@ def new_run_id() -> str:
 class RunLog:
     """Subscriber that appends every event of one run to `<dir>/<run_id>.jsonl`."""
 
+    _fd: int | None = None  # the open log file; a class default, so __del__ works even if __init__ failed
+
     def __init__(self, path: str | Path, *, log_deltas: bool = False) -> None:
         self.path = Path(path)
         self.log_deltas = log_deltas
-        self._file: IO[str] | None = None
 
     def __call__(self, event: Event) -> None:
-        if not self.log_deltas and isinstance(event, ModelDelta):
+        if not self.log_deltas and event.type == "model_delta":
             return
-        if self._file is None:
+        if self._fd is None:
+            self._fd = self._open()
+        # One write() per event, unbuffered: once it returns, the line is the
+        # kernel's and survives the process being killed (no fsync: a power
+        # cut may still lose it). The bytes are model_dump_json()'s, in UTF-8.
+        line = event.__pydantic_serializer__.to_json(event) + b"\n"
+        while line:
+            line = line[os.write(self._fd, line) :]
+
+    def _open(self) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        try:
+            return os.open(self.path, flags, 0o644)
+        except FileNotFoundError:  # the first run in this directory
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
-        self._file.write(event.model_dump_json() + "\n")
-        self._file.flush()
+            return os.open(self.path, flags, 0o644)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:  # a log its owner forgot to close must not leak the descriptor
+        self.close()
 
 
 def find_run(run: str | Path, run_dir: str | Path = DEFAULT_RUN_DIR) -> Path:

@@ -7,7 +7,8 @@ applies the events of a log: both arrive at the same state.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from .events import (
     Event,
@@ -23,7 +24,7 @@ from .events import (
     ToolResult,
     UserMessage,
 )
-from .types import Message, Usage
+from .types import Message, Usage, trusted
 
 
 def plan_note(content: str) -> str:
@@ -57,52 +58,84 @@ class RunState:
 
     def apply(self, event: Event) -> None:
         self.events.append(event)
-        self.step = max(self.step, event.step)
-        if isinstance(event, RunStarted):
-            if not event.resumed:
-                self.task = event.task
-                self.system_prompt = event.system_prompt
-                if event.system_prompt:
-                    self.messages.append(Message(role="system", content=event.system_prompt))
-            self.status = "running"
-        elif isinstance(event, UserMessage):
-            self.messages.append(Message(role="user", content=event.content))
-        elif isinstance(event, ModelResponse):
-            self.usage = self.usage + event.usage
-            if event.purpose == "act":
-                self.last_response = event
-                self.messages.append(
-                    Message(
-                        role="assistant",
-                        content=event.content,
-                        thinking=event.thinking or None,
-                        tool_calls=event.tool_calls,
-                    )
-                )
-        elif isinstance(event, ToolCall):
-            self.started[event.call_id] = event
-        elif isinstance(event, ToolResult):
-            self.results[event.call_id] = event
-            self.tool_errors += event.is_error
+        if event.step > self.step:
+            self.step = event.step
+        # Dispatch on the `type` tag: an isinstance chain over pydantic classes
+        # (ABC checks) cost more than the rest of applying an event.
+        handler = _HANDLERS.get(event.type)
+        if handler is not None:
+            handler(self, event)
+
+    def _run_started(self, event: RunStarted) -> None:
+        if not event.resumed:
+            self.task = event.task
+            self.system_prompt = event.system_prompt
+            if event.system_prompt:
+                self.messages.append(_message("system", event.system_prompt))
+        self.status = "running"
+
+    def _user_message(self, event: UserMessage | Feedback) -> None:
+        self.messages.append(_message("user", event.content))
+
+    def _model_response(self, event: ModelResponse) -> None:
+        self.usage = self.usage + event.usage
+        if event.purpose == "act":
+            self.last_response = event
             self.messages.append(
-                Message(role="tool", content=event.content, tool_call_id=event.call_id, name=event.name)
+                trusted(
+                    Message,
+                    role="assistant",
+                    content=event.content,
+                    thinking=event.thinking or None,
+                    tool_calls=list(event.tool_calls),
+                )
             )
-        elif isinstance(event, Feedback):
-            self.messages.append(Message(role="user", content=event.content))
-        elif isinstance(event, Plan):
-            self.plan = event.content
-            self.messages.append(Message(role="user", content=plan_note(event.content)))
-        elif isinstance(event, Reflection):
-            self.messages.append(Message(role="user", content=reflection_note(event.content)))
-        elif isinstance(event, FinalAnswer):
-            self.answer_text = event.content
-            self.answer = event.data if event.data is not None else event.content
-        elif isinstance(event, RunFinished):
-            self.status = event.status
-            self.error = event.error
+
+    def _tool_call(self, event: ToolCall) -> None:
+        self.started[event.call_id] = event
+
+    def _tool_result(self, event: ToolResult) -> None:
+        self.results[event.call_id] = event
+        self.tool_errors += event.is_error
+        self.messages.append(
+            trusted(Message, role="tool", content=event.content, tool_call_id=event.call_id, name=event.name)
+        )
+
+    def _plan(self, event: Plan) -> None:
+        self.plan = event.content
+        self.messages.append(_message("user", plan_note(event.content)))
+
+    def _reflection(self, event: Reflection) -> None:
+        self.messages.append(_message("user", reflection_note(event.content)))
+
+    def _final_answer(self, event: FinalAnswer) -> None:
+        self.answer_text = event.content
+        self.answer = event.data if event.data is not None else event.content
+
+    def _run_finished(self, event: RunFinished) -> None:
+        self.status = event.status
+        self.error = event.error
 
     def unfinished_calls(self) -> list[str]:
         """Ids of calls in the last model turn that have no result yet."""
         if self.last_response is None:
             return []
         return [c.id for c in self.last_response.tool_calls if c.id not in self.results]
+
+
+def _message(role: Literal["system", "user"], content: str) -> Message:
+    return trusted(Message, role=role, content=content)
+
+
+_HANDLERS: dict[str, Callable[[RunState, Any], None]] = {
+    "run_started": RunState._run_started,
+    "user_message": RunState._user_message,
+    "feedback": RunState._user_message,
+    "model_response": RunState._model_response,
+    "tool_call": RunState._tool_call,
+    "tool_result": RunState._tool_result,
+    "plan": RunState._plan,
+    "reflection": RunState._reflection,
+    "final_answer": RunState._final_answer,
+    "run_finished": RunState._run_finished,
+}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -19,8 +18,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
-
-from .threads import run_blocking
 
 Effect = Literal["reads", "writes", "network", "executes"]
 EFFECTS: frozenset[str] = frozenset({"reads", "writes", "network", "executes"})
@@ -81,6 +78,10 @@ class Tool(ABC):
     needs_approval: bool = False
     safe_to_rerun: bool = True
     max_retries: int = 3
+    # False declares a call quick and free of I/O: the loop runs it without a
+    # timeout (nothing could interrupt it anyway), and a sync @tool function
+    # runs on the event loop instead of a worker thread.
+    blocking: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -142,6 +143,7 @@ class FunctionTool(Tool):
         needs_approval: bool = False,
         safe_to_rerun: bool | None = None,
         max_retries: int = 3,
+        blocking: bool = True,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
@@ -155,6 +157,7 @@ class FunctionTool(Tool):
         self.needs_approval = needs_approval
         self.safe_to_rerun = self.read_only if safe_to_rerun is None else safe_to_rerun
         self.max_retries = max_retries
+        self.blocking = blocking
         self._bound: Any = None
         self._takes_self = _first_param_is_self(fn)
         self.Args = _args_model(fn, self.name, param_docs, skip_first=self._takes_self)  # type: ignore[misc]
@@ -172,10 +175,15 @@ class FunctionTool(Tool):
         return bound
 
     async def run(self, args: BaseModel) -> Any:
-        kwargs = {name: getattr(args, name) for name in type(args).model_fields}
+        # `Args` is made by `_args_model`: its instance dict holds exactly the parameters.
+        kwargs = args.__dict__
         call_args = (self._bound,) if self._takes_self else ()
         if self._is_async:
             return await self.fn(*call_args, **kwargs)
+        if not self.blocking:
+            return self.fn(*call_args, **kwargs)
+        from .threads import run_blocking  # loaded with the first blocking call, not with the package
+
         return await run_blocking(self.fn, *call_args, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -195,6 +203,7 @@ def tool(
     needs_approval: bool = False,
     safe_to_rerun: bool | None = None,
     max_retries: int = 3,
+    blocking: bool = True,
 ) -> Any:
     """Turn a typed function (sync or async) into a `Tool`.
 
@@ -202,6 +211,12 @@ def tool(
     section documents the parameters. Effects default to read-only; a tool
     that is not read-only is assumed unsafe to re-run after a crash unless
     `safe_to_rerun=True`.
+
+    A sync function runs on a worker thread, so a slow call never stalls the
+    run and its timeout holds. `blocking=False` declares a function quick and
+    free of I/O (arithmetic, formatting, a lookup in memory): it then runs
+    directly on the event loop, which saves the thread hand-off (0.1-0.3 ms
+    per call), and no timeout is armed for it.
     """
 
     def wrap(f: Callable[..., Any]) -> FunctionTool:
@@ -214,6 +229,7 @@ def tool(
             needs_approval=needs_approval,
             safe_to_rerun=safe_to_rerun,
             max_retries=max_retries,
+            blocking=blocking,
         )
 
     return wrap(fn) if fn is not None else wrap
@@ -221,6 +237,8 @@ def tool(
 
 def format_validation_error(tool_name: str, err: ValidationError) -> str:
     """A retry prompt the model can act on: one line per wrong field."""
+    import json
+
     lines = [f"Invalid arguments for tool '{tool_name}':"]
     for e in err.errors(include_url=False):
         where = ".".join(str(p) for p in e["loc"]) or "(arguments)"
@@ -238,6 +256,8 @@ def render_output(value: Any, limit: int = 20_000) -> str:
     elif isinstance(value, BaseModel):
         text = value.model_dump_json()
     else:
+        import json
+
         try:
             text = json.dumps(value, default=str, ensure_ascii=False)
         except (TypeError, ValueError):

@@ -67,6 +67,7 @@ def frameworks(with_prebuilt: bool) -> list[Framework]:
     fws = [
         Framework("ours", "ours_loop.py", main_py, ["--variant", "log"], ours=True),
         Framework("ours-nolog", "ours_loop.py", main_py, ["--variant", "nolog"], ours=True),
+        Framework("ours-thread", "ours_loop.py", main_py, ["--variant", "thread"], ours=True),
         Framework("smolagents", "smolagents_loop.py", BENCH_PY, module="smolagents"),
         Framework("langgraph", "langgraph_loop.py", BENCH_PY, ["--variant", "graph"], module="langgraph"),
         Framework("pydantic-ai", "pydantic_ai_loop.py", BENCH_PY, module="pydantic_ai"),
@@ -316,7 +317,7 @@ def print_table(
 def target_checks(fws: list[Framework], ns: list[int]) -> list[dict]:
     checks: list[dict] = []
     peers = [f for f in fws if not f.ours and f.times]
-    for key in ("ours", "ours-nolog"):
+    for key in ("ours", "ours-nolog", "ours-thread"):
         ours = next((f for f in fws if f.key == key and f.times), None)
         if ours is None:
             continue
@@ -463,6 +464,10 @@ def main() -> int:
     )
     print("next N) / their difference in steps, in us: the per-step cost with fixed per-run costs taken out.")
     print("x ours = that row's us/step / ours (with run log).")
+    print(
+        "ours: the no-op tool is declared @tool(blocking=False) and runs on the event loop (as smolagents runs"
+    )
+    print("its tools); ours (tool on a thread): a plain @tool, which runs on a worker thread, the default.")
     cpu_rows = [
         [f.label or f.key] + [fmt(us_per_step(f, n, cpu=True)) for n in ns]
         for f in fws

@@ -1,4 +1,4 @@
-"""Vector and episodic memory; they import only `agent` protocols.
+"""Vector and episodic memory and the context budget; they import only `agent` protocols.
 
 `import memory` is light: numpy, torch, faiss and database drivers load when
 a memory is first created or used.
@@ -17,6 +17,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .context import ApproxCounter, ContextBudget, ContextOverflowError, TemplateCounter
     from .embedders import (
         Embedder,
         HashingEmbedder,
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from .vector import VectorMemory
 
 _LAZY = {
+    "ContextBudget": "context",
+    "ContextOverflowError": "context",
+    "TemplateCounter": "context",
+    "ApproxCounter": "context",
     "VectorMemory": "vector",
     "Hit": "records",
     "Record": "records",
@@ -50,6 +55,9 @@ _LAZY = {
 }
 
 __all__ = [
+    "ApproxCounter",
+    "ContextBudget",
+    "ContextOverflowError",
     "Embedder",
     "Episode",
     "EpisodicMemory",
@@ -61,6 +69,7 @@ __all__ = [
     "PgVectorStore",
     "Record",
     "ScoredEpisode",
+    "TemplateCounter",
     "TransformersEmbedder",
     "VectorMemory",
     "VectorMemoryError",

@@ -354,6 +354,11 @@ def test_no_kernel_outlives_its_host(level, how):
         assert line, host.stderr.read()
         pids = json.loads(line)
         assert len(pids) >= 2 and all(_alive(p) for p in pids)
+        # Popen returns once exec has begun; the new image's arguments show in
+        # /proc a moment later, so give the child's cmdline a few seconds.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(f"sleep {marker}" in _cmdline(p) for p in pids):
+            time.sleep(0.02)
         assert any(f"sleep {marker}" in _cmdline(p) for p in pids), [_cmdline(p) for p in pids]
         host.send_signal(getattr(signal, how))
         host.wait(timeout=20)

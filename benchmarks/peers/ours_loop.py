@@ -1,12 +1,18 @@
 """This project: ``Agent`` driven by ``ScriptedLLM``.
 
 The script is raw model text, so every turn goes through the Hermes
-``<tool_call>`` parser exactly like a real model's output.  Two variants:
+``<tool_call>`` parser exactly like a real model's output.  The no-op tool
+is declared ``@tool(blocking=False)`` (quick, no I/O), so it runs on the
+event loop as smolagents runs its tools; by default a sync tool runs on a
+worker thread.  Three variants:
 
 * ``--variant log`` (default): the default run log -- ``run_dir`` is a
   fresh temporary directory and every event is written to JSONL and
   flushed as it happens.
 * ``--variant nolog``: ``run_dir=None``, no run log.
+* ``--variant thread``: as ``log``, with a plain ``@tool`` -- the tool runs
+  on a worker thread (the default for sync tools, and what this row
+  measured before ``blocking=False`` existed).
 
 ``guards=None`` (no interceptors; also the default) is passed explicitly
 so the figure is the bare loop overhead.  Only ``agent.run_sync`` is
@@ -32,7 +38,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, SRC)
 
 _parser = argparse.ArgumentParser(add_help=False)
-_parser.add_argument("--variant", choices=["log", "nolog"], default="log")
+_parser.add_argument("--variant", choices=["log", "nolog", "thread"], default="log")
 _known, sys.argv[1:] = _parser.parse_known_args()
 _VARIANT = _known.variant
 
@@ -52,7 +58,7 @@ _TMP_ROOT = tempfile.mkdtemp(prefix="loop-overhead-")
 def make_run(n: int):
     counter = Counter()
 
-    @tool
+    @tool(blocking=_VARIANT == "thread")
     def noop(i: int) -> str:
         """Do nothing."""
         return counter.hit(i)
@@ -60,7 +66,7 @@ def make_run(n: int):
     script = [f'<tool_call>{{"name": "noop", "arguments": {{"i": {i}}}}}</tool_call>' for i in range(n)]
     script.append("done")
     llm = ScriptedLLM(script)
-    run_dir = tempfile.mkdtemp(dir=_TMP_ROOT) if _VARIANT == "log" else None
+    run_dir = tempfile.mkdtemp(dir=_TMP_ROOT) if _VARIANT != "nolog" else None
     kwargs = {"guards": None}
     bench_agent = Agent(llm, tools=[noop], max_steps=n + 5, run_dir=run_dir, **kwargs)
 
@@ -109,7 +115,7 @@ def _version() -> str:
 
 if __name__ == "__main__":
     try:
-        name = "ours" if _VARIANT == "log" else "ours (no log)"
+        name = {"log": "ours", "nolog": "ours (no log)", "thread": "ours (tool on a thread)"}[_VARIANT]
         measure(name, _version(), make_run, {"variant": _VARIANT})
     finally:
         shutil.rmtree(_TMP_ROOT, ignore_errors=True)
