@@ -19,9 +19,11 @@ import json
 import os
 import re
 import sqlite3
+import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -84,6 +86,23 @@ def cpu_budget() -> int:
 # One forward pass at a time per process: concurrent tool calls each starting
 # an OpenMP team on the same cores would only slow each other down.
 _torch_lock = threading.Lock()
+_SMALL_TOKENS = 512  # inputs with fewer tokens in all are embedded on one thread
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """torch's thread count for the calling thread (OpenMP keeps one per thread), restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    change = count is not None and count != before
+    if change:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(before)
 
 
 def default_model_path() -> Path:
@@ -113,9 +132,11 @@ class TransformersEmbedder:
     sentence-transformers config (`1_Pooling/config.json`) when there is one,
     mean pooling otherwise; vectors are L2-normalised.
 
-    On CPU the torch thread count is capped to the cores this process may use
-    (`threads` overrides it) and forward passes are serialised, so parallel
-    tool calls do not oversubscribe the cores.
+    Texts are batched by token count and each batch is padded only to its
+    longest text. On CPU a batch runs on as many torch threads as the cores
+    this process may use (`threads` overrides it), a small input (a query) on
+    one, and forward passes are serialised, so parallel tool calls do not
+    oversubscribe the cores.
     """
 
     def __init__(
@@ -145,6 +166,7 @@ class TransformersEmbedder:
         self._model: Any = None
         self._tokenizer: Any = None
         self._dim: int | None = None
+        self._threads: int | None = None
         self._load_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -177,6 +199,11 @@ class TransformersEmbedder:
             if self._model is not None:
                 return
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            if "torch" not in sys.modules:
+                # OpenMP threads that spin while they wait stall each other on a
+                # busy machine: a one-text query took 0.3-0.8 s instead of 20 ms
+                # with 2 threads on 2 loaded cores. Read once, when torch loads.
+                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             try:
                 import torch
                 from transformers import AutoModel, AutoTokenizer
@@ -186,9 +213,7 @@ class TransformersEmbedder:
                 ) from e
             source = self._source()
             if self.device == "cpu":
-                budget = self.threads or cpu_budget()
-                if self.threads is not None or torch.get_num_threads() > budget:
-                    torch.set_num_threads(budget)
+                self._threads = self.threads or min(cpu_budget(), torch.get_num_threads())
             try:
                 tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
                 model = AutoModel.from_pretrained(source, local_files_only=True)
@@ -233,28 +258,41 @@ class TransformersEmbedder:
         self._load()
         import torch
 
+        tokenizer = self._tokenizer
+        # Tokenise everything once, then batch texts of equal token counts and
+        # pad each batch only to its own longest text. (Sorting by characters
+        # left half of each batch padding on docstring-like text: identifiers
+        # and symbols make token counts stray far from lengths.)
+        encoded = tokenizer(texts, truncation=True, max_length=self._max_length, return_attention_mask=False)
+        keys = [key for key in tokenizer.model_input_names if key in encoded]
+        pad_values = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id}
+        lengths = np.fromiter(map(len, encoded["input_ids"]), dtype=np.int64, count=len(texts))
+        order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self._dim), dtype=np.float32)  # type: ignore[arg-type]
-        # Sorting by length keeps padding, and so wasted work, small.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        with _torch_lock, torch.inference_mode():
+        # A query is too little work to split across cores: on 2 busy cores it
+        # took 17 ms on one thread and 25-60 ms on two (each waits for the other).
+        threads = 1 if self._threads and lengths.sum() < _SMALL_TOKENS else self._threads
+        with _torch_lock, torch.inference_mode(), _torch_threads(threads):
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                batch = self._tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self._max_length,
-                    return_tensors="pt",
-                ).to(self.device)
+                width = max(1, int(lengths[idx[-1]]))
+                # Padded on the right, as the "last" pooling below expects.
+                mask = torch.from_numpy(np.arange(width) < lengths[idx, None]).long().to(self.device)
+                batch = {"attention_mask": mask}
+                for key in keys:
+                    rows = encoded[key]
+                    block = np.full((len(idx), width), pad_values.get(key, 0), dtype=np.int64)
+                    for r, i in enumerate(idx.tolist()):
+                        block[r, : lengths[i]] = rows[i]
+                    batch[key] = torch.from_numpy(block).to(self.device)
                 hidden = self._model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 if self._pooling == "cls":
                     pooled = hidden[:, 0]
                 elif self._pooling == "last":
-                    last = batch["attention_mask"].sum(dim=1) - 1
-                    pooled = hidden[torch.arange(hidden.shape[0]), last]
+                    pooled = hidden[torch.arange(hidden.shape[0]), mask.sum(dim=1) - 1]
                 else:
-                    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                    weights = mask.unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
                 out[idx] = pooled.float().cpu().numpy()
         return _normalize(out)
 

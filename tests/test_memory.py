@@ -312,6 +312,28 @@ def test_transformers_embedder_batches_like_single_texts(minilm):
     assert float(q @ paraphrase) > 0.7 > float(q @ unrelated)
 
 
+def test_transformers_embedder_batches_by_token_count(minilm):
+    """Several batches, grouped by tokens (code is short in characters but long in tokens), keep input order."""
+    texts = [
+        "The cat sat on the warm windowsill all afternoon long.",  # 54 chars, 14 tokens
+        "self.__dict__[k]=v;x=y[0:1]",  # 27 chars, 24 tokens
+        "ok",
+        "Refactor the HTTPConnectionPool._make_request() retry/backoff logic.",
+        "What is your age?",
+        "A quiet afternoon in a small garden by the river.",
+    ]
+    emb = minilm.inner
+    size = emb.batch_size
+    emb.batch_size = 2
+    try:
+        together = emb.embed(texts)
+    finally:
+        emb.batch_size = size
+    alone = np.stack([emb.embed([t])[0] for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert int(np.argmax(together @ emb.embed_query("a cat on a windowsill"))) == 0
+
+
 # -- the embedded store: processes and the index on disk ------------------------------
 
 WRITER = textwrap.dedent(
@@ -400,6 +422,34 @@ def test_two_processes_write_one_file(tmp_path):
     seen = json.loads(out.stdout)
     assert seen["count"] == 300 and seen["kind"] == "hnsw", seen
     assert "a wrote note 99" in seen["top"], seen
+
+
+def test_hnsw_index_deletes_adds_huge_pages_and_reload(tmp_path):
+    """The bare HNSW index: tombstones, adds after deletes, 2 MB pages and a reload give the same answers."""
+    from memory.index import HnswIndex
+
+    rng = np.random.default_rng(1)
+    vecs = rng.standard_normal((3000, 256)).astype(np.float32)  # 3 MB of vectors: past one huge page
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(1, 3001)
+    index = HnswIndex(256, m=16, ef_construction=64)
+    index.upsert(ids, vecs)
+    queries = vecs[:20] + 0.1 * rng.standard_normal((20, 256)).astype(np.float32)
+    first = [index.search(q, 5)[0].tolist() for q in queries]
+    assert [f[0] for f in first] == ids[:20].tolist()
+    if sys.platform == "linux":
+        index.pages_thread.join()  # the pages were being collapsed while we searched
+    assert [index.search(q, 5)[0].tolist() for q in queries] == first
+    index.remove(ids[:10])
+    assert all(index.search(q, 5)[0][0] not in ids[:10] for q in queries[:10])
+    index.upsert(np.arange(5001, 5011), vecs[:10])  # back under new ids, past the old selector's range
+    assert [index.search(q, 1)[0][0] for q in queries[:10]] == list(range(5001, 5011))
+    index.save(tmp_path, "idx")
+    loaded = HnswIndex.load(tmp_path, "idx")
+    assert [loaded.search(q, 5)[0].tolist() for q in queries] == [
+        index.search(q, 5)[0].tolist() for q in queries
+    ]
+    assert len(loaded) == 3000 and loaded.ntotal == 3010
 
 
 def test_index_catches_up_incrementally_and_reloads(tmp_path):
