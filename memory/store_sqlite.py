@@ -21,6 +21,7 @@ number of processes may read and write one file.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import re
 import sqlite3
@@ -349,7 +350,10 @@ class SqliteStore:
         return [_record(r) for r in rows]
 
     def _records(self, ids: Sequence[int]) -> dict[int, Record]:
-        out: dict[int, Record] = {}
+        return {i: _record(row) for i, row in self._rows(ids).items()}
+
+    def _rows(self, ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+        out: dict[int, tuple[Any, ...]] = {}
         ids = list(ids)
         for s in range(0, len(ids), _CHUNK):
             part = ids[s : s + _CHUNK]
@@ -358,7 +362,7 @@ class SqliteStore:
                 f"WHERE id IN ({','.join('?' * len(part))})",
                 part,
             ):
-                out[row[0]] = _record(row)
+                out[row[0]] = row
         return out
 
     def search(
@@ -384,12 +388,13 @@ class SqliteStore:
             if min_score is not None:
                 keep = scores >= min_score
                 ids, scores = ids[keep], scores[keep]
-            found = self._records(ids.tolist())
+            found = self._rows(ids.tolist())
         hits = []
         for i, s in zip(ids.tolist(), scores.tolist(), strict=True):
-            record = found.get(i)
-            if record is not None:  # deleted by another process a moment ago
-                hits.append(Hit(**record.__dict__, score=float(s)))
+            row = found.get(i)
+            if row is not None:  # deleted by another process a moment ago
+                # Straight from the row: going through a Record cost about 4 µs a hit.
+                hits.append(Hit(i, row[1], _metadata(row[2]), source_dict(row[3], row[4]), row[5], s))
         hits.sort(key=lambda h: (-h.score, h.id))
         return hits
 
@@ -620,13 +625,15 @@ class SqliteStore:
         atexit.unregister(self._atexit)
 
 
-def _record(row: tuple[Any, ...]) -> Record:
-    import json
+def _metadata(text: str | None) -> dict[str, Any]:
+    return json.loads(text) if text and text != "{}" else {}
 
+
+def _record(row: tuple[Any, ...]) -> Record:
     return Record(
         id=row[0],
         text=row[1],
-        metadata=json.loads(row[2]) if row[2] else {},
+        metadata=_metadata(row[2]),
         source=source_dict(row[3], row[4]),
         time=row[5],
     )
