@@ -715,7 +715,7 @@ def print_results(results: list[dict]) -> None:
     print(
         "| set | n | index | insert rows/s | build s | save s | p50 / p99 ms | CPU p50 ms "
         "| bare index p50 / p99 ms | bare CPU p50 ms | recall@10 | exact numpy p50 ms "
-        "| filtered p50 ms / recall | RSS of index MB | files MB (index / db) "
+        "| filtered p50 / p99 ms / recall | RSS of index MB | files MB (index / db) "
         "| reload s | add / delete ms each | catch-up s |"
     )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -725,7 +725,7 @@ def print_results(results: list[dict]) -> None:
             f"| {r['insert_rate']:,.0f} | {r['build_s']:.1f} | {r['save_s']:.1f} "
             f"| {r['p50']:.3f} / {r['p99']:.3f} | {r['cpu50']:.3f} "
             f"| {r['raw_p50']:.3f} / {r['raw_p99']:.3f} | {r['raw_cpu50']:.3f} | {r['recall']:.3f} "
-            f"| {r['exact_p50']:.2f} | {r['filt_p50']:.2f} / {r['filt_recall']:.3f} "
+            f"| {r['exact_p50']:.2f} | {r['filt_p50']:.2f} / {r['filt_p99']:.1f} / {r['filt_recall']:.3f} "
             f"| {r['rss_index_mb']:,.0f} | {r['files_mb']:,.0f} / {r['db_mb']:,.0f} | {r['reload_s']:.2f} "
             f"| {r['incr_add_ms']:.2f} / {r['incr_del_ms']:.2f} | {r['catch_up_s']:.3f} |"
         )

@@ -41,6 +41,8 @@ class ExactIndex:
         self._ids = np.zeros(0, dtype=np.int64)
         self._n = 0
         self._pos: dict[int, int] = {}
+        self.version = 0  # counts writes: what was derived from the positions is stale when it moves
+        self._table: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self._n
@@ -59,6 +61,7 @@ class ExactIndex:
         ids = np.asarray(ids, dtype=np.int64)
         vecs = np.asarray(vecs, dtype=np.float32).reshape(-1, self.dim)
         self._grow(self._n + len(ids))
+        self._changed()
         for i, v in zip(ids.tolist(), vecs, strict=True):
             row = self._pos.get(i)
             if row is None:
@@ -69,6 +72,7 @@ class ExactIndex:
             self._vecs[row] = v
 
     def remove(self, ids: Any) -> None:
+        self._changed()
         for i in np.asarray(ids, dtype=np.int64).tolist():
             row = self._pos.pop(i, None)
             if row is None:
@@ -84,27 +88,26 @@ class ExactIndex:
     def __contains__(self, record_id: int) -> bool:
         return record_id in self._pos
 
-    def vectors(self, ids: Any) -> np.ndarray:
-        rows = [self._pos[i] for i in ids]
-        return self._vecs[rows]
+    def _changed(self) -> None:
+        self.version += 1
+        self._table = None
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """The rows of those of `ids` that are here, ascending."""
+        if self._table is None:
+            self._table = _id_table(self._ids[: self._n], np.arange(self._n, dtype=np.int64))
+        return _lookup(self._table, ids)
 
     def all(self) -> tuple[np.ndarray, np.ndarray]:
         return self._ids[: self._n], self._vecs[: self._n]
 
-    def search(self, query: np.ndarray, k: int, ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top k of all vectors, or of `ids` only."""
-        if ids is not None:
-            pos = self._pos
-            rows = np.fromiter((pos.get(i, -1) for i in ids), dtype=np.int64)
-            rows = rows[rows >= 0]
-            if len(rows) == 0:
-                return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-            ids = self._ids[rows]
-            scores = self._vecs[rows] @ query
-        else:
-            ids = self._ids[: self._n]
-            scores = self._vecs[: self._n] @ query
-        return _top(ids, scores, k)
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return _top(self._ids[: self._n], self._vecs[: self._n] @ query, k)
+
+    def search_among(self, query: np.ndarray, k: int, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
+        """Top k of the rows in `subset` (from `positions`), exactly."""
+        rows = subset.positions
+        return _top(self._ids[rows], self._vecs[rows] @ query, k)
 
 
 _MADV_HUGEPAGE, _MADV_COLLAPSE = 14, 25
@@ -140,6 +143,52 @@ def huge_pages(regions: list[tuple[int, int]]) -> threading.Thread | None:
     thread = threading.Thread(target=advise, name="hnsw-huge-pages", daemon=True)
     thread.start()
     return thread
+
+
+def _id_table(ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """A dense record id -> position table (-1: absent). Store ids are small, dense integers."""
+    table = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)
+    table[ids] = positions
+    return table
+
+
+def _lookup(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids, dtype=np.int64)
+    found = table[ids[(ids >= 0) & (ids < len(table))]]
+    return np.sort(found[found >= 0])
+
+
+class Subset:
+    """The positions of some records in one state of an index (a filter's matches).
+
+    Valid while `index.version` equals `version`. For HNSW it also keeps the
+    faiss selector over those positions, built on first use: a bitmap of the
+    positions, which holds live vectors only, so it also skips tombstones.
+    """
+
+    def __init__(self, index: ExactIndex | HnswIndex, positions: np.ndarray) -> None:
+        self.index = index
+        self.version = index.version
+        self.positions = positions
+        self._selector: tuple[Any, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def valid(self) -> bool:
+        return self.index.version == self.version
+
+    def selector(self, ntotal: int) -> Any:
+        if self._selector is None:
+            import faiss
+
+            alive = np.zeros(ntotal, dtype=bool)
+            alive[self.positions] = True
+            bits = np.packbits(alive, bitorder="little")
+            # faiss reads the bits through a pointer: keep the array alive beside it.
+            self._selector = (faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits)
+        return self._selector[0]
 
 
 def _top(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,6 +230,8 @@ class HnswIndex:
         self._params: dict[int, tuple[Any, Any]] = {}
         self._paged: list[tuple[int, int]] = []
         self.pages_thread: threading.Thread | None = None
+        self.version = 0  # counts writes (see `Subset`)
+        self._table: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self._pos)
@@ -221,7 +272,7 @@ class HnswIndex:
         finally:
             faiss.omp_set_num_threads(before)
         end = self.ntotal
-        self._params.clear()  # their selectors point at the bitmap replaced below
+        self._changed()  # cached selectors point at the bitmap replaced below
         self.labels = np.concatenate([self.labels, ids])
         need = (end + 7) // 8
         if need > len(self.bitmap):
@@ -253,13 +304,57 @@ class HnswIndex:
         if gone:
             self._set_alive(np.asarray(gone, dtype=np.int64), False)
             self._dead += len(gone)
-            self._params.clear()
+            self._changed()
 
-    def vectors(self, ids: Any) -> np.ndarray:
-        positions = np.asarray([self._pos[i] for i in ids], dtype=np.int64)
-        if len(positions) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.index.reconstruct_batch(positions)
+    def _changed(self) -> None:
+        self.version += 1
+        self._params.clear()
+        self._table = None
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """The positions of the live vectors of those of `ids` that are here, ascending."""
+        if self._table is None:
+            alive = np.flatnonzero(np.unpackbits(self.bitmap, bitorder="little", count=self.ntotal))
+            self._table = _id_table(self.labels[alive], alive)
+        return _lookup(self._table, ids)
+
+    def exact_among(self, query: np.ndarray, k: int, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
+        """Top k of the positions in `subset`, scored exactly in place (no copy of the vectors)."""
+        import faiss
+
+        positions = subset.positions
+        scores = np.empty(len(positions), dtype=np.float32)
+        if len(positions):
+            query = np.ascontiguousarray(query, dtype=np.float32)
+            before = faiss.omp_get_max_threads()
+            # One query is one loop iteration: an OpenMP team would only wait for itself (ms when loaded).
+            faiss.omp_set_num_threads(1)
+            try:
+                faiss.fvec_inner_products_by_idx(
+                    faiss.swig_ptr(scores),
+                    faiss.swig_ptr(query),
+                    faiss.downcast_index(self.index.storage).get_xb(),
+                    faiss.swig_ptr(positions),
+                    self.dim,
+                    1,
+                    len(positions),
+                )
+            finally:
+                faiss.omp_set_num_threads(before)
+        return _top(self.labels[positions], scores, k)
+
+    def search_among(
+        self, query: np.ndarray, k: int, subset: Subset, *, ef: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """HNSW search that only returns positions in `subset` (it still walks through the others)."""
+        import faiss
+
+        params = faiss.SearchParametersHNSW(efSearch=max(ef, k), sel=subset.selector(self.ntotal))
+        scores, positions = self.index.search(
+            query.reshape(1, -1).astype(np.float32, copy=False), min(k, len(subset)), params=params
+        )
+        keep = positions[0] >= 0
+        return self.labels[positions[0][keep]], scores[0][keep]
 
     def live(self) -> tuple[np.ndarray, np.ndarray]:
         """The live record ids and their vectors, in insertion order."""
@@ -365,6 +460,7 @@ class HnswIndex:
         self._pos = dict(zip(labels[positions].tolist(), positions.tolist(), strict=True))
         self._dead = len(labels) - len(positions)
         self._params = {}
+        self.version, self._table = 0, None
         self._paged, self.pages_thread = [], None
         self._advise_pages()
         return self

@@ -495,6 +495,121 @@ def test_damaged_index_file_is_rebuilt(tmp_path):
     mem.close()
 
 
+def _clustered(n, dim=64, clusters=10, seed=0):
+    """Unit vectors in tight clusters, the cluster of each, and queries: query i is near cluster i % 10."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    labels = rng.integers(0, clusters, n)
+    vecs = centres[labels] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+    near = np.arange(3 * clusters) % clusters
+    queries = centres[near] + 0.5 * rng.standard_normal((len(near), dim)).astype(np.float32)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    return unit(vecs), labels, unit(queries)
+
+
+def test_filter_correlated_with_clusters_is_searched_among_its_matches(tmp_path, monkeypatch):
+    """A filter that no near candidate passes: exact top-k among the matches, or HNSW restricted to them."""
+    from memory import store_sqlite
+
+    vecs, labels, queries = _clustered(4000)
+    mem = VectorMemory(tmp_path / "mem.db", HashingEmbedder(64), ann_threshold=500)
+    ids = np.asarray(
+        mem.add_many([f"v{i}" for i in range(4000)], [{"g": int(c)} for c in labels], vectors=vecs)
+    )
+    mem.search_vector(queries[0], 1)
+    index = mem.store._index
+    assert index.kind == "hnsw"
+
+    def exact(q, rows, k=10):
+        scores = np.where(rows, vecs @ q, -np.inf)
+        return ids[np.argsort(-scores)[:k]].tolist()
+
+    # queries near clusters the filter excludes: the first 200 candidates hold (almost) no match
+    far = [q for i, q in enumerate(queries) if i % 10 not in (3, 4, 5)]
+    ten = labels == 3
+    # the old path widened its search 200 -> 800 -> 3200 candidates for these, then scanned the table
+    assert all(np.isin(index.search(q, 200, ef=200)[0], ids[ten]).sum() < 10 for q in far)
+    for q in far:
+        assert [h.id for h in mem.search_vector(q, 10, where={"g": 3})] == exact(q, ten)
+
+    # the graph walk restricted to the matches (the path of filters with many matches), after
+    # deleting some of them: the selector holds live matches only
+    monkeypatch.setattr(store_sqlite, "_exact_limit", lambda ef, m: 0)
+    wide = np.isin(labels, [3, 4, 5])
+    dead = np.flatnonzero(wide)[::7]
+    mem.delete(ids[dead].tolist())
+    wide[dead] = False
+    where = {"g": {"$in": [3, 4, 5]}}
+    recall = []
+    for q in far:
+        got = [h.id for h in mem.search_vector(q, 10, where=where)]
+        assert len(got) == 10 and set(got) <= set(ids[wide].tolist())
+        recall.append(len(set(got) & set(exact(q, wide))) / 10)
+    assert np.mean(recall) >= 0.9, recall
+
+    # nothing matches; one record matches, far from the query
+    assert mem.search_vector(far[0], 10, where={"g": 11}) == []
+    lonely = int(ids[np.flatnonzero(~wide)[0]])
+    mem.update(lonely, metadata={"g": 3, "only": True})
+    assert [h.id for h in mem.search_vector(queries[3], 10, where={"only": True})] == [lonely]
+    mem.close()
+
+
+@pytest.mark.parametrize("threshold", [100_000, 500], ids=["exact", "hnsw"])
+def test_filter_matches_cache_follows_every_write(tmp_path, threshold):
+    """The ids matching a filter are scanned once, then follow every write from the logs: own or
+    another handle's, records or metadata; a log that no longer reaches back means a new scan."""
+    vecs, labels, queries = _clustered(3000, seed=1)
+    path = tmp_path / "mem.db"
+    a = VectorMemory(path, HashingEmbedder(64), ann_threshold=threshold)
+    ids = a.add_many([f"v{i}" for i in range(3000)], [{"g": int(c)} for c in labels], vectors=vecs)
+    q = queries[0]  # near cluster 0: g == 0, so {"g": 3} has no match close by
+    where = {"g": 3}
+
+    def top(mem=a):
+        return [h.id for h in mem.search_vector(q, 5, where=where)]
+
+    before = top()
+    assert len(a.store._matches) == 1 and a.store.index_kind == ("exact" if threshold > 3000 else "hnsw")
+    (entry,) = a.store._matches.values()
+
+    def same_entry():
+        return list(a.store._matches.values()) == [entry]
+
+    assert top() == before and same_entry()
+    a.search("a text query that is embedded and cached", k=3, where=where)  # writes the embedding cache
+    assert same_entry()
+
+    # own writes: add, update the metadata, delete
+    new = a.add_many(["close to q"], [{"g": 3}], vectors=q[None])[0]
+    assert top()[0] == new
+    a.update(new, metadata={"g": 4})
+    assert new not in top()
+    a.update(new, metadata={"g": 3})
+    assert top()[0] == new
+    a.delete(new)
+    assert top() == before and same_entry()  # brought up to date, not scanned again
+
+    # another handle on the same file (another process's view)
+    b = VectorMemory(path, HashingEmbedder(64), ann_threshold=threshold)
+    assert top() == before
+    other = b.add_many(["also close to q"], [{"g": 3}], vectors=q[None])[0]
+    assert top()[0] == other
+    near = int(ids[int(np.argmax(vecs @ q))])  # the nearest record of all, g == 0
+    b.update(near, metadata={"g": 3})
+    assert top()[:2] == [other, near] or top()[:2] == [near, other]
+    b.delete(other)
+    assert top()[0] == near and other not in top()
+    b.update(near, metadata={"g": 0})
+    assert top() == before and same_entry()
+    # the edit log pruned past what the cache saw: scanned again
+    b.update(near, metadata={"g": 3})
+    b.store.conn.execute("DELETE FROM edits")
+    assert near in top() and not same_entry() and len(a.store._matches) == 1
+    b.close()
+    a.close()
+
+
 def test_import_memory_is_light():
     code = (
         "import sys, memory; from memory import VectorMemory, EpisodicMemory; "
