@@ -74,8 +74,10 @@ def read_tasks(path: str | Path) -> list[BatchTask]:
                 data["id"] = str(data["id"])
             task = BatchTask.model_validate(data)
         except (json.JSONDecodeError, ValidationError) as e:
-            first = str(e).splitlines()[0 if isinstance(e, json.JSONDecodeError) else 1:][:2]
-            raise AgentError(f"{path}:{number}: not a valid task ({'; '.join(s.strip() for s in first)})") from e
+            first = str(e).splitlines()[0 if isinstance(e, json.JSONDecodeError) else 1 :][:2]
+            raise AgentError(
+                f"{path}:{number}: not a valid task ({'; '.join(s.strip() for s in first)})"
+            ) from e
         if task.id in seen:
             raise AgentError(f"{path}:{number}: task id {task.id!r} appears twice")
         seen.add(task.id)
@@ -204,17 +206,23 @@ class BatchRunner:
             agent = self.make_agent(task)
             run = await agent.arun(task.prompt)
         except AgentError as e:  # a bad task (unknown tool, ...): its own result, no retry
-            return BatchResult(id=task.id, status="failed", error=str(e), time_s=time.monotonic() - started), False
+            return BatchResult(
+                id=task.id, status="failed", error=str(e), time_s=time.monotonic() - started
+            ), False
         except Exception as e:  # the factory or backend broke: worth another try
             message = f"{type(e).__name__}: {e}"
-            return BatchResult(id=task.id, status="failed", error=message, time_s=time.monotonic() - started), True
+            return BatchResult(
+                id=task.id, status="failed", error=message, time_s=time.monotonic() - started
+            ), True
         infrastructure = run.status == "failed" and any(e.type == "error" and e.fatal for e in run.events)
         answer = run.answer.model_dump(mode="json") if isinstance(run.answer, BaseModel) else run.answer
         result = BatchResult(
             id=task.id,
             status=run.status,
             answer=answer,
-            correct=is_correct(task.expected, answer) if run.ok else (False if task.expected is not None else None),
+            correct=is_correct(task.expected, answer)
+            if run.ok
+            else (False if task.expected is not None else None),
             error=run.error,
             steps=run.steps,
             prompt_tokens=run.usage.prompt_tokens,
@@ -300,7 +308,9 @@ class AgentSpec(BaseModel):
             if self.base_url:
                 from .llm.openai_compat import OpenAICompatLLM
 
-                _shared_models[key] = OpenAICompatLLM(self.model or "default", base_url=self.base_url, api_key=self.api_key)
+                _shared_models[key] = OpenAICompatLLM(
+                    self.model or "default", base_url=self.base_url, api_key=self.api_key
+                )
             else:
                 from .llm.transformers import TransformersLLM
 
@@ -333,7 +343,9 @@ class RayBatchRunner(BatchRunner):
     same way. Point `address` at a cluster, or leave it None for a local one.
     """
 
-    def __init__(self, spec: AgentSpec, output: str | Path, *, address: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, spec: AgentSpec, output: str | Path, *, address: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(spec.build, output, **kwargs)
         self.spec = spec
         self.address = address
@@ -355,7 +367,9 @@ class RayBatchRunner(BatchRunner):
             data, infrastructure = await self._remote.remote(self.spec.model_dump(), task.model_dump())
         except Exception as e:  # the worker died or Ray failed: retry with backoff
             message = f"{type(e).__name__}: {e}"
-            return BatchResult(id=task.id, status="failed", error=message, time_s=time.monotonic() - started), True
+            return BatchResult(
+                id=task.id, status="failed", error=message, time_s=time.monotonic() - started
+            ), True
         return BatchResult.model_validate(data), infrastructure
 
 
@@ -374,7 +388,14 @@ def run_cli(args: Any) -> int:
     from rich.progress import Progress as Bar
     from rich.table import Table
 
+    from .cli import writable_dir
+
     tasks = read_tasks(args.tasks)
+    output = Path(args.output)
+    if output.is_dir():
+        raise AgentError(f"-o {output} is a directory; give the path of a results file (.jsonl)")
+    writable_dir(output.parent, "-o")
+    writable_dir(args.run_dir, "--run-dir")
     spec = AgentSpec(
         model=args.model,
         base_url=args.base_url,
@@ -388,14 +409,18 @@ def run_cli(args: Any) -> int:
         approve=args.yes,
         context_window=getattr(args, "context_window", None),
     )
-    if args.executor == "local" and not (spec.model or "").startswith("scripted:"):
-        spec.llm()  # load the shared model before the clock starts; a bad path fails here
+    if args.executor == "local":
+        # Load the shared model before the clock starts, and build one agent: a bad model path,
+        # tool name or context window is one error now rather than a failed result per task.
+        spec.build(tasks[0])
     err = Console(stderr=True)
     bar = Bar(
         TextColumn("[bold]batch"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
-        TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/] {task.fields[running]} running"),
+        TextColumn(
+            "[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/] {task.fields[running]} running"
+        ),
         TextColumn("{task.fields[rate]} tok/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
@@ -414,9 +439,9 @@ def run_cli(args: Any) -> int:
             running=p.running,
             rate=f"{p.tokens / elapsed:.0f}",
         )
-        if result is not None and not err.is_terminal:
-            mark = "ok" if result.ok else result.status
-            err.print(f"[{p.done}/{p.total}] {result.id}: {mark}", highlight=False)
+        if result is not None and (not err.is_terminal or not result.ok):
+            mark = "ok" if result.ok else result.status + (f": {result.error}" if result.error else "")
+            err.print(f"[{p.done}/{p.total}] {result.id}: {mark}", highlight=False, soft_wrap=True)
 
     options = dict(
         concurrency=args.concurrency,

@@ -20,6 +20,42 @@ from .runlog import DEFAULT_RUN_DIR
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+def _number(kind: type, low: float, *, above: bool = False) -> Any:
+    """An argparse type: a number of `kind` at least `low` (more than `low` when `above`)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(
+                f"must be {'more than' if above else 'at least'} {low:g}, not {text}"
+            )
+        return value
+
+    return parse
+
+
+POSITIVE, SECONDS = _number(int, 1), _number(float, 0, above=True)
+
+
+def writable_dir(path: Path, flag: str) -> Path:
+    """`path` as a directory this process can write in, created if missing; else a user error naming `flag`."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = (
+            "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        )
+        raise AgentError(
+            f"cannot create the directory {path} for {flag}: {reason or e}; choose another {flag}"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise AgentError(f"cannot write in {path} ({flag}): permission denied; choose another {flag}")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent", description="Run agents on models you host yourself.", allow_abbrev=False
@@ -34,27 +70,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model directory, a cached Hugging Face id, a .gguf file, the model name on --base-url, "
         "or scripted:FILE (default: the embedded SmolLM2-135M-Instruct)",
     )
-    g.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, llama.cpp)")
+    g.add_argument(
+        "--base-url",
+        help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, llama.cpp)",
+    )
     g.add_argument("--api-key", help="API key for --base-url (default: $OPENAI_API_KEY)")
     g.add_argument("--effort", choices=["low", "medium", "high"], default=None, help="reasoning effort")
     g.add_argument(
         "--context-window",
         type=int,
         default=None,
-        help="fit every prompt to this many tokens (default: the model's own window; none for --base-url)",
+        help="fit every prompt to this many tokens (default: the model's own window, as --base-url reports it)",
     )
 
     run_flags = argparse.ArgumentParser(add_help=False)
     r = run_flags.add_argument_group("run")
     r.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
-    r.add_argument("--max-steps", type=int, default=None, help="step budget (default 20)")
-    r.add_argument("--max-tokens", type=int, default=None, help="token budget for the whole run")
-    r.add_argument("--timeout", type=float, default=None, help="wall-clock budget in seconds")
-    r.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where run logs go (default .agent/runs)")
+    r.add_argument("--max-steps", type=POSITIVE, default=None, help="step budget (default 20)")
+    r.add_argument("--max-tokens", type=POSITIVE, default=None, help="token budget for the whole run")
+    r.add_argument("--timeout", type=SECONDS, default=None, help="wall-clock budget in seconds")
+    r.add_argument(
+        "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where run logs go (default .agent/runs)"
+    )
     r.add_argument("--json", action="store_true", help="print every event as a JSON line instead")
     r.add_argument("--verbose", "-v", action="store_true", help="show thinking and guard verdicts")
     r.add_argument("--yes", "-y", action="store_true", help="approve every tool call that asks for approval")
-    r.add_argument("--no-guards", action="store_true", help="run without the default guard pipeline (not advised)")
+    r.add_argument(
+        "--no-guards", action="store_true", help="run without the default guard pipeline (not advised)"
+    )
 
     p = sub.add_parser("run", parents=[model_flags, run_flags], help="run one task and print the answer")
     p.add_argument("task", help="what the agent should do")
@@ -80,30 +123,43 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--approve-writes", action="store_true", help="ask before each write of the files tools")
     c.add_argument("--system", help="system prompt")
     c.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
-    c.add_argument("--max-steps", type=int, default=None, help="step budget per turn (default 20)")
-    c.add_argument("--max-tokens", type=int, default=None, help="token budget for the whole session")
-    c.add_argument("--timeout", type=float, default=None, help="wall-clock budget per turn in seconds")
-    c.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where session logs go (.agent/runs)")
+    c.add_argument("--max-steps", type=POSITIVE, default=None, help="step budget per turn (default 20)")
+    c.add_argument("--max-tokens", type=POSITIVE, default=None, help="token budget for the whole session")
+    c.add_argument("--timeout", type=SECONDS, default=None, help="wall-clock budget per turn in seconds")
+    c.add_argument(
+        "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where session logs go (.agent/runs)"
+    )
     c.add_argument("--verbose", "-v", action="store_true", help="show thinking in full (/thinking toggles)")
     c.add_argument("--yes", "-y", action="store_true", help="approve every tool call that asks for approval")
 
     p = sub.add_parser(
         "batch", parents=[model_flags], help="run a JSONL file of tasks, one result line per task"
     )
-    p.add_argument("tasks", type=Path, help="JSONL: one {id, prompt, tools?, effort?, max_steps?, expected?} per line")
+    p.add_argument(
+        "tasks", type=Path, help="JSONL: one {id, prompt, tools?, effort?, max_steps?, expected?} per line"
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="results JSONL (one line per task)")
-    p.add_argument("--concurrency", "-c", type=int, default=4, help="tasks run at once, sharing one model")
+    p.add_argument(
+        "--concurrency", "-c", type=POSITIVE, default=4, help="tasks run at once, sharing one model"
+    )
     p.add_argument("--resume", action="store_true", help="skip ids that already have a result; redo the rest")
     p.add_argument("--overwrite", action="store_true", help="start over, replacing the results file")
-    p.add_argument("--retries", type=int, default=2, help="retries for infrastructure errors (backoff doubles)")
+    p.add_argument(
+        "--retries",
+        type=_number(int, 0),
+        default=2,
+        help="retries for infrastructure errors (backoff doubles)",
+    )
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--ray-address", default=None, help="a Ray cluster to join (default: start a local one)")
     p.add_argument("--tools", default="", help="built-in tools for tasks that name none")
     p.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--timeout", type=float, default=None, help="wall-clock budget per task, seconds")
+    p.add_argument("--max-steps", type=POSITIVE, default=None)
+    p.add_argument("--timeout", type=SECONDS, default=None, help="wall-clock budget per task, seconds")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
-    p.add_argument("--yes", "-y", action="store_true", help="approve tool calls that ask (nobody is there to ask)")
+    p.add_argument(
+        "--yes", "-y", action="store_true", help="approve tool calls that ask (nobody is there to ask)"
+    )
 
     p = sub.add_parser("replay", help="show a past run from its log")
     p.add_argument("run", help="run id, unique prefix, 'last', or a .jsonl path")
@@ -113,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list recent runs")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=POSITIVE, default=20)
 
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     p.add_argument(
@@ -168,7 +224,9 @@ def _approver(auto_yes: bool) -> Any:
             return False
         from rich.prompt import Confirm
 
-        return Confirm.ask(f"Allow [bold]{request.name}[/] with {request.arguments}?", console=None, default=False)
+        return Confirm.ask(
+            f"Allow [bold]{request.name}[/] with {request.arguments}?", console=None, default=False
+        )
 
     return approve
 
@@ -196,7 +254,9 @@ def _warn_if_unguarded(args: argparse.Namespace) -> None:
     if getattr(args, "no_guards", False) and not getattr(args, "json", False):
         from rich.console import Console
 
-        Console(stderr=True).print("[bold yellow]guards are off:[/] no step of this run is checked", highlight=False)
+        Console(stderr=True).print(
+            "[bold yellow]guards are off:[/] no step of this run is checked", highlight=False
+        )
 
 
 def _renderer(args: argparse.Namespace) -> Any:
@@ -226,6 +286,7 @@ def _exit_code(last: Any) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    writable_dir(args.run_dir, "--run-dir")
     _warn_if_unguarded(args)
     extra = {"system_prompt": args.system} if args.system else {}
     agent = _agent_from(args, **extra)
@@ -233,6 +294,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    writable_dir(args.run_dir, "--run-dir")
     _warn_if_unguarded(args)
     agent = _agent_from(args)
     return _exit_code(asyncio.run(_drive(agent.resume(args.run), _renderer(args))))
@@ -241,6 +303,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from .chat import run_chat
 
+    writable_dir(args.run_dir, "--run-dir")
     return run_chat(args)
 
 
@@ -254,8 +317,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .runlog import find_run, read_events
 
     path = find_run(args.run, args.run_dir)
+    try:
+        events = read_events(path)
+    except UnicodeDecodeError:
+        raise AgentError(f"{path} is not a run log (not UTF-8 text)") from None
+    if not events:
+        raise AgentError(f"run log {path} is empty; nothing to replay")
     renderer = _renderer(args)
-    for event in read_events(path):
+    for event in events:
         renderer(event)
     return EXIT_OK
 
@@ -272,7 +341,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
         raise AgentError(f"no runs in {directory}/")
     table = Table("run", "status", "steps", "task")
     for path in logs:
-        events = read_events(path)
+        try:
+            events = read_events(path)
+        except (AgentError, OSError, ValueError):  # one unreadable log does not hide the others
+            table.add_row(path.stem, "unreadable", "", "")
+            continue
+        if not events:
+            table.add_row(path.stem, "empty", "", "")
+            continue
         first, last = events[0], events[-1]
         status = last.status if last.type == "run_finished" else "interrupted"
         task = getattr(first, "task", "")

@@ -681,7 +681,21 @@ class ChatServer:
             )
 
     def _models(self) -> dict[str, Any]:
-        model = {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "agent"}
+        model: dict[str, Any] = {
+            "id": self.model_name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "agent",
+        }
+        # As vLLM does, so clients (`OpenAICompatLLM`) fit their prompts to our window. A
+        # backend that is not loaded yet would load (or ask a server) here, on the event loop:
+        # it tells nothing until it is.
+        if getattr(self.llm, "loaded", True):
+            from memory.context import model_context_window
+
+            window = model_context_window(self.llm)
+            if window is not None:
+                model["max_model_len"] = window
         return {"object": "list", "data": [model]}
 
     async def _send_json(

@@ -194,13 +194,18 @@ def template_counter(llm: Any) -> TemplateCounter | None:
 def model_context_window(llm: Any) -> int | None:
     """The backend's context window in tokens, when it can tell.
 
-    A `context_window` attribute wins; then the model config's position limit
-    (`max_position_embeddings` and its aliases); then the tokenizer's
+    A `context_window` attribute wins; then what a backend that asks its
+    server learns there (`learn_context_window()`, e.g. `OpenAICompatLLM`,
+    which may block on the network once); then the model config's position
+    limit (`max_position_embeddings` and its aliases); then the tokenizer's
     `model_max_length` when it is a real limit rather than a placeholder.
     """
     declared = getattr(llm, "context_window", None)
     if isinstance(declared, int) and declared > 0:
         return declared
+    learn = getattr(llm, "learn_context_window", None)
+    if callable(learn):
+        return learn()
     config = getattr(getattr(llm, "model", None), "config", None)
     if config is not None:
         if callable(getattr(config, "get_text_config", None)):

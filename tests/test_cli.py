@@ -2,8 +2,11 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def agent(*args, cwd, input=None, timeout=60):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, input=input
+        [sys.executable, "-m", "agent", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
     )
 
 
@@ -62,7 +71,10 @@ def test_replay_renders_a_past_run(tmp_path, script):
     "args, message",
     [
         (["run", "x", "--model", "scripted:missing.jsonl"], "scripted model file not found"),
-        (["run", "x", "--model", "scripted:script.jsonl", "--tools", "teleport"], "unknown built-in tool 'teleport'"),
+        (
+            ["run", "x", "--model", "scripted:script.jsonl", "--tools", "teleport"],
+            "unknown built-in tool 'teleport'",
+        ),
         (["replay", "nope"], "no run 'nope'"),
         (["resume", "nope", "--model", "scripted:script.jsonl"], "no run 'nope'"),
         (["run", "x", "--model", "/no/such/model"], "/no/such/model"),
@@ -84,7 +96,9 @@ def test_unreachable_server_fails_cleanly(tmp_path):
 
 def test_run_that_hits_a_budget_exits_non_zero(tmp_path):
     path = tmp_path / "loop.jsonl"
-    path.write_text(json.dumps("still thinking <tool_call>{\"name\": \"nope\", \"arguments\": {}}</tool_call>") + "\n")
+    path.write_text(
+        json.dumps('still thinking <tool_call>{"name": "nope", "arguments": {}}</tool_call>') + "\n"
+    )
     out = agent("run", "x", "--model", f"scripted:{path}", "--max-steps", "1", cwd=tmp_path)
     assert out.returncode == 1
     assert "max_steps" in out.stderr
@@ -126,3 +140,165 @@ def test_default_guards_redact_a_secret_before_the_model_sees_it(tmp_path):
     assert result.ok
     assert "ghp_0123456789" not in llm.requests[1].messages[-1].content
     assert any(e.type == "guard_verdict" and e.action == "redact" for e in result.events)
+
+
+# --------------------------------------------------------------------------- what a user can get wrong
+
+
+def tasks_file(tmp_path, name="tasks.jsonl"):
+    path = tmp_path / name
+    path.write_text(json.dumps({"id": "a", "prompt": "x"}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, args, message",
+    [
+        (
+            "run dir under a file",
+            ["run", "x", "--run-dir", "script.jsonl/runs"],
+            "a file is in the way; choose another --run-dir",
+        ),
+        ("zero steps", ["run", "x", "--max-steps", "0"], "argument --max-steps: must be at least 1, not 0"),
+        (
+            "negative timeout",
+            ["run", "x", "--timeout", "-1"],
+            "argument --timeout: must be more than 0, not -1",
+        ),
+        ("window not a number", ["run", "x", "--context-window", "abc"], "invalid int value: 'abc'"),
+        ("window too small", ["run", "x", "--context-window", "-5"], "context_window=-5 is too small"),
+        ("bad effort", ["run", "x", "--effort", "max"], "invalid choice: 'max'"),
+        ("empty log", ["replay", "empty"], "is empty; nothing to replay"),
+        ("binary log", ["replay", "binary"], "is not a run log (not UTF-8 text)"),
+        ("results path is a dir", ["batch", "tasks.jsonl", "-o", ".agent"], "-o .agent is a directory"),
+        ("results under a file", ["batch", "tasks.jsonl", "-o", "script.jsonl/r.jsonl"], "choose another -o"),
+        (
+            "batch unknown tool",
+            ["batch", "tasks.jsonl", "-o", "r.jsonl", "--tools", "teleport"],
+            "unknown built-in tool",
+        ),
+        (
+            "batch window",
+            ["batch", "tasks.jsonl", "-o", "r.jsonl", "--context-window", "0"],
+            "context_window=0 is too small",
+        ),
+        (
+            "batch concurrency",
+            ["batch", "tasks.jsonl", "-o", "r.jsonl", "-c", "0"],
+            "must be at least 1, not 0",
+        ),
+        ("no tasks file", ["batch", "nope.jsonl", "-o", "r.jsonl"], "cannot read tasks file nope.jsonl"),
+        ("tasks not JSONL", ["batch", "script.jsonl", "-o", "r.jsonl"], "script.jsonl:1: not a valid task"),
+    ],
+)
+def test_more_user_errors_are_one_clear_line(tmp_path, script, case, args, message):
+    tasks_file(tmp_path)
+    runs = tmp_path / ".agent" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "empty.jsonl").write_text("")
+    (runs / "binary.jsonl").write_bytes(b"\xc4\xff\x00garbage")
+    if args[0] in ("run", "batch"):
+        args = [*args, "--model", f"scripted:{script}"]
+    out = agent(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(("error:", f"agent {args[0]}: error:"))
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_runs_lists_unreadable_logs_instead_of_failing(tmp_path, script):
+    assert agent("run", "x", "--model", f"scripted:{script}", cwd=tmp_path).returncode == 0
+    runs = tmp_path / ".agent" / "runs"
+    (runs / "empty.jsonl").write_text("")
+    (runs / "garbled.jsonl").write_text("not json\n{}\n")
+    out = agent("runs", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in out.stdout.splitlines()
+        if "│" in line
+    }
+    assert rows["empty"] == "empty" and rows["garbled"] == "unreadable"
+    assert "completed" in rows.values()
+
+
+class _Server:
+    """A local HTTP server answering every request with one status and body; `hang` never answers."""
+
+    def __init__(self, status=200, body=b"{}", hang=False):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self):
+                if hang:
+                    threading.Event().wait(60)
+                    return
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = answer
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize(
+    "status, body, message",
+    [
+        (401, b'{"error": {"message": "invalid key"}}', "HTTP 401 from"),
+        (404, b'{"detail": "Not Found"}', "(check --base-url and model name)"),
+        (200, b'{"unexpected": true}', "returned no choices"),
+    ],
+)
+def test_a_server_that_answers_wrong_fails_the_run_in_one_line(tmp_path, status, body, message):
+    server = _Server(status, body)
+    try:
+        out = agent("run", "x", "--base-url", server.base_url, cwd=tmp_path)
+    finally:
+        server.close()
+    assert out.returncode == 1, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "batch"])
+def test_ctrl_c_stops_a_run_cleanly(tmp_path, command):
+    server = _Server(hang=True)
+    tasks_file(tmp_path)
+    args = ["run", "x"] if command == "run" else ["batch", "tasks.jsonl", "-o", "r.jsonl"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", *args, "--base-url", server.base_url, "--context-window", "4096"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / ".agent" / "runs").glob("*.jsonl")):  # the run has started
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        server.close()
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err

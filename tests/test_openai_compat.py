@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -38,11 +39,27 @@ class FakeServer:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []
+        self.gets: dict[str, Reply] = {}  # GET path -> reply; any other path is a 404
+        self.got: list[tuple[str, str | None]] = []  # (path, Authorization header) of each GET
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def do_GET(self) -> None:
+                server.got.append((self.path, self.headers.get("Authorization")))
+                reply = server.gets.get(self.path, Reply(status=404, json_body={"detail": "Not Found"}))
+                data = (
+                    reply.json_body
+                    if isinstance(reply.json_body, bytes)
+                    else json.dumps(reply.json_body).encode()
+                )
+                self.send_response(reply.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
@@ -434,3 +451,109 @@ def test_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
     assert OpenAICompatLLM("m").api_key is None
     assert OpenAICompatLLM("m", name="local").name == "local"
+
+
+# --------------------------------------------------------------------------- context window
+
+
+VLLM_MODELS = {
+    "object": "list",
+    "data": [
+        {"id": "other-model", "object": "model", "max_model_len": 1024},
+        {"id": "test-model", "object": "model", "owned_by": "vllm", "max_model_len": 32768},
+    ],
+}
+LLAMA_CPP_MODELS = {
+    "object": "list",
+    "data": [{"id": "qwen3-8b-q4_k_m.gguf", "meta": {"n_ctx_train": 40960}}],
+}
+LLAMA_CPP_PROPS = {"default_generation_settings": {"n_ctx": 8192}, "total_slots": 1}
+
+
+def test_context_window_is_learned_once_from_max_model_len(server: FakeServer) -> None:
+    server.gets["/v1/models"] = Reply(json_body=VLLM_MODELS)
+    llm = OpenAICompatLLM("test-model", base_url=server.base_url, api_key="sk-test")
+    assert llm.context_window is None and not llm.loaded
+    assert llm.learn_context_window() == 32768
+    assert llm.learn_context_window() == 32768
+    assert server.got == [("/v1/models", "Bearer sk-test")]
+    assert llm.loaded and llm.context_window == 32768
+
+
+@pytest.mark.parametrize("with_props, window", [(True, 8192), (False, 40960)])
+def test_context_window_from_llama_cpp_prefers_the_runtime_n_ctx(
+    server: FakeServer, with_props, window
+) -> None:
+    server.gets["/v1/models"] = Reply(json_body=LLAMA_CPP_MODELS)
+    if with_props:
+        server.gets["/props"] = Reply(json_body=LLAMA_CPP_PROPS)
+    # The only model there is ours, whatever name we gave it.
+    assert OpenAICompatLLM("default", base_url=server.base_url).learn_context_window() == window
+    assert [path for path, _ in server.got] == ["/v1/models", "/props"]
+
+
+@pytest.mark.parametrize(
+    "models, why",
+    [
+        (None, "HTTP 404 from {base}/models; "),
+        (Reply(json_body=b"<html>not json</html>"), "{base}/models is not JSON; "),
+        (Reply(json_body={"data": [{"id": "a"}, {"id": "b", "max_model_len": 4096}]}), ""),  # not ours
+        (Reply(json_body={"data": [{"id": "test-model", "max_model_len": "big"}]}), ""),
+    ],
+)
+def test_a_server_that_tells_no_window_gives_none_and_one_log_line(
+    server: FakeServer, caplog: pytest.LogCaptureFixture, models, why
+) -> None:
+    if models is not None:
+        server.gets["/v1/models"] = models
+    llm = OpenAICompatLLM("test-model", base_url=server.base_url)
+    with caplog.at_level("WARNING", logger="agent.llm.openai_compat"):
+        assert llm.learn_context_window() is None
+        assert llm.learn_context_window() is None
+    assert len(server.got) == 2  # /v1/models and /props, asked once
+    base = server.base_url
+    why = why.format(base=base) + f"HTTP 404 from {base.removesuffix('/v1')}/props"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"openai:test-model: the server at {base} does not report its context window ({why}), "
+        "so prompts are not fitted to it; give one with --context-window or context_window="
+    ]
+    assert llm.loaded
+
+
+def test_an_unreachable_server_gives_no_window_quickly(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    llm = OpenAICompatLLM("m", base_url=f"http://127.0.0.1:{port}/v1")
+    start = time.monotonic()
+    with caplog.at_level("INFO", logger="agent.llm.openai_compat"):
+        assert llm.learn_context_window() is None
+    assert time.monotonic() - start < 1.0
+    # Said quietly: the run's first request reports the same fault loudly.
+    assert [r.levelname for r in caplog.records] == ["INFO"] and "ConnectError" in caplog.text
+
+
+def test_an_explicit_context_window_asks_nothing(server: FakeServer) -> None:
+    server.gets["/v1/models"] = Reply(json_body=VLLM_MODELS)
+    llm = OpenAICompatLLM("test-model", base_url=server.base_url, context_window=2048)
+    assert llm.loaded and llm.learn_context_window() == 2048
+    assert server.got == []
+
+
+async def test_an_agent_fits_its_prompts_to_the_learned_window(
+    server: FakeServer, make_llm, tmp_path
+) -> None:
+    from agent import Agent
+
+    server.gets["/v1/models"] = Reply(json_body=VLLM_MODELS)
+    llm = make_llm()
+    agent = Agent(llm, run_dir=tmp_path / "runs")
+    budget = await asyncio.to_thread(agent.context_budget)
+    assert budget is not None and budget.window == 32768
+    # A run learns it too (on a worker thread, the loop keeps serving) and sends its prompt.
+    other = make_llm()
+    server.queue(text_stream("done"))
+    events = [event async for event in Agent(other, run_dir=tmp_path / "runs").run("hi")]
+    assert events[-1].type == "run_finished" and events[-1].status == "completed"
+    assert other.context_window == 32768
+    assert len(server.got) == 2 and len(server.requests) == 1

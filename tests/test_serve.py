@@ -266,6 +266,7 @@ async def test_models_and_health(serve, http):
     r = await http.get(server.base_url + "/models")
     assert r.status_code == 200
     assert [m["id"] for m in r.json()["data"]] == ["smol"] and r.json()["object"] == "list"
+    assert "max_model_len" not in r.json()["data"][0]  # a scripted model has no window
     r = await http.get(server.base_url.removesuffix("/v1") + "/health")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
@@ -595,6 +596,19 @@ async def test_real_model_answers_openai_compat_over_loopback(serve, real_llm):
     assert len(deltas) > 1, "the answer streams in pieces"
     assert response.finish_reason in {"stop", "length"}
     assert response.usage.prompt_tokens > 0 and 0 < response.usage.completion_tokens <= 8
+
+
+async def test_clients_learn_the_context_window_of_the_served_model(serve, http, real_llm):
+    from agent import Agent
+    from memory.context import model_context_window
+
+    server = await serve(real_llm)
+    r = await http.get(server.base_url + "/models")
+    assert r.json()["data"][0]["max_model_len"] == model_context_window(real_llm) == 8192
+    async with OpenAICompatLLM("default", base_url=server.base_url) as client:
+        # Learning blocks, so off this loop, which serves the answer.
+        budget = await asyncio.to_thread(Agent(client, guards=[]).context_budget)
+    assert budget is not None and budget.window == 8192
 
 
 # --------------------------------------------------------------------------- the command

@@ -10,6 +10,10 @@ parser.
 Failed requests are retried with exponential backoff on 429 and 5xx answers and
 on network errors, but only while nothing has been streamed to the caller yet:
 a stream that breaks off half way raises instead of repeating text.
+
+The server's context window is learned once, when first asked for (see
+`OpenAICompatLLM.learn_context_window`), from `max_model_len` in
+`GET /v1/models` (vLLM, SGLang, `agent serve`) or llama.cpp's `GET /props`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,6 +38,8 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 30.0
+#: Seconds the one-off context-window lookup may take; a server that is slower tells nothing.
+WINDOW_LOOKUP_TIMEOUT = 5.0
 
 
 class LLMHTTPError(LLMError):
@@ -146,6 +153,21 @@ def _error_message(body: Any) -> str:
     return str(body)[:500]
 
 
+def _model_entry(listing: Any, model: str) -> dict[str, Any]:
+    """Our model's entry in a `/models` answer: the one with its id, else the only one there."""
+    data = listing.get("data") if isinstance(listing, dict) else None
+    entries = [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+    for entry in entries:
+        if entry.get("id") == model:
+            return entry
+    return entries[0] if len(entries) == 1 else {}
+
+
+def _tokens(value: Any) -> int | None:
+    """A window size as a server states it: a positive integer, or None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _retry_after(headers: httpx.Headers) -> float | None:
     value = headers.get("retry-after")
     if value is None:
@@ -213,6 +235,9 @@ class OpenAICompatLLM:
     server-specific fields (`top_k`, `chat_template_kwargs`, ...) or override
     ours; a key set to None there is removed from the body (e.g.
     `{"reasoning_effort": None}` for servers that reject it).
+
+    `context_window` is the server's window in tokens, for `ContextBudget`;
+    left out, it is asked of the server once (`learn_context_window`).
     """
 
     def __init__(
@@ -226,6 +251,7 @@ class OpenAICompatLLM:
         stream: bool = True,
         extra_body: dict[str, Any] | None = None,
         name: str | None = None,
+        context_window: int | None = None,
     ) -> None:
         self.model = model
         self.base_url = base_url.rstrip("/")
@@ -236,6 +262,9 @@ class OpenAICompatLLM:
         self.streaming = stream
         self.extra_body = dict(extra_body or {})
         self.name = name or f"openai:{model}"
+        self.context_window = context_window
+        self._window_asked = context_window is not None
+        self._window_lock = threading.Lock()
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
@@ -245,6 +274,95 @@ class OpenAICompatLLM:
     @property
     def url(self) -> str:
         return f"{self.base_url}/chat/completions"
+
+    # -- context window ----------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """False until the context window is known or was asked for.
+
+        The loop prepares a run's context budget on a worker thread while the
+        backend is not `loaded`, so the blocking lookup below never stalls the
+        event loop (other runs, or `agent serve` in the same process, keep
+        going); once it was asked, the answer is cached and costs nothing.
+        A sync lookup there is simpler and as correct as learning the window
+        at the first request: the budget must fit the very first prompt.
+        """
+        return self._window_asked
+
+    def learn_context_window(self) -> int | None:
+        """The server's context window: the one given, else asked of the server once (blocking).
+
+        Tried in turn: `max_model_len` on our model's entry in `GET
+        {base_url}/models` (vLLM, SGLang, `agent serve`), then llama.cpp's
+        runtime `n_ctx` in `GET /props` at the server root, then the
+        `meta.n_ctx_train` of its model entry. A server that tells none of
+        these, or cannot be reached, gives None and a log line; the run goes
+        on, and a real request reports a real connection error.
+        """
+        if self._window_asked:
+            return self.context_window
+        with self._window_lock:  # concurrent runs sharing this backend ask once
+            if not self._window_asked:
+                self.context_window = self._ask_context_window()
+                self._window_asked = True
+        return self.context_window
+
+    def _ask_context_window(self) -> int | None:
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        timeout = httpx.Timeout(min(self.timeout, WINDOW_LOOKUP_TIMEOUT))
+        with httpx.Client(timeout=timeout, headers=headers) as client:
+            misses: list[str] = []
+
+            def get(url: str) -> Any:
+                """The JSON at `url`, or None for an error status or a body that is not JSON."""
+                try:
+                    response = client.get(url)
+                    if response.status_code >= 400:
+                        misses.append(f"HTTP {response.status_code} from {url}")
+                        return None
+                    return response.json()
+                except ValueError:
+                    misses.append(f"{url} is not JSON")
+                    return None
+
+            try:
+                entry = _model_entry(get(f"{self.base_url}/models"), self.model)
+                found: list[tuple[str, int | None]] = [("max_model_len", _tokens(entry.get("max_model_len")))]
+                if found[0][1] is None:  # llama.cpp: the runtime window first, then the trained one
+                    props = get(f"{self.base_url.removesuffix('/v1')}/props")
+                    settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+                    meta = entry.get("meta")
+                    found += [
+                        (
+                            "n_ctx of /props",
+                            _tokens(settings.get("n_ctx")) if isinstance(settings, dict) else None,
+                        ),
+                        (
+                            "meta.n_ctx_train",
+                            _tokens(meta.get("n_ctx_train")) if isinstance(meta, dict) else None,
+                        ),
+                    ]
+            except (httpx.TransportError, httpx.InvalidURL) as e:
+                # Not a warning: the run's first request reports the same fault, and fails.
+                log.info("%s: could not ask %s for its context window: %r", self.name, self.base_url, e)
+                return None
+        for source, window in found:
+            if window is not None:
+                log.info(
+                    "%s: context window of %d tokens (%s at %s)", self.name, window, source, self.base_url
+                )
+                return window
+        log.warning(
+            "%s: the server at %s does not report its context window%s, so prompts are not fitted to it; "
+            "give one with --context-window or context_window=",
+            self.name,
+            self.base_url,
+            f" ({'; '.join(misses)})" if misses else "",
+        )
+        return None
 
     # -- client ------------------------------------------------------------------
 

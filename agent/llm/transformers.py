@@ -492,7 +492,10 @@ class TransformersLLM:
                     f"model {source!r} is not a local path and is not in the Hugging Face cache "
                     f"(models load offline); download it first, e.g. `hf download {source}`: {e}"
                 ) from e
-            raise LLMError(f"could not load model {str(source)!r}: {e}") from e
+            # Name the file the user gave (not its folder), and only the first line of the reason.
+            shown = Path(source) / gguf_file if gguf_file else source
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelNotFoundError(f"could not load model {str(shown)!r}: {reason}") from e
         finally:
             if bars:
                 transformers.utils.logging.enable_progress_bar()
@@ -542,6 +545,14 @@ class TransformersLLM:
                 ggufs = sorted(path.glob("*.gguf"))
                 if len(ggufs) == 1:
                     return path, ggufs[0].name
+                if ggufs:
+                    raise ModelNotFoundError(
+                        f"{str(path)!r} holds {len(ggufs)} .gguf files; give the one to load, e.g. {str(ggufs[0])!r}"
+                    )
+                raise ModelNotFoundError(
+                    f"{str(path)!r} holds no model (no config.json or .gguf file): give a model directory, "
+                    "a .gguf file or a Hugging Face id"
+                )
             return path, None
         if str(self.model_ref).endswith(".gguf") or path.is_absolute() or str(self.model_ref).startswith("."):
             raise ModelNotFoundError(f"model file or directory {str(path)!r} does not exist")
