@@ -556,24 +556,31 @@ class SqliteStore:
             self._catch_up(self._generation())
             self._data_version = version
 
-    def _catch_up(self, gen: int) -> None:
-        """Apply the change log from our generation to `gen` (inside a transaction)."""
+    def _catch_up(self, gen: int, *, reopen: bool = True) -> bool:
+        """Apply the change log from our generation to `gen` (inside a transaction).
+
+        When the log cannot bring the index up to date, the index is dropped and,
+        with `reopen`, opened afresh; False says it was dropped. `_open_index`
+        passes `reopen=False` and tries its next file: reopening from here would
+        load the same stale file again, without end.
+        """
         index = self._index
         if index is None or gen == self._gen:
-            return
+            return True
         oldest = self.conn.execute("SELECT MIN(gen) FROM changes").fetchone()[0]
-        if gen < self._gen or oldest is None or oldest > self._gen + 1:
-            # The log no longer reaches back to our generation (or the file was replaced).
+        changed: list[int] = []
+        # The log must reach back to our generation (else the file was replaced, or pruned past us).
+        stale = gen < self._gen or oldest is None or oldest > self._gen + 1
+        if not stale:
+            changed = [
+                r[0] for r in self.conn.execute("SELECT DISTINCT id FROM changes WHERE gen > ?", (self._gen,))
+            ]
+            stale = len(changed) > max(50_000, len(index))  # a rebuild is cheaper
+        if stale:
             self._index = None
-            self._open_index()
-            return
-        changed = [
-            r[0] for r in self.conn.execute("SELECT DISTINCT id FROM changes WHERE gen > ?", (self._gen,))
-        ]
-        if len(changed) > max(50_000, len(index)):
-            self._index = None
-            self._open_index()
-            return
+            if reopen:
+                self._open_index()
+            return False
         for s in range(0, len(changed), _CHUNK):
             part = changed[s : s + _CHUNK]
             rows = self.conn.execute(
@@ -587,6 +594,7 @@ class SqliteStore:
                     np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1),
                 )
         self._gen = gen
+        return True
 
     def _open_index(self) -> None:
         with self._read():
@@ -616,8 +624,7 @@ class SqliteStore:
                         time.perf_counter() - started,
                     )
                     self._index, self._gen, self._saved_gen = loaded, file_gen, file_gen
-                    self._catch_up(gen)
-                    if self._index is not None:
+                    if self._catch_up(gen, reopen=False):
                         return
             # Build from the records (in id order, so HNSW insertion order is stable).
             index: ExactIndex | HnswIndex

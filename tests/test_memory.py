@@ -495,6 +495,32 @@ def test_damaged_index_file_is_rebuilt(tmp_path):
     mem.close()
 
 
+def test_index_file_older_than_the_change_log_is_rebuilt(tmp_path):
+    """A saved index the pruned change log no longer reaches is dropped and rebuilt, not reloaded in a loop."""
+    import sqlite3
+
+    path = tmp_path / "mem.db"
+    emb = HashingEmbedder(64)
+    mem = VectorMemory(path, emb, ann_threshold=100)
+    mem.add_many([f"item {i}" for i in range(120)])
+    mem.search("item 1", k=1)  # builds the HNSW index
+    mem.flush()  # an index file at this generation
+    saved = mem.store.index_info()["saved_generation"]
+    mem.store.save_every = 10**9  # keep that file the newest
+    mem.add_many([f"later item {i}" for i in range(30)])
+    mem.store._index = None  # forget the live index: close() must not save a newer file
+    mem.close()
+    files = list((tmp_path / "mem.db.ann").glob("*.faiss"))
+    assert len(files) == 1 and files[0].stem.endswith(f"{saved:012d}")
+    with sqlite3.connect(path) as conn:  # prune the log past the file's generation
+        conn.execute("DELETE FROM changes WHERE gen <= ?", (saved + 5,))
+    mem = VectorMemory(path, emb, ann_threshold=100)
+    assert mem.search("later item 29", k=1)[0].text == "later item 29"
+    info = mem.store.index_info()
+    assert info["kind"] == "hnsw" and info["size"] == 150
+    mem.close()
+
+
 def _clustered(n, dim=64, clusters=10, seed=0):
     """Unit vectors in tight clusters, the cluster of each, and queries: query i is near cluster i % 10."""
     rng = np.random.default_rng(seed)
