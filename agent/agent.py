@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -323,10 +324,12 @@ class Agent:
 
     def _resumed_run(self, run: str | Path, *, allow_ended: bool = False) -> Run:
         path = find_run(run, self.run_dir or DEFAULT_RUN_DIR)
-        trim_torn_tail(path)
+        # Read (and so check) the log before cutting its torn tail: a file that
+        # is not a run log must be refused untouched, never trimmed.
         events = read_events(path)
         if not events:
             raise AgentError(f"run log {path} is empty; nothing to resume")
+        trim_torn_tail(path)
         state = RunState(events[0].run_id)
         for event in events:
             state.apply(event)
@@ -342,7 +345,7 @@ class Agent:
             bind = getattr(guard, "bind", None)
             run.bus.intercept(bind(run.bus, approver=self.approver) if bind else guard)
         if self.run_dir is not None:
-            run.log = RunLog(log_path or self.run_dir / f"{run.run_id}.jsonl")
+            run.log = RunLog(log_path or os.path.join(self.run_dir, f"{run.run_id}.jsonl"))
             run.bus.subscribe(run.log)
         else:
             run.log = None
@@ -360,7 +363,9 @@ class Agent:
             if run.log is not None:
                 run.log.close()
 
-    async def _iterate(self, run: Run, task: str | None, follow_up: str | None = None) -> AsyncIterator[Event]:
+    async def _iterate(
+        self, run: Run, task: str | None, follow_up: str | None = None
+    ) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         run.bus.subscribe(queue.put_nowait)
 
@@ -409,12 +414,23 @@ class Agent:
             pass
         else:
             coro.close()
-            raise AgentError("run_sync() cannot run inside an event loop; use `await agent.arun(task)` instead")
+            raise AgentError(
+                "run_sync() cannot run inside an event loop; use `await agent.arun(task)` instead"
+            )
         if self._runner is None:
             self._runner = asyncio.Runner()
+        done: list[RunResult] = []
+
+        async def run() -> None:
+            # The task's own result stays None: putting the Ctrl-C handler back,
+            # Runner.run formats the old one, main task and its result included,
+            # and a RunResult's repr cost about a tenth of a short run.
+            done.append(await coro)
+
         try:
-            return self._runner.run(coro)
+            self._runner.run(run())
         except KeyboardInterrupt:
             if self._last is None:
                 raise
             return self._result(self._last)
+        return done[0]

@@ -317,10 +317,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .runlog import find_run, read_events
 
     path = find_run(args.run, args.run_dir)
-    try:
-        events = read_events(path)
-    except UnicodeDecodeError:
-        raise AgentError(f"{path} is not a run log (not UTF-8 text)") from None
+    events = read_events(path)
     if not events:
         raise AgentError(f"run log {path} is empty; nothing to replay")
     renderer = _renderer(args)

@@ -105,6 +105,19 @@ async def _maybe_await(value: Any) -> Any:
     return await value if _pending(value) else value
 
 
+def _hooks(agent: Agent, *names: str) -> list[Callable[[Any], Any] | None]:
+    """The agent's hooks by name, None for each that is the base class's (it
+    hands its argument back unchanged): the loop then skips the call."""
+    from .agent import Agent  # once per run: a `from` import inside the loop costs more than the hook
+
+    return [
+        getattr(agent, name)
+        if name in vars(agent) or getattr(type(agent), name) is not getattr(Agent, name)
+        else None
+        for name in names
+    ]
+
+
 def _raise_effort(effort: Effort) -> Effort:
     return EFFORTS[min(EFFORTS.index(effort) + 1, len(EFFORTS) - 1)]
 
@@ -183,6 +196,7 @@ class Run:
         self._first_step = 0
         self.log: RunLog | None = None
         self._budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
+        self._should_stop, self._act, self._observe = _hooks(agent, "should_stop", "act", "observe")
         bus.subscribe(self.state.apply)
 
     # -- public control -------------------------------------------------
@@ -294,11 +308,12 @@ class Run:
     async def _step(self) -> None:
         agent = self.agent
         self._check_stop()
-        reason = agent.should_stop(self.state)
-        if _pending(reason):
-            reason = await reason
-        if reason:
-            raise _Stop("stopped", str(reason))
+        if self._should_stop is not None:
+            reason = self._should_stop(self.state)
+            if _pending(reason):
+                reason = await reason
+            if reason:
+                raise _Stop("stopped", str(reason))
         if self.state.step - self._first_step >= agent.max_steps:
             raise _Stop("max_steps", f"stopped after {agent.max_steps} steps without a final answer")
         step = self.state.step + 1
@@ -353,25 +368,28 @@ class Run:
             self._budget = make() if getattr(self.llm, "loaded", True) else await asyncio.to_thread(make)
         if self._budget is not None:  # only the prompt is fitted; state and log keep everything
             request = self._budget.fit(request)
-        await self.bus.deliver(
-            trusted(
-                ModelRequest,
-                purpose=purpose,
-                effort=effort,
-                messages=len(request.messages),
-                tools=self._tool_names if acting else [],
-                step=step,
-            )
+        bus = self.bus
+        started = trusted(
+            ModelRequest,
+            purpose=purpose,
+            effort=effort,
+            messages=len(request.messages),
+            tools=self._tool_names if acting else [],
+            step=step,
         )
-        response = await self._with_deadline(self._stream(request, step))
+        # emit_now(...) or await emit(...): a coroutine only when the bus needs one.
+        if bus.emit_now(started, judge=False) is None:
+            await bus.deliver(started)
+        stream = self._stream(request, step)
+        response = await stream if self._deadline is None else await self._with_deadline(stream)
         # Plain writes of our own typed values: pydantic's __setattr__ costs more.
         fields = response.__dict__
         fields["step"], fields["purpose"], fields["effort"] = step, purpose, effort
-        if acting:
-            response = self.agent.act(response)
+        if acting and self._act is not None:
+            response = self._act(response)
             if _pending(response):
                 response = await response
-        decision = await self.bus.emit(response)
+        decision = bus.emit_now(response) or await bus.emit(response)
         if decision.action == "rewrite":
             response = decision.event  # type: ignore[assignment]
         elif decision.action == "halt":
@@ -410,8 +428,9 @@ class Run:
             await self._malformed(
                 FINAL_ANSWER,
                 f"Answer by calling the {FINAL_ANSWER} tool with arguments matching this schema: {schema}",
+                None,
+                "invalid_arguments",
                 step,
-                call_id=None,
             )
             return
         await self._final(response.content, None, step)
@@ -445,8 +464,9 @@ class Run:
             if resumed and call.id in self.state.started:
                 await self._settle_interrupted(call, step)
                 continue
-            prepared = await self._prepare(call, step)
-            if prepared is None:
+            prepared = self._prepare(call)
+            if type(prepared) is not _Prepared:  # a mistake to tell the model about
+                await self._malformed(*prepared, step)
                 continue
             if prepared.tool is self.final_tool:
                 final = (call, prepared.args)
@@ -471,40 +491,33 @@ class Run:
             return
         for p in ready:
             self._recent.append((p.call.name, p.call.arguments))
-        if await self._detect_loop(step):
+        pattern = self._loop_pattern()
+        if pattern is not None:
+            await self._break_loop(pattern, step)
             return
         if failed and self.agent.strategy == "plan-act-reflect":
             await self._reflect("error")
 
-    async def _prepare(self, call: ToolCallRequest, step: int) -> _Prepared | None:
-        """Check a call's name and arguments; tell the model what is wrong if not."""
+    def _prepare(self, call: ToolCallRequest) -> _Prepared | tuple[str, str, str, ToolErrorKind]:
+        """Check a call's name and arguments: the call ready to run, or what to
+        tell the model (`_malformed`'s budget key, message, call id and kind).
+        Not a coroutine: most calls are fine, and need no await."""
         if call.parse_error is not None:
-            await self._malformed(
-                call.name or "(unreadable)", self._parse_error_text(call), step, call.id, "invalid_json"
-            )
-            return None
+            return call.name or "(unreadable)", self._parse_error_text(call), call.id, "invalid_json"
         if call.name == FINAL_ANSWER:
             tool: Tool = self.final_tool
         elif call.name in self.tools:
             tool = self.tools[call.name]
         else:
             names = ", ".join(self._tool_names)
-            await self._malformed(
-                "(unknown tool)",
-                f"Unknown tool '{call.name}'. Available tools: {names}.",
-                step,
-                call.id,
-                "unknown_tool",
-            )
-            return None
+            message = f"Unknown tool '{call.name}'. Available tools: {names}."
+            return "(unknown tool)", message, call.id, "unknown_tool"
         try:
             args = tool.validate(call.arguments or {})
         except ValidationError as e:
-            await self._malformed(
-                call.name, format_validation_error(call.name, e), step, call.id, "invalid_arguments"
-            )
-            return None
-        self._retries.pop(call.name, None)
+            return call.name, format_validation_error(call.name, e), call.id, "invalid_arguments"
+        if self._retries:
+            self._retries.pop(call.name, None)
         return _Prepared(call, tool, args)
 
     @staticmethod
@@ -519,9 +532,9 @@ class Run:
         self,
         budget_key: str,
         message: str,
-        step: int,
         call_id: str | None,
-        kind: ToolErrorKind = "invalid_arguments",
+        kind: ToolErrorKind,
+        step: int,
     ) -> None:
         """A model mistake: count it against the tool's retry budget and say so."""
         used = self._retries.get(budget_key, 0) + 1
@@ -542,10 +555,10 @@ class Run:
     async def _execute(self, p: _Prepared, step: int) -> None:
         self._check_stop()
         call, tool = p.call, p.tool
-        arguments = p.args.model_dump(mode="json")
-        decision = await self.bus.emit(
-            trusted(ToolCall, call_id=call.id, name=call.name, arguments=arguments, step=step)
-        )
+        args = p.args
+        arguments = args.__pydantic_serializer__.to_python(args, mode="json")  # model_dump(mode="json")
+        event = trusted(ToolCall, call_id=call.id, name=call.name, arguments=arguments, step=step)
+        decision = self.bus.emit_now(event) or await self.bus.emit(event)
         if decision.action == "halt":
             raise _Stop("halted", decision.feedback or "halted by a guard")
         if decision.action == "block":
@@ -632,10 +645,11 @@ class Run:
             duration=time.monotonic() - started if started is not None else 0.0,
             step=step,
         )
-        result = self.agent.observe(result)
-        if _pending(result):
-            result = await result
-        decision = await self.bus.emit(result)
+        if self._observe is not None:
+            result = self._observe(result)
+            if _pending(result):
+                result = await result
+        decision = self.bus.emit_now(result) or await self.bus.emit(result)
         if decision.action == "halt":
             raise _Stop("halted", decision.feedback or "halted by a guard")
         if decision.action == "block":
@@ -680,36 +694,44 @@ class Run:
             reflection = Reflection(content=content, reason=reason, step=self.state.step)
             await self.bus.emit(await _maybe_await(self.agent.reflect(reflection)))
 
-    async def _detect_loop(self, step: int) -> bool:
-        """Same call repeated, or two calls alternating: break the pattern."""
+    def _loop_pattern(self) -> Literal["repeated", "oscillating"] | None:
+        """Same call repeated, or two calls alternating, in the recent calls."""
         recent = self._recent
         n = self.agent.loop_repeats
-        repeated = bool(recent) and len(recent) >= n and all(_same(recent[-1], c) for c in recent[-n:-1])
-        oscillating = (
+        if recent and len(recent) >= n:
+            last = recent[-1]
+            for call in recent[-n:-1]:  # a loop, not all(<genexpr>): this runs every step
+                if not _same(last, call):
+                    break
+            else:
+                return "repeated"
+        if (
             len(recent) >= 4
             and _same(recent[-1], recent[-3])
             and _same(recent[-2], recent[-4])
             and not _same(recent[-2], recent[-1])
-        )
-        if not (repeated or oscillating):
-            return False
+        ):
+            return "oscillating"
+        return None
+
+    async def _break_loop(self, pattern: Literal["repeated", "oscillating"], step: int) -> None:
+        """Tell the model (or make it reflect and replan) to break the pattern."""
         self._recent.clear()
         self._effort_boost = True
         if self.agent.strategy == "plan-act-reflect":
             await self._reflect("loop")
             await self._plan("stuck")
         else:
-            pattern = "the same call repeatedly" if repeated else "two calls in alternation"
+            what = "the same call repeatedly" if pattern == "repeated" else "two calls in alternation"
             await self.bus.emit(
                 Feedback(
-                    content=f"You are making {pattern} without progress. Try a different approach, "
+                    content=f"You are making {what} without progress. Try a different approach, "
                     "or give the final answer if you have it.",
                     reason="loop",
                     step=step,
                 ),
                 judge=False,
             )
-        return True
 
     # -- budgets and the end -----------------------------------------------
 

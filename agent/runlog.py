@@ -29,8 +29,14 @@ class RunLog:
     _fd: int | None = None  # the open log file; a class default, so __del__ works even if __init__ failed
 
     def __init__(self, path: str | Path, *, log_deltas: bool = False) -> None:
-        self.path = Path(path)
+        # Kept as given: a Path is built only when asked for (pathlib's
+        # parsing was a tenth of what starting a short run cost).
+        self._file = os.fspath(path)
         self.log_deltas = log_deltas
+
+    @property
+    def path(self) -> Path:
+        return Path(self._file)
 
     def __call__(self, event: Event) -> None:
         if not self.log_deltas and event.type == "model_delta":
@@ -47,10 +53,10 @@ class RunLog:
     def _open(self) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         try:
-            return os.open(self.path, flags, 0o644)
+            return os.open(self._file, flags, 0o644)
         except FileNotFoundError:  # the first run in this directory
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, flags, 0o644)
+            return os.open(self._file, flags, 0o644)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -95,7 +101,10 @@ def trim_torn_tail(path: str | Path) -> None:
 def read_events(path: str | Path) -> list[Event]:
     """Read a run log, skipping a torn final line from a killed process."""
     events: list[Event] = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise AgentError(f"{path} is not a run log (not UTF-8 text)") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -44,7 +44,8 @@ class RunState:
         self.system_prompt = ""
         self.messages: list[Message] = []
         self.step = 0
-        self.usage = Usage()
+        # Token counts as plain ints: summing Usage models cost a model a step.
+        self._prompt_tokens = self._completion_tokens = self._thinking_tokens = 0
         self.status: RunStatus = "running"
         self.answer: Any = None
         self.answer_text: str | None = None
@@ -66,6 +67,16 @@ class RunState:
         if handler is not None:
             handler(self, event)
 
+    @property
+    def usage(self) -> Usage:
+        """Token counts of the run so far."""
+        return trusted(
+            Usage,
+            prompt_tokens=self._prompt_tokens,
+            completion_tokens=self._completion_tokens,
+            thinking_tokens=self._thinking_tokens,
+        )
+
     def _run_started(self, event: RunStarted) -> None:
         if not event.resumed:
             self.task = event.task
@@ -78,7 +89,10 @@ class RunState:
         self.messages.append(_message("user", event.content))
 
     def _model_response(self, event: ModelResponse) -> None:
-        self.usage = self.usage + event.usage
+        usage = event.usage
+        self._prompt_tokens += usage.prompt_tokens
+        self._completion_tokens += usage.completion_tokens
+        self._thinking_tokens += usage.thinking_tokens
         if event.purpose == "act":
             self.last_response = event
             self.messages.append(

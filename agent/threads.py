@@ -31,9 +31,13 @@ def _worker() -> None:
         try:
             result = fn()
         except BaseException as e:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(_settle, future, None, e)
+            result, error = None, e
         else:
-            loop.call_soon_threadsafe(_settle, future, result, None)
+            error = None
+        try:
+            loop.call_soon_threadsafe(_settle, future, result, error)
+        except RuntimeError:  # the loop closed while the call ran (a cancelled run): nobody waits
+            pass
         with _lock:
             if _backlog:
                 _backlog -= 1  # stay busy: a queued job is waiting for this worker

@@ -170,6 +170,7 @@ def tasks_file(tmp_path, name="tasks.jsonl"):
         ("bad effort", ["run", "x", "--effort", "max"], "invalid choice: 'max'"),
         ("empty log", ["replay", "empty"], "is empty; nothing to replay"),
         ("binary log", ["replay", "binary"], "is not a run log (not UTF-8 text)"),
+        ("resume a binary log", ["resume", "binary"], "is not a run log (not UTF-8 text)"),
         ("results path is a dir", ["batch", "tasks.jsonl", "-o", ".agent"], "-o .agent is a directory"),
         ("results under a file", ["batch", "tasks.jsonl", "-o", "script.jsonl/r.jsonl"], "choose another -o"),
         (
@@ -205,6 +206,7 @@ def test_more_user_errors_are_one_clear_line(tmp_path, script, case, args, messa
     assert "Traceback" not in out.stderr and "internal error" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(("error:", f"agent {args[0]}: error:"))
     assert not (tmp_path / "r.jsonl").exists()
+    assert (runs / "binary.jsonl").read_bytes() == b"\xc4\xff\x00garbage"  # refused, never trimmed
 
 
 def test_runs_lists_unreadable_logs_instead_of_failing(tmp_path, script):

@@ -2,17 +2,23 @@
 
 Events built without validation, the unbuffered run log, the lock-free bus
 delivery, non-blocking tools on the event loop, the cheap loop-detection
-comparison and the lazy package root.
+comparison, the lazy package root, the parser's shortcuts and the agent's one
+event loop for its sync runs.
 """
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 
+import pytest
 from helpers import call, types
 
 from agent import Agent, Bus, read_events, tool
+from agent.bus import Decision
 from agent.events import (
     ModelRequest,
     ModelResponse,
@@ -23,6 +29,8 @@ from agent.events import (
     parse_event,
 )
 from agent.llm import ScriptedLLM
+from agent.llm.formats import parse_ladder, parse_output, plain_text
+from agent.llm.formats.hermes import single_call
 from agent.runlog import RunLog
 from agent.tool import tool_context
 from agent.types import Message, ToolCallRequest, Usage, trusted
@@ -162,3 +170,121 @@ def test_import_agent_loads_only_the_protocol_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["[]", "True agent.agent agent.runlog", "[]"]
+
+
+PARSE_CASES = [
+    '<tool_call>{"name": "add", "arguments": {"a": 1, "b": [2, 3.5, null, true]}}</tool_call>',
+    '  <tool_call>\n{"name": " add ", "arguments": {}}\n</tool_call>\n',
+    '<tool_call>{"name": "add", "arguments": {"x": "\u00fcn\u00ef \u2713"}, "id": "7"}</tool_call>',
+    '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call><tool_call>{"name": "b", "arguments": {}}</tool_call>',
+    '<tool_call>{"name": "add", "arguments": {"a": "<b>"}}</tool_call>',
+    '<tool_call>{"name": "add", "arguments": "{\\"a\\": 1}"}</tool_call>',
+    '<tool_call>{"name": "add", "parameters": {"a": 1}}</tool_call>',
+    '<tool_call>{"name": "add", "arguments": {"a": 1},}</tool_call>',
+    "<tool_call>{'name': 'add', 'arguments': {'a': 1}}</tool_call>",
+    '<tool_call>{"name": "", "arguments": {}}</tool_call>',
+    '<tool_call>{"name": 3, "arguments": {}}</tool_call>',
+    '<tool_call>[{"name": "add", "arguments": {}}]</tool_call>',
+    '<tool_call>{"name": "add", "arguments": {"a": 1}} {"name": "b", "arguments": {}}</tool_call>',
+    '<tool_call>```json\n{"name": "add", "arguments": {}}\n```</tool_call>',
+    '<tool_call>{"name": "add", "arguments": {"a": "[THINK]x[/THINK]"}}</tool_call>',
+    '<think>hm</think><tool_call>{"name": "add", "arguments": {}}</tool_call>',
+    '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call><|im_end|>',
+    "<tool_call></tool_call>",
+    '<tool_call>{"name": "add", "arguments": {"a": 1}</tool_call>',
+    '<tool_call>{"name": "add", "arguments": {"a": 1}}}</tool_call>',
+    "<tool_call><function=add><parameter=a>1</parameter></function></tool_call>",
+    '<|channel|>final<|message|>{"name": "add", "arguments": {}}',
+    "done",
+    "  The answer is 5.\n",
+    "",
+    "use [brackets]",
+    '{"name": "add", "arguments": {}}',
+    "call add with arguments a=1",
+    "Thinking done</think> The answer",
+    '[TOOL_CALLS] [{"name": "add", "arguments": {}}]',
+]
+
+
+def _reading(parsed):
+    calls = [
+        (c.name, c.arguments, c.raw_arguments, c.parse_error, c.model_fields_set) for c in parsed.tool_calls
+    ]
+    return parsed.content, parsed.thinking, parsed.format, parsed.model_fields_set, calls
+
+
+@pytest.mark.parametrize("text", PARSE_CASES)
+def test_parser_shortcuts_read_text_as_the_ladder_does(text):
+    fast = single_call(text) or plain_text(text)
+    slow = parse_ladder(text, None)
+    if fast is not None:
+        assert _reading(fast) == _reading(slow)
+    assert _reading(parse_output(text)) == _reading(slow)
+
+
+def test_parser_shortcuts_take_the_usual_turns():
+    assert [single_call(t) is not None for t in PARSE_CASES[:4]] == [True, True, True, False]
+    assert plain_text("done") is not None and plain_text("  The answer is 5.\n") is not None
+    assert plain_text('{"name": "add", "arguments": {}}') is None
+
+
+async def test_emit_now_delivers_only_when_nothing_would_wait():
+    bus = Bus("r1")
+    seen: list[UserMessage] = []
+    bus.subscribe(seen.append)
+    assert bus.emit_now(UserMessage(content="a")) is Decision.allow()
+
+    async def judge(event):
+        return Decision.block("no")
+
+    bus.intercept(judge)
+    assert bus.emit_now(UserMessage(content="b")) is None  # a guard must judge it: emit() does
+    assert bus.emit_now(UserMessage(content="c"), judge=False) is Decision.allow()
+
+    async def note(event):
+        pass
+
+    bus.subscribe(note)
+    assert bus.emit_now(UserMessage(content="d"), judge=False) is None
+    await bus.emit(UserMessage(content="e"), judge=False)
+    assert [(e.content, e.seq) for e in seen] == [("a", 1), ("c", 2), ("e", 3)]
+
+
+def test_one_event_loop_serves_sync_runs_from_threads_and_after_ctrl_c(run_dir):
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("Ctrl-C is handled by someone else here")
+    loops = []
+
+    @tool(blocking=False)
+    def where() -> str:
+        """Note the event loop."""
+        loops.append(asyncio.get_running_loop())
+        return "ok"
+
+    @tool
+    def slow() -> str:
+        """Take a while."""
+        time.sleep(1)
+        return "late"
+
+    turn = '<tool_call>{"name": "%s", "arguments": {}}</tool_call>'
+    script = [turn % "where", "one", turn % "where", "two", turn % "slow", turn % "where", "three"]
+    agent = Agent(ScriptedLLM(script), tools=[where, slow], run_dir=run_dir, guards=None)
+    results = [agent.run_sync("1")]
+    in_thread = threading.Thread(target=lambda: results.append(agent.run_sync("2")))
+    in_thread.start()
+    in_thread.join()
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while `slow` runs
+    results.append(agent.run_sync("3"))
+    in_thread = threading.Thread(target=lambda: results.append(agent.run_sync("4")))
+    in_thread.start()
+    in_thread.join()
+    agent.close()
+    assert [(r.status, r.answer) for r in results] == [
+        ("completed", "one"),
+        ("completed", "two"),
+        ("cancelled", None),
+        ("completed", "three"),
+    ]
+    assert len(loops) == 3 and loops[0] is loops[1] is loops[2] and loops[0].is_closed()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import LLM, LLMError, LLMRequest, complete
-from .parse import ParsedOutput, parse_output
-from .scripted import ScriptedLLM, ScriptExhausted
 
 if TYPE_CHECKING:
     from .openai_compat import OpenAICompatLLM
+    from .parse import ParsedOutput, parse_output
+    from .scripted import ScriptedLLM, ScriptExhausted
     from .transformers import TransformersLLM
 
 __all__ = [
@@ -29,7 +29,16 @@ __all__ = [
     "parse_output",
 ]
 
-_LAZY = {"OpenAICompatLLM": ".openai_compat", "TransformersLLM": ".transformers"}
+# The parsers (a dozen regular expressions per format) load with the first
+# backend that reads model text, not with `from agent import Agent`.
+_LAZY = {
+    "OpenAICompatLLM": ".openai_compat",
+    "TransformersLLM": ".transformers",
+    "ParsedOutput": ".parse",
+    "parse_output": ".parse",
+    "ScriptedLLM": ".scripted",
+    "ScriptExhausted": ".scripted",
+}
 
 
 def __getattr__(name: str) -> Any:

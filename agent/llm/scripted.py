@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..events import ModelDelta, ModelResponse
-from ..types import ToolCallRequest, Usage
+from ..types import ToolCallRequest, Usage, trusted, updated
 from .base import LLMError, LLMRequest
 from .parse import parse_output
 
@@ -56,9 +56,11 @@ class ScriptedLLM:
     def from_file(cls, path: str | Path, **kwargs: Any) -> ScriptedLLM:
         """Load a script: a JSON list, or JSON lines of strings or response dicts."""
         text = Path(path).read_text()
-        items = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()
-        ]
+        items = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
         return cls(items, name=f"scripted:{Path(path).name}", **kwargs)
 
     @property
@@ -68,7 +70,7 @@ class ScriptedLLM:
     async def stream(self, request: LLMRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
         index = len(self.requests)
         # Keep the prompt as it was: the loop goes on appending to its history.
-        self.requests.append(request.model_copy(update={"messages": list(request.messages)}))
+        self.requests.append(updated(request, messages=list(request.messages)))
         if index >= len(self.script):
             last = request.messages[-1].content[:200] if request.messages else ""
             raise ScriptExhausted(
@@ -88,27 +90,30 @@ class ScriptedLLM:
         for field in ("thinking", "content"):
             text = getattr(response, field)
             for i in range(0, len(text), self.chunk_size):
-                yield ModelDelta(**{field: text[i : i + self.chunk_size]})
+                yield trusted(ModelDelta, **{field: text[i : i + self.chunk_size]})
         yield response
 
     def _to_response(self, item: Any) -> ModelResponse:
+        if isinstance(item, str):  # first: isinstance on a pydantic class is a Python call
+            parsed = parse_output(item)
+            # The parser's values are typed already: no validation needed.
+            return trusted(
+                ModelResponse,
+                content=parsed.content,
+                thinking=parsed.thinking,
+                tool_calls=parsed.tool_calls,
+                usage=trusted(Usage, completion_tokens=max(1, len(item) // 4)),
+                finish_reason="tool_calls" if parsed.tool_calls else "stop",
+                model=self.name,
+            )
         if isinstance(item, ModelResponse):
             return item.model_copy(deep=True)
         if isinstance(item, dict):
             data = dict(item)
             data["tool_calls"] = [
-                c if isinstance(c, ToolCallRequest) else ToolCallRequest(**c) for c in data.get("tool_calls", [])
+                c if isinstance(c, ToolCallRequest) else ToolCallRequest(**c)
+                for c in data.get("tool_calls", [])
             ]
             data.setdefault("model", self.name)
             return ModelResponse(**data)
-        if isinstance(item, str):
-            parsed = parse_output(item)
-            return ModelResponse(
-                content=parsed.content,
-                thinking=parsed.thinking,
-                tool_calls=parsed.tool_calls,
-                usage=Usage(completion_tokens=max(1, len(item) // 4)),
-                finish_reason="tool_calls" if parsed.tool_calls else "stop",
-                model=self.name,
-            )
         raise TypeError(f"ScriptedLLM: cannot use a script item of type {type(item).__name__}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...types import trusted
 from .base import (
     THINK_CLOSE,
     THINK_OPEN,
@@ -32,7 +33,7 @@ from .base import (
 from .base import strip_end_tokens as strip_end_tokens
 from .fallback import JsonFallbackFormat
 from .harmony import HarmonyFormat, HarmonyReader
-from .hermes import CALL_CLOSE, CALL_OPEN, HermesFormat
+from .hermes import CALL_CLOSE, CALL_OPEN, HermesFormat, single_call
 from .jsonfix import call_from_json, calls_from_json_text, loads_lenient, repair_json
 from .llama import Llama3Format
 from .mistral import MistralFormat
@@ -84,7 +85,9 @@ __all__ = [
     "format_for_tokenizer",
     "get_format",
     "loads_lenient",
+    "parse_ladder",
     "parse_output",
+    "plain_text",
     "repair_json",
     "split_thinking",
     "stream_splitter",
@@ -127,6 +130,29 @@ def parse_output(text: str, family: str | ChatFormat | None = None) -> ParsedOut
     """Parse raw model text into content, thinking and tool calls (never raises
     on any text; an unreadable call has `parse_error` set)."""
     fmt = get_format(family)
+    if fmt is None or fmt is HERMES:
+        # Most turns are one clean Hermes call or plain text: read those
+        # straight away (a fifth of the ladder's cost or less).
+        parsed = single_call(text) or plain_text(text)
+        if parsed is not None:
+            return parsed
+    return parse_ladder(text, fmt)
+
+
+def plain_text(text: str) -> ParsedOutput | None:
+    """Text that no format can read a call or thinking from, or None.
+
+    Every format's markers hold "<" or "[", and a bare JSON call needs an
+    "arguments" or "parameters" key: without those the ladder ends in plain
+    text (the tests hold the two side by side).
+    """
+    if "<" in text or "[" in text or "arguments" in text or "parameters" in text:
+        return None
+    return trusted(ParsedOutput, content=text.strip(), thinking="", tool_calls=[], format="text")
+
+
+def parse_ladder(text: str, fmt: ChatFormat | None) -> ParsedOutput:
+    """`parse_output` without the single-call shortcut."""
     if isinstance(fmt, ResponseSchemaFormat):
         try:
             parsed = fmt.parse(text)

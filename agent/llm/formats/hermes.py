@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import re
 
-from ...types import ToolCallRequest
-from .base import ChatFormat
+from ...types import ToolCallRequest, trusted
+from .base import ChatFormat, ParsedOutput
 from .jsonfix import call_error, calls_from_json_text, loads_lenient
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 
+_scan_json = json.JSONDecoder().scan_once
 _XML_FUNCTION = re.compile(r"\s*<function=([^>\n]*)>(.*?)(?:</function>\s*)?\Z", re.DOTALL)
 _XML_PARAM = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.DOTALL)
 
@@ -48,6 +49,36 @@ def hermes_calls(body: str) -> list[ToolCallRequest]:
         if call is not None:
             return [call]
     return calls_from_json_text(body)
+
+
+def single_call(text: str) -> ParsedOutput | None:
+    """The usual turn, one `<tool_call>` block of well-formed JSON and nothing
+    else, read without the ladder; None sends any other text down the ladder.
+
+    The result is the one the ladder gives (tests hold the two side by side).
+    Every marker of the other formats, thinking tags, end tokens, a second
+    block and an XML body all contain "<", so a body without "<" (nor a
+    `[THINK]` tag, nor a code fence) can only be this one call.
+    """
+    s = text.strip()
+    if not (s.startswith(CALL_OPEN) and s.endswith(CALL_CLOSE)):
+        return None
+    body = s[len(CALL_OPEN) : -len(CALL_CLOSE)].strip()
+    if "<" in body or "```" in body or "THINK]" in body:
+        return None
+    try:  # the C scanner itself: json.loads wraps it in three Python calls and two regex matches
+        obj, end = _scan_json(body, 0)
+    except (StopIteration, ValueError):  # the ladder repairs what it can and words the error
+        return None
+    if end != len(body):
+        return None
+    if type(obj) is not dict:
+        return None
+    name, args = obj.get("name"), obj.get("arguments")
+    if type(name) is not str or type(args) is not dict or not name.strip():
+        return None
+    call = trusted(ToolCallRequest, name=name.strip(), arguments=args)
+    return trusted(ParsedOutput, content="", thinking="", tool_calls=[call], format="hermes")
 
 
 class HermesFormat(ChatFormat):
