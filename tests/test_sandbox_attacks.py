@@ -86,36 +86,30 @@ def box(request, tmp_path_factory):
 
 
 async def attack(box, code: str, run_dir, tool: PythonTool | None = None, both: bool = False) -> str:
-    """Run `code` through an agent, then two follow-up cells; the first observation (without the header).
+    """Run `code` through an agent, then follow-up cells; the first observation (without the header).
 
     The agent must keep working: the last follow-up answers. A kernel that dies a
     moment after its cell finished (killed with its parent) may instead be reported
-    by the first follow-up; with `both`, that observation is joined to the result.
+    by a later cell (one or two later on a loaded machine); with `both`, the
+    follow-ups up to the one that reports it are joined to the result.
     """
-    llm = ScriptedLLM(
-        [
-            call("python", code=code),
-            call("python", code="print(1+1)"),
-            call("python", code="print(2+2)"),
-            "done",
-        ]
-    )
+    follow_ups = ["print(1+1)", "print(2+2)", "print(3+3)"]
+    llm = ScriptedLLM([call("python", code=code), *(call("python", code=c) for c in follow_ups), "done"])
     # guards=None: these attacks test the sandbox itself; the default guards
     # would block several of them (fork bomb, /etc/shadow) before they ran.
     agent = Agent(llm, tools=[tool or box.tool], run_dir=run_dir, guards=None)
     result = await agent.arun("attack")
     assert result.ok, result.error
     observations = [e for e in result.events if e.type == "tool_result"]
-    assert len(observations) == 3
-    follow, last = observations[1], observations[2]
-    assert not last.is_error and last.content.splitlines()[-1] == "4", last.content
-    if both:
-        assert follow.content.splitlines()[-1] == "2" or "The Python kernel died" in follow.content, (
-            follow.content
-        )
-    else:
-        assert not follow.is_error and follow.content.splitlines()[-1] == "2", follow.content
-    text = observations[0].content + ("\n" + follow.content if both else "")
+    assert len(observations) == 1 + len(follow_ups)
+    last = observations[-1]
+    assert not last.is_error and last.content.splitlines()[-1] == "6", last.content
+    text = observations[0].content
+    for follow, answer in zip(observations[1:-1], ("2", "4"), strict=True):
+        if both and "The Python kernel died" in follow.content and "died" not in text:
+            text += "\n" + follow.content
+        else:
+            assert not follow.is_error and follow.content.splitlines()[-1] == answer, follow.content
     return "\n".join(line for line in text.splitlines() if not line.startswith("[python kernel: "))
 
 
@@ -276,7 +270,7 @@ async def test_kill_the_parent(box, run_dir):
         assert "PermissionError" in out  # the parent is bwrap's init, running as root
         record(box.level, "os.kill(os.getppid(), SIGKILL)", "PermissionError (parent is bwrap's init)")
     elif box.level in PID_ISOLATED:
-        assert "parent 1\n" in out and "died" not in out  # the namespace's init ignores signals from inside
+        assert "parent 1" in out.splitlines() and "died" not in out  # the namespace's init ignores signals from inside
         record(box.level, "os.kill(os.getppid(), SIGKILL)", "no effect (parent is the namespace's init)")
     else:
         assert "The Python kernel died" in out and "a fresh kernel is ready" in out
