@@ -270,7 +270,8 @@ async def test_kill_the_parent(box, run_dir):
         assert "PermissionError" in out  # the parent is bwrap's init, running as root
         record(box.level, "os.kill(os.getppid(), SIGKILL)", "PermissionError (parent is bwrap's init)")
     elif box.level in PID_ISOLATED:
-        assert "parent 1" in out.splitlines() and "died" not in out  # the namespace's init ignores signals from inside
+        # the namespace's init ignores signals from inside
+        assert "parent 1" in out.splitlines() and "died" not in out
         record(box.level, "os.kill(os.getppid(), SIGKILL)", "no effect (parent is the namespace's init)")
     else:
         assert "The Python kernel died" in out and "a fresh kernel is ready" in out
