@@ -71,8 +71,11 @@ class Terminal:
         self.tmux("send-keys", "-t", "chat", "-l", line)
         self.send("Enter")
 
-    def wait_for(self, text: str, count: int = 1, timeout: float = 10.0) -> str:
-        """Poll the screen until `text` shows `count` times; fail with the screen."""
+    def wait_for(self, text: str, count: int = 1, timeout: float = 30.0) -> str:
+        """Poll the screen until `text` shows `count` times; fail with the screen.
+
+        The timeout is generous: on a loaded 2-core machine starting `agent chat`
+        alone has taken several seconds, and a passing test never waits it out."""
         deadline = time.monotonic() + timeout
         while True:
             screen = self.screen()
