@@ -156,8 +156,9 @@ def probe(fw: Framework) -> None:
             fw.skip = f"cannot import {fw.module} in .bench-venv: {last}"
 
 
-def run_once(fw: Framework, n: int, reps: int, timeout: float) -> None:
+def run_once(fw: Framework, n: int, reps: int, timeout: float, warmup: int = 1) -> None:
     cmd = [str(fw.python), str(PEERS / fw.script), *fw.args, "--n", str(n), "--reps", str(reps)]
+    cmd += ["--warmup", str(warmup)]
     try:
         res = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, env=child_env(fw), cwd=REPO
@@ -356,6 +357,9 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds per N (each runs every framework once)")
     parser.add_argument("--reps", type=int, default=3, help="timed runs per framework per round")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs per subprocess before the timed ones (default 1)"
+    )
     parser.add_argument("--ns", default="10,50,200", help="comma-separated tool-call counts")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 1 rep")
     parser.add_argument("--only", default="", help="comma-separated framework keys to run (default: all)")
@@ -402,7 +406,7 @@ def main() -> int:
     print("Machine")
     for k, v in info.items():
         print(f"  {k}: {v}")
-    print(f"Settings: N={ns}, rounds={args.rounds}, reps/round={args.reps} (+1 warm-up per subprocess)")
+    print(f"Settings: N={ns}, rounds={args.rounds}, reps/round={args.reps} (+{args.warmup} warm-up per subprocess)")
     if hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores / 2:
         print(
             f"WARNING: the machine is busy (load {os.getloadavg()[0]:.2f} on {cores} cores); timings will be noisy"
@@ -437,7 +441,7 @@ def main() -> int:
                 if fw.skip:
                     continue
                 before = len(fw.errors)
-                run_once(fw, n, args.reps, args.timeout)
+                run_once(fw, n, args.reps, args.timeout, args.warmup)
                 if len(fw.errors) > before:
                     print(f"ERROR {fw.key}: {fw.errors[-1]}", file=sys.stderr)
             elapsed = time.perf_counter() - started
@@ -506,7 +510,7 @@ def main() -> int:
     if args.json_path:
         out = {
             "machine": info,
-            "settings": {"ns": ns, "rounds": args.rounds, "reps": args.reps},
+            "settings": {"ns": ns, "rounds": args.rounds, "reps": args.reps, "warmup": args.warmup},
             "results": summary,
             "raw_times_s": {f.key: {str(n): t for n, t in f.times.items()} for f in fws if f.times},
             "raw_cpu_s": {f.key: {str(n): t for n, t in f.cpu.items()} for f in fws if f.cpu},

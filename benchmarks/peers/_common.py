@@ -23,7 +23,8 @@ from collections.abc import Callable
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--n", type=int, default=10, help="number of tool-calling turns")
-    parser.add_argument("--reps", type=int, default=3, help="timed runs after one warm-up run")
+    parser.add_argument("--reps", type=int, default=3, help="timed runs after the warm-up runs")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (imports, caches)")
     return parser.parse_args()
 
 
@@ -35,8 +36,9 @@ def measure(
 ) -> None:
     args = parse_args(f"{framework} loop overhead")
     n, reps = args.n, args.reps
-    run, verify = make_run(n)  # warm-up: imports, caches, first-call costs
-    verify(run())
+    for _ in range(max(1, args.warmup)):  # warm-up: imports, caches, first-call costs
+        run, verify = make_run(n)
+        verify(run())
     times: list[float] = []
     cpu_times: list[float] = []
     for _ in range(reps):
