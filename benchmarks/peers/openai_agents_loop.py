@@ -3,7 +3,9 @@
 ``get_response`` returns a Responses-API ``ResponseFunctionToolCall`` for
 ``noop`` (argument i) per turn, then an assistant ``ResponseOutputMessage``
 with the text "done".  Tracing is disabled globally and per run;
-``max_turns`` is raised to N + 5 (the default is 10).
+``max_turns`` is raised to N + 5 (the default is 10). ``stream_response``
+gives the same turn as one ``response.completed`` event, so
+``Runner.run_streamed`` works too; the benchmark times ``Runner.run_sync``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from agents import (  # noqa: E402
     set_tracing_disabled,
 )
 from openai.types.responses import (  # noqa: E402
+    Response,
+    ResponseCompletedEvent,
     ResponseFunctionToolCall,
     ResponseOutputMessage,
     ResponseOutputText,
@@ -80,8 +84,19 @@ class ScriptedModel(Model):
             raise RuntimeError(f"scripted model asked for turn {i + 1}, script has {self.n + 1}")
         return ModelResponse(output=[item], usage=Usage(requests=1), response_id=None)
 
-    def stream_response(self, *args, **kwargs):
-        raise NotImplementedError("the benchmark uses non-streamed runs only")
+    async def stream_response(self, *args, **kwargs):
+        turn = await self.get_response(*args, **kwargs)
+        response = Response(
+            id=f"resp_{self.turn}",
+            created_at=0,
+            model="scripted",
+            object="response",
+            output=turn.output,
+            parallel_tool_calls=False,
+            tool_choice="auto",
+            tools=[],
+        )
+        yield ResponseCompletedEvent(type="response.completed", sequence_number=0, response=response)
 
 
 def make_run(n: int):
