@@ -309,52 +309,52 @@ class OpenAICompatLLM:
         return self.context_window
 
     def _ask_context_window(self) -> int | None:
-        headers = {"Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        misses: list[str] = []
         timeout = httpx.Timeout(min(self.timeout, WINDOW_LOOKUP_TIMEOUT))
-        with httpx.Client(timeout=timeout, headers=headers) as client:
-            misses: list[str] = []
+        with httpx.Client(timeout=timeout, headers=self._headers()) as client:
 
-            def get(url: str) -> Any:
-                """The JSON at `url`, or None for an error status or a body that is not JSON."""
+            def get(url: str) -> dict[str, Any]:
+                """The JSON object at `url`; {} for anything else (noting an error status or bad JSON)."""
+                response = client.get(url)
+                if response.status_code >= 400:
+                    misses.append(f"HTTP {response.status_code} from {url}")
+                    return {}
                 try:
-                    response = client.get(url)
-                    if response.status_code >= 400:
-                        misses.append(f"HTTP {response.status_code} from {url}")
-                        return None
-                    return response.json()
+                    body = response.json()
                 except ValueError:
                     misses.append(f"{url} is not JSON")
-                    return None
+                    return {}
+                return body if isinstance(body, dict) else {}
+
+            def field(obj: Any, key: str) -> Any:
+                return obj.get(key) if isinstance(obj, dict) else None
 
             try:
                 entry = _model_entry(get(f"{self.base_url}/models"), self.model)
-                found: list[tuple[str, int | None]] = [("max_model_len", _tokens(entry.get("max_model_len")))]
-                if found[0][1] is None:  # llama.cpp: the runtime window first, then the trained one
-                    props = get(f"{self.base_url.removesuffix('/v1')}/props")
-                    settings = props.get("default_generation_settings") if isinstance(props, dict) else None
-                    meta = entry.get("meta")
-                    found += [
-                        (
-                            "n_ctx of /props",
-                            _tokens(settings.get("n_ctx")) if isinstance(settings, dict) else None,
-                        ),
-                        (
-                            "meta.n_ctx_train",
-                            _tokens(meta.get("n_ctx_train")) if isinstance(meta, dict) else None,
-                        ),
-                    ]
+                props = f"{self.base_url.removesuffix('/v1')}/props"
+                found = (  # vLLM and SGLang; then llama.cpp's runtime window, then its trained one
+                    ("max_model_len", lambda: field(entry, "max_model_len")),
+                    (
+                        "n_ctx of /props",
+                        lambda: field(get(props).get("default_generation_settings"), "n_ctx"),
+                    ),
+                    ("meta.n_ctx_train", lambda: field(entry.get("meta"), "n_ctx_train")),
+                )
+                for source, read in found:  # asked in turn: /props only when /models did not tell
+                    window = _tokens(read())
+                    if window is not None:
+                        log.info(
+                            "%s: context window of %d tokens (%s at %s)",
+                            self.name,
+                            window,
+                            source,
+                            self.base_url,
+                        )
+                        return window
             except (httpx.TransportError, httpx.InvalidURL) as e:
                 # Not a warning: the run's first request reports the same fault, and fails.
                 log.info("%s: could not ask %s for its context window: %r", self.name, self.base_url, e)
                 return None
-        for source, window in found:
-            if window is not None:
-                log.info(
-                    "%s: context window of %d tokens (%s at %s)", self.name, window, source, self.base_url
-                )
-                return window
         log.warning(
             "%s: the server at %s does not report its context window%s, so prompts are not fitted to it; "
             "give one with --context-window or context_window=",
@@ -366,14 +366,17 @@ class OpenAICompatLLM:
 
     # -- client ------------------------------------------------------------------
 
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
     def _get_client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._client is None or self._client.is_closed or self._client_loop is not loop:
             # A client is bound to the loop that made it; a new loop needs a new one.
-            headers = {"Accept": "application/json"}
-            if self.api_key:
-                headers["Authorization"] = f"Bearer {self.api_key}"
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=headers)
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=self._headers())
             self._client_loop = loop
         return self._client
 
