@@ -410,9 +410,10 @@ def run_cli(args: Any) -> int:
         context_window=getattr(args, "context_window", None),
     )
     if args.executor == "local":
-        # Load the shared model before the clock starts, and build one agent: a bad model path,
-        # tool name or context window is one error now rather than a failed result per task.
-        spec.build(tasks[0])
+        # Load the shared model before the clock starts, and build one agent with the default
+        # tools: a bad model path, --tools name or context window is one error now rather than a
+        # failed result per task (a task's own bad tools stay that task's result).
+        spec.build(tasks[0].model_copy(update={"tools": None})).close()
     err = Console(stderr=True)
     bar = Bar(
         TextColumn("[bold]batch"),
