@@ -22,6 +22,8 @@ import os
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +147,19 @@ def huge_pages(regions: list[tuple[int, int]]) -> threading.Thread | None:
     return thread
 
 
+@contextmanager
+def _faiss_threads(n: int) -> Iterator[None]:
+    """faiss's OpenMP thread count set to `n` for the block (it is process-wide)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def _id_table(ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """A dense record id -> position table (-1: absent). Store ids are small, dense integers."""
     table = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)
@@ -255,7 +270,6 @@ class HnswIndex:
                 self.bitmap[p >> 3] &= ~(1 << (p & 7)) & 0xFF
 
     def upsert(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        import faiss
 
         ids = np.asarray(ids, dtype=np.int64)
         vecs = np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1, self.dim)
@@ -263,14 +277,10 @@ class HnswIndex:
             return
         self.remove(ids)
         start = self.ntotal
-        before = faiss.omp_get_max_threads()
         # A large batch is added in parallel; one query never is (faiss only
         # parallelises over queries), so the thread count only matters here.
-        faiss.omp_set_num_threads(self.threads if len(ids) > 1000 else 1)
-        try:
+        with _faiss_threads(self.threads if len(ids) > 1000 else 1):
             self.index.add(vecs)
-        finally:
-            faiss.omp_set_num_threads(before)
         end = self.ntotal
         self._changed()  # cached selectors point at the bitmap replaced below
         self.labels = np.concatenate([self.labels, ids])
@@ -326,10 +336,8 @@ class HnswIndex:
         scores = np.empty(len(positions), dtype=np.float32)
         if len(positions):
             query = np.ascontiguousarray(query, dtype=np.float32)
-            before = faiss.omp_get_max_threads()
             # One query is one loop iteration: an OpenMP team would only wait for itself (ms when loaded).
-            faiss.omp_set_num_threads(1)
-            try:
+            with _faiss_threads(1):
                 faiss.fvec_inner_products_by_idx(
                     faiss.swig_ptr(scores),
                     faiss.swig_ptr(query),
@@ -339,8 +347,6 @@ class HnswIndex:
                     1,
                     len(positions),
                 )
-            finally:
-                faiss.omp_set_num_threads(before)
         return _top(self.labels[positions], scores, k)
 
     def search_among(
