@@ -82,6 +82,14 @@ _EXACT_AMONG = 30_000  # matches of a filter scored exactly in any case (a few m
 _MAX_EF = 4096  # the widest restricted HNSW search
 
 
+def _id_chunks(ids: Sequence[int]) -> Iterator[tuple[list[int], str]]:
+    """`ids` in runs that fit one `IN (...)`, each with its `?,?,...` placeholders."""
+    ids = list(ids)
+    for s in range(0, len(ids), _CHUNK):
+        part = ids[s : s + _CHUNK]
+        yield part, ",".join("?" * len(part))
+
+
 def _exact_limit(ef: int, m: int) -> int:
     """Most matches to score exactly rather than walk the graph restricted to them with `ef`.
 
@@ -295,11 +303,8 @@ class SqliteStore:
             before = self._generation()
             if self._index is not None and before != self._gen:
                 self._catch_up(before)
-            for s in range(0, len(ids), _CHUNK):
-                part = ids[s : s + _CHUNK]
-                deleted += self.conn.execute(
-                    f"DELETE FROM records WHERE id IN ({','.join('?' * len(part))})", part
-                ).rowcount
+            for part, marks in _id_chunks(ids):
+                deleted += self.conn.execute(f"DELETE FROM records WHERE id IN ({marks})", part).rowcount
             after = self._generation()
         self._applied(after, remove=ids)
         return deleted
@@ -376,12 +381,9 @@ class SqliteStore:
 
     def _rows(self, ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
         out: dict[int, tuple[Any, ...]] = {}
-        ids = list(ids)
-        for s in range(0, len(ids), _CHUNK):
-            part = ids[s : s + _CHUNK]
+        for part, marks in _id_chunks(ids):
             for row in self.conn.execute(
-                "SELECT id, text, metadata, source_run, source_seq, time FROM records "
-                f"WHERE id IN ({','.join('?' * len(part))})",
+                f"SELECT id, text, metadata, source_run, source_seq, time FROM records WHERE id IN ({marks})",
                 part,
             ):
                 out[row[0]] = row
@@ -502,16 +504,9 @@ class SqliteStore:
     def _matching(self, sql: str, params: list[Any], ids: np.ndarray) -> np.ndarray:
         """Those of `ids` whose records match."""
         found: list[int] = []
-        cand = ids.tolist()
-        for s in range(0, len(cand), _CHUNK):
-            part = cand[s : s + _CHUNK]
-            found.extend(
-                r[0]
-                for r in self.conn.execute(
-                    f"SELECT id FROM records WHERE id IN ({','.join('?' * len(part))}) AND {sql}",
-                    (*part, *params),
-                )
-            )
+        for part, marks in _id_chunks(ids.tolist()):
+            query = f"SELECT id FROM records WHERE id IN ({marks}) AND {sql}"
+            found.extend(r[0] for r in self.conn.execute(query, (*part, *params)))
         return np.asarray(found, dtype=np.int64)
 
     # -- the index ---------------------------------------------------------------
@@ -581,11 +576,8 @@ class SqliteStore:
             if reopen:
                 self._open_index()
             return False
-        for s in range(0, len(changed), _CHUNK):
-            part = changed[s : s + _CHUNK]
-            rows = self.conn.execute(
-                f"SELECT id, vector FROM vectors WHERE id IN ({','.join('?' * len(part))})", part
-            ).fetchall()
+        for part, marks in _id_chunks(changed):
+            rows = self.conn.execute(f"SELECT id, vector FROM vectors WHERE id IN ({marks})", part).fetchall()
             present = {r[0] for r in rows}
             index.remove([i for i in part if i not in present])
             if rows:
