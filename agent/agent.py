@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import sync
 from .bus import Bus
 from .errors import AgentError
 from .events import Event, ModelResponse, Plan, Reflection, RunStatus, ToolResult
@@ -186,9 +187,10 @@ class Agent:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._runs: list[Run] = []
         self._last: Run | None = None
-        # One event loop for all sync calls, so tools that hold async resources
-        # (kernels, HTTP clients) keep working from one run_sync to the next.
-        self._runner: asyncio.Runner | None = None
+        # The event loop of sync calls (see `agent.sync`): the first caller's
+        # thread's, kept so tools that hold async resources (kernels, HTTP
+        # clients) keep working from one run_sync to the next.
+        self._loop: sync.LoopHandle | None = None
 
     # -- hooks -------------------------------------------------------------
 
@@ -287,13 +289,9 @@ class Agent:
             await aclose()
 
     def close(self) -> None:
-        """`aclose` from synchronous code; the agent's event loop ends too."""
-        if self._runner is not None:
-            self._runner.run(self.aclose())
-            self._runner.close()
-            self._runner = None
-        else:
-            asyncio.run(self.aclose())
+        """`aclose` from synchronous code, on the event loop the agent's sync calls used."""
+        handle, self._loop = self._loop, None
+        sync.run(self.aclose(), handle)
 
     def __enter__(self) -> Agent:
         return self
@@ -417,20 +415,11 @@ class Agent:
             raise AgentError(
                 "run_sync() cannot run inside an event loop; use `await agent.arun(task)` instead"
             )
-        if self._runner is None:
-            self._runner = asyncio.Runner()
-        done: list[RunResult] = []
-
-        async def run() -> None:
-            # The task's own result stays None: putting the Ctrl-C handler back,
-            # Runner.run formats the old one, main task and its result included,
-            # and a RunResult's repr cost about a tenth of a short run.
-            done.append(await coro)
-
+        if self._loop is None or self._loop.loop.is_closed():
+            self._loop = sync.thread_loop()
         try:
-            self._runner.run(run())
+            return sync.run(coro, self._loop)
         except KeyboardInterrupt:
             if self._last is None:
                 raise
             return self._result(self._last)
-        return done[0]

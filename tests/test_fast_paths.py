@@ -16,6 +16,7 @@ import time
 
 import pytest
 from helpers import call, types
+from pydantic import BaseModel
 
 from agent import Agent, Bus, read_events, tool
 from agent.bus import Decision
@@ -32,7 +33,7 @@ from agent.llm import ScriptedLLM
 from agent.llm.formats import parse_ladder, parse_output, plain_text
 from agent.llm.formats.hermes import single_call
 from agent.runlog import RunLog
-from agent.tool import tool_context
+from agent.tool import Tool, tool_context
 from agent.types import Message, ToolCallRequest, Usage, trusted
 
 
@@ -286,5 +287,81 @@ def test_one_event_loop_serves_sync_runs_from_threads_and_after_ctrl_c(run_dir):
         ("cancelled", None),
         ("completed", "three"),
     ]
-    assert len(loops) == 3 and loops[0] is loops[1] is loops[2] and loops[0].is_closed()
+    assert len(loops) == 3 and loops[0] is loops[1] is loops[2]
+    assert not loops[0].is_closed()  # this thread's loop: other agents go on using it
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_agents_of_one_thread_share_its_loop_and_an_async_resource(run_dir):
+    class Upper(Tool):
+        """A client of a server task it starts on first use, as kernels and HTTP pools do."""
+
+        name = "upper"
+        description = "Upper-case a text."
+
+        class Args(BaseModel):
+            text: str
+
+        def __init__(self) -> None:
+            self.server: asyncio.Task | None = None
+
+        async def run(self, args: BaseModel) -> str:
+            if self.server is None:
+                self.requests: asyncio.Queue[str] = asyncio.Queue()
+                self.replies: asyncio.Queue[str] = asyncio.Queue()
+                self.server = asyncio.create_task(self._serve())
+            await self.requests.put(args.text)
+            return await asyncio.wait_for(self.replies.get(), 5)
+
+        async def _serve(self) -> None:
+            while True:
+                self.replies.put_nowait((await self.requests.get()).upper())
+
+        async def aclose(self) -> None:
+            if self.server is not None:
+                self.server.cancel()
+
+    upper = Upper()  # one tool object shared by two agents
+    agents = [
+        Agent(
+            ScriptedLLM(
+                [f'<tool_call>{{"name": "upper", "arguments": {{"text": "{word}"}}}}</tool_call>', "ok"]
+            ),
+            tools=[upper],
+            run_dir=run_dir,
+            guards=None,
+        )
+        for word in ("one", "two")
+    ]
+    results = [agent.run_sync("go") for agent in agents]
+    for agent in agents:
+        agent.close()
+    outputs = [next(e.content for e in r.events if e.type == "tool_result") for r in results]
+    assert outputs == ["ONE", "TWO"]
+
+
+def test_a_thread_loop_closes_once_its_thread_and_agents_are_gone(run_dir):
+    import gc
+
+    loops = []
+
+    @tool(blocking=False)
+    def where() -> str:
+        """Note the event loop."""
+        loops.append(asyncio.get_running_loop())
+        return "ok"
+
+    def work() -> None:
+        agent = Agent(
+            ScriptedLLM(['<tool_call>{"name": "where", "arguments": {}}</tool_call>', "done"]),
+            tools=[where],
+            run_dir=run_dir,
+            guards=None,
+        )
+        assert agent.run_sync("go").answer == "done"
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    gc.collect()
+    assert len(loops) == 1 and loops[0].is_closed()

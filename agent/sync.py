@@ -1,0 +1,133 @@
+"""Sync entry points: run a coroutine to its end on an event loop kept open.
+
+`Agent.run_sync` and friends run on one event loop per thread, shared by
+every agent that thread runs, instead of a new loop per agent. Async
+resources an agent's tools or model hold (kernels, HTTP clients) then keep
+working from one call to the next, and a model object shared by two agents
+works for both. An agent keeps the loop it first ran on, even when it is
+called from another thread later. A loop closes when nothing uses it any
+more: its thread has ended and no agent holds it, or the interpreter exits.
+
+Ctrl-C behaves as under `asyncio.run`: the first cancels the running
+coroutine, which may clean up (a run records "cancelled"), and the call then
+raises KeyboardInterrupt; a second one raises at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+import weakref
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+try:  # the C module: `signal`'s wrappers turn handlers into enums, a tenth of a short run
+    import _signal as _sig
+except ImportError:  # pragma: no cover - other interpreters
+    import signal as _sig  # type: ignore[no-redef]
+
+T = TypeVar("T")
+
+
+class LoopHandle:
+    """An event loop, closed when the last holder lets go of it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        _handles.add(self)
+
+    def close(self) -> None:
+        loop = self.loop
+        if loop.is_closed() or loop.is_running():
+            return
+        try:
+            _cancel_pending(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit parts of asyncio may be gone
+            pass
+
+
+_handles: weakref.WeakSet[LoopHandle] = weakref.WeakSet()
+_local = threading.local()
+
+
+def thread_loop() -> LoopHandle:
+    """This thread's loop for sync entry points, made on first use."""
+    handle: LoopHandle | None = getattr(_local, "handle", None)
+    if handle is None or handle.loop.is_closed():
+        handle = _local.handle = LoopHandle()
+    return handle
+
+
+def run(coro: Coroutine[Any, Any, T], handle: LoopHandle | None = None) -> T:
+    """Run `coro` to its end on `handle`'s loop (this thread's by default)."""
+    if asyncio._get_running_loop() is not None:
+        coro.close()
+        raise RuntimeError("cannot run a coroutine to its end inside a running event loop; await it")
+    loop = (handle or thread_loop()).loop
+    if loop.is_running():  # another thread is running it
+        coro.close()
+        raise RuntimeError("this event loop is busy in another thread; run one call at a time")
+    task = loop.create_task(coro)
+    interrupts = 0
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1 and not task.done():
+            task.cancel()
+            loop.call_soon_threadsafe(_wake)  # select() may be waiting with a long timeout
+            return
+        raise KeyboardInterrupt()
+
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        try:
+            if _sig.getsignal(_sig.SIGINT) is _sig.default_int_handler:
+                _sig.signal(_sig.SIGINT, on_sigint)
+                handler = on_sigint
+        except ValueError:  # an embedded interpreter without signal handling
+            handler = None
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if interrupts and task.uncancel() == 0:
+            raise KeyboardInterrupt() from None
+        raise
+    finally:
+        if handler is not None and _sig.getsignal(_sig.SIGINT) is handler:
+            _sig.signal(_sig.SIGINT, _sig.default_int_handler)
+        if not task.done():  # a second Ctrl-C left it running: let it clean up, then go on
+            task.cancel()
+            try:
+                loop.run_until_complete(task)
+            except BaseException:
+                pass
+
+
+def _wake() -> None:
+    pass
+
+
+def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in pending:
+        t.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
+@atexit.register
+def _close_all() -> None:
+    for handle in list(_handles):
+        try:
+            handle.close()
+        except Exception:
+            pass
