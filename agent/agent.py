@@ -19,7 +19,7 @@ from .loop import Approver, Run, bind_tools
 from .runlog import DEFAULT_RUN_DIR, RunLog, find_run, new_run_id, read_events, trim_torn_tail
 from .state import RunState
 from .tool import Tool
-from .types import EFFORTS, Effort, Usage
+from .types import EFFORTS, Effort, Usage, trusted
 
 if TYPE_CHECKING:
     from memory.context import ContextBudget
@@ -210,15 +210,14 @@ class Agent:
 
         if isinstance(self.context_window, ContextBudget):
             return self.context_window.clone()
-        root = self.workspace
-        if root is None and self.run_dir is not None:
-            root = Path.cwd()
-        return ContextBudget.for_model(
-            self.model,
-            window=self.context_window,
-            spill_dir=root / OBSERVATIONS_DIR if root is not None else None,
-            read_root=root,
-        )
+        budget = ContextBudget.for_model(self.model, window=self.context_window)
+        if budget is not None:  # where cut tool results go: paths only for a budget that may cut
+            root = self.workspace
+            if root is None and self.run_dir is not None:
+                root = Path.cwd()
+            if root is not None:
+                budget.spill_dir, budget.read_root = root / OBSERVATIONS_DIR, root
+        return budget
 
     # Each hook takes one typed object and returns it, changed or not; a hook
     # may be sync or async. They run inside the loop, so a subclass changes
@@ -394,7 +393,9 @@ class Agent:
     def _result(self, run: Run) -> RunResult:
         state = run.state
         log = run.log
-        return RunResult(
+        # Values of our own types: built without validating a list of every event.
+        return trusted(
+            RunResult,
             run_id=run.run_id,
             status=state.status,
             answer=state.answer,
@@ -402,7 +403,7 @@ class Agent:
             steps=state.step,
             usage=state.usage,
             events=state.events,
-            log_path=str(log.path) if log is not None else None,
+            log_path=log.file if log is not None else None,
         )
 
     def _sync(self, coro: Any) -> RunResult:

@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import json
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -105,17 +106,25 @@ async def _maybe_await(value: Any) -> Any:
     return await value if _pending(value) else value
 
 
+_overridden: weakref.WeakKeyDictionary[type, dict[tuple[str, ...], tuple[bool, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _hooks(agent: Agent, *names: str) -> list[Callable[[Any], Any] | None]:
     """The agent's hooks by name, None for each that is the base class's (it
     hands its argument back unchanged): the loop then skips the call."""
-    from .agent import Agent  # once per run: a `from` import inside the loop costs more than the hook
+    cls = type(agent)
+    known = _overridden.get(cls)
+    if known is None:
+        known = _overridden[cls] = {}
+    overridden = known.get(names)
+    if overridden is None:  # once per agent class
+        from .agent import Agent
 
-    return [
-        getattr(agent, name)
-        if name in vars(agent) or getattr(type(agent), name) is not getattr(Agent, name)
-        else None
-        for name in names
-    ]
+        overridden = known[names] = tuple(getattr(cls, n) is not getattr(Agent, n) for n in names)
+    own = vars(agent)  # a hook set on the instance
+    return [getattr(agent, n) if o or n in own else None for n, o in zip(names, overridden, strict=True)]
 
 
 def _raise_effort(effort: Effort) -> Effort:
@@ -409,10 +418,13 @@ class Run:
 
     async def _stream(self, request: LLMRequest, step: int) -> ModelResponse:
         response: ModelResponse | None = None
+        bus = self.bus
         async for item in self.llm.stream(request):
             if item.type == "model_delta":  # the tag, not isinstance: cheaper on pydantic classes
-                item.step = step
-                await self.bus.deliver(item)
+                # A delta per token on a real model: no pydantic __setattr__, no coroutine unless needed.
+                item.__dict__["step"] = step
+                if bus.emit_now(item, judge=False) is None:
+                    await bus.deliver(item)
             else:
                 response = item
         if response is None:

@@ -38,6 +38,11 @@ class RunLog:
     def path(self) -> Path:
         return Path(self._file)
 
+    @property
+    def file(self) -> str:
+        """The log's path as the string it was given as."""
+        return self._file
+
     def __call__(self, event: Event) -> None:
         if not self.log_deltas and event.type == "model_delta":
             return
