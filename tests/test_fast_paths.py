@@ -365,3 +365,28 @@ def test_a_thread_loop_closes_once_its_thread_and_agents_are_gone(run_dir):
     worker.join()
     gc.collect()
     assert len(loops) == 1 and loops[0].is_closed()
+
+
+def test_scripted_requests_keep_each_prompt_as_the_model_was_given_it(run_dir):
+    @tool(blocking=False)
+    def noop(i: int) -> str:
+        """Do nothing."""
+        return "ok"
+
+    script = [f'<tool_call>{{"name": "noop", "arguments": {{"i": {i}}}}}</tool_call>' for i in range(3)]
+    llm = ScriptedLLM([*script, "done"])
+    early: list[int] = []
+
+    class Peeking(Agent):
+        def on_event(self, event) -> None:
+            if event.type == "tool_result" and not early:  # read mid-run, then the run goes on
+                early.extend(len(r.messages) for r in llm.requests)
+
+    agent = Peeking(llm, tools=[noop], run_dir=run_dir, guards=None)
+    result = agent.run_sync("task")
+    sizes = [len(r.messages) for r in llm.requests]
+    assert result.answer == "done" and early == [2]
+    assert sizes == [2, 4, 6, 8]  # system + task, then a call and its result per step
+    assert llm.requests[0].messages[-1].content == "task"
+    assert llm.requests[3].messages[-1].role == "tool"
+    assert len(agent._last.state.messages) == 9  # the history went on growing; the prompts did not

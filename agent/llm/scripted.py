@@ -50,7 +50,11 @@ class ScriptedLLM:
         self.name = name
         self.chunk_size = chunk_size
         self.delay = delay
-        self.requests: list[LLMRequest] = []
+        # Each request with the length of its history: the caller only ever
+        # appends to a history, so the prompt as it was is a prefix of it,
+        # copied out when `requests` is read rather than on every call.
+        self._seen: list[tuple[LLMRequest, int]] = []
+        self._requests: list[LLMRequest] = []
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> ScriptedLLM:
@@ -64,13 +68,20 @@ class ScriptedLLM:
         return cls(items, name=f"scripted:{Path(path).name}", **kwargs)
 
     @property
+    def requests(self) -> list[LLMRequest]:
+        """Every request so far, each with the messages the model was given then."""
+        made = self._requests
+        for request, count in self._seen[len(made) :]:
+            made.append(updated(request, messages=request.messages[:count]))
+        return made
+
+    @property
     def remaining(self) -> int:
-        return len(self.script) - len(self.requests)
+        return len(self.script) - len(self._seen)
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
-        index = len(self.requests)
-        # Keep the prompt as it was: the loop goes on appending to its history.
-        self.requests.append(updated(request, messages=list(request.messages)))
+        index = len(self._seen)
+        self._seen.append((request, len(request.messages)))
         if index >= len(self.script):
             last = request.messages[-1].content[:200] if request.messages else ""
             raise ScriptExhausted(
