@@ -15,6 +15,11 @@ the machine spread over all frameworks instead of landing on one.
     .venv/bin/python benchmarks/loop_overhead.py               # full run
     .venv/bin/python benchmarks/loop_overhead.py --quick       # smoke run
     .venv/bin/python benchmarks/loop_overhead.py --rounds 3 --ns 10,50,200 --json out.json
+    .venv/bin/python benchmarks/loop_overhead.py --only ours,smolagents --against HEAD~3  # before/after
+
+``--against REV`` adds a row for ours (run log on) with the packages of git
+revision REV, run interleaved with the rest: a before/after figure for a
+change, measured under the same conditions.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class Framework:
     args: list[str] = field(default_factory=list)
     module: str | None = None  # import probe for peers
     ours: bool = False
+    baseline: bool = False  # ours at another revision (--against): neither ours nor a peer
+    env: dict[str, str] = field(default_factory=dict)  # for this framework's subprocess only
     label: str = ""
     version: str = "?"
     skip: str | None = None
@@ -127,10 +134,33 @@ def snapshot_ours() -> Path:
     return root
 
 
+def revision_packages(rev: str) -> tuple[Path, str]:
+    """The project's packages as of git revision `rev`, unpacked in a temporary folder, and its short sha."""
+    shown = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "--verify", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if shown.returncode != 0:
+        raise SystemExit(f"--against {rev}: not a commit here ({shown.stderr.strip()})")
+    sha = shown.stdout.strip()
+    root = Path(tempfile.mkdtemp(prefix="loop-overhead-rev-"))
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", sha, "--", *OUR_PACKAGES], capture_output=True
+    )
+    if archive.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        raise SystemExit(f"--against {rev}: git archive failed: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    return root, sha
+
+
 def child_env(fw: Framework | None = None) -> dict[str, str]:
     env = dict(os.environ)
     if fw is not None and fw.ours:
         env.update(_OURS_ENV)
+    if fw is not None:
+        env.update(fw.env)
     for var in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING", "LOGFIRE_TOKEN"):
         env.pop(var, None)
     env["OPENAI_AGENTS_DISABLE_TRACING"] = "1"
@@ -178,7 +208,7 @@ def run_once(fw: Framework, n: int, reps: int, timeout: float, warmup: int = 1) 
         tail = (res.stderr.strip().splitlines() or res.stdout.strip().splitlines() or ["no output"])[-1]
         fw.errors.append(f"N={n}: exit {res.returncode}: {tail}")
         return
-    fw.label = record["framework"]
+    fw.label = fw.label or record["framework"]
     fw.version = record["version"]
     fw.versions_seen.add(record["version"])
     fw.times.setdefault(n, []).extend(record["times_s"])
@@ -317,7 +347,7 @@ def print_table(
 
 def target_checks(fws: list[Framework], ns: list[int]) -> list[dict]:
     checks: list[dict] = []
-    peers = [f for f in fws if not f.ours and f.times]
+    peers = [f for f in fws if not f.ours and not f.baseline and f.times]
     for key in ("ours", "ours-nolog", "ours-thread"):
         ours = next((f for f in fws if f.key == key and f.times), None)
         if ours is None:
@@ -377,6 +407,11 @@ def main() -> int:
         help="before starting, wait up to this long for the 1-minute load average to drop below half the cores",
     )
     parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also run ours (run log on) with the packages of this git revision, interleaved: before/after a change",
+    )
+    parser.add_argument(
         "--no-snapshot",
         action="store_true",
         help="measure the live working tree instead of a copy of the project's packages taken at the start",
@@ -392,6 +427,26 @@ def main() -> int:
         wanted = {k.strip() for k in args.only.split(",") if k.strip()}
         fws = [f for f in fws if f.key in wanted]
 
+    baseline_src = None
+    if args.against:
+        baseline_src, sha = revision_packages(args.against)
+        main_py = MAIN_PY if MAIN_PY.exists() else Path(sys.executable)
+        fws.insert(
+            1,
+            Framework(
+                "ours-against",
+                "ours_loop.py",
+                main_py,
+                ["--variant", "log"],
+                env={
+                    "LOOP_OVERHEAD_SRC": str(baseline_src),
+                    "LOOP_OVERHEAD_VERSION": f"{args.against} ({sha})",
+                },
+                label=f"ours at {args.against}",
+                baseline=True,
+            ),
+        )
+
     cores = os.cpu_count() or 1
     if args.wait_idle > 0 and hasattr(os, "getloadavg"):
         deadline = time.monotonic() + args.wait_idle
@@ -406,7 +461,9 @@ def main() -> int:
     print("Machine")
     for k, v in info.items():
         print(f"  {k}: {v}")
-    print(f"Settings: N={ns}, rounds={args.rounds}, reps/round={args.reps} (+{args.warmup} warm-up per subprocess)")
+    print(
+        f"Settings: N={ns}, rounds={args.rounds}, reps/round={args.reps} (+{args.warmup} warm-up per subprocess)"
+    )
     if hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores / 2:
         print(
             f"WARNING: the machine is busy (load {os.getloadavg()[0]:.2f} on {cores} cores); timings will be noisy"
@@ -451,8 +508,9 @@ def main() -> int:
                 flush=True,
             )
     total = time.perf_counter() - started
-    if snapshot is not None:
-        shutil.rmtree(snapshot, ignore_errors=True)
+    for folder in (snapshot, baseline_src):
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     try:
         info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
@@ -486,7 +544,7 @@ def main() -> int:
             "Same runs, process CPU time (all threads) per model turn -- less sensitive to other load",
             text_cols=1,
         )
-    peers_versions = {f.label or f.key: f.version for f in fws if not f.ours and f.times}
+    peers_versions = {f.label or f.key: f.version for f in fws if not f.ours and not f.baseline and f.times}
     if peers_versions:
         print("Peer versions: " + ", ".join(f"{k} {v}" for k, v in peers_versions.items()))
     for fw in fws:
