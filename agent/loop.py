@@ -255,18 +255,26 @@ class Run:
 
     async def _start(self, task: str) -> None:
         agent = self.agent
-        await self.bus.deliver(
-            RunStarted(
-                task=task,
-                agent=agent.name,
-                strategy=agent.strategy,
-                model=getattr(self.llm, "name", type(self.llm).__name__),
-                effort=agent.effort,
-                tools=self._tool_names,
-                system_prompt=agent.render_system_prompt(),
-            )
+        prompt = agent.render_system_prompt()
+        # The two values from outside are checked here; the rest the agent checked when it was made.
+        for what, value in (("the task", task), ("render_system_prompt()", prompt)):
+            if not isinstance(value, str):
+                raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+        started = trusted(
+            RunStarted,
+            task=task,
+            agent=agent.name,
+            strategy=agent.strategy,
+            model=getattr(self.llm, "name", type(self.llm).__name__),
+            effort=agent.effort,
+            tools=self._tool_names,
+            system_prompt=prompt,
         )
-        decision = await self.bus.emit(UserMessage(content=task))
+        bus = self.bus
+        if bus.emit_now(started, judge=False) is None:
+            await bus.deliver(started)
+        message = trusted(UserMessage, content=task)
+        decision = bus.emit_now(message) or await bus.emit(message)
         if decision.action in ("block", "halt"):
             raise _Stop("halted", decision.feedback or "the task was refused by a guard")
         if agent.episodic is not None:
@@ -453,9 +461,10 @@ class Run:
             self._final_reflected = True
             await self._reflect("final")
             return
-        decision = await self.bus.emit(
-            FinalAnswer(content=content, data=data.model_dump(mode="json") if data else None, step=step)
+        answer = trusted(
+            FinalAnswer, content=content, data=data.model_dump(mode="json") if data else None, step=step
         )
+        decision = self.bus.emit_now(answer) or await self.bus.emit(answer)
         if decision.action == "block":
             await self.bus.emit(Feedback(content=decision.feedback, reason="blocked", step=step), judge=False)
             return
@@ -778,16 +787,17 @@ class Run:
         answer = state.answer
         if isinstance(answer, BaseModel):
             answer = answer.model_dump(mode="json")
-        await self.bus.deliver(
-            RunFinished(
-                status=status,
-                answer=answer,
-                usage=state.usage,
-                steps=state.step,
-                error=None if status == "completed" else error,
-                step=state.step,
-            )
+        finished = trusted(
+            RunFinished,
+            status=status,
+            answer=answer,
+            usage=state.usage,
+            steps=state.step,
+            error=None if status == "completed" else error,
+            step=state.step,
         )
+        if self.bus.emit_now(finished, judge=False) is None:
+            await self.bus.deliver(finished)
 
 
 def bind_tools(owner: object, tools: list[Any], options: dict[str, Any] | None = None) -> list[Tool]:

@@ -390,3 +390,16 @@ def test_scripted_requests_keep_each_prompt_as_the_model_was_given_it(run_dir):
     assert llm.requests[0].messages[-1].content == "task"
     assert llm.requests[3].messages[-1].role == "tool"
     assert len(agent._last.state.messages) == 9  # the history went on growing; the prompts did not
+
+
+def test_a_task_or_system_prompt_that_is_not_text_fails_the_run_with_a_clear_error(run_dir):
+    result = Agent(ScriptedLLM(["x"]), run_dir=run_dir, guards=None).run_sync(123)  # type: ignore[arg-type]
+    assert result.status == "failed" and "the task must be a str, not int" in result.error
+
+    class Odd(Agent):
+        def render_system_prompt(self):
+            return None
+
+    result = Odd(ScriptedLLM(["x"]), run_dir=run_dir, guards=None).run_sync("task")
+    assert result.status == "failed" and "render_system_prompt() must be a str, not NoneType" in result.error
+    assert read_events(result.log_path)[-1].type == "run_finished"
