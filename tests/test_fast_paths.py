@@ -403,3 +403,29 @@ def test_a_task_or_system_prompt_that_is_not_text_fails_the_run_with_a_clear_err
     result = Odd(ScriptedLLM(["x"]), run_dir=run_dir, guards=None).run_sync("task")
     assert result.status == "failed" and "render_system_prompt() must be a str, not NoneType" in result.error
     assert read_events(result.log_path)[-1].type == "run_finished"
+
+
+def test_a_sync_call_on_an_agent_busy_in_another_thread_is_refused_clearly(run_dir):
+    started, release = threading.Event(), threading.Event()
+
+    @tool(blocking=False)
+    async def hold() -> str:
+        """Wait until released."""
+        started.set()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        return "released"
+
+    call = '<tool_call>{"name": "hold", "arguments": {}}</tool_call>'
+    agent = Agent(ScriptedLLM([call, "first", "second"]), tools=[hold], run_dir=run_dir, guards=None)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(agent.run_sync("one")))
+    worker.start()
+    assert started.wait(10)
+    with pytest.raises(RuntimeError, match="busy in another thread"):
+        agent.run_sync("two")  # the agent's loop is running in the worker
+    release.set()
+    worker.join(10)
+    assert results[0].answer == "first"
+    assert agent.run_sync("three").answer == "second"  # and the loop works again once free
+    agent.close()
