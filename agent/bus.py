@@ -136,13 +136,8 @@ class Bus:
     def _deliver_now(self, event: Event) -> None:
         # Every subscriber is sync, so nothing here awaits and no other
         # delivery can cut in: the lock would only cost time. This is the path
-        # of every event of a run without async subscribers. `_number` is
-        # written out here: this runs four times a step.
-        self._seq += 1
-        fields = event.__dict__
-        fields["seq"] = self._seq
-        if not fields["run_id"]:
-            fields["run_id"] = self.run_id
+        # of every event of a run without async subscribers.
+        self._number(event)
         for fn, _ in self._subscribers:
             fn(event)
 
