@@ -106,25 +106,22 @@ async def _maybe_await(value: Any) -> Any:
     return await value if _pending(value) else value
 
 
-_overridden: weakref.WeakKeyDictionary[type, dict[tuple[str, ...], tuple[bool, ...]]] = (
-    weakref.WeakKeyDictionary()
-)
+# Hooks that hand their argument back unchanged in the base class: the loop
+# skips the call when an agent leaves them so.
+_SKIPPABLE = ("should_stop", "act", "observe")
+_overridden: weakref.WeakKeyDictionary[type, tuple[bool, ...]] = weakref.WeakKeyDictionary()
 
 
-def _hooks(agent: Agent, *names: str) -> list[Callable[[Any], Any] | None]:
-    """The agent's hooks by name, None for each that is the base class's (it
-    hands its argument back unchanged): the loop then skips the call."""
+def _hooks(agent: Agent) -> list[Callable[[Any], Any] | None]:
+    """The agent's skippable hooks, in `_SKIPPABLE` order; None for each it does not override."""
     cls = type(agent)
-    known = _overridden.get(cls)
-    if known is None:
-        known = _overridden[cls] = {}
-    overridden = known.get(names)
+    overridden = _overridden.get(cls)
     if overridden is None:  # once per agent class
         from .agent import Agent
 
-        overridden = known[names] = tuple(getattr(cls, n) is not getattr(Agent, n) for n in names)
+        overridden = _overridden[cls] = tuple(getattr(cls, n) is not getattr(Agent, n) for n in _SKIPPABLE)
     own = vars(agent)  # a hook set on the instance
-    return [getattr(agent, n) if o or n in own else None for n, o in zip(names, overridden, strict=True)]
+    return [getattr(agent, n) if o or n in own else None for n, o in zip(_SKIPPABLE, overridden, strict=True)]
 
 
 def _raise_effort(effort: Effort) -> Effort:
@@ -205,7 +202,7 @@ class Run:
         self._first_step = 0
         self.log: RunLog | None = None
         self._budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
-        self._should_stop, self._act, self._observe = _hooks(agent, "should_stop", "act", "observe")
+        self._should_stop, self._act, self._observe = _hooks(agent)
         bus.subscribe(self.state.apply)
 
     # -- public control -------------------------------------------------
@@ -271,8 +268,7 @@ class Run:
             system_prompt=prompt,
         )
         bus = self.bus
-        if bus.emit_now(started, judge=False) is None:
-            await bus.deliver(started)
+        bus.emit_now(started, judge=False) or await bus.emit(started, judge=False)
         message = trusted(UserMessage, content=task)
         decision = bus.emit_now(message) or await bus.emit(message)
         if decision.action in ("block", "halt"):
@@ -395,10 +391,10 @@ class Run:
             step=step,
         )
         # emit_now(...) or await emit(...): a coroutine only when the bus needs one.
-        if bus.emit_now(started, judge=False) is None:
-            await bus.deliver(started)
+        bus.emit_now(started, judge=False) or await bus.emit(started, judge=False)
         stream = self._stream(request, step)
-        response = await stream if self._deadline is None else await self._with_deadline(stream)
+        deadline = self._deadline
+        response = await stream if deadline is None else await self._with_deadline(stream, deadline)
         # Plain writes of our own typed values: pydantic's __setattr__ costs more.
         fields = response.__dict__
         fields["step"], fields["purpose"], fields["effort"] = step, purpose, effort
@@ -420,8 +416,8 @@ class Run:
             )
             return None
         max_tokens = self.agent.max_tokens
-        if max_tokens is not None and self.state.usage.total_tokens >= max_tokens:
-            raise _Stop("max_tokens", f"used {self.state.usage.total_tokens} of {max_tokens} tokens")
+        if max_tokens is not None and (used := self.state.usage.total_tokens) >= max_tokens:
+            raise _Stop("max_tokens", f"used {used} of {max_tokens} tokens")
         return response
 
     async def _stream(self, request: LLMRequest, step: int) -> ModelResponse:
@@ -431,8 +427,7 @@ class Run:
             if item.type == "model_delta":  # the tag, not isinstance: cheaper on pydantic classes
                 # A delta per token on a real model: no pydantic __setattr__, no coroutine unless needed.
                 item.__dict__["step"] = step
-                if bus.emit_now(item, judge=False) is None:
-                    await bus.deliver(item)
+                bus.emit_now(item, judge=False) or await bus.emit(item, judge=False)
             else:
                 response = item
         if response is None:
@@ -762,11 +757,9 @@ class Run:
         if self._deadline is not None and time.monotonic() >= self._deadline:
             raise _Stop("timeout", f"ran out of time ({self.agent.max_seconds} s)")
 
-    async def _with_deadline(self, coro: Awaitable[ModelResponse]) -> ModelResponse:
-        if self._deadline is None:
-            return await coro
+    async def _with_deadline(self, coro: Awaitable[ModelResponse], deadline: float) -> ModelResponse:
         try:
-            async with asyncio.timeout(max(0.0, self._deadline - time.monotonic())):
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 return await coro
         except TimeoutError:
             raise _Stop("timeout", f"ran out of time ({self.agent.max_seconds} s)") from None
@@ -796,8 +789,7 @@ class Run:
             error=None if status == "completed" else error,
             step=state.step,
         )
-        if self.bus.emit_now(finished, judge=False) is None:
-            await self.bus.deliver(finished)
+        self.bus.emit_now(finished, judge=False) or await self.bus.emit(finished, judge=False)
 
 
 def bind_tools(owner: object, tools: list[Any], options: dict[str, Any] | None = None) -> list[Tool]:
