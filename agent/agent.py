@@ -407,15 +407,6 @@ class Agent:
         )
 
     def _sync(self, coro: Any) -> RunResult:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            coro.close()
-            raise AgentError(
-                "run_sync() cannot run inside an event loop; use `await agent.arun(task)` instead"
-            )
         if self._loop is None or self._loop.loop.is_closed():
             self._loop = sync.thread_loop()
         try:

@@ -429,3 +429,12 @@ def test_a_sync_call_on_an_agent_busy_in_another_thread_is_refused_clearly(run_d
     assert results[0].answer == "first"
     assert agent.run_sync("three").answer == "second"  # and the loop works again once free
     agent.close()
+
+
+async def test_a_sync_method_inside_an_event_loop_is_refused_with_the_async_form_named(run_dir):
+    from agent import AgentError
+
+    agent = Agent(ScriptedLLM(["done"]), run_dir=run_dir, guards=None)
+    with pytest.raises(AgentError, match="cannot run inside an event loop.*await agent.arun"):
+        agent.run_sync("task")
+    assert (await agent.arun("task")).answer == "done"  # the refused call left nothing behind
