@@ -32,7 +32,35 @@ import numpy as np
 from .embedders import cpu_budget
 
 
-class ExactIndex:
+class _Positions:
+    """What an index derives from where its vectors sit: record id -> position
+    lookups, and a `version` that every write bumps, so a `Subset` built from
+    older positions knows it is stale."""
+
+    version = 0
+    _table: np.ndarray | None = None  # record id -> position (-1: absent); built on first use
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._table = None
+
+    def _live(self) -> tuple[np.ndarray, np.ndarray]:
+        """The record ids of the live vectors and their positions."""
+        raise NotImplementedError
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """The positions of the live vectors of those of `ids` that are here, ascending."""
+        if self._table is None:
+            live, positions = self._live()
+            # Store ids are small, dense integers: a dense table is the fastest lookup.
+            self._table = np.full(int(live.max()) + 1 if len(live) else 0, -1, dtype=np.int64)
+            self._table[live] = positions
+        ids = np.asarray(ids, dtype=np.int64)
+        found = self._table[ids[(ids >= 0) & (ids < len(self._table))]]
+        return np.sort(found[found >= 0])
+
+
+class ExactIndex(_Positions):
     """All vectors in one matrix; a query is one matrix-vector product."""
 
     kind = "exact"
@@ -43,8 +71,6 @@ class ExactIndex:
         self._ids = np.zeros(0, dtype=np.int64)
         self._n = 0
         self._pos: dict[int, int] = {}
-        self.version = 0  # counts writes: what was derived from the positions is stale when it moves
-        self._table: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self._n
@@ -90,15 +116,8 @@ class ExactIndex:
     def __contains__(self, record_id: int) -> bool:
         return record_id in self._pos
 
-    def _changed(self) -> None:
-        self.version += 1
-        self._table = None
-
-    def positions(self, ids: np.ndarray) -> np.ndarray:
-        """The rows of those of `ids` that are here, ascending."""
-        if self._table is None:
-            self._table = _id_table(self._ids[: self._n], np.arange(self._n, dtype=np.int64))
-        return _lookup(self._table, ids)
+    def _live(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._ids[: self._n], np.arange(self._n, dtype=np.int64)
 
     def all(self) -> tuple[np.ndarray, np.ndarray]:
         return self._ids[: self._n], self._vecs[: self._n]
@@ -160,19 +179,6 @@ def _faiss_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def _id_table(ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """A dense record id -> position table (-1: absent). Store ids are small, dense integers."""
-    table = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)
-    table[ids] = positions
-    return table
-
-
-def _lookup(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    ids = np.asarray(ids, dtype=np.int64)
-    found = table[ids[(ids >= 0) & (ids < len(table))]]
-    return np.sort(found[found >= 0])
-
-
 class Subset:
     """The positions of some records in one state of an index (a filter's matches).
 
@@ -215,7 +221,7 @@ def _top(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return ids[order], scores[order]
 
 
-class HnswIndex:
+class HnswIndex(_Positions):
     """faiss `IndexHNSWFlat` (inner product) with record-id labels and tombstones."""
 
     kind = "hnsw"
@@ -245,8 +251,6 @@ class HnswIndex:
         self._params: dict[int, tuple[Any, Any]] = {}
         self._paged: list[tuple[int, int]] = []
         self.pages_thread: threading.Thread | None = None
-        self.version = 0  # counts writes (see `Subset`)
-        self._table: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self._pos)
@@ -282,7 +286,7 @@ class HnswIndex:
         with _faiss_threads(self.threads if len(ids) > 1000 else 1):
             self.index.add(vecs)
         end = self.ntotal
-        self._changed()  # cached selectors point at the bitmap replaced below
+        self._changed()  # the bitmap is replaced below
         self.labels = np.concatenate([self.labels, ids])
         need = (end + 7) // 8
         if need > len(self.bitmap):
@@ -317,16 +321,12 @@ class HnswIndex:
             self._changed()
 
     def _changed(self) -> None:
-        self.version += 1
-        self._params.clear()
-        self._table = None
+        super()._changed()
+        self._params.clear()  # their selectors point at the old bitmap
 
-    def positions(self, ids: np.ndarray) -> np.ndarray:
-        """The positions of the live vectors of those of `ids` that are here, ascending."""
-        if self._table is None:
-            alive = np.flatnonzero(np.unpackbits(self.bitmap, bitorder="little", count=self.ntotal))
-            self._table = _id_table(self.labels[alive], alive)
-        return _lookup(self._table, ids)
+    def _live(self) -> tuple[np.ndarray, np.ndarray]:
+        alive = np.flatnonzero(np.unpackbits(self.bitmap, bitorder="little", count=self.ntotal))
+        return self.labels[alive], alive
 
     def exact_among(self, query: np.ndarray, k: int, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
         """Top k of the positions in `subset`, scored exactly in place (no copy of the vectors)."""
@@ -466,7 +466,6 @@ class HnswIndex:
         self._pos = dict(zip(labels[positions].tolist(), positions.tolist(), strict=True))
         self._dead = len(labels) - len(positions)
         self._params = {}
-        self.version, self._table = 0, None
         self._paged, self.pages_thread = [], None
         self._advise_pages()
         return self
