@@ -29,8 +29,8 @@ class RunLog:
     _fd: int | None = None  # the open log file; a class default, so __del__ works even if __init__ failed
 
     def __init__(self, path: str | Path, *, log_deltas: bool = False) -> None:
-        # Kept as given: a Path is built only when asked for (pathlib's
-        # parsing was a tenth of what starting a short run cost).
+        # Kept as given: a Path is built only when asked for (pathlib parses
+        # on every construction, and most runs never need one).
         self._file = os.fspath(path)
         self.log_deltas = log_deltas
 
