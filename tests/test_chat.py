@@ -116,6 +116,9 @@ def test_streamed_markdown_answer_and_effort(tmp_path, terminals):
     term = terminals(tmp_path, "--model", f"scripted:{script}")
     term.wait_for("Ctrl-D leaves")
     term.type("say hello")
+    # The live view shows the answer before the final answer settles it with its
+    # thinking folded above: wait for the settled screen, not the first sight of it.
+    term.wait_for("▸ thought (")
     screen = term.wait_for("• item two")
     # rendered as markdown: bullets, no raw emphasis markers; thinking folded into one line
     assert (
