@@ -392,6 +392,37 @@ def test_scripted_requests_keep_each_prompt_as_the_model_was_given_it(run_dir):
     assert len(agent._last.state.messages) == 9  # the history went on growing; the prompts did not
 
 
+def test_a_scripted_response_object_is_copied_so_the_run_never_changes_the_script(run_dir):
+    @tool(blocking=False)
+    def add(a: int, b: int = 0) -> int:
+        """Add."""
+        return a + b
+
+    first = ModelResponse(
+        tool_calls=[ToolCallRequest(id="c1", name="add", arguments={"a": 1})], finish_reason="tool_calls"
+    )
+    last = ModelResponse(content="done")
+    script = [first, last]
+    before = [r.model_dump() for r in script]
+
+    class Editing(Agent):
+        def act(self, response):  # changes the call it was given, in place
+            for call in response.tool_calls:
+                call.arguments["b"] = 41
+                call.name = "add"
+            return response
+
+    llm = ScriptedLLM(script)
+    result = Editing(llm, tools=[add], run_dir=run_dir, guards=None).run_sync("task")
+    assert result.status == "completed" and result.answer == "done"
+    assert [e.content for e in result.events if e.type == "tool_result"] == ["42"]
+    responses = [e for e in result.events if e.type == "model_response"]
+    assert [r.step for r in responses] == [1, 2] and all(r.seq > 0 for r in responses)
+    assert responses[0].tool_calls[0].id == "c1"  # the script's call, as given
+    assert [r.model_dump() for r in script] == before  # step, seq, arguments: all as they were
+    assert responses[0] is not first and responses[1] is not last
+
+
 def test_a_task_or_system_prompt_that_is_not_text_fails_the_run_with_a_clear_error(run_dir):
     result = Agent(ScriptedLLM(["x"]), run_dir=run_dir, guards=None).run_sync(123)  # type: ignore[arg-type]
     assert result.status == "failed" and "the task must be a str, not int" in result.error

@@ -118,7 +118,11 @@ class ScriptedLLM:
                 model=self.name,
             )
         if isinstance(item, ModelResponse):
-            return item.model_copy(deep=True)
+            # A copy, so that neither the loop (which numbers the response)
+            # nor an `act` hook changes the script: the response, its calls
+            # and their argument dicts. Nested values are shared; a deep copy
+            # cost more than the rest of a step.
+            return updated(item, tool_calls=[_copy_call(c) for c in item.tool_calls])
         if isinstance(item, dict):
             data = dict(item)
             data["tool_calls"] = [
@@ -128,3 +132,8 @@ class ScriptedLLM:
             data.setdefault("model", self.name)
             return ModelResponse(**data)
         raise TypeError(f"ScriptedLLM: cannot use a script item of type {type(item).__name__}")
+
+
+def _copy_call(call: ToolCallRequest) -> ToolCallRequest:
+    arguments = call.arguments
+    return updated(call, arguments=dict(arguments)) if arguments is not None else updated(call)
