@@ -407,9 +407,9 @@ def test_a_scripted_response_object_is_copied_so_the_run_never_changes_the_scrip
 
     class Editing(Agent):
         def act(self, response):  # changes the call it was given, in place
-            for call in response.tool_calls:
-                call.arguments["b"] = 41
-                call.name = "add"
+            for c in response.tool_calls:
+                c.arguments["b"] = 41
+                c.name = "add"
             return response
 
     llm = ScriptedLLM(script)
