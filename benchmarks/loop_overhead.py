@@ -3,8 +3,11 @@
 Workload: a scripted model asks for a no-op tool N times (one call per
 turn, argument i) and then answers "done"; the framework must run its
 real loop -- ask the model, dispatch the tool through its own machinery,
-feed the result back.  Reported figure: median wall time of a whole run
-divided by its N + 1 model turns, in microseconds.
+feed the result back.  Every scripted model hands its framework the calls
+structured, as an OpenAI-compatible server does; the row "ours (raw
+text)" has ours parse each turn from model text as well.  Reported
+figure: median wall time of a whole run divided by its N + 1 model turns,
+in microseconds.
 
 Every framework runs in its own subprocess (``benchmarks/peers/*.py``);
 ours with the project's virtualenv, the peers with ``.bench-venv``.  For
@@ -75,6 +78,7 @@ def frameworks(with_prebuilt: bool) -> list[Framework]:
         Framework("ours", "ours_loop.py", main_py, ["--variant", "log"], ours=True),
         Framework("ours-nolog", "ours_loop.py", main_py, ["--variant", "nolog"], ours=True),
         Framework("ours-thread", "ours_loop.py", main_py, ["--variant", "thread"], ours=True),
+        Framework("ours-text", "ours_loop.py", main_py, ["--variant", "log", "--script", "text"], ours=True),
         Framework("smolagents", "smolagents_loop.py", BENCH_PY, module="smolagents"),
         Framework("langgraph", "langgraph_loop.py", BENCH_PY, ["--variant", "graph"], module="langgraph"),
         Framework("pydantic-ai", "pydantic_ai_loop.py", BENCH_PY, module="pydantic_ai"),
@@ -348,7 +352,7 @@ def print_table(
 def target_checks(fws: list[Framework], ns: list[int]) -> list[dict]:
     checks: list[dict] = []
     peers = [f for f in fws if not f.ours and not f.baseline and f.times]
-    for key in ("ours", "ours-nolog", "ours-thread"):
+    for key in ("ours", "ours-nolog", "ours-thread", "ours-text"):
         ours = next((f for f in fws if f.key == key and f.times), None)
         if ours is None:
             continue
@@ -530,6 +534,7 @@ def main() -> int:
         "ours: the no-op tool is declared @tool(blocking=False) and runs on the event loop (as smolagents runs"
     )
     print("its tools); ours (tool on a thread): a plain @tool, which runs on a worker thread, the default.")
+    print("Every model hands over structured tool calls; ours (raw text) parses them from model text as well.")
     cpu_rows = [
         [f.label or f.key] + [fmt(us_per_step(f, n, cpu=True)) for n in ns]
         for f in fws

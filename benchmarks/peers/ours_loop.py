@@ -1,8 +1,13 @@
 """This project: ``Agent`` driven by ``ScriptedLLM``.
 
-The script is raw model text, so every turn goes through the Hermes
-``<tool_call>`` parser exactly like a real model's output.  The no-op tool
-is declared ``@tool(blocking=False)`` (quick, no I/O), so it runs on the
+The script is a list of ``ModelResponse`` objects, each with one structured
+tool call, as every peer's scripted model hands its framework structured
+calls (smolagents ``ChatMessage.tool_calls``, LangGraph ``AIMessage``,
+Pydantic AI ``ToolCallPart``, ...).  ``--script text`` scripts raw model
+text instead, so that every turn also goes through the Hermes
+``<tool_call>`` parser, as a local model's output does: the parser's cost
+on top of the loop's, which no peer's row includes.  The no-op tool is
+declared ``@tool(blocking=False)`` (quick, no I/O), so it runs on the
 event loop as smolagents runs its tools; by default a sync tool runs on a
 worker thread.  Three variants:
 
@@ -39,20 +44,37 @@ sys.path.insert(0, SRC)
 
 _parser = argparse.ArgumentParser(add_help=False)
 _parser.add_argument("--variant", choices=["log", "nolog", "thread"], default="log")
+_parser.add_argument("--script", choices=["responses", "text"], default="responses")
 _known, sys.argv[1:] = _parser.parse_known_args()
-_VARIANT = _known.variant
+_VARIANT, _SCRIPT = _known.variant, _known.script
 
 from _common import Counter, measure  # noqa: E402
 
 import agent as agent_pkg  # noqa: E402
 from agent import Agent, tool  # noqa: E402
+from agent.events import ModelResponse  # noqa: E402
 from agent.llm import ScriptedLLM  # noqa: E402
+from agent.types import ToolCallRequest  # noqa: E402
 
 assert os.path.dirname(os.path.abspath(agent_pkg.__file__)) == os.path.join(os.path.abspath(SRC), "agent"), (
     f"imported agent from {agent_pkg.__file__}, expected it under {SRC}"
 )
 
 _TMP_ROOT = tempfile.mkdtemp(prefix="loop-overhead-")
+
+
+def script(n: int) -> list:
+    if _SCRIPT == "text":
+        turns: list = [f'<tool_call>{{"name": "noop", "arguments": {{"i": {i}}}}}</tool_call>' for i in range(n)]
+        return [*turns, "done"]
+    turns = [
+        ModelResponse(
+            tool_calls=[ToolCallRequest(id=f"call_{i}", name="noop", arguments={"i": i})],
+            finish_reason="tool_calls",
+        )
+        for i in range(n)
+    ]
+    return [*turns, ModelResponse(content="done")]
 
 
 def make_run(n: int):
@@ -63,9 +85,7 @@ def make_run(n: int):
         """Do nothing."""
         return counter.hit(i)
 
-    script = [f'<tool_call>{{"name": "noop", "arguments": {{"i": {i}}}}}</tool_call>' for i in range(n)]
-    script.append("done")
-    llm = ScriptedLLM(script)
+    llm = ScriptedLLM(script(n))
     run_dir = tempfile.mkdtemp(dir=_TMP_ROOT) if _VARIANT != "nolog" else None
     kwargs = {"guards": None}
     bench_agent = Agent(llm, tools=[noop], max_steps=n + 5, run_dir=run_dir, **kwargs)
@@ -116,6 +136,8 @@ def _version() -> str:
 if __name__ == "__main__":
     try:
         name = {"log": "ours", "nolog": "ours (no log)", "thread": "ours (tool on a thread)"}[_VARIANT]
-        measure(name, _version(), make_run, {"variant": _VARIANT})
+        if _SCRIPT == "text":
+            name += " (raw text)"
+        measure(name, _version(), make_run, {"variant": _VARIANT, "script": _SCRIPT})
     finally:
         shutil.rmtree(_TMP_ROOT, ignore_errors=True)
