@@ -13,7 +13,6 @@ import asyncio
 import inspect
 import json
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -109,19 +108,26 @@ async def _maybe_await(value: Any) -> Any:
 # Hooks that hand their argument back unchanged in the base class: the loop
 # skips the call when an agent leaves them so.
 _SKIPPABLE = ("should_stop", "act", "observe")
-_overridden: weakref.WeakKeyDictionary[type, tuple[bool, ...]] = weakref.WeakKeyDictionary()
+_base_hooks: tuple[Callable[..., Any], ...] = ()
 
 
 def _hooks(agent: Agent) -> list[Callable[[Any], Any] | None]:
-    """The agent's skippable hooks, in `_SKIPPABLE` order; None for each it does not override."""
-    cls = type(agent)
-    overridden = _overridden.get(cls)
-    if overridden is None:  # once per agent class
+    """The agent's skippable hooks, in `_SKIPPABLE` order; None for each it leaves as the base class has it.
+
+    A hook overridden in a subclass or set on the instance counts. Asked of
+    the bound method, not of `vars(agent)`: that would build the instance's
+    attribute dict, which costs more than the three lookups.
+    """
+    global _base_hooks
+    if not _base_hooks:
         from .agent import Agent
 
-        overridden = _overridden[cls] = tuple(getattr(cls, n) is not getattr(Agent, n) for n in _SKIPPABLE)
-    own = vars(agent)  # a hook set on the instance
-    return [getattr(agent, n) if o or n in own else None for n, o in zip(_SKIPPABLE, overridden, strict=True)]
+        _base_hooks = tuple(getattr(Agent, n) for n in _SKIPPABLE)
+    found: list[Callable[[Any], Any] | None] = []
+    for name, base in zip(_SKIPPABLE, _base_hooks, strict=True):
+        hook = getattr(agent, name)
+        found.append(None if getattr(hook, "__func__", None) is base else hook)
+    return found
 
 
 def _raise_effort(effort: Effort) -> Effort:

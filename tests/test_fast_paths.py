@@ -423,6 +423,32 @@ def test_a_scripted_response_object_is_copied_so_the_run_never_changes_the_scrip
     assert responses[0] is not first and responses[1] is not last
 
 
+def test_hooks_set_on_the_instance_or_overridden_are_called_and_the_base_ones_skipped(run_dir):
+    @tool(blocking=False)
+    def noop(i: int) -> str:
+        """Do nothing."""
+        return "ok"
+
+    seen: list[str] = []
+
+    class Stopping(Agent):
+        def should_stop(self, state):
+            seen.append(f"stop? {state.step}")
+            return None
+
+    agent = Stopping(ScriptedLLM([call("noop", i=1), "done"]), tools=[noop], run_dir=run_dir, guards=None)
+    agent.observe = lambda result: seen.append(f"observed {result.content}") or result  # on the instance
+    result = agent.run_sync("task")
+    assert result.answer == "done"
+    assert seen == ["stop? 0", "observed ok", "stop? 1"]
+    plain = Agent(ScriptedLLM(["done"]), run_dir=run_dir, guards=None)
+    assert plain.run_sync("task").answer == "done"
+    from agent.loop import _hooks
+
+    assert _hooks(plain) == [None, None, None]  # the base class's hooks: skipped
+    assert _hooks(agent)[0] is not None and _hooks(agent)[1] is None and _hooks(agent)[2] is not None
+
+
 def test_a_task_or_system_prompt_that_is_not_text_fails_the_run_with_a_clear_error(run_dir):
     result = Agent(ScriptedLLM(["x"]), run_dir=run_dir, guards=None).run_sync(123)  # type: ignore[arg-type]
     assert result.status == "failed" and "the task must be a str, not int" in result.error
