@@ -105,7 +105,9 @@ class Tool(ABC):
         """Release what the tool holds (kernels, clients). Optional: most tools hold nothing."""
 
     def validate(self, arguments: dict[str, Any]) -> BaseModel:
-        return self.args_model.model_validate(arguments)
+        # model_validate() without its Python wrapper, which passes seven
+        # keyword arguments through on every call: this runs once per call.
+        return self.args_model.__pydantic_validator__.validate_python(arguments)
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI function-tool schema the model is shown (built once: it is slow)."""
