@@ -65,7 +65,8 @@ def updated(model: M, /, **changes: Any) -> M:
     `copy.copy` of each of its parts."""
     copy = _new(type(model))
     _set_dict(copy, model.__dict__ | changes)
-    _set_fields_set(copy, model.__pydantic_fields_set__ | changes.keys())
+    # union(), not `|`: a set and a keys view meet through two operator dispatches.
+    _set_fields_set(copy, model.__pydantic_fields_set__.union(changes))
     extra = model.__pydantic_extra__
     _set_extra(copy, None if extra is None else dict(extra))
     private = model.__pydantic_private__
