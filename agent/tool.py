@@ -106,7 +106,7 @@ class Tool(ABC):
 
     def validate(self, arguments: dict[str, Any]) -> BaseModel:
         # model_validate() without its Python wrapper, which passes seven
-        # keyword arguments through on every call: this runs once per call.
+        # keyword arguments through: this runs for every tool call.
         return self.args_model.__pydantic_validator__.validate_python(arguments)
 
     def schema(self) -> dict[str, Any]:
