@@ -44,8 +44,12 @@ class LoopHandle:
         if loop.is_closed() or loop.is_running():
             return
         try:
-            _cancel_pending(loop)
-            loop.run_until_complete(loop.shutdown_asyncgens())
+            # Cleaning up runs the loop, which cannot happen inside another
+            # running loop (the last holder may be let go of in async code):
+            # then the loop is only closed.
+            if asyncio._get_running_loop() is None:
+                _cancel_pending(loop)
+                loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
 

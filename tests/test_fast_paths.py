@@ -367,6 +367,29 @@ def test_a_thread_loop_closes_once_its_thread_and_agents_are_gone(run_dir):
     assert len(loops) == 1 and loops[0].is_closed()
 
 
+async def test_a_thread_loop_let_go_of_inside_another_running_loop_closes_without_warnings(run_dir):
+    import gc
+    import warnings
+
+    holder: list[Agent] = []
+
+    def work() -> None:
+        agent = Agent(ScriptedLLM(["done"]), run_dir=run_dir, guards=None)
+        assert agent.run_sync("go").answer == "done"
+        holder.append(agent)  # the agent, and so its thread's loop, outlives the thread
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    loop = holder[0]._loop.loop
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        holder.clear()  # let go of it here, inside this test's running loop
+        gc.collect()
+    assert loop.is_closed()
+    assert [str(w.message) for w in caught] == []
+
+
 def test_scripted_requests_keep_each_prompt_as_the_model_was_given_it(run_dir):
     @tool(blocking=False)
     def noop(i: int) -> str:
