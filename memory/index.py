@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,10 +33,11 @@ import numpy as np
 from .embedders import cpu_budget
 
 
-class _Positions:
+class _Positions(ABC):
     """What an index derives from where its vectors sit: record id -> position
     lookups, and a `version` that every write bumps, so a `Subset` built from
-    older positions knows it is stale."""
+    older positions knows it is stale. Each index says where its live vectors
+    sit (`_live`)."""
 
     version = 0
     _table: np.ndarray | None = None  # record id -> position (-1: absent); built on first use
@@ -44,9 +46,9 @@ class _Positions:
         self.version += 1
         self._table = None
 
+    @abstractmethod
     def _live(self) -> tuple[np.ndarray, np.ndarray]:
         """The record ids of the live vectors and their positions."""
-        raise NotImplementedError
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """The positions of the live vectors of those of `ids` that are here, ascending."""
