@@ -96,10 +96,7 @@ class Bus:
                     decision = verdict
                     continue
                 return verdict
-        if self._sync_only and not self._busy:
-            self._deliver_now(event)
-        else:
-            await self.deliver(event)
+        await self.deliver(event)
         return decision
 
     def emit_now(self, event: Event, *, judge: bool = True) -> Decision | None:
