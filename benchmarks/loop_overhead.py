@@ -72,8 +72,13 @@ class Framework:
     versions_seen: set[str] = field(default_factory=set)
 
 
+def our_python() -> Path:
+    """The project's virtualenv interpreter, or this one when there is none."""
+    return MAIN_PY if MAIN_PY.exists() else Path(sys.executable)
+
+
 def frameworks(with_prebuilt: bool) -> list[Framework]:
-    main_py = MAIN_PY if MAIN_PY.exists() else Path(sys.executable)
+    main_py = our_python()
     fws = [
         Framework("ours", "ours_loop.py", main_py, ["--variant", "log"], ours=True),
         Framework("ours-nolog", "ours_loop.py", main_py, ["--variant", "nolog"], ours=True),
@@ -265,7 +270,7 @@ def machine_info() -> dict[str, str]:
         "cpu": cpu_model(),
         "cores": str(os.cpu_count()),
         "platform": platform.platform(),
-        "python (ours, .venv)": python_version(MAIN_PY if MAIN_PY.exists() else Path(sys.executable)),
+        "python (ours, .venv)": python_version(our_python()),
         "python (peers, .bench-venv)": python_version(BENCH_PY),
         "load average at start": load,
     }
@@ -434,13 +439,12 @@ def main() -> int:
     baseline_src = None
     if args.against:
         baseline_src, sha = revision_packages(args.against)
-        main_py = MAIN_PY if MAIN_PY.exists() else Path(sys.executable)
         fws.insert(
             1,
             Framework(
                 "ours-against",
                 "ours_loop.py",
-                main_py,
+                our_python(),
                 ["--variant", "log"],
                 env={
                     "LOOP_OVERHEAD_SRC": str(baseline_src),

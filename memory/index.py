@@ -276,7 +276,6 @@ class HnswIndex(_Positions):
                 self.bitmap[p >> 3] &= ~(1 << (p & 7)) & 0xFF
 
     def upsert(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-
         ids = np.asarray(ids, dtype=np.int64)
         vecs = np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1, self.dim)
         if len(ids) == 0:
