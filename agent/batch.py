@@ -62,7 +62,7 @@ def read_tasks(path: str | Path) -> list[BatchTask]:
     tasks: list[BatchTask] = []
     seen: set[str] = set()
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8").split("\n")  # not splitlines(): see read_events
     except OSError as e:
         raise AgentError(f"cannot read tasks file {path}: {e.strerror}") from e
     for number, line in enumerate(lines, 1):
@@ -93,7 +93,7 @@ def read_results(path: str | Path) -> dict[str, BatchResult]:
     p = Path(path)
     if not p.exists():
         return results
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in p.read_text(encoding="utf-8").split("\n"):  # not splitlines(): see read_events
         try:
             result = BatchResult.model_validate_json(line)
         except ValidationError:

@@ -107,7 +107,9 @@ def read_events(path: str | Path) -> list[Event]:
     """Read a run log, skipping a torn final line from a killed process."""
     events: list[Event] = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        # Split on "\n" only: str.splitlines() also breaks at U+2028, U+2029,
+        # U+0085 and others, which JSON leaves unescaped inside strings.
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError:
         raise AgentError(f"{path} is not a run log (not UTF-8 text)") from None
     for number, line in enumerate(lines, 1):

@@ -172,3 +172,21 @@ def test_cli_batch_killed_mid_run_then_resumed(tmp_path):
     # without --resume an existing results file is refused with one clear line
     again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_results_holding_unicode_line_separators_count_as_done_on_resume(tmp_path):
+    out = tmp_path / "results.jsonl"
+
+    def make(task):
+        return Agent(ScriptedLLM(["one\u2028two\x85three"]), run_dir=tmp_path / "runs")
+
+    asyncio.run(BatchRunner(make, out).run(tasks(2)))
+    assert set(read_results(out)) == {"t0", "t1"}
+    made = []
+
+    def again(task):
+        made.append(task.id)
+        return make(task)
+
+    asyncio.run(BatchRunner(again, out, resume=True).run(tasks(2)))
+    assert made == []

@@ -208,3 +208,26 @@ def test_ctrl_c_in_run_sync_leaves_a_finished_log(tmp_path):
     assert "status cancelled" in out
     events = read_events(next((tmp_path / "runs").glob("*.jsonl")))
     assert events[-1].type == "run_finished" and events[-1].status == "cancelled"
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_a_log_holding_unicode_line_separators_reads_back_and_resumes(tmp_path, separator):
+    # JSON leaves these unescaped in strings; str.splitlines() would cut an event in two.
+    runs = tmp_path / "runs"
+
+    @tool
+    def fetch() -> str:
+        """Fetch a text."""
+        return f"first{separator}second"
+
+    first = Agent(ScriptedLLM([_call("fetch")]), tools=[fetch], run_dir=runs, max_steps=1).run_sync("go")
+    assert first.status == "max_steps"
+    events = read_events(first.log_path)
+    assert [e.type for e in events] == [e.type for e in first.events if e.type != "model_delta"]
+    assert next(e for e in events if e.type == "tool_result").content == f"first{separator}second"
+    second = Agent(ScriptedLLM(["done"]), tools=[fetch], run_dir=runs).resume_sync(first.run_id)
+    assert second.ok and second.answer == "done"
+
+
+def _call(name: str, **arguments) -> str:
+    return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"

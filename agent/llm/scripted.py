@@ -63,7 +63,7 @@ class ScriptedLLM:
         items = (
             json.loads(text)
             if text.lstrip().startswith("[")
-            else [json.loads(line) for line in text.splitlines() if line.strip()]
+            else [json.loads(line) for line in text.split("\n") if line.strip()]  # JSON may hold U+2028
         )
         return cls(items, name=f"scripted:{Path(path).name}", **kwargs)
 
