@@ -495,7 +495,7 @@ class Run:
             else:
                 ready.append(prepared)
         if len(ready) > 1 and all(p.tool.read_only for p in ready):
-            await asyncio.gather(*(self._execute(p, step) for p in ready))
+            await self._execute_together(ready, step)
         else:
             for p in ready:
                 await self._execute(p, step)
@@ -519,6 +519,19 @@ class Run:
             return
         if failed and self.agent.strategy == "plan-act-reflect":
             await self._reflect("error")
+
+    async def _execute_together(self, ready: list[_Prepared], step: int) -> None:
+        """Run read-only calls concurrently. When one ends the run (a guard
+        halts it, a hook raises, the run is cancelled), the others are
+        cancelled and waited for: nothing of this run goes on after it ends."""
+        tasks = [asyncio.ensure_future(self._execute(p, step)) for p in ready]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     def _prepare(self, call: ToolCallRequest) -> _Prepared | tuple[str, str, str, ToolErrorKind]:
         """Check a call's name and arguments: the call ready to run, or what to

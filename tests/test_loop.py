@@ -106,6 +106,44 @@ def test_read_only_calls_in_one_turn_run_concurrently(run_dir):
     assert sorted(r.content for r in results[:3]) == ["A", "B", "C"]
 
 
+def test_a_concurrent_call_that_ends_the_run_stops_the_others_before_it_ends(run_dir):
+    from agent import Decision
+
+    slow_ended = []
+
+    @tool
+    async def fast() -> str:
+        """Read quickly."""
+        return "SECRET"
+
+    @tool
+    async def slow() -> str:
+        """Read slowly."""
+        try:
+            await asyncio.sleep(0.3)
+        except asyncio.CancelledError:
+            slow_ended.append("cancelled")
+            raise
+        slow_ended.append("finished")
+        return "late"
+
+    async def guard(event):
+        if event.type == "tool_result" and "SECRET" in event.content:
+            return Decision.halt("a secret leaked")
+        return None
+
+    llm = ScriptedLLM([call("fast") + call("slow")])
+    result = Agent(llm, tools=[fast, slow], guards=[guard], run_dir=run_dir).run_sync("go")
+    assert result.status == "halted"
+    assert slow_ended == ["cancelled"]
+    assert result.events[-1].type == "run_finished"
+    logged = read_events(result.log_path)
+    assert [e.seq for e in logged] == [e.seq for e in result.events if e.type != "model_delta"]
+    assert logged[-1].type == "run_finished"
+    Agent(ScriptedLLM(["ok"]), run_dir=run_dir).run_sync("later")  # the thread's loop runs again
+    assert slow_ended == ["cancelled"] and len(read_events(result.log_path)) == len(logged)
+
+
 @pytest.mark.parametrize(
     "bad_turn, kind, hint",
     [
