@@ -619,14 +619,17 @@ class Run:
             left = max(0.0, self._deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
         token = _context.set(ToolContext(self.run_id, step, call.id, self.agent.workspace, self.bus.emit))
+        timer: asyncio.Timeout | None = None
         try:
             if tool.blocking:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(timeout) as timer:
                     value = await tool.run(p.args)
             else:  # declared quick and free of I/O: no timer to arm and cancel
                 value = await tool.run(p.args)
+            # Inside the try: a value that cannot be rendered is the tool's error, not the run's.
+            content = render_output(value)
         except TimeoutError as e:
-            if not tool.blocking or timeout is None:  # raised by the tool itself
+            if timer is None or not timer.expired():  # raised by the tool itself
                 text = f"Tool '{call.name}' raised TimeoutError: {e}"
                 await self._tool_result(call.id, call.name, text, step, error="exception", started=started)
                 return
@@ -645,7 +648,7 @@ class Run:
             return
         finally:
             _context.reset(token)
-        await self._tool_result(call.id, call.name, render_output(value), step, error=None, started=started)
+        await self._tool_result(call.id, call.name, content, step, error=None, started=started)
 
     async def _approved(self, call_id: str, name: str, arguments: dict[str, Any], step: int) -> bool:
         request = ApprovalRequested(call_id=call_id, name=name, arguments=arguments, step=step)

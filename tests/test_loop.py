@@ -153,6 +153,8 @@ def test_a_concurrent_call_that_ends_the_run_stops_the_others_before_it_ends(run
         (call("add", a=1), "invalid_arguments", "b: Field required"),
         (call("boom"), "exception", "ZeroDivisionError"),
         (call("slow"), "timeout", "timed out"),
+        (call("database"), "exception", "raised TimeoutError: the database did not answer"),
+        (call("unprintable"), "exception", "raised RuntimeError: cannot print this"),
     ],
 )
 def test_model_mistakes_become_observations(run_dir, bad_turn, kind, hint):
@@ -161,6 +163,20 @@ def test_model_mistakes_become_observations(run_dir, bad_turn, kind, hint):
         """Always fails."""
         return 1 // 0
 
+    @tool(timeout=30)
+    def database() -> str:
+        """A TimeoutError of its own, long before its timeout: an exception, not a timeout."""
+        raise TimeoutError("the database did not answer")
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("cannot print this")
+
+    @tool
+    def unprintable() -> dict:
+        """Returns a value that cannot be rendered for the model."""
+        return {"value": Unprintable()}
+
     @tool(timeout=0.2)
     async def slow() -> str:
         """Never finishes in time."""
@@ -168,7 +184,7 @@ def test_model_mistakes_become_observations(run_dir, bad_turn, kind, hint):
         return "late"
 
     llm = ScriptedLLM([bad_turn, call("add", a=1, b=2), "3"])
-    result = Agent(llm, tools=[add, boom, slow], run_dir=run_dir).run_sync("add 1 and 2")
+    result = Agent(llm, tools=[add, boom, slow, database, unprintable], run_dir=run_dir).run_sync("add 1 and 2")
     assert result.status == "completed" and result.answer == "3"
     error = next(e for e in result.events if e.type == "tool_result" and e.is_error)
     assert error.error_kind == kind
