@@ -206,6 +206,7 @@ class Run:
         self._cancel = False  # a plain flag: cancel() may come from another thread
         self._deadline: float | None = None
         self._first_step = 0
+        self._first_tokens = 0  # tokens used before this call of execute(): budgets count from its start
         self.log: RunLog | None = None
         self._budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
         self._should_stop, self._act, self._observe = _hooks(agent)
@@ -227,13 +228,14 @@ class Run:
         agent = self.agent
         self._cancel = False
         self._first_step = self.state.step
+        self._first_tokens = self.state.usage.total_tokens
         self._deadline = time.monotonic() + agent.max_seconds if agent.max_seconds is not None else None
         try:
             try:
                 if task is not None:
                     await self._start(task)
                 else:
-                    await self._restart()
+                    await self._restart(follow_up=follow_up is not None)
                 if follow_up is not None:
                     decision = await self.bus.emit(UserMessage(content=follow_up, step=self.state.step))
                     if decision.action in ("block", "halt"):
@@ -292,10 +294,17 @@ class Run:
         if lessons:
             await self.bus.emit(Feedback(content=format_lessons(lessons), reason="recall"), judge=False)
 
-    async def _restart(self) -> None:
-        """Continue a run: settle the calls a crash left without results."""
+    async def _restart(self, *, follow_up: bool = False) -> None:
+        """Continue a run from its state: settle what a crash or a budget left open.
+
+        Calls left without results are settled. A final answer recorded just
+        before a crash ends the run as completed, with that answer. A model
+        reply that was not yet taken as the answer becomes it, unless a
+        follow-up message continues the conversation from it.
+        """
         state = self.state
         ended = state.status in ("completed", "halted")
+        answered = state.status == "running" and self._answered_since_start()
         await self.bus.deliver(
             RunStarted(
                 task=state.task,
@@ -308,6 +317,8 @@ class Run:
                 step=state.step,
             )
         )
+        if answered and not follow_up:
+            raise _Stop("completed")
         state.answer = state.answer_text = None
         response = state.last_response
         if response is None or ended:
@@ -315,8 +326,17 @@ class Run:
         pending = set(state.unfinished_calls())
         if response.tool_calls and pending:
             await self._handle_calls([c for c in response.tool_calls if c.id in pending], resumed=True)
-        elif not response.tool_calls and not self._after_response(response):
+        elif not response.tool_calls and not follow_up and not self._after_response(response):
             await self._handle_text_answer(response)
+
+    def _answered_since_start(self) -> bool:
+        """Whether a final answer was recorded since the run (or its last resume) started."""
+        for event in reversed(self.state.events):
+            if event.type == "final_answer":
+                return True
+            if event.type == "run_started":
+                return False
+        return False
 
     def _after_response(self, response: ModelResponse) -> bool:
         """Whether anything was recorded after the last model response."""
@@ -422,7 +442,7 @@ class Run:
             )
             return None
         max_tokens = self.agent.max_tokens
-        if max_tokens is not None and (used := self.state.usage.total_tokens) >= max_tokens:
+        if max_tokens is not None and (used := self.state.usage.total_tokens - self._first_tokens) >= max_tokens:
             raise _Stop("max_tokens", f"used {used} of {max_tokens} tokens")
         return response
 

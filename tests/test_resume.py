@@ -231,3 +231,42 @@ def test_a_log_holding_unicode_line_separators_reads_back_and_resumes(tmp_path, 
 
 def _call(name: str, **arguments) -> str:
     return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+
+
+def _cut_last_line_in_half(path) -> None:
+    data = Path(path).read_bytes()
+    start = data.rstrip(b"\n").rfind(b"\n") + 1
+    Path(path).write_bytes(data[: start + (len(data) - start) // 2])
+
+
+def test_resume_after_a_crash_between_the_answer_and_the_end_keeps_the_answer(tmp_path):
+    runs = tmp_path / "runs"
+    done = Agent(ScriptedLLM(["It is 42."]), run_dir=runs).run_sync("what is it?")
+    _cut_last_line_in_half(done.log_path)  # run_finished torn: the process died writing it
+    assert read_events(done.log_path)[-1].type == "final_answer"
+    llm = ScriptedLLM([])
+    result = Agent(llm, run_dir=runs).resume_sync(done.run_id)
+    assert result.ok and result.answer == "It is 42."
+    assert llm.requests == []
+    assert [e.status for e in read_events(done.log_path) if e.type == "run_finished"] == ["completed"]
+
+
+def test_resume_of_a_session_cut_after_a_new_message_answers_that_message(tmp_path):
+    runs = tmp_path / "runs"
+    chat = Agent(ScriptedLLM(["Hello, Ada."]), run_dir=runs).session()
+    chat.send_sync("I am Ada.")
+    with open(chat.log_path, "ab") as log:  # the second turn had begun when the process died
+        log.write(_resumed_turn_lines(chat))
+    llm = ScriptedLLM(["You are Ada."])
+    result = Agent(llm, run_dir=runs).resume_sync(chat.run_id)
+    assert result.ok and result.answer == "You are Ada."
+    assert [m.content for m in llm.requests[0].messages if m.role == "user"] == ["I am Ada.", "Who am I?"]
+
+
+def _resumed_turn_lines(chat) -> bytes:
+    from agent.events import RunStarted, UserMessage
+
+    last = chat.history[-1]
+    started = RunStarted(run_id=chat.run_id, seq=last.seq + 1, step=last.step, task="I am Ada.", resumed=True)
+    message = UserMessage(run_id=chat.run_id, seq=last.seq + 2, step=last.step, content="Who am I?")
+    return (started.model_dump_json() + "\n" + message.model_dump_json() + "\n").encode()

@@ -46,3 +46,16 @@ def test_step_budget_is_per_turn(run_dir):
     chat = Agent(llm, tools=[add], max_steps=2, run_dir=run_dir).session()
     assert chat.send_sync("1+1").ok
     assert chat.send_sync("2+2").ok
+
+
+def test_token_budget_is_per_turn_and_a_turn_after_it_is_answered(run_dir):
+    # ScriptedLLM counts a text reply as len(text) // 4 completion tokens.
+    llm = ScriptedLLM(["a long answer of forty characters, more!", "Fine."])
+    chat = Agent(llm, max_tokens=5, run_dir=run_dir).session()
+    assert chat.send_sync("say a lot").status == "max_tokens"
+    second = chat.send_sync("now briefly")
+    assert second.ok and second.answer == "Fine."
+    assert llm.remaining == 0
+    events = read_events(chat.log_path)
+    assert [e.content for e in events if e.type == "user_message"] == ["say a lot", "now briefly"]
+    assert [e.status for e in events if e.type == "run_finished"] == ["max_tokens", "completed"]
