@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from .session import Session
 
 Strategy = Literal["react", "plan-act-reflect"]
+_log = logging.getLogger("agent")
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a capable assistant that solves tasks step by step. Use the tools when they help; "
@@ -243,8 +246,12 @@ class Agent:
         """Checked before every step: return a reason to end the run ("stopped")."""
         return None
 
-    def on_event(self, event: Event) -> None:
-        """Called for every event of every run, in order. Override to observe."""
+    def on_event(self, event: Event) -> None | Awaitable[None]:
+        """Called for every event of every run, in order. Override to observe.
+
+        It may be sync or async. It watches the run and does not steer it: an
+        exception it raises is logged (logger `agent`) and the run goes on.
+        """
 
     # -- running -------------------------------------------------------------
 
@@ -346,9 +353,38 @@ class Agent:
             run.bus.subscribe(run.log)
         else:
             run.log = None
-        if type(self).on_event is not Agent.on_event:
-            run.bus.subscribe(self.on_event)
+        observer = self._observer()
+        if observer is not None:
+            run.bus.subscribe(observer)
         return run
+
+    def _observer(self) -> Any:
+        """`on_event` as a subscriber that logs what it raises; None when it is the base one."""
+        on_event = self.on_event
+        if getattr(on_event, "__func__", None) is Agent.on_event:
+            return None
+        name = type(self).__name__
+
+        def report(event: Event) -> None:
+            _log.exception("%s.on_event raised on a %s event; the run goes on", name, event.type)
+
+        if inspect.iscoroutinefunction(on_event):
+
+            async def observe_async(event: Event) -> None:
+                try:
+                    await on_event(event)
+                except Exception:
+                    report(event)
+
+            return observe_async
+
+        def observe(event: Event) -> None:
+            try:
+                on_event(event)
+            except Exception:
+                report(event)
+
+        return observe
 
     async def _execute(self, run: Run, task: str | None, follow_up: str | None = None) -> None:
         self._runs.append(run)

@@ -207,6 +207,7 @@ class Run:
         self._deadline: float | None = None
         self._first_step = 0
         self._first_tokens = 0  # tokens used before this call of execute(): budgets count from its start
+        self._finished = False
         self.log: RunLog | None = None
         self._budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
         self._should_stop, self._act, self._observe = _hooks(agent)
@@ -227,6 +228,7 @@ class Run:
         """
         agent = self.agent
         self._cancel = False
+        self._finished = False  # this call's RunFinished is out: a later fault must not end the run again
         self._first_step = self.state.step
         self._first_tokens = self.state.usage.total_tokens
         self._deadline = time.monotonic() + agent.max_seconds if agent.max_seconds is not None else None
@@ -246,14 +248,20 @@ class Run:
                 await self._finish(stop.status, stop.error)
         except asyncio.CancelledError:
             # Ctrl-C or a cancelled task: record it, then let cancellation go on.
-            await self._finish("cancelled", "cancelled by the user")
+            if not self._finished:
+                await self._finish("cancelled", "cancelled by the user")
             raise
-        except Exception as e:  # infrastructure fault: record it before it escapes
+        except Exception as e:  # infrastructure fault: record it, and end the run once
             message = f"{type(e).__name__}: {e}"
-            await self.bus.deliver(
-                Error(kind=type(e).__name__, message=message, fatal=True, step=self.state.step)
-            )
-            await self._finish("failed", message)
+            try:
+                await self.bus.deliver(
+                    Error(kind=type(e).__name__, message=message, fatal=True, step=self.state.step)
+                )
+                if not self._finished:
+                    await self._finish("failed", message)
+            except Exception:  # recording failed as well (a full disk): the state still says how it ended
+                if not self._finished:
+                    self.state.status, self.state.error = "failed", message
         return self.state
 
     # -- the steps ---------------------------------------------------------
@@ -818,6 +826,7 @@ class Run:
                 await self.bus.deliver(Error(kind="memory", message=f"could not record the episode: {e}"))
 
     async def _finish_event(self, status: RunStatus, error: str | None) -> None:
+        self._finished = True
         state = self.state
         answer = state.answer
         if isinstance(answer, BaseModel):

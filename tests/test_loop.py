@@ -476,3 +476,49 @@ def test_a_tool_class_without_run_is_refused_when_made():
 
     with pytest.raises(TypeError, match="abstract method"):
         Broken()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_on_event_that_raises_is_logged_and_the_run_ends_once(run_dir, caplog, kind):
+    seen: list[str] = []
+
+    def look(event) -> None:
+        seen.append(event.type)
+        raise ValueError("observer bug")
+
+    class Watching(Agent):
+        if kind == "sync":
+
+            def on_event(self, event) -> None:
+                look(event)
+
+        else:
+
+            async def on_event(self, event) -> None:
+                look(event)
+
+    llm = ScriptedLLM([call("add", a=1, b=2), "3"])
+    with caplog.at_level("ERROR", logger="agent"):
+        result = Watching(llm, tools=[add], run_dir=run_dir).run_sync("add")
+    assert result.ok and result.answer == "3"
+    assert seen == [e.type for e in result.events]  # it saw every event, each once
+    assert [e.type for e in result.events].count("run_finished") == 1
+    assert "Watching.on_event raised on a run_finished event" in caplog.text
+    assert "observer bug" in caplog.text
+
+
+def test_a_log_that_fails_while_recording_a_fault_still_ends_the_run_failed(run_dir):
+    class FullDisk:
+        def __call__(self, event) -> None:
+            if event.type in ("tool_call", "error", "run_finished"):
+                raise OSError(28, "No space left on device")
+
+    class Agent2(Agent):
+        def _wire(self, run, log_path=None):
+            run = super()._wire(run, log_path)
+            run.bus.subscribe(FullDisk())
+            return run
+
+    result = Agent2(ScriptedLLM([call("add", a=1, b=2)]), tools=[add], run_dir=run_dir).run_sync("add")
+    assert result.status == "failed"
+    assert "No space left on device" in result.error
