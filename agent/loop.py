@@ -138,10 +138,23 @@ def _signature(name: str, arguments: dict[str, Any] | None) -> str:
     return name + json.dumps(arguments, sort_keys=True, default=str)
 
 
-def _same(a: tuple[str, dict[str, Any] | None], b: tuple[str, dict[str, Any] | None]) -> bool:
+_Call = tuple[str, dict[str, Any] | None]  # a call's (name, arguments)
+
+
+def _same(a: _Call, b: _Call) -> bool:
     """Same tool with the same arguments, as JSON (1 and true differ). The plain
     comparison first: it settles most pairs without encoding anything."""
     return a[0] == b[0] and a[1] == b[1] and _signature(*a) == _signature(*b)
+
+
+def _same_turn(a: tuple[_Call, ...], b: tuple[_Call, ...]) -> bool:
+    """The same calls, in the same order."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):  # a loop, not all(<genexpr>): this runs every step
+        if not _same(x, y):
+            return False
+    return True
 
 
 class _FinalAnswerTool(Tool):
@@ -199,7 +212,9 @@ class Run:
         self._tool_names = [t.name for t in offered]
         self._retries: dict[str, int] = {}
         self._constrain_next = False  # the next act call is a malformed call's last retry
-        self._recent: list[tuple[str, dict[str, Any] | None]] = []  # (name, arguments) of recent calls
+        # The calls of each recent turn: loops are turns that repeat, not calls
+        # (three identical calls in one turn, "roll three dice", are no loop).
+        self._recent: list[tuple[_Call, ...]] = []
         self._errors_in_row = 0
         self._effort_boost = False
         self._final_reflected = False
@@ -539,8 +554,8 @@ class Run:
             else:
                 await self._final(args.answer, None, step)  # type: ignore[attr-defined]
             return
-        for p in ready:
-            self._recent.append((p.call.name, p.call.arguments))
+        if ready:
+            self._recent.append(tuple([(p.call.name, p.call.arguments) for p in ready]))
         pattern = self._loop_pattern()
         if pattern is not None:
             await self._break_loop(pattern, step)
@@ -761,21 +776,21 @@ class Run:
             await self.bus.emit(await _maybe_await(self.agent.reflect(reflection)))
 
     def _loop_pattern(self) -> Literal["repeated", "oscillating"] | None:
-        """Same call repeated, or two calls alternating, in the recent calls."""
+        """The same turn repeated, or two turns alternating, in the recent turns."""
         recent = self._recent
         n = self.agent.loop_repeats
         if recent and len(recent) >= n:
             last = recent[-1]
-            for call in recent[-n:-1]:  # a loop, not all(<genexpr>): this runs every step
-                if not _same(last, call):
+            for turn in recent[-n:-1]:  # a loop, not all(<genexpr>): this runs every step
+                if not _same_turn(last, turn):
                     break
             else:
                 return "repeated"
         if (
             len(recent) >= 4
-            and _same(recent[-1], recent[-3])
-            and _same(recent[-2], recent[-4])
-            and not _same(recent[-2], recent[-1])
+            and _same_turn(recent[-1], recent[-3])
+            and _same_turn(recent[-2], recent[-4])
+            and not _same_turn(recent[-2], recent[-1])
         ):
             return "oscillating"
         return None

@@ -255,6 +255,16 @@ def test_react_loop_detection_warns_the_model(run_dir):
     assert efforts == ["medium", "medium", "medium", "high"]
 
 
+def test_loops_are_repeated_turns_not_repeated_calls_within_one_turn(run_dir):
+    a, b = call("add", a=1, b=1), call("add", a=2, b=2)
+    llm = ScriptedLLM([a + a + a, a + b + a + b, "done"])  # three dice rolled at once is no loop
+    result = Agent(llm, tools=[add], run_dir=run_dir).run_sync("add")
+    assert result.ok and not [e for e in result.events if e.type == "feedback"]
+    llm = ScriptedLLM([a + b, a + b, a + b, "done"])  # the same turn of two calls, three times, is
+    result = Agent(llm, tools=[add], run_dir=run_dir).run_sync("add")
+    assert [e.reason for e in result.events if e.type == "feedback"] == ["loop"]
+
+
 def test_plan_act_reflect(run_dir):
     a, b = call("add", a=1, b=1), call("add", a=2, b=2)
     llm = ScriptedLLM(
