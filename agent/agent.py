@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -257,8 +258,10 @@ class Agent:
 
     async def run(self, task: str) -> AsyncIterator[Event]:
         """Run `task`, yielding each event as it happens."""
-        async for event in self._iterate(self._new_run(), task):
-            yield event
+        # aclosing: a caller that stops reading closes the inner stream, and so ends the run, at once.
+        async with contextlib.aclosing(self._iterate(self._new_run(), task)) as events:
+            async for event in events:
+                yield event
 
     async def arun(self, task: str) -> RunResult:
         """Run `task` to the end and return the result."""
@@ -271,8 +274,9 @@ class Agent:
 
     async def resume(self, run_id: str | Path) -> AsyncIterator[Event]:
         """Continue an interrupted run from its log, yielding new events."""
-        async for event in self._iterate(self._resumed_run(run_id), None):
-            yield event
+        async with contextlib.aclosing(self._iterate(self._resumed_run(run_id), None)) as events:
+            async for event in events:
+                yield event
 
     async def aresume(self, run_id: str | Path) -> RunResult:
         return await self._complete(self._resumed_run(run_id), None)
@@ -416,6 +420,9 @@ class Agent:
             await worker
         finally:
             if not worker.done():
+                current = asyncio.current_task()
+                if current is None or not current.cancelling():  # not Ctrl-C: the consumer left
+                    run.stop_reason = "the caller stopped reading the run's events"
                 worker.cancel()
                 try:
                     await worker

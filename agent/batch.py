@@ -33,7 +33,7 @@ class BatchTask(BaseModel):
     tools: list[str] | None = None
     effort: Effort | None = None
     expected: Any = None
-    max_steps: int | None = None
+    max_steps: int | None = Field(default=None, ge=1)
 
 
 class BatchResult(BaseModel):
@@ -65,14 +65,16 @@ def read_tasks(path: str | Path) -> list[BatchTask]:
         lines = Path(path).read_text(encoding="utf-8").split("\n")  # not splitlines(): see read_events
     except OSError as e:
         raise AgentError(f"cannot read tasks file {path}: {e.strerror}") from e
+    except UnicodeDecodeError:
+        raise AgentError(f"tasks file {path} is not UTF-8 text (one JSON object per line)") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             data = json.loads(line)
-            if isinstance(data, dict) and "id" in data and not isinstance(data["id"], str):
+            if isinstance(data, dict) and type(data.get("id")) is int:
                 data["id"] = str(data["id"])
-            task = BatchTask.model_validate(data)
+            task = BatchTask.model_validate(data)  # an id that is a number is read as its text
         except (json.JSONDecodeError, ValidationError) as e:
             first = str(e).splitlines()[0 if isinstance(e, json.JSONDecodeError) else 1 :][:2]
             raise AgentError(
@@ -93,7 +95,13 @@ def read_results(path: str | Path) -> dict[str, BatchResult]:
     p = Path(path)
     if not p.exists():
         return results
-    for line in p.read_text(encoding="utf-8").split("\n"):  # not splitlines(): see read_events
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise AgentError(f"cannot read results file {path}: {e.strerror}") from e
+    except UnicodeDecodeError:
+        raise AgentError(f"results file {path} is not UTF-8 text; is it a results file?") from None
+    for line in text.split("\n"):  # not splitlines(): see read_events
         try:
             result = BatchResult.model_validate_json(line)
         except ValidationError:
@@ -325,7 +333,7 @@ class AgentSpec(BaseModel):
             tools=task.tools if task.tools is not None else self.tools,
             effort=task.effort or self.effort,
             strategy=self.strategy,
-            max_steps=task.max_steps or self.max_steps,
+            max_steps=task.max_steps if task.max_steps is not None else self.max_steps,
             max_seconds=self.max_seconds,
             run_dir=self.run_dir,
             workspace=self.workspace,
@@ -395,6 +403,8 @@ def run_cli(args: Any) -> int:
     if output.is_dir():
         raise AgentError(f"-o {output} is a directory; give the path of a results file (.jsonl)")
     writable_dir(output.parent, "-o")
+    if output.exists() and not os.access(output, os.W_OK):
+        raise AgentError(f"cannot write to {output} (-o): permission denied; choose another -o")
     writable_dir(args.run_dir, "--run-dir")
     spec = AgentSpec(
         model=args.model,
@@ -406,6 +416,7 @@ def run_cli(args: Any) -> int:
         max_steps=args.max_steps,
         max_seconds=args.timeout,
         run_dir=str(args.run_dir),
+        workspace=str(writable_dir(args.workspace, "--workspace")),
         approve=args.yes,
         context_window=getattr(args, "context_window", None),
     )

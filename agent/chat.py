@@ -797,7 +797,7 @@ class Chat:
 def build_agent(args: Any) -> Any:
     """The agent `agent chat` talks to, from the same flags as `agent run`."""
     from .agent import Agent
-    from .cli import make_model
+    from .cli import make_model, writable_dir
 
     tools = [n.strip() for n in (args.tools or "").split(",") if n.strip()]
     options = {"needs_approval_for_writes": True} if args.approve_writes else {}
@@ -812,6 +812,7 @@ def build_agent(args: Any) -> Any:
         max_tokens=args.max_tokens,
         max_seconds=args.timeout,
         run_dir=args.run_dir,
+        workspace=writable_dir(args.workspace, "--workspace"),
         context_window=getattr(args, "context_window", None),
         **extra,
     )

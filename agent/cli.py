@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -18,6 +20,7 @@ from .errors import AgentError
 from .runlog import DEFAULT_RUN_DIR
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a program its pipe's reader left
 
 
 def _number(kind: type, low: float, *, above: bool = False) -> Any:
@@ -28,6 +31,8 @@ def _number(kind: type, low: float, *, above: bool = False) -> Any:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
         if value < low or (above and value == low):
             raise argparse.ArgumentTypeError(
                 f"must be {'more than' if above else 'at least'} {low:g}, not {text}"
@@ -38,6 +43,31 @@ def _number(kind: type, low: float, *, above: bool = False) -> Any:
 
 
 POSITIVE, SECONDS = _number(int, 1), _number(float, 0, above=True)
+
+
+def base_url(text: str) -> str:
+    """An argparse type: an http(s) URL with a host and a valid port."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError when out of range
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1"
+        )
+    if port == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} has port 0; give the port the server listens on")
+    return text
+
+
+def api_key(text: str) -> str:
+    """An argparse type: a key that can go into an HTTP header (not echoed back when it cannot)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise argparse.ArgumentTypeError("the key holds a control character (a pasted line break?)")
+    return text
 
 
 def writable_dir(path: Path, flag: str) -> Path:
@@ -56,6 +86,12 @@ def writable_dir(path: Path, flag: str) -> Path:
     return path
 
 
+WORKSPACE_HELP = (
+    "the folder the python tool runs in and the files tools read and write "
+    "(default: the current directory)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent", description="Run agents on models you host yourself.", allow_abbrev=False
@@ -72,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--base-url",
+        type=base_url,
         help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, llama.cpp)",
     )
-    g.add_argument("--api-key", help="API key for --base-url (default: $OPENAI_API_KEY)")
+    g.add_argument("--api-key", type=api_key, help="API key for --base-url (default: $OPENAI_API_KEY)")
     g.add_argument("--effort", choices=["low", "medium", "high"], default=None, help="reasoning effort")
     g.add_argument(
         "--context-window",
@@ -92,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where run logs go (default .agent/runs)"
     )
+    r.add_argument("--workspace", type=Path, default=Path("."), help=WORKSPACE_HELP)
     r.add_argument("--json", action="store_true", help="print every event as a JSON line instead")
     r.add_argument("--verbose", "-v", action="store_true", help="show thinking and guard verdicts")
     r.add_argument("--yes", "-y", action="store_true", help="approve every tool call that asks for approval")
@@ -129,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where session logs go (.agent/runs)"
     )
+    c.add_argument("--workspace", type=Path, default=Path("."), help=WORKSPACE_HELP)
     c.add_argument("--verbose", "-v", action="store_true", help="show thinking in full (/thinking toggles)")
     c.add_argument("--yes", "-y", action="store_true", help="approve every tool call that asks for approval")
 
@@ -157,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=POSITIVE, default=None)
     p.add_argument("--timeout", type=SECONDS, default=None, help="wall-clock budget per task, seconds")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    p.add_argument("--workspace", type=Path, default=Path("."), help=WORKSPACE_HELP)
     p.add_argument(
         "--yes", "-y", action="store_true", help="approve tool calls that ask (nobody is there to ask)"
     )
@@ -207,13 +247,9 @@ def make_model(args: argparse.Namespace) -> Any:
     return TransformersLLM(model).load()
 
 
-def make_tools(spec: str) -> list[Any]:
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    if not names:
-        return []
-    from .builtins import builtin_tools
-
-    return builtin_tools(names)
+def tool_names(spec: str | None) -> list[str]:
+    """Built-in tool names from a comma-separated flag; the agent makes them for its workspace."""
+    return [n.strip() for n in (spec or "").split(",") if n.strip()]
 
 
 def _approver(auto_yes: bool) -> Any:
@@ -236,7 +272,8 @@ def _agent_from(args: argparse.Namespace, **extra: Any) -> Any:
 
     return Agent(
         make_model(args),
-        tools=make_tools(getattr(args, "tools", "")),
+        tools=tool_names(getattr(args, "tools", "")),
+        workspace=writable_dir(args.workspace, "--workspace"),
         strategy=args.strategy,
         effort=args.effort,
         max_steps=args.max_steps,
@@ -265,12 +302,21 @@ def _renderer(args: argparse.Namespace) -> Any:
     return JsonLinesRenderer() if args.json else ConsoleRenderer(verbose=args.verbose)
 
 
-async def _drive(events: Any, renderer: Any) -> Any:
+async def _drive(agent: Any, events: Any, renderer: Any) -> Any:
     last = None
     try:
-        async for event in events:
-            renderer(event)
-            last = event
+        async with contextlib.aclosing(events):
+            async for event in events:
+                renderer(event)
+                last = event
+    except asyncio.CancelledError:
+        # Ctrl-C: the run records how it ended while the stream unwinds; show that too.
+        run = agent._last
+        if run is not None:
+            seen = next((i for i, e in enumerate(run.state.events) if e is last), -1)
+            for event in run.state.events[seen + 1 :]:
+                renderer(event)
+        raise
     finally:
         if hasattr(renderer, "close"):
             renderer.close()
@@ -290,14 +336,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     _warn_if_unguarded(args)
     extra = {"system_prompt": args.system} if args.system else {}
     agent = _agent_from(args, **extra)
-    return _exit_code(asyncio.run(_drive(agent.run(args.task), _renderer(args))))
+    return _exit_code(asyncio.run(_drive(agent, agent.run(args.task), _renderer(args))))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     writable_dir(args.run_dir, "--run-dir")
     _warn_if_unguarded(args)
     agent = _agent_from(args)
-    return _exit_code(asyncio.run(_drive(agent.resume(args.run), _renderer(args))))
+    return _exit_code(asyncio.run(_drive(agent, agent.resume(args.run), _renderer(args))))
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -323,6 +369,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     renderer = _renderer(args)
     for event in events:
         renderer(event)
+    if events[-1].type != "run_finished" and not args.json:
+        _print_note(
+            f"the log ends before the run did (the process was stopped); `agent resume {events[0].run_id}` "
+            "continues it"
+        )
     return EXIT_OK
 
 
@@ -384,6 +435,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`agent run ... --json | head -1`): stop quietly, as a
+        # program killed by SIGPIPE would, and keep Python's exit-time flush quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (AgentError, LLMError) as e:
         _print_error(str(e))
         return EXIT_USAGE if isinstance(e, AgentError) else EXIT_RUN_FAILED
@@ -392,6 +449,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _print_error(f"internal error: {type(e).__name__}: {e} (set AGENT_DEBUG=1 for the traceback)")
         return EXIT_RUN_FAILED
+
+
+def _print_note(message: str) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True).print(Text(f"note: {message}", style="yellow"), soft_wrap=True)
 
 
 def _print_error(message: str) -> None:

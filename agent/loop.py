@@ -219,6 +219,7 @@ class Run:
         self._effort_boost = False
         self._final_reflected = False
         self._cancel = False  # a plain flag: cancel() may come from another thread
+        self.stop_reason: str | None = None  # why the run's task is cancelled, when not by the user
         self._deadline: float | None = None
         self._first_step = 0
         self._first_tokens = 0  # tokens used before this call of execute(): budgets count from its start
@@ -264,7 +265,7 @@ class Run:
         except asyncio.CancelledError:
             # Ctrl-C or a cancelled task: record it, then let cancellation go on.
             if not self._finished:
-                await self._finish("cancelled", "cancelled by the user")
+                await self._finish("cancelled", self.stop_reason or "cancelled by the user")
             raise
         except Exception as e:  # infrastructure fault: record it, and end the run once
             message = f"{type(e).__name__}: {e}"

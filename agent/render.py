@@ -108,7 +108,10 @@ class ConsoleRenderer:
         self.err.print(Text(f"error: {e.message}", style="bold red"), soft_wrap=True)
 
     def _on_final_answer(self, e: Any) -> None:
-        self.out.print(Markdown(e.content) if self.out.is_terminal else e.content)
+        if self.out.is_terminal:
+            self.out.print(Markdown(e.content))
+        else:  # a file or a pipe gets the answer exactly: no markup, emoji codes or wrapping applied
+            self.out.print(Text(e.content), soft_wrap=True)
 
     def _on_run_finished(self, e: Any) -> None:
         style = "green" if e.status == "completed" else "red"

@@ -112,6 +112,8 @@ def read_events(path: str | Path) -> list[Event]:
         lines = Path(path).read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError:
         raise AgentError(f"{path} is not a run log (not UTF-8 text)") from None
+    except OSError as e:  # unreadable, a directory, ...
+        raise AgentError(f"cannot read run log {path}: {e.strerror or e}") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -6,6 +6,7 @@ The run log is the session file: `agent chat --resume` and
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -43,8 +44,9 @@ class Session:
             events = self.agent._iterate(self._run, message)
         else:
             events = self.agent._iterate(self._run, None, follow_up=message)
-        async for event in events:
-            yield event
+        async with contextlib.aclosing(events):  # leaving the stream ends the turn at once
+            async for event in events:
+                yield event
 
     async def asend(self, message: str) -> RunResult:
         """`send` to the end; the result describes this turn's outcome."""

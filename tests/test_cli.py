@@ -190,10 +190,27 @@ def tasks_file(tmp_path, name="tasks.jsonl"):
         ),
         ("no tasks file", ["batch", "nope.jsonl", "-o", "r.jsonl"], "cannot read tasks file nope.jsonl"),
         ("tasks not JSONL", ["batch", "script.jsonl", "-o", "r.jsonl"], "script.jsonl:1: not a valid task"),
+        ("tasks not UTF-8", ["batch", "latin1.jsonl", "-o", "r.jsonl"], "latin1.jsonl is not UTF-8 text"),
+        ("task of 0 steps", ["batch", "zero.jsonl", "-o", "r.jsonl"], "zero.jsonl:1: not a valid task"),
+        ("task id null", ["batch", "null_id.jsonl", "-o", "r.jsonl"], "null_id.jsonl:1: not a valid task"),
+        ("replay a folder", ["replay", "folder.jsonl"], "cannot read run log folder.jsonl"),
+        ("base URL not http", ["run", "x", "--base-url", "ftp://host/v1"], "is not an http(s) URL with a host"),
+        ("base URL port", ["run", "x", "--base-url", "http://127.0.0.1:99999/v1"], "is not a valid URL"),
+        ("timeout not a number", ["run", "x", "--timeout", "nan"], "must be a finite number, not nan"),
+        (
+            "API key with a line break",
+            ["run", "x", "--base-url", "http://127.0.0.1:9/v1", "--api-key", "sk-abc\r\nX-Injected: 1"],
+            "the key holds a control character",
+        ),
+        ("workspace under a file", ["run", "x", "--workspace", "script.jsonl/ws"], "choose another --workspace"),
     ],
 )
 def test_more_user_errors_are_one_clear_line(tmp_path, script, case, args, message):
     tasks_file(tmp_path)
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"id": "a", "prompt": "caf\xe9"}\n')
+    (tmp_path / "zero.jsonl").write_text(json.dumps({"id": "a", "prompt": "x", "max_steps": 0}) + "\n")
+    (tmp_path / "null_id.jsonl").write_text(json.dumps({"id": None, "prompt": "x"}) + "\n")
+    (tmp_path / "folder.jsonl").mkdir()
     runs = tmp_path / ".agent" / "runs"
     runs.mkdir(parents=True)
     (runs / "empty.jsonl").write_text("")
@@ -205,6 +222,7 @@ def test_more_user_errors_are_one_clear_line(tmp_path, script, case, args, messa
     assert message in out.stderr
     assert "Traceback" not in out.stderr and "internal error" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(("error:", f"agent {args[0]}: error:"))
+    assert "sk-abc" not in out.stderr
     assert not (tmp_path / "r.jsonl").exists()
     assert (runs / "binary.jsonl").read_bytes() == b"\xc4\xff\x00garbage"  # refused, never trimmed
 
@@ -278,11 +296,15 @@ def test_a_server_that_answers_wrong_fails_the_run_in_one_line(tmp_path, status,
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("command", ["run", "batch"])
+@pytest.mark.parametrize("command", ["run", "run --json", "batch"])
 def test_ctrl_c_stops_a_run_cleanly(tmp_path, command):
     server = _Server(hang=True)
     tasks_file(tmp_path)
-    args = ["run", "x"] if command == "run" else ["batch", "tasks.jsonl", "-o", "r.jsonl"]
+    args = {
+        "run": ["run", "x"],
+        "run --json": ["run", "x", "--json"],
+        "batch": ["batch", "tasks.jsonl", "-o", "r.jsonl"],
+    }[command]
     process = subprocess.Popen(
         [sys.executable, "-m", "agent", *args, "--base-url", server.base_url, "--context-window", "4096"],
         cwd=tmp_path,
@@ -298,9 +320,88 @@ def test_ctrl_c_stops_a_run_cleanly(tmp_path, command):
             time.sleep(0.1)
         time.sleep(0.5)
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
+        out, err = process.communicate(timeout=30)
     finally:
         process.kill()
         server.close()
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    if command == "run --json":  # the stream shows how the run ended, as the log does
+        end = json.loads(out.splitlines()[-1])
+        assert end["type"] == "run_finished" and end["status"] == "cancelled", out
+    elif command == "run":
+        assert "cancelled" in err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"bad json', "bad.jsonl:1: not valid JSON"),
+        ('"fine"\n42\n', "bad.jsonl:2: each turn is model text (a JSON string) or a response object, not int"),
+        (b"\xff\xfe", "scripted model file bad.jsonl is not UTF-8 text"),
+    ],
+)
+def test_a_bad_scripted_model_file_is_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    out = agent("run", "x", "--model", f"scripted:{path.name}", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
+
+
+def test_python_and_files_tools_share_the_workspace_which_outlives_the_run(tmp_path):
+    code = "open('from_python.txt', 'w').write('written by python')"
+    turns = [
+        json.dumps({"tool_calls": [{"name": "python", "arguments": {"code": code}}]}),
+        json.dumps({"tool_calls": [{"name": "read_file", "arguments": {"path": "from_python.txt"}}]}),
+        json.dumps("Done."),
+    ]
+    (tmp_path / "script.jsonl").write_text("\n".join(turns) + "\n")
+    out = agent(
+        "run", "x", "--model", "scripted:script.jsonl", "--tools", "python,files", "--json",
+        "--workspace", "ws", cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    results = [json.loads(line) for line in out.stdout.splitlines() if '"tool_result"' in line]
+    assert [r["is_error"] for r in results] == [False, False], results
+    assert "written by python" in results[1]["content"]
+    assert (tmp_path / "ws" / "from_python.txt").read_text() == "written by python"
+
+
+def test_the_answer_reaches_a_file_exactly(tmp_path):
+    answer = "Use arr[i], not [bold]arr[/]; :smile: stays text. " + '{"k":[1,2]}' * 3000
+    (tmp_path / "script.jsonl").write_text(json.dumps(answer) + "\n")
+    out = agent("run", "x", "--model", "scripted:script.jsonl", "--no-guards", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == answer + "\n"
+
+
+def test_a_reader_that_leaves_the_pipe_ends_replay_quietly(tmp_path):
+    big = json.dumps("x" * 300_000)  # more than a pipe holds
+    (tmp_path / "script.jsonl").write_text(big + "\n")
+    assert agent("run", "x", "--model", "scripted:script.jsonl", "--no-guards", cwd=tmp_path).returncode == 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "replay", "last", "--json"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    first = process.stdout.readline()
+    process.stdout.close()  # as `| head -1` does
+    err = process.stderr.read().decode()
+    process.wait(timeout=60)
+    assert json.loads(first)["type"] == "run_started"
+    assert process.returncode == 141, err
+    assert err == ""
+
+
+def test_replay_of_a_killed_run_says_it_was_cut_short(tmp_path, script):
+    assert agent("run", "x", "--model", f"scripted:{script}", cwd=tmp_path).returncode == 0
+    log = next((tmp_path / ".agent" / "runs").glob("*.jsonl"))
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:3]) + "\n")
+    out = agent("replay", "last", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"agent resume {log.stem}" in out.stderr and "the log ends before the run did" in out.stderr

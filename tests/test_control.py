@@ -99,6 +99,25 @@ async def test_cancelling_the_task_records_the_run(run_dir):
     logs = list(run_dir.glob("*.jsonl"))
     events = read_events(logs[0])
     assert events[-1].type == "run_finished" and events[-1].status == "cancelled"
+    assert events[-1].error == "cancelled by the user"
+
+
+async def test_leaving_the_event_stream_cancels_the_run_and_says_why(run_dir):
+    @tool(timeout=None)
+    async def hang() -> str:
+        """Hang."""
+        await asyncio.sleep(30)
+        return "never"
+
+    agent = Agent(ScriptedLLM([call("hang")]), tools=[hang], run_dir=run_dir)
+    stream = agent.run("hang")
+    async for event in stream:
+        if event.type == "tool_call":
+            break
+    await stream.aclose()
+    end = agent._last.state.events[-1]
+    assert end.type == "run_finished" and end.status == "cancelled"
+    assert end.error == "the caller stopped reading the run's events"
 
 
 def test_interceptor_blocks_rewrites_and_halts(run_dir):

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import AgentError
 from ..events import ModelDelta, ModelResponse
 from ..types import ToolCallRequest, Usage, trusted, updated
 from .base import LLMError, LLMRequest
@@ -58,13 +59,34 @@ class ScriptedLLM:
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> ScriptedLLM:
-        """Load a script: a JSON list, or JSON lines of strings or response dicts."""
-        text = Path(path).read_text()
-        items = (
-            json.loads(text)
-            if text.lstrip().startswith("[")
-            else [json.loads(line) for line in text.split("\n") if line.strip()]  # JSON may hold U+2028
-        )
+        """Load a script: a JSON list, or JSON lines of strings or response dicts.
+
+        A file that is not one raises `AgentError` naming the file and line.
+        """
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise AgentError(f"scripted model file {path} is not UTF-8 text") from None
+        except OSError as e:
+            raise AgentError(f"cannot read scripted model file {path}: {e.strerror or e}") from None
+        if text.lstrip().startswith("["):
+            entries = [(None, text)]
+        else:  # split on "\n" only: JSON may hold U+2028 and other line breaks unescaped
+            entries = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+        items: list[Any] = []
+        for number, entry in entries:
+            where = f"{path}:{number}" if number is not None else str(path)
+            try:
+                value = json.loads(entry)
+            except json.JSONDecodeError as e:
+                raise AgentError(f"{where}: not valid JSON (column {e.colno}: {e.msg})") from None
+            for item in value if number is None and isinstance(value, list) else [value]:
+                if not isinstance(item, (str, dict)):
+                    raise AgentError(
+                        f"{where}: each turn is model text (a JSON string) or a response object, "
+                        f"not {type(item).__name__}"
+                    )
+                items.append(item)
         return cls(items, name=f"scripted:{Path(path).name}", **kwargs)
 
     @property

@@ -490,7 +490,7 @@ class TransformersLLM:
             if isinstance(source, str) and not Path(source).exists():
                 raise ModelNotFoundError(
                     f"model {source!r} is not a local path and is not in the Hugging Face cache "
-                    f"(models load offline); download it first, e.g. `hf download {source}`: {e}"
+                    f"(models load offline); download it first, e.g. `hf download {source}`"
                 ) from e
             # Name the file the user gave (not its folder), and only the first line of the reason.
             shown = Path(source) / gguf_file if gguf_file else source
