@@ -56,6 +56,11 @@ if TYPE_CHECKING:
     from .agent import Agent
 
 FINAL_ANSWER = "final_answer"
+_CUT_OFF = "(reply cut off)"  # the retry budget's key for replies cut off at the output limit
+CUT_OFF_PROMPT = (
+    "Your reply was cut off at the output token limit before it ended, so it is not taken as the answer. "
+    "Answer again, more briefly."
+)
 _UNSET: Any = object()
 Purpose = Literal["act", "plan", "reflect"]
 Approver = Callable[[ApprovalRequested], "bool | Awaitable[bool]"]
@@ -473,11 +478,17 @@ class Run:
     async def _stream(self, request: LLMRequest, step: int) -> ModelResponse:
         response: ModelResponse | None = None
         bus = self.bus
-        async for item in self.llm.stream(request):
+        stream = self.llm.stream(request)
+        async for item in stream:
             if item.type == "model_delta":  # the tag, not isinstance: cheaper on pydantic classes
                 # A delta per token on a real model: no pydantic __setattr__, no coroutine unless needed.
                 item.__dict__["step"] = step
                 bus.emit_now(item, judge=False) or await bus.emit(item, judge=False)
+                if self._cancel:  # cancel() during a long reply: stop it, and close its connection now
+                    aclose = getattr(stream, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                    raise _Stop("cancelled", "cancelled")
             else:
                 response = item
         if response is None:
@@ -488,6 +499,15 @@ class Run:
 
     async def _handle_text_answer(self, response: ModelResponse) -> None:
         step = self.state.step
+        if response.finish_reason == "content_filter":
+            raise _Stop("failed", "the model server's content filter stopped the reply")
+        if response.finish_reason == "length":  # cut off: not an answer; ask for a shorter one
+            used = self._retries.get(_CUT_OFF, 0) + 1
+            self._retries[_CUT_OFF] = used
+            if used > self.agent.max_retries:
+                raise _Stop("failed", f"the model's reply was cut off at its output limit {used} times")
+            await self.bus.emit(Feedback(content=CUT_OFF_PROMPT, reason="cut_off", step=step), judge=False)
+            return
         if self.agent.answer_schema is not None:
             schema = json.dumps(self.final_tool.schema()["function"]["parameters"])
             await self._malformed(

@@ -532,3 +532,56 @@ def test_a_log_that_fails_while_recording_a_fault_still_ends_the_run_failed(run_
     result = Agent2(ScriptedLLM([call("add", a=1, b=2)]), tools=[add], run_dir=run_dir).run_sync("add")
     assert result.status == "failed"
     assert "No space left on device" in result.error
+
+
+def test_a_reply_cut_off_at_the_output_limit_is_asked_again_not_taken_as_the_answer(run_dir):
+    from agent.events import ModelResponse
+    from agent.loop import CUT_OFF_PROMPT
+
+    cut = ModelResponse(content="The answer is", finish_reason="length")
+    llm = ScriptedLLM([cut, "The answer is 42."])
+    result = Agent(llm, run_dir=run_dir).run_sync("what is it?")
+    assert result.ok and result.answer == "The answer is 42."
+    assert [e.reason for e in result.events if e.type == "feedback"] == ["cut_off"]
+    assert llm.requests[1].messages[-1].content == CUT_OFF_PROMPT
+
+    always = Agent(ScriptedLLM([cut] * 3), run_dir=run_dir, max_retries=2).run_sync("what is it?")
+    assert always.status == "failed" and "cut off at its output limit 3 times" in always.error
+
+
+def test_a_reply_stopped_by_the_servers_content_filter_fails_the_run(run_dir):
+    from agent.events import ModelResponse
+
+    llm = ScriptedLLM([ModelResponse(content="", finish_reason="content_filter")])
+    result = Agent(llm, run_dir=run_dir).run_sync("x")
+    assert result.status == "failed" and "content filter" in result.error
+
+
+def test_cancel_during_a_long_reply_stops_it_at_the_next_token(run_dir):
+    import threading
+    import time
+
+    from agent.events import ModelDelta, ModelResponse
+
+    closed = []
+
+    class Slow:
+        name = "slow"
+
+        async def stream(self, request):
+            try:
+                for _ in range(500):  # about 5 s of tokens
+                    await asyncio.sleep(0.01)
+                    yield ModelDelta(content="word ")
+                yield ModelResponse(content="word " * 500)
+            finally:
+                closed.append(True)
+
+    agent = Agent(Slow(), run_dir=run_dir)
+    threading.Timer(0.3, agent.cancel).start()
+    started = time.monotonic()
+    result = agent.run_sync("talk")
+    assert result.status == "cancelled"
+    assert time.monotonic() - started < 2.0
+    assert closed == [True]  # the reply's stream (a connection, on a server) was closed at once
+    assert not [e for e in result.events if e.type in ("model_response", "final_answer")]
