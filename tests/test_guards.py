@@ -380,3 +380,21 @@ def test_hf_sequence_classifier_from_a_local_tiny_model(tmp_path):
     strict = HFClassifierGuard(tmp_path, threshold=1.01)
     assert run(strict.check(result("hello world"), "tool_result")).action == "allow"
     assert run(strict.check(ToolCall(call_id="c", name="x"), "tool_call")).score is None
+
+
+@pytest.mark.parametrize(
+    "line, once, head",
+    [
+        ("INFO heartbeat ok\n", 1, "injection"),  # a log of one repeated line
+        (".", 20, "injection"),  # a test run's progress dots
+        ("Paris is the capital and largest city of France, on the Seine. ", 2, "harm"),
+    ],
+)
+def test_classifier_counts_repeated_text_once(line, once, head):
+    pytest.importorskip("numpy")
+    from guards.classifier import load_model
+
+    model = load_model()
+    few, many = model.scores(line * once)[head], model.scores(line * 400)[head]
+    assert abs(few - many) < 0.05, (few, many)
+    assert many < 0.5  # summing every repeat drove these to 0.6-0.99, blocked at the default 0.5
