@@ -296,9 +296,36 @@ async def test_request_body_converts_history(server: FakeServer, make_llm) -> No
     assert assistant["role"] == "assistant"
     assert assistant["tool_calls"] == [
         {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}},
-        {"id": "call_2", "type": "function", "function": {"name": "add", "arguments": "{bad"}},
+        {"id": "call_2", "type": "function", "function": {"name": "add", "arguments": "{}"}},
     ]
     assert tool == {"role": "tool", "tool_call_id": "call_1", "content": "5"}
+
+
+async def test_unreadable_arguments_go_back_as_valid_json(server: FakeServer, make_llm, tmp_path) -> None:
+    # vLLM json.loads the arguments of every call in the history and answers 400 to a bad one;
+    # the model still sees its mistake, in the tool message the loop adds.
+    from agent import Agent, tool
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two integers.
+
+        Args:
+            a: The first number.
+            b: The second number.
+        """
+        return a + b
+
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "add", "arguments": "a=2, b=3"}}
+    server.queue(Reply(events=[chunk({"tool_calls": [call]}), chunk(finish="tool_calls")]), text_stream("5"))
+    agent = Agent(make_llm(context_window=4096), tools=[add], guards=None, run_dir=tmp_path / "runs")
+    result = await agent.arun("2+3?")
+    assert result.status == "completed" and result.answer == "5"
+    history = server.requests[1]["messages"]
+    sent = [tc for m in history for tc in m.get("tool_calls") or []]
+    assert [(tc["id"], tc["function"]["arguments"]) for tc in sent] == [("call_1", "{}")]
+    [observation] = [m for m in history if m["role"] == "tool"]
+    assert observation["tool_call_id"] == "call_1" and "You wrote: a=2, b=3" in observation["content"]
 
 
 async def test_extra_body_none_removes_a_field(server: FakeServer, make_llm) -> None:

@@ -73,7 +73,12 @@ class _Retry(Exception):
 
 
 def message_to_wire(message: Message) -> dict[str, Any]:
-    """One `Message` in the OpenAI chat format. Thinking is never sent back."""
+    """One `Message` in the OpenAI chat format. Thinking is never sent back.
+
+    A call whose arguments could not be read goes back with `{}`: vLLM decodes
+    every call's arguments in the history and rejects the request otherwise,
+    and the model sees what it wrote in the tool message that answers the call.
+    """
     if message.role == "tool":
         return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": message.content}
     out: dict[str, Any] = {"role": message.role, "content": message.content}
@@ -86,11 +91,7 @@ def message_to_wire(message: Message) -> dict[str, Any]:
                 "type": "function",
                 "function": {
                     "name": call.name,
-                    "arguments": (
-                        json.dumps(call.arguments, ensure_ascii=False)
-                        if call.arguments is not None
-                        else (call.raw_arguments if call.raw_arguments is not None else "{}")
-                    ),
+                    "arguments": json.dumps(call.arguments or {}, ensure_ascii=False),
                 },
             }
             for call in message.tool_calls
