@@ -29,6 +29,7 @@ class Reply:
     json_body: Any = None  # sent as application/json
     events: list[Any] | None = None  # sent as SSE, each a dict (JSON) or a raw string
     done: bool = True  # end the SSE stream with `data: [DONE]`
+    raw: list[bytes] | None = None  # the body as is, one write each (an event stream unless headers say)
 
 
 class FakeServer:
@@ -70,6 +71,15 @@ class FakeServer:
                 self.send_response(reply.status)
                 for k, v in reply.headers.items():
                     self.send_header(k, v)
+                if reply.raw is not None:
+                    if "Content-Type" not in reply.headers:
+                        self.send_header("Content-Type", "text/event-stream")
+                    self.end_headers()
+                    for piece in reply.raw:
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                        time.sleep(0.005)  # so the client reads each piece on its own
+                    return
                 if reply.events is None:
                     data = json.dumps(reply.json_body).encode()
                     self.send_header("Content-Type", "application/json")
@@ -231,6 +241,22 @@ async def test_bad_tool_arguments_keep_raw_text(server: FakeServer, make_llm) ->
     assert ok.arguments == {"a": 1} and ok.parse_error is None
 
 
+async def test_lines_end_only_at_cr_and_lf(server: FakeServer, make_llm) -> None:
+    # JSON may hold U+2028, U+0085 or \x1c unescaped; str.splitlines would cut the event there.
+    text = "line\u2028sep \u0085 nel \x1c fs \u00e9\u4e16\U0001f600"
+    stream = b": ping\r\n\r\n"
+    stream += f"data: {json.dumps(chunk({'content': text}), ensure_ascii=False)}\r\n\r\n".encode()
+    stream += f"data: {json.dumps(chunk({'content': '!'}))}\r\rdata: {json.dumps(chunk(finish='stop'))}\n\n".encode()
+    stream += b"data: [DONE]\r\n\r\n"
+    # Cut after every CR (so its LF comes in the next piece) and inside each multi-byte character.
+    cuts = [i + 1 for i, b in enumerate(stream) if b == 13 or b >= 0xC0]
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    server.queue(Reply(raw=pieces))
+    deltas, response = await collect(make_llm(), user())
+    assert [d.content for d in deltas] == [text, "!"]
+    assert response.content == text + "!" and response.finish_reason == "stop"
+
+
 async def test_reasoning_goes_to_thinking(server: FakeServer, make_llm) -> None:
     events = [
         chunk({"role": "assistant"}),
@@ -316,7 +342,7 @@ async def test_unreadable_arguments_go_back_as_valid_json(server: FakeServer, ma
         """
         return a + b
 
-    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "add", "arguments": "a=2, b=3"}}
+    call = {"index": 0, "id": "call_1", "function": {"name": "add", "arguments": "a=2, b=3"}}
     server.queue(Reply(events=[chunk({"tool_calls": [call]}), chunk(finish="tool_calls")]), text_stream("5"))
     agent = Agent(make_llm(context_window=4096), tools=[add], guards=None, run_dir=tmp_path / "runs")
     result = await agent.arun("2+3?")

@@ -19,10 +19,12 @@ The server's context window is learned once, when first asked for (see
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -178,6 +180,38 @@ def _retry_after(headers: httpx.Headers) -> float | None:
     except ValueError:
         return None  # an HTTP date: use the normal backoff
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The lines of an event stream, which end only at CRLF, LF or CR.
+
+    Not `str.splitlines`: servers write U+2028, U+0085 and kin unescaped
+    inside their JSON, and splitting there broke the event. A CR that ends one
+    chunk may have its LF at the start of the next; a character may be cut
+    between chunks too.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    line: list[str] = []
+    after_cr = False
+    async for chunk in chunks:
+        text = decoder.decode(chunk)
+        if not text:
+            continue
+        if after_cr and text.startswith("\n"):
+            text = text[1:]
+        after_cr = text.endswith("\r")
+        *ended, rest = _LINE_END.split(text)
+        for piece in ended:
+            line.append(piece)
+            yield "".join(line)
+            line = []
+        line.append(rest)
+    tail = "".join(line) + decoder.decode(b"", final=True)
+    if tail:
+        yield tail
 
 
 class _Accumulator:
@@ -564,8 +598,9 @@ class OpenAICompatLLM:
                 ) from e
 
         async def lines() -> AsyncIterator[str]:
-            async for line in response.aiter_lines():
-                yield line.rstrip("\r")
+            async with contextlib.aclosing(sse_lines(response.aiter_bytes())) as stream_lines:
+                async for line in stream_lines:
+                    yield line
             yield ""  # flush a last event that has no blank line after it
 
         async with contextlib.aclosing(lines()) as stream_lines:
