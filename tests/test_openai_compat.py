@@ -16,7 +16,7 @@ import pytest
 
 from agent.events import ModelDelta, ModelResponse
 from agent.llm.base import LLMError, LLMRequest, complete
-from agent.llm.openai_compat import LLMHTTPError, OpenAICompatLLM
+from agent.llm.openai_compat import LLMHTTPError, LLMStreamError, OpenAICompatLLM
 from agent.types import Message, ToolCallRequest
 
 # --------------------------------------------------------------------------- fake server
@@ -479,6 +479,23 @@ async def test_error_event_in_stream(server: FakeServer, make_llm) -> None:
     server.queue(Reply(events=[{"error": {"message": "context length exceeded"}}], done=False))
     with pytest.raises(LLMError, match="context length exceeded"):
         await complete(make_llm(), user())
+
+
+async def test_llama_cpp_error_field_in_stream(server: FakeServer, make_llm) -> None:
+    # llama.cpp before PR #16109 reports a failure as an `error:` field, then ends the stream normally.
+    error = {"code": 400, "message": "the request exceeds the available context size", "type": "x"}
+    server.queue(Reply(raw=[f"error: {json.dumps(error)}\n\n".encode(), b"data: [DONE]\n\n"]))
+    with pytest.raises(LLMStreamError, match="error in the stream: the request exceeds the available"):
+        await complete(make_llm(), user())
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("events", [[], [chunk({"role": "assistant"})]])
+async def test_a_stream_done_with_no_answer_is_an_error(server: FakeServer, make_llm, events) -> None:
+    server.queue(Reply(events=events))
+    with pytest.raises(LLMStreamError, match="no content, tool call or finish_reason"):
+        await complete(make_llm(), user())
+    assert len(server.requests) == 1
 
 
 async def test_connection_refused_is_quick_and_clear() -> None:

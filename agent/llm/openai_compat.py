@@ -138,8 +138,8 @@ def _usage(data: Any) -> Usage | None:
 
 def _error_message(body: Any) -> str:
     """The human part of an error body: OpenAI, FastAPI or plain text shapes."""
-    if isinstance(body, (bytes, bytearray)):
-        text = body.decode("utf-8", "replace")
+    if isinstance(body, (bytes, bytearray, str)):
+        text = body if isinstance(body, str) else body.decode("utf-8", "replace")
         try:
             body = json.loads(text)
         except ValueError:
@@ -588,6 +588,9 @@ class OpenAICompatLLM:
                 except ValueError:
                     pending.append(data)
                     return []
+            elif line.startswith("error:"):
+                # llama.cpp before PR #16109 reports a failure this way, then ends with [DONE].
+                raise self._stream_error(line[6:].strip())
             else:
                 return []  # comments (":"), "event:", "id:", "retry:"
             try:
@@ -609,10 +612,7 @@ class OpenAICompatLLM:
                     if not isinstance(event, dict):
                         continue
                     if "error" in event and not event.get("choices"):
-                        raise LLMStreamError(
-                            f"{self.name}: the server at {self.url} reported an error in the stream: "
-                            f"{_error_message(event)}"
-                        )
+                        raise self._stream_error(event)
                     if event.get("usage"):
                         acc.usage = _usage(event["usage"])
                     for choice in event.get("choices") or []:
@@ -638,6 +638,11 @@ class OpenAICompatLLM:
             raise _Retry(
                 LLMStreamError(f"{self.name}: the stream from {self.url} ended before the answer did")
             )
+        if not (acc.content or acc.thinking or acc.calls or acc.finish_reason):
+            raise LLMStreamError(
+                f"{self.name}: the stream from {self.url} ended with no answer "
+                "(no content, tool call or finish_reason)"
+            )
         yield self._finish(
             "".join(acc.content),
             "".join(acc.thinking),
@@ -645,6 +650,11 @@ class OpenAICompatLLM:
             acc.usage,
             acc.finish_reason,
             request,
+        )
+
+    def _stream_error(self, body: Any) -> LLMStreamError:
+        return LLMStreamError(
+            f"{self.name}: the server at {self.url} reported an error in the stream: {_error_message(body)}"
         )
 
     def _from_message(self, data: Any, request: LLMRequest) -> ModelResponse:
