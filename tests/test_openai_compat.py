@@ -475,6 +475,23 @@ async def test_no_retry_after_partial_stream(server: FakeServer, make_llm) -> No
     assert len(server.requests) == 1
 
 
+def sse(*events: dict[str, Any]) -> bytes:
+    return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
+
+
+async def test_a_connection_dropped_after_the_finish_keeps_the_answer(server: FakeServer, make_llm) -> None:
+    # The body is cut short of its Content-Length: httpx sees a broken message, not a clean end.
+    body = sse(chunk({"content": "complete"}), chunk(finish="stop"), chunk(usage={"prompt_tokens": 3}))
+    server.queue(Reply(headers={"Content-Length": "100000"}, raw=[body]))
+    _, response = await collect(make_llm(), user())
+    assert (response.content, response.finish_reason, response.usage.prompt_tokens) == ("complete", "stop", 3)
+    # Before the finish it is still a broken stream, and it is not repeated.
+    server.queue(Reply(headers={"Content-Length": "100000"}, raw=[sse(chunk({"content": "part"}))]))
+    with pytest.raises(LLMStreamError, match="broke off part way"):
+        await collect(make_llm(), user())
+    assert len(server.requests) == 2
+
+
 async def test_error_event_in_stream(server: FakeServer, make_llm) -> None:
     server.queue(Reply(events=[{"error": {"message": "context length exceeded"}}], done=False))
     with pytest.raises(LLMError, match="context length exceeded"):

@@ -601,9 +601,14 @@ class OpenAICompatLLM:
                 ) from e
 
         async def lines() -> AsyncIterator[str]:
-            async with contextlib.aclosing(sse_lines(response.aiter_bytes())) as stream_lines:
-                async for line in stream_lines:
-                    yield line
+            try:
+                async with contextlib.aclosing(sse_lines(response.aiter_bytes())) as stream_lines:
+                    async for line in stream_lines:
+                        yield line
+            except httpx.TransportError:
+                # Some servers drop the connection once the answer is complete, without [DONE].
+                if acc.finish_reason is None:
+                    raise
             yield ""  # flush a last event that has no blank line after it
 
         async with contextlib.aclosing(lines()) as stream_lines:
