@@ -16,7 +16,7 @@ import pytest
 
 from agent.events import ModelDelta, ModelResponse
 from agent.llm.base import LLMError, LLMRequest, complete
-from agent.llm.openai_compat import LLMHTTPError, LLMStreamError, OpenAICompatLLM
+from agent.llm.openai_compat import LLMHTTPError, LLMResponseError, LLMStreamError, OpenAICompatLLM
 from agent.types import Message, ToolCallRequest
 
 # --------------------------------------------------------------------------- fake server
@@ -513,6 +513,63 @@ async def test_a_stream_done_with_no_answer_is_an_error(server: FakeServer, make
     with pytest.raises(LLMStreamError, match="no content, tool call or finish_reason"):
         await complete(make_llm(), user())
     assert len(server.requests) == 1
+
+
+def completion(message: Any, usage: Any = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}
+
+
+GZIP = {"Content-Encoding": "gzip"}
+HTML = {"Content-Type": "text/html"}
+
+
+@pytest.mark.parametrize(
+    "stream, reply, why",
+    [
+        (True, Reply(events=[{"choices": ["x"]}]), 'choices[0] is "x", not an object'),
+        (
+            True,
+            Reply(events=[chunk({"content": 5}), chunk(finish="stop")]),
+            "delta.content is 5, not a string",
+        ),
+        (True, Reply(events=[chunk({"tool_calls": [{"function": "f"}]})]), 'function is "f", not an object'),
+        (
+            True,
+            Reply(
+                events=[
+                    chunk({"content": "hi"}),
+                    chunk(finish="stop"),
+                    chunk(usage={"prompt_tokens": "many"}),
+                ]
+            ),
+            'usage.prompt_tokens is "many", not a count',
+        ),
+        (True, Reply(headers=GZIP, raw=[sse(chunk({"content": "hi"}))]), "could not be decoded"),
+        (True, Reply(headers=HTML, raw=[b"<html>Welcome</html>"]), "an HTML page, not an event stream"),
+        (False, Reply(json_body={"choices": ["x"]}), 'choices[0] is "x", not an object'),
+        (False, Reply(json_body=completion({"content": 5})), "message.content is 5, not a string"),
+        (False, Reply(json_body=completion({"content": "hi"}, {"completion_tokens": [1]})), "not a count"),
+        (False, Reply(json_body={"unexpected": True}), "returned no choices"),
+        (
+            False,
+            Reply(headers={**GZIP, "Content-Type": "application/json"}, raw=[b"{}"]),
+            "could not be decoded",
+        ),
+        (False, Reply(headers=HTML, raw=[b"<html>Welcome</html>"]), "not JSON"),
+    ],
+)
+async def test_a_reply_that_is_not_a_chat_completion_is_one_clear_error(
+    server: FakeServer, make_llm, stream, reply, why
+) -> None:
+    server.queue(reply, text_stream("never"))
+    llm = make_llm(stream=stream)
+    with pytest.raises(LLMResponseError) as info:
+        await complete(llm, user())
+    assert str(info.value).startswith(
+        f"{llm.name}: the reply from {llm.url} is not a valid chat completion: "
+    )
+    assert why in str(info.value)
+    assert len(server.requests) == 1  # the same request would get the same reply
 
 
 async def test_connection_refused_is_quick_and_clear() -> None:

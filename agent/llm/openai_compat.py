@@ -9,7 +9,10 @@ parser.
 
 Failed requests are retried with exponential backoff on 429 and 5xx answers and
 on network errors, but only while nothing has been streamed to the caller yet:
-a stream that breaks off half way raises instead of repeating text.
+a stream that breaks off half way raises instead of repeating text. A reply
+that is not a valid chat completion (a field of the wrong type, an HTML page,
+a body that cannot be decoded) raises `LLMResponseError` at once, naming what
+is wrong: asking again would get the same.
 
 The server's context window is learned once, when first asked for (see
 `OpenAICompatLLM.learn_context_window`), from `max_model_len` in
@@ -60,6 +63,14 @@ class LLMConnectionError(LLMError):
 
 class LLMStreamError(LLMError):
     """The server broke off or reported an error in the middle of a stream."""
+
+
+class LLMResponseError(LLMError):
+    """The server's reply is not a valid chat completion; asking again would get the same."""
+
+
+class _BadReply(Exception):
+    """Internal: where the reply breaks the chat completions format."""
 
 
 class _Retry(Exception):
@@ -125,14 +136,59 @@ def decode_arguments(name: str, raw: str, call_id: str | None = None) -> ToolCal
     return ToolCallRequest(id=call_id, name=name, arguments=args)
 
 
+def _shown(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)[:60]
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    """A JSON object of the reply; missing or null reads as empty."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _BadReply(f"{where} is {_shown(value)}, not an object")
+    return value
+
+
+def _array(value: Any, where: str) -> list[Any]:
+    """A JSON array of the reply; missing or null reads as empty."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _BadReply(f"{where} is {_shown(value)}, not an array")
+    return value
+
+
+def _string(value: Any, where: str) -> str:
+    """A string of the reply; missing or null reads as empty."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _BadReply(f"{where} is {_shown(value)}, not a string")
+    return value
+
+
+def _count(value: Any, where: str) -> int:
+    """A token count of the reply; missing or null reads as 0."""
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _BadReply(f"{where} is {_shown(value)}, not a count")
+    return value
+
+
 def _usage(data: Any) -> Usage | None:
-    if not isinstance(data, dict):
+    if not data:
         return None
-    details = data.get("completion_tokens_details") or {}
+    data = _object(data, "usage")
+    details = _object(data.get("completion_tokens_details"), "usage.completion_tokens_details")
     return Usage(
-        prompt_tokens=int(data.get("prompt_tokens") or 0),
-        completion_tokens=int(data.get("completion_tokens") or 0),
-        thinking_tokens=int((details.get("reasoning_tokens") if isinstance(details, dict) else 0) or 0),
+        prompt_tokens=_count(data.get("prompt_tokens"), "usage.prompt_tokens"),
+        completion_tokens=_count(data.get("completion_tokens"), "usage.completion_tokens"),
+        thinking_tokens=_count(
+            details.get("reasoning_tokens"), "usage.completion_tokens_details.reasoning_tokens"
+        ),
     )
 
 
@@ -235,9 +291,9 @@ class _Accumulator:
                 index = max(self.calls)
         slot = self.calls.setdefault(index, {"id": None, "name": "", "arguments": []})
         if tc.get("id"):
-            slot["id"] = tc["id"]
-        fn = tc.get("function") or {}
-        name = fn.get("name")
+            slot["id"] = _string(tc["id"], "tool_calls[].id")
+        fn = _object(tc.get("function"), "tool_calls[].function")
+        name = _string(fn.get("name"), "tool_calls[].function.name")
         if name and name != slot["name"]:
             # Normally sent once; a server that repeats the whole name each chunk is ignored.
             slot["name"] += name
@@ -535,6 +591,11 @@ class OpenAICompatLLM:
                         raise _Retry(error, _retry_after(response.headers))
                     raise error
                 ctype = response.headers.get("content-type", "")
+                if self.streaming and "html" in ctype:
+                    content = await response.aread()
+                    raise _BadReply(
+                        f"it is an HTML page, not an event stream (check --base-url): {content[:200]!r}"
+                    )
                 if self.streaming and "json" not in ctype:
                     async with contextlib.aclosing(self._read_sse(response, request)) as items:
                         async for item in items:
@@ -546,10 +607,8 @@ class OpenAICompatLLM:
                     content = await response.aread()
                     try:
                         data = json.loads(content)
-                    except ValueError as e:
-                        raise LLMError(
-                            f"{self.name}: {self.url} returned a body that is not JSON: {content[:200]!r}"
-                        ) from e
+                    except ValueError:
+                        raise _BadReply(f"the body is not JSON: {content[:200]!r}") from None
                     final = self._from_message(data, request)
                     if final.content or final.thinking:
                         yield ModelDelta(content=final.content, thinking=final.thinking)
@@ -559,6 +618,15 @@ class OpenAICompatLLM:
             if yielded:
                 raise LLMStreamError(f"{error} (the stream broke off part way)") from e
             raise _Retry(error) from e
+        except httpx.DecodingError as e:
+            raise self._bad_reply(f"the body could not be decoded ({e})") from e
+        except _BadReply as e:
+            raise self._bad_reply(str(e)) from None
+
+    def _bad_reply(self, why: str) -> LLMResponseError:
+        return LLMResponseError(
+            f"{self.name}: the reply from {self.url} is not a valid chat completion: {why}"
+        )
 
     async def _read_sse(
         self, response: httpx.Response, request: LLMRequest
@@ -620,23 +688,24 @@ class OpenAICompatLLM:
                         raise self._stream_error(event)
                     if event.get("usage"):
                         acc.usage = _usage(event["usage"])
-                    for choice in event.get("choices") or []:
+                    for i, choice in enumerate(_array(event.get("choices"), "choices")):
+                        choice = _object(choice, f"choices[{i}]")
                         if choice.get("index", 0) != 0:
                             continue
-                        delta = choice.get("delta") or {}
-                        thinking = delta.get("reasoning_content") or delta.get("reasoning") or ""
-                        content = delta.get("content") or ""
+                        delta = _object(choice.get("delta"), "delta")
+                        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                        thinking = _string(reasoning, "delta.reasoning")
+                        content = _string(delta.get("content"), "delta.content")
                         if thinking:
                             acc.thinking.append(thinking)
                         if content:
                             acc.content.append(content)
                         if thinking or content:
                             yield ModelDelta(content=content, thinking=thinking)
-                        for tc in delta.get("tool_calls") or []:
-                            if isinstance(tc, dict):
-                                acc.add_tool_call_delta(tc)
+                        for tc in _array(delta.get("tool_calls"), "delta.tool_calls"):
+                            acc.add_tool_call_delta(_object(tc, "delta.tool_calls[]"))
                         if choice.get("finish_reason"):
-                            acc.finish_reason = choice["finish_reason"]
+                            acc.finish_reason = _string(choice["finish_reason"], "finish_reason")
                 if done:
                     break
         if not done and acc.finish_reason is None:
@@ -665,23 +734,26 @@ class OpenAICompatLLM:
     def _from_message(self, data: Any, request: LLMRequest) -> ModelResponse:
         if isinstance(data, dict) and "error" in data and not data.get("choices"):
             raise LLMError(f"{self.name}: the server at {self.url} reported an error: {_error_message(data)}")
-        choices = data.get("choices") if isinstance(data, dict) else None
+        choices = _array(data.get("choices"), "choices") if isinstance(data, dict) else None
         if not choices:
-            raise LLMError(f"{self.name}: {self.url} returned no choices: {json.dumps(data)[:200]}")
-        choice = choices[0]
-        message = choice.get("message") or {}
+            raise _BadReply(f"it returned no choices: {json.dumps(data)[:200]}")
+        choice = _object(choices[0], "choices[0]")
+        message = _object(choice.get("message"), "message")
         calls: list[ToolCallRequest] = []
-        for tc in message.get("tool_calls") or []:
-            fn = tc.get("function") or {}
+        for i, tc in enumerate(_array(message.get("tool_calls"), "message.tool_calls")):
+            where = f"message.tool_calls[{i}]"
+            fn = _object(_object(tc, where).get("function"), f"{where}.function")
             args = fn.get("arguments")
-            raw = json.dumps(args) if isinstance(args, dict) else (args or "")
-            calls.append(decode_arguments(fn.get("name") or "", raw, tc.get("id")))
+            raw = json.dumps(args) if isinstance(args, dict) else _string(args, f"{where}.function.arguments")
+            name = _string(fn.get("name"), f"{where}.function.name")
+            calls.append(decode_arguments(name, raw, _string(tc.get("id"), f"{where}.id") or None))
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
         return self._finish(
-            message.get("content") or "",
-            message.get("reasoning_content") or message.get("reasoning") or "",
+            _string(message.get("content"), "message.content"),
+            _string(reasoning, "message.reasoning"),
             calls,
             _usage(data.get("usage")),
-            choice.get("finish_reason"),
+            _string(choice.get("finish_reason"), "finish_reason") or None,
             request,
         )
 
