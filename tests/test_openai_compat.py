@@ -231,6 +231,28 @@ async def test_streamed_tool_calls_are_reassembled(server: FakeServer, make_llm)
     assert all(c.parse_error is None for c in response.tool_calls)
 
 
+async def test_tool_calls_without_index_or_id_are_told_apart(server: FakeServer, make_llm) -> None:
+    def call(name: str | None, args: str) -> dict[str, Any]:
+        return {"type": "function", "function": {"arguments": args, **({"name": name} if name else {})}}
+
+    events = [
+        chunk({"tool_calls": [call("add", '{"a": 1, "b": 2}'), call("add", '{"a": 3, "b": 4}')]}),
+        chunk({"tool_calls": [call("sub", '{"a": 5,')]}),
+        chunk({"tool_calls": [call("sub", ' "b": 6}')]}),  # a server that repeats the name each chunk
+        chunk({"tool_calls": [call("mul", "")]}),
+        chunk({"tool_calls": [call(None, '{"a": 7, "b": 8}')]}),
+        chunk(finish="tool_calls"),
+    ]
+    server.queue(Reply(events=events))
+    _, response = await collect(make_llm(), user())
+    assert [(c.name, c.arguments) for c in response.tool_calls] == [
+        ("add", {"a": 1, "b": 2}),
+        ("add", {"a": 3, "b": 4}),
+        ("sub", {"a": 5, "b": 6}),
+        ("mul", {"a": 7, "b": 8}),
+    ]
+
+
 async def test_bad_tool_arguments_keep_raw_text(server: FakeServer, make_llm) -> None:
     call = {"index": 0, "id": "call_x", "function": {"name": "f", "arguments": '{"a": 1,, oops'}}
     lenient = {"index": 1, "id": "call_y", "function": {"name": "g", "arguments": '{"a": 1,}'}}

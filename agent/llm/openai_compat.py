@@ -270,6 +270,17 @@ async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
         yield tail
 
 
+def _whole(slot: dict[str, Any]) -> bool:
+    """Whether a call being streamed has its name and arguments that parse."""
+    if not slot["name"]:
+        return False
+    try:
+        json.loads("".join(slot["arguments"]))
+    except ValueError:
+        return False
+    return True
+
+
 class _Accumulator:
     """Collects one streamed turn: content, thinking, tool call pieces, usage."""
 
@@ -281,19 +292,19 @@ class _Accumulator:
         self.finish_reason: str | None = None
 
     def add_tool_call_delta(self, tc: dict[str, Any]) -> None:
+        fn = _object(tc.get("function"), "tool_calls[].function")
+        name = _string(fn.get("name"), "tool_calls[].function.name")
         index = tc.get("index")
         if not isinstance(index, int):
-            # Some servers leave out the index: a new id starts a new call.
+            # Some servers leave out the index: a new id starts a new call, and so
+            # does a name without an id once the last call is whole (two in one chunk).
             known = {c["id"] for c in self.calls.values()}
-            if not self.calls or (tc.get("id") and tc["id"] not in known):
-                index = len(self.calls)
-            else:
-                index = max(self.calls)
+            new_id = tc.get("id") and tc["id"] not in known
+            new_name = name and not tc.get("id") and self.calls and _whole(self.calls[max(self.calls)])
+            index = len(self.calls) if not self.calls or new_id or new_name else max(self.calls)
         slot = self.calls.setdefault(index, {"id": None, "name": "", "arguments": []})
         if tc.get("id"):
             slot["id"] = _string(tc["id"], "tool_calls[].id")
-        fn = _object(tc.get("function"), "tool_calls[].function")
-        name = _string(fn.get("name"), "tool_calls[].function.name")
         if name and name != slot["name"]:
             # Normally sent once; a server that repeats the whole name each chunk is ignored.
             slot["name"] += name
