@@ -398,6 +398,23 @@ async def test_tool_call_text_is_parsed_without_structured_calls(server: FakeSer
     assert response.finish_reason == "tool_calls"
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_think_text_goes_to_thinking_beside_structured_calls(
+    server: FakeServer, make_llm, stream
+) -> None:
+    # A server with a tool parser but no reasoning parser leaves the thinking in the content.
+    text = "<think>I should add</think>\n\nAdding."
+    call = {"index": 0, "id": "call_1", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+    if stream:
+        events = [chunk({"content": text}), chunk({"tool_calls": [call]}), chunk(finish="tool_calls")]
+        server.queue(Reply(events=events))
+    else:
+        server.queue(Reply(json_body=completion({"content": text, "tool_calls": [call]})))
+    _, response = await collect(make_llm(stream=stream), user())
+    assert (response.thinking, response.content) == ("I should add", "Adding.")
+    assert [(c.name, c.arguments) for c in response.tool_calls] == [("add", {"a": 1, "b": 2})]
+
+
 # --------------------------------------------------------------------------- non-streaming
 
 

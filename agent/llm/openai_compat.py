@@ -37,6 +37,7 @@ import httpx
 from ..events import ModelDelta, ModelResponse
 from ..types import Message, ToolCallRequest, Usage, new_call_id
 from .base import LLMError, LLMRequest
+from .formats import split_all_thinking
 from .parse import has_markup, loads_lenient, parse_output
 
 log = logging.getLogger(__name__)
@@ -785,6 +786,12 @@ class OpenAICompatLLM:
             calls = parsed.tool_calls
             if calls and finish_reason in (None, "stop"):
                 finish_reason = "tool_calls"
+        elif calls:
+            # A server with a tool parser but no reasoning parser leaves the thinking in the text.
+            found, rest = split_all_thinking(content)
+            if found:
+                content = rest.strip()
+                thinking = "\n".join(t for t in (thinking, found) if t)
         return ModelResponse(
             purpose=request.purpose,
             content=content,
