@@ -383,6 +383,28 @@ async def test_extra_body_none_removes_a_field(server: FakeServer, make_llm) -> 
     assert "max_tokens" not in server.requests[0]
 
 
+async def test_a_thinking_budget_the_server_is_not_told_is_said_once(
+    server: FakeServer, make_llm, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The chat completions API has no budget field and a strict server rejects unknown ones,
+    # so it goes only where the user puts it (extra_body), and is otherwise named in one warning.
+    budget = LLMRequest(messages=[Message(role="user", content="hi")], thinking_budget=64)
+    told = make_llm(extra_body={"chat_template_kwargs": {"thinking_budget": 64}})
+    untold = make_llm()
+    server.queue(*[text_stream("ok")] * 4)
+    with caplog.at_level("WARNING", logger="agent.llm.openai_compat"):
+        await complete(told, budget)
+        for request in (user(), budget, budget):
+            await complete(untold, request)
+    assert server.requests[0]["chat_template_kwargs"] == {"thinking_budget": 64}
+    assert not [key for body in server.requests[1:] for key in body if "budget" in key or "template" in key]
+    assert [r.getMessage() for r in caplog.records] == [
+        "openai:test-model: thinking_budget=64 is not sent to the server, as the chat completions API "
+        'has no such field; send it the server\'s way with extra_body, e.g. {"thinking_token_budget": 64} '
+        '(vLLM) or {"chat_template_kwargs": {"thinking_budget": 64}} (SGLang, Qwen3 templates)'
+    ]
+
+
 async def test_tool_call_text_is_parsed_without_structured_calls(server: FakeServer, make_llm) -> None:
     server.queue(
         text_stream(

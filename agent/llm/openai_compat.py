@@ -341,6 +341,11 @@ class OpenAICompatLLM:
 
     `context_window` is the server's window in tokens, for `ContextBudget`;
     left out, it is asked of the server once (`learn_context_window`).
+
+    A request's `thinking_budget` is not sent: the chat completions API has no
+    such field, a strict server rejects unknown ones, and servers that take a
+    budget each name it their own way. Put it in `extra_body` the server's way;
+    otherwise the first request that has one logs a warning saying so.
     """
 
     def __init__(
@@ -370,6 +375,7 @@ class OpenAICompatLLM:
         self._window_lock = threading.Lock()
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._budget_said = False
 
     def __repr__(self) -> str:
         return f"OpenAICompatLLM(model={self.model!r}, base_url={self.base_url!r})"
@@ -513,6 +519,8 @@ class OpenAICompatLLM:
             body["temperature"] = request.temperature
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.thinking_budget is not None and not self._budget_said:
+            self._say_budget_is_not_sent(request.thinking_budget)
         if self.streaming:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -524,6 +532,23 @@ class OpenAICompatLLM:
             else:
                 body[key] = value
         return body
+
+    def _say_budget_is_not_sent(self, budget: int) -> None:
+        self._budget_said = True
+        # Already sent the server's way (vLLM's thinking_token_budget, a template's thinking_budget)?
+        template = self.extra_body.get("chat_template_kwargs")
+        named = [*self.extra_body, *(template if isinstance(template, dict) else ())]
+        if any("budget" in key for key in named):
+            return
+        log.warning(
+            "%s: thinking_budget=%d is not sent to the server, as the chat completions API has no such field; "
+            'send it the server\'s way with extra_body, e.g. {"thinking_token_budget": %d} (vLLM) '
+            'or {"chat_template_kwargs": {"thinking_budget": %d}} (SGLang, Qwen3 templates)',
+            self.name,
+            budget,
+            budget,
+            budget,
+        )
 
     def _http_error(self, status: int, content: bytes) -> LLMHTTPError:
         server = _error_message(content) if content else ""
