@@ -553,9 +553,17 @@ async def test_a_connection_dropped_after_the_finish_keeps_the_answer(server: Fa
     assert len(server.requests) == 2
 
 
-async def test_error_event_in_stream(server: FakeServer, make_llm) -> None:
-    server.queue(Reply(events=[{"error": {"message": "context length exceeded"}}], done=False))
-    with pytest.raises(LLMError, match="context length exceeded"):
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"error": {"message": "context length exceeded"}},
+        # older vLLM: the error object itself, then [DONE]
+        {"object": "error", "message": "context length exceeded", "type": "BadRequestError", "code": 400},
+    ],
+)
+async def test_error_event_in_stream(server: FakeServer, make_llm, event) -> None:
+    server.queue(Reply(events=[event]))
+    with pytest.raises(LLMStreamError, match="error in the stream: context length exceeded"):
         await complete(make_llm(), user())
 
 

@@ -721,8 +721,8 @@ class OpenAICompatLLM:
                 for event in events_from(line):
                     if not isinstance(event, dict):
                         continue
-                    if "error" in event and not event.get("choices"):
-                        raise self._stream_error(event)
+                    if ("error" in event or event.get("object") == "error") and not event.get("choices"):
+                        raise self._stream_error(event)  # older vLLM sends the error object itself
                     if event.get("usage"):
                         acc.usage = _usage(event["usage"])
                     for i, choice in enumerate(_array(event.get("choices"), "choices")):
