@@ -222,7 +222,10 @@ class BatchRunner:
             return BatchResult(
                 id=task.id, status="failed", error=message, time_s=time.monotonic() - started
             ), True
-        infrastructure = run.status == "failed" and any(e.type == "error" and e.fatal for e in run.events)
+        # Retried: a run ended by an infrastructure fault that may pass (not a refused key, a bad reply).
+        infrastructure = run.status == "failed" and any(
+            e.type == "error" and e.fatal and e.retryable is not False for e in run.events
+        )
         answer = run.answer.model_dump(mode="json") if isinstance(run.answer, BaseModel) else run.answer
         result = BatchResult(
             id=task.id,

@@ -200,6 +200,7 @@ class Error(EventBase):
     kind: str
     message: str
     fatal: bool = False
+    retryable: bool | None = None  # whether running again may succeed (a server hiccup); None: unknown
 
 
 Event = Annotated[

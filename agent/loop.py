@@ -275,8 +275,15 @@ class Run:
         except Exception as e:  # infrastructure fault: record it, and end the run once
             message = f"{type(e).__name__}: {e}"
             try:
+                retryable = getattr(e, "retryable", None)
                 await self.bus.deliver(
-                    Error(kind=type(e).__name__, message=message, fatal=True, step=self.state.step)
+                    Error(
+                        kind=type(e).__name__,
+                        message=message,
+                        fatal=True,
+                        retryable=retryable if isinstance(retryable, bool) else None,
+                        step=self.state.step,
+                    )
                 )
                 if not self._finished:
                     await self._finish("failed", message)

@@ -108,6 +108,24 @@ def test_infrastructure_errors_are_retried_model_failures_are_not(tmp_path):
     assert results["bad"].status == "failed" and results["bad"].attempts == 1 and attempts["bad"] == 1
 
 
+@pytest.mark.parametrize("status, attempts", [(401, 1), (404, 1), (429, 3), (503, 3)])
+def test_http_errors_are_retried_only_when_asking_again_may_help(tmp_path, status, attempts):
+    from agent.llm.openai_compat import LLMHTTPError
+
+    class Refusing(ScriptedLLM):
+        async def stream(self, request):
+            raise LLMHTTPError(f"HTTP {status} from the server", status_code=status)
+            yield  # an async generator
+
+    def make(task):
+        return Agent(Refusing([]), run_dir=tmp_path / "runs")
+
+    out = tmp_path / "results.jsonl"
+    [result] = asyncio.run(BatchRunner(make, out, retries=2, backoff=0.01).run([BatchTask(id="t", prompt="x")]))
+    assert result.status == "failed" and f"HTTP {status}" in result.error
+    assert result.attempts == attempts
+
+
 def test_tasks_file_errors_name_the_line(tmp_path):
     path = tmp_path / "tasks.jsonl"
     path.write_text('{"id": 1, "prompt": "ok"}\n{"prompt": "no id"}\n')

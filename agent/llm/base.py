@@ -15,9 +15,13 @@ from ..types import Effort, Message
 class LLMError(Exception):
     """The backend could not produce a response (network, server, loading)."""
 
+    retryable = True  # whether asking again later may succeed (a batch retries a run that failed so)
+
 
 class ModelNotFoundError(LLMError, AgentError):
     """The model the user named cannot be found or loaded as given: fix the name or path."""
+
+    retryable = False
 
 
 class LLMRequest(BaseModel):

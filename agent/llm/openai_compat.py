@@ -57,6 +57,11 @@ class LLMHTTPError(LLMError):
         self.url = url
         self.server_message = server_message
 
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        """Server trouble and rate limits pass; a refused key, a wrong model or a bad request do not."""
+        return self.status_code in (408, 409, 425, 429) or self.status_code >= 500
+
 
 class LLMConnectionError(LLMError):
     """The server could not be reached, or the connection failed or timed out."""
@@ -68,6 +73,8 @@ class LLMStreamError(LLMError):
 
 class LLMResponseError(LLMError):
     """The server's reply is not a valid chat completion; asking again would get the same."""
+
+    retryable = False
 
 
 class _BadReply(Exception):

@@ -20,6 +20,8 @@ ScriptItem = str | ModelResponse | dict[str, Any] | Callable[[LLMRequest], str |
 class ScriptExhausted(LLMError):
     """The agent asked the scripted model for more turns than it was given."""
 
+    retryable = False
+
 
 class ScriptedLLM:
     """Replays a list of turns, one per call, and fails loudly past the end.
