@@ -146,20 +146,10 @@ def _signature(name: str, arguments: dict[str, Any] | None) -> str:
 _Call = tuple[str, dict[str, Any] | None]  # a call's (name, arguments)
 
 
-def _same(a: _Call, b: _Call) -> bool:
-    """Same tool with the same arguments, as JSON (1 and true differ). The plain
-    comparison first: it settles most pairs without encoding anything."""
-    return a[0] == b[0] and a[1] == b[1] and _signature(*a) == _signature(*b)
-
-
 def _same_turn(a: tuple[_Call, ...], b: tuple[_Call, ...]) -> bool:
-    """The same calls, in the same order."""
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b, strict=True):  # a loop, not all(<genexpr>): this runs every step
-        if not _same(x, y):
-            return False
-    return True
+    """The same calls with the same arguments, in the same order, as JSON (1 and true
+    differ). Plain equality first, in C: it settles most pairs without encoding anything."""
+    return a == b and all(_signature(*x) == _signature(*y) for x, y in zip(a, b, strict=True))
 
 
 class _FinalAnswerTool(Tool):
@@ -582,7 +572,10 @@ class Run:
             else:
                 await self._final(args.answer, None, step)  # type: ignore[attr-defined]
             return
-        if ready:
+        if len(ready) == 1:  # most turns: no list to build
+            call = ready[0].call
+            self._recent.append(((call.name, call.arguments),))
+        elif ready:
             self._recent.append(tuple([(p.call.name, p.call.arguments) for p in ready]))
         pattern = self._loop_pattern()
         if pattern is not None:
@@ -814,13 +807,10 @@ class Run:
                     break
             else:
                 return "repeated"
-        if (
-            len(recent) >= 4
-            and _same_turn(recent[-1], recent[-3])
-            and _same_turn(recent[-2], recent[-4])
-            and not _same_turn(recent[-2], recent[-1])
-        ):
-            return "oscillating"
+        if len(recent) >= 4:
+            a, b, c, d = recent[-1], recent[-2], recent[-3], recent[-4]
+            if _same_turn(a, c) and _same_turn(b, d) and not _same_turn(a, b):
+                return "oscillating"
         return None
 
     async def _break_loop(self, pattern: Literal["repeated", "oscillating"], step: int) -> None:

@@ -585,3 +585,12 @@ def test_cancel_during_a_long_reply_stops_it_at_the_next_token(run_dir):
     assert time.monotonic() - started < 2.0
     assert closed == [True]  # the reply's stream (a connection, on a server) was closed at once
     assert not [e for e in result.events if e.type in ("model_response", "final_answer")]
+
+
+def test_turns_are_the_same_only_with_the_same_json_arguments():
+    from agent.loop import _same_turn
+
+    one = (("f", {"a": 1}),)
+    assert _same_turn(one, (("f", {"a": 1}),))
+    assert not _same_turn(one, (("f", {"a": True}),))  # equal in Python, not as JSON
+    assert not _same_turn(one, (("f", {"a": 1}), ("f", {"a": 1})))
