@@ -42,12 +42,14 @@ from .llm.base import LLMRequest
 from .runlog import RunLog
 from .state import RunState
 from .tool import (
+    OUTPUT_LIMIT,
     FunctionTool,
     Tool,
     ToolContext,
     ToolError,
     _context,
     format_validation_error,
+    model_text,
     render_output,
 )
 from .types import EFFORTS, Effort, Message, ToolCallRequest, trusted
@@ -691,7 +693,9 @@ class Run:
             else:  # declared quick and free of I/O: no timer to arm and cancel
                 value = await tool.run(p.args)
             # Inside the try: a value that cannot be rendered is the tool's error, not the run's.
-            content = render_output(value)
+            # A run with a context budget keeps the whole result: the budget cuts the prompt, and
+            # points the model at the full text. Without one, the result itself is capped.
+            content = render_output(value, limit=self._output_limit())
         except TimeoutError as e:
             if timer is None or not timer.expired():  # raised by the tool itself
                 text = f"Tool '{call.name}' raised TimeoutError: {e}"
@@ -727,6 +731,10 @@ class Run:
         await self.bus.deliver(ApprovalGiven(call_id=call_id, approved=approved, by=by, note=note, step=step))
         return approved
 
+    def _output_limit(self) -> int | None:
+        budget = self._budget
+        return None if budget is not None and budget is not _UNSET else OUTPUT_LIMIT
+
     async def _tool_result(
         self,
         call_id: str,
@@ -737,6 +745,8 @@ class Run:
         error: ToolErrorKind | None,
         started: float | None = None,
     ) -> None:
+        if error is not None:  # an exception's text, as capped and cleaned as any result
+            content = model_text(content, self._output_limit())
         result = trusted(
             ToolResult,
             call_id=call_id,

@@ -251,8 +251,11 @@ def format_validation_error(tool_name: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def render_output(value: Any, limit: int = 20_000) -> str:
-    """Turn a tool's return value into the text the model sees, capped."""
+OUTPUT_LIMIT = 20_000  # characters of one tool result a run without a context budget shows the model
+
+
+def render_output(value: Any, limit: int | None = OUTPUT_LIMIT) -> str:
+    """Turn a tool's return value into the text the model sees (see `model_text`)."""
     if isinstance(value, str):
         text = value
     elif isinstance(value, BaseModel):
@@ -264,10 +267,34 @@ def render_output(value: Any, limit: int = 20_000) -> str:
             text = json.dumps(value, default=str, ensure_ascii=False)
         except (TypeError, ValueError):
             text = repr(value)
-    if len(text) > limit:
-        cut = len(text) - limit
-        text = text[:limit] + f"\n[... {cut} more characters cut; ask for a narrower result]"
+    return model_text(text, limit)
+
+
+def model_text(text: str, limit: int | None = OUTPUT_LIMIT) -> str:
+    """`text` as events carry it: valid Unicode, and at most about `limit` characters.
+
+    Bytes a tool decoded with surrogateescape (a file that is not UTF-8, a
+    file name) show as `\\xNN`: a lone surrogate cannot be written as UTF-8,
+    so the log, a guard or the model's server would fail on it. A longer text
+    keeps its head and its tail, where errors and summaries tend to be, with a
+    note of what was cut between them.
+    """
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "surrogateescape" if _escaped_bytes_only(text) else "backslashreplace")
+            text = text.decode("utf-8", "backslashreplace")
+    if limit is not None and len(text) > limit:
+        head, tail = limit * 2 // 3, limit // 3
+        cut = len(text) - head - tail
+        text = f"{text[:head]}\n[... {cut} characters cut here; ask for a narrower result]\n{text[-tail:]}"
     return text
+
+
+def _escaped_bytes_only(text: str) -> bool:
+    """Whether every lone surrogate in `text` is a byte surrogateescape kept (U+DC80-U+DCFF)."""
+    return all(not ("\ud800" <= c <= "\udfff") or "\udc80" <= c <= "\udcff" for c in text)
 
 
 _SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Raises|Examples?):\s*$", re.M)

@@ -288,3 +288,25 @@ def test_what_must_stay_too_big_is_a_clear_error(tmp_path):
     assert result.status == "failed" and "larger context window" in result.error
     with pytest.raises(Exception, match="context_window=10 is too small"):
         Agent(llm, context_window=10)
+
+
+def test_a_run_with_a_budget_keeps_a_long_result_whole(tmp_path):
+    """Only the prompt is fitted: the event, the log and the spilled file keep all of it."""
+
+    full = "\n".join(f"line {i} " + "abc" * 5 for i in range(1, 3001))  # 77K characters
+
+    @tool
+    def dump() -> str:
+        """A long output."""
+        return full
+
+    llm = ScriptedLLM([call("dump"), "Done."])
+    agent = Agent(llm, tools=[dump, "files"], workspace=tmp_path, context_window=4096, run_dir=tmp_path / "runs")
+    result = agent.run_sync("Dump it.")
+    assert result.ok, result.error
+    content = next(e.content for e in result.events if e.type == "tool_result")
+    assert content == full
+    shown = llm.requests[1].messages[-1].content
+    assert "line 3000 " in shown and len(shown) < len(full)  # the prompt has the tail, cut in the middle
+    [spilled] = (tmp_path / ".agent" / "observations").iterdir()
+    assert spilled.read_text() == full

@@ -190,7 +190,7 @@ def test_write_file_is_atomic_and_creates_parents(ft, ws):
 
 
 def test_failed_write_leaves_the_old_content_and_no_temp_file(ft, ws, monkeypatch):
-    def boom(src, dst):
+    def boom(src, dst, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(files.os, "replace", boom)

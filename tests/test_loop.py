@@ -386,12 +386,32 @@ def test_oversized_tool_output_is_capped(run_dir):
     @tool
     def big() -> str:
         """A huge output."""
-        return "x" * 100_000
+        return "HEAD" + "x" * 100_000 + "TAIL"
 
-    llm = ScriptedLLM([call("big"), "ok"])
-    result = Agent(llm, tools=[big], run_dir=run_dir).run_sync("big")
+    @tool
+    def fails() -> str:
+        """A huge error."""
+        raise ValueError("v" * 300_000)
+
+    llm = ScriptedLLM([call("big"), call("fails"), "ok"])
+    result = Agent(llm, tools=[big, fails], run_dir=run_dir).run_sync("big")
+    output, error = [e.content for e in result.events if e.type == "tool_result"]
+    assert len(output) < 21_000 and "characters cut here" in output
+    assert output.startswith("HEAD") and output.endswith("TAIL")  # the end of an output often matters most
+    assert len(error) < 21_000 and "ValueError" in error
+
+
+def test_a_tool_result_with_undecodable_bytes_reaches_the_model_and_the_log(run_dir):
+    @tool
+    def legacy() -> str:
+        """Text decoded the way the files tools and os.listdir keep odd bytes."""
+        return b"caf\xe9 ok".decode("utf-8", "surrogateescape")
+
+    result = Agent(ScriptedLLM([call("legacy"), "ok"]), tools=[legacy], run_dir=run_dir).run_sync("read")
+    assert result.ok
     content = next(e for e in result.events if e.type == "tool_result").content
-    assert len(content) < 21_000 and "more characters cut" in content
+    assert content == "caf\\xe9 ok"
+    assert next(e for e in read_events(result.log_path) if e.type == "tool_result").content == content
 
 
 def test_extra_model_call_fails_loudly(run_dir):

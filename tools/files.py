@@ -26,8 +26,8 @@ import errno
 import fnmatch
 import os
 import re
+import secrets
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -177,14 +177,54 @@ class Workspace:
                 "Use search_files to find the part you need."
             )
 
+    # -- opening without following symlinks ---------------------------------
+    #
+    # resolve() checks a path, and the file is opened a moment later: a
+    # directory on the way swapped for a symlink in between (by the python
+    # tool's own code, say) would lead outside. So files are opened from the
+    # root one real component at a time, following no symlink, and a path
+    # that changed fails instead.
+
+    def _walk_to(self, real_dir: Path, path: str, *, create: bool = False) -> int:
+        """A descriptor of `real_dir` (resolved, inside the root), reached without following a symlink."""
+        nofollow = getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in real_dir.relative_to(self.root).parts:
+                if create:
+                    try:
+                        os.mkdir(part, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                        raise ToolError(f"Refused: {path!r} changed while it was being used; try again.") from None
+                    raise ToolError(f"Cannot use {path!r}: {e.strerror}.") from None
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_file(self, real: Path, path: str, flags: int) -> int:
+        """Open the resolved file `real` as `_walk_to` reaches directories."""
+        parent = self._walk_to(real.parent, path)
+        try:
+            return os.open(real.name, flags | getattr(os, "O_NOFOLLOW", 0), dir_fd=parent)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ToolError(f"Refused: {path!r} changed while it was being used; try again.") from None
+            raise ToolError(f"Cannot open {path!r}: {e.strerror}.") from None
+        finally:
+            os.close(parent)
+
     def read_bytes(self, path: str) -> tuple[Path, bytes]:
         """The bytes of a regular file, read without following a swapped-in symlink."""
         real, _ = self.regular_file(path)
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        try:
-            fd = os.open(real, flags)
-        except OSError as e:
-            raise ToolError(f"Cannot open {path!r}: {e.strerror}.") from None
+        fd = self._open_file(real, path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):  # changed since it was checked
@@ -225,11 +265,11 @@ class Workspace:
                 )
             created = False
             mode = stat.S_IMODE(st.st_mode)
-        real.parent.mkdir(parents=True, exist_ok=True)
-        # A parent created just now cannot be a symlink; check again in case one appeared.
-        if not self._inside(Path(os.path.realpath(real.parent))):
-            raise ToolError(f"Refused: {path!r} now points outside the workspace.")
-        _atomic_write(real, data, mode)
+        parent = self._walk_to(real.parent, path, create=True)
+        try:
+            _atomic_write(parent, real.name, data, mode)
+        finally:
+            os.close(parent)
         return real, created
 
 
@@ -237,23 +277,35 @@ def _is_binary(data: bytes) -> bool:
     return b"\x00" in data[:8192]
 
 
-def _atomic_write(target: Path, data: bytes, mode: int | None) -> None:
-    """Write to a temp file in the same directory, then rename it over the target."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+def _atomic_write(parent: int, name: str, data: bytes, mode: int | None) -> None:
+    """Write to a temp file in the directory `parent` (a descriptor), then rename it over `name`.
+
+    A new file is created with mode 0o666 and left to the umask, or to the
+    directory's default ACL, as any new file there is: the python tool's
+    kernel keeps the access such an ACL gives it. A file that existed keeps
+    its mode.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666, dir_fd=parent)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - a hundred clashes of a random name
+        raise ToolError(f"Cannot write {name!r}: no free temporary name.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        if mode is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
     except BaseException:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=parent)
         except FileNotFoundError:
             pass
         raise
