@@ -312,3 +312,41 @@ def test_agent_escape_attempt_gets_an_error_then_succeeds(ws, run_dir):
     # the model saw the refusal as an observation before its next step
     seen = llm.requests[1].messages[-1]
     assert seen.role == "tool" and "escapes the workspace" in seen.content
+
+
+def test_a_directory_swapped_for_a_symlink_after_the_check_is_not_followed(ws, tmp_path, monkeypatch):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "s.txt").write_text("HOST SECRET\n")
+    (ws / "d").mkdir()
+    (ws / "d" / "s.txt").write_text("harmless\n")
+    workspace = Workspace(ws)
+    checked = workspace.resolve
+
+    def check_then_swap(path, **kwargs):  # the race, made certain: the swap lands right after the check
+        if (ws / "d").is_symlink():  # the real folder is back for each check
+            os.unlink(ws / "d")
+            os.rename(ws / "d.moved", ws / "d")
+        real = checked(path, **kwargs)
+        os.rename(ws / "d", ws / "d.moved")
+        os.symlink(outside, ws / "d")
+        return real
+
+    monkeypatch.setattr(workspace, "resolve", check_then_swap)
+    with pytest.raises(ToolError, match="changed while it was being used"):
+        workspace.read_text("d/s.txt")
+    with pytest.raises(ToolError, match="changed while it was being used"):
+        workspace.write_text("d/pwn.txt", "written")
+    assert sorted(p.name for p in outside.iterdir()) == ["s.txt"]
+
+
+def test_new_files_get_the_mode_any_new_file_gets(ws, ft):
+    ft.write_file(path="made_by_tool.txt", content="x")
+    with open(ws / "made_by_open.txt", "w") as f:
+        f.write("x")
+    assert stat.S_IMODE(os.stat(ws / "made_by_tool.txt").st_mode) == stat.S_IMODE(
+        os.stat(ws / "made_by_open.txt").st_mode
+    )
+    os.chmod(ws / "made_by_tool.txt", 0o640)
+    ft.write_file(path="made_by_tool.txt", content="y")  # an existing file keeps its mode
+    assert stat.S_IMODE(os.stat(ws / "made_by_tool.txt").st_mode) == 0o640
