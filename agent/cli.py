@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", help="system prompt")
     c.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
     c.add_argument("--max-steps", type=POSITIVE, default=None, help="step budget per turn (default 20)")
-    c.add_argument("--max-tokens", type=POSITIVE, default=None, help="token budget for the whole session")
+    c.add_argument("--max-tokens", type=POSITIVE, default=None, help="token budget for each turn")
     c.add_argument("--timeout", type=SECONDS, default=None, help="wall-clock budget per turn in seconds")
     c.add_argument(
         "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where session logs go (.agent/runs)"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.events import MemoryRead, MemoryWrite
 from agent.threads import run_blocking
@@ -65,6 +65,8 @@ class MemorySearch(Tool):
     effects = frozenset({"reads"})
 
     class Args(BaseModel):
+        model_config = ConfigDict(extra="forbid")  # an argument the tool ignores must not pass silently
+
         query: str = Field(min_length=1, description="What to look for, in plain words.")
         k: int = Field(5, ge=1, le=20, description="How many results to return.")
 
@@ -108,6 +110,8 @@ class MemorySave(Tool):
     safe_to_rerun = False
 
     class Args(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
         text: str = Field(min_length=1, description="The note to remember, self-contained.")
         tags: list[str] = Field(
             default_factory=list, description="Short labels, e.g. ['project-x', 'decision']."

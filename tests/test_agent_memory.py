@@ -54,3 +54,15 @@ def test_vector_memory_becomes_tools_and_a_guard_refuses_a_poisoned_write(tmp_pa
     assert not outputs[0].is_error and outputs[1].is_error and "may not carry instructions" in outputs[1].content
     assert "every Monday" in outputs[2].content
     assert notes.count() == 1
+
+
+def test_memory_tools_refuse_arguments_they_do_not_take(tmp_path):
+    notes = VectorMemory(tmp_path / "notes.db", HashingEmbedder())
+    llm = ScriptedLLM(
+        [call("memory_search", query="deploy key", where={"tags": "ops"}), call("memory_save", text="x", pin=True), "ok"]
+    )
+    result = Agent(llm, run_dir=tmp_path / "runs", memory=notes, guards=None).run_sync("search")
+    errors = [e for e in result.events if e.type == "tool_result"]
+    assert [e.error_kind for e in errors] == ["invalid_arguments", "invalid_arguments"]
+    assert "where" in errors[0].content and "pin" in errors[1].content
+    assert notes.count() == 0

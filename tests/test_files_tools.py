@@ -350,3 +350,10 @@ def test_new_files_get_the_mode_any_new_file_gets(ws, ft):
     os.chmod(ws / "made_by_tool.txt", 0o640)
     ft.write_file(path="made_by_tool.txt", content="y")  # an existing file keeps its mode
     assert stat.S_IMODE(os.stat(ws / "made_by_tool.txt").st_mode) == 0o640
+
+
+def test_edit_file_matches_lines_of_a_crlf_file_as_read_file_shows_them(ws, ft):
+    (ws / "win.py").write_bytes(b"def a():\r\n    return 1\r\n\r\nprint(a())\r\n")
+    out = ft.edit_file(path="win.py", old="def a():\n    return 1", new="def a():\n    return 2")
+    assert "lines 1-2" in out
+    assert (ws / "win.py").read_bytes() == b"def a():\r\n    return 2\r\n\r\nprint(a())\r\n"

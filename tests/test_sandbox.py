@@ -93,6 +93,7 @@ async def test_state_persists_and_outputs_are_shown(py, workspace):
     assert second == "Out[2]: 40"
     assert await run(py, "y = 1") == "(no output)"
     assert await run(py, "import os\nprint(os.getcwd())") == str(workspace)
+    assert await run(py, r"print('\x1b[31mred\x1b[0m and plain')") == "red and plain"  # no colour codes
 
 
 async def test_traceback_is_trimmed(py):

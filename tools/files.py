@@ -441,6 +441,10 @@ class FileTools:
         ws = self.workspace
         real, text = ws.read_text(path)
         count = text.count(old)
+        if count == 0 and "\r\n" in text and "\n" in old and "\r\n" not in old:
+            # A CRLF file: read_file shows its lines without the \r, so the model writes \n.
+            old, new = old.replace("\n", "\r\n"), new.replace("\r\n", "\n").replace("\n", "\r\n")
+            count = text.count(old)
         if count == 0:
             raise ToolError(
                 f"The text to replace was not found in {path!r}. Read the file and copy the exact text, "

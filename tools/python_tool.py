@@ -335,8 +335,8 @@ class PythonTool(Tool):
     def _render(self, result: sb.ExecResult, workspace: str) -> str:
         parts: list[str] = []
         for out in result.outputs:
-            if out.kind == "stdout":
-                parts.append(out.text.rstrip("\n"))
+            if out.kind == "stdout":  # colour codes (a progress bar, a coloured log) are noise to the model
+                parts.append(sb.strip_ansi(out.text).rstrip("\n"))
             elif out.kind == "stderr":
                 parts.append("[stderr]\n" + sb.strip_ansi(out.text).rstrip("\n"))
             elif out.kind == "cut":
