@@ -344,7 +344,10 @@ class Agent:
         if state.status in ("completed", "halted") and not allow_ended:
             raise AgentError(f"run {state.run_id} already ended ({state.status}); start a new run instead")
         bus = Bus(state.run_id, first_seq=events[-1].seq)
-        return self._wire(Run(self, run_id=state.run_id, bus=bus, state=state), path)
+        run = self._wire(Run(self, run_id=state.run_id, bus=bus, state=state), path)
+        if run.log is not None:
+            run.log.open()  # another writer of this log is refused now, not at the first event
+        return run
 
     def _wire(self, run: Run, log_path: Path | None = None) -> Run:
         for guard in self.guards:

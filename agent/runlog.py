@@ -15,6 +15,11 @@ from pathlib import Path
 from .errors import AgentError
 from .events import Event, parse_event
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 DEFAULT_RUN_DIR = Path(".agent") / "runs"
 
 
@@ -55,13 +60,21 @@ class RunLog:
         while line:
             line = line[os.write(self._fd, line) :]
 
+    def open(self) -> None:
+        """Open the log now (it opens at the first event otherwise): a log that another
+        writer holds is refused here, before anything runs."""
+        if self._fd is None:
+            self._fd = self._open()
+
     def _open(self) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         try:
-            return os.open(self._file, flags, 0o644)
+            fd = os.open(self._file, flags, 0o644)
         except FileNotFoundError:  # the first run in this directory
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self._file, flags, 0o644)
+            fd = os.open(self._file, flags, 0o644)
+        _claim(fd, self._file)
+        return fd
 
     def close(self) -> None:
         if self._fd is not None:
@@ -70,6 +83,21 @@ class RunLog:
 
     def __del__(self) -> None:  # a log its owner forgot to close must not leak the descriptor
         self.close()
+
+
+def _claim(fd: int, path: str) -> None:
+    """Lock the open log for this writer: two writers (a session resumed twice at once)
+    would interleave their events under the same sequence numbers."""
+    if fcntl is None:  # pragma: no cover - Windows: no lock
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AgentError(
+            f"the run log {path} is being written by another run (the same session resumed twice?); "
+            "finish that one first"
+        ) from None
 
 
 def find_run(run: str | Path, run_dir: str | Path = DEFAULT_RUN_DIR) -> Path:

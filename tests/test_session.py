@@ -59,3 +59,20 @@ def test_token_budget_is_per_turn_and_a_turn_after_it_is_answered(run_dir):
     events = read_events(chat.log_path)
     assert [e.content for e in events if e.type == "user_message"] == ["say a lot", "now briefly"]
     assert [e.status for e in events if e.type == "run_finished"] == ["max_tokens", "completed"]
+
+
+def test_a_session_another_writer_holds_is_refused(run_dir):
+    import fcntl
+
+    import pytest
+
+    from agent import AgentError
+
+    chat = Agent(ScriptedLLM(["Hello."]), run_dir=run_dir).session()
+    chat.send_sync("Hi.")
+    with open(chat.log_path, "a") as other:  # another process resumed the same session first
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(AgentError, match="being written by another run"):
+            Agent(ScriptedLLM(["Again."]), run_dir=run_dir).session(chat.run_id)
+    later = Agent(ScriptedLLM(["Again."]), run_dir=run_dir).session(chat.run_id)  # free once it is let go
+    assert later.send_sync("Hi again.").answer == "Again."
