@@ -115,6 +115,18 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+def _check_ours(path: Path) -> None:
+    """Raise sqlite3.Error unless `path` is missing, empty, or a memory file (read only, changes nothing)."""
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return
+    probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        probe.execute("SELECT value FROM meta WHERE key = 'uid'").fetchall()
+        probe.execute("SELECT id, time FROM records LIMIT 0").fetchall()
+    finally:
+        probe.close()
+
+
 class SqliteStore:
     """Records and vectors in one SQLite file; exact or HNSW search in process."""
 
@@ -138,16 +150,26 @@ class SqliteStore:
         self.hnsw_params = {"m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}
         self.save_every = save_every
         self.threads = threads
-        self.conn = connect(self.path)
         self._lock = threading.RLock()
         self._closed = False
-        with self._write():
-            for statement in _SCHEMA:
-                self.conn.execute(statement)
-            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('uid', ?)", (uuid.uuid4().hex,))
-            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-        self.uid = self._meta("uid")
-        schema = self._meta("schema")
+        try:
+            _check_ours(self.path)  # before connect() switches the file to WAL: a file not ours stays as it was
+            self.conn = connect(self.path)
+            with self._write():
+                for statement in _SCHEMA:
+                    self.conn.execute(statement)
+                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('uid', ?)", (uuid.uuid4().hex,))
+                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            self.uid = self._meta("uid")
+            schema = self._meta("schema")
+        except sqlite3.Error as e:
+            conn = getattr(self, "conn", None)
+            if conn is not None:
+                conn.close()
+            raise VectorMemoryError(
+                f"{self.path} cannot be opened as a memory file ({e}); is it another program's database, "
+                "damaged, or a folder?"
+            ) from None
         if schema != SCHEMA_VERSION:
             self.conn.close()
             raise VectorMemoryError(

@@ -733,3 +733,27 @@ def test_a_guard_rewrites_or_blocks_what_a_search_shows(tmp_path, run_dir):
     (res,) = [e for e in result.events if e.type == "tool_result"]
     assert res.is_error and "memory is off limits" in res.content and "4711" not in res.content
     mem.close()
+
+
+@pytest.mark.parametrize("kind", ["not a database", "another program's", "a folder"])
+def test_a_file_that_is_not_a_memory_is_refused_clearly_and_left_alone(tmp_path, kind):
+    import sqlite3
+
+    from memory import VectorMemoryError
+
+    path = tmp_path / "memory.db"
+    if kind == "not a database":
+        path.write_bytes(b"plain text, not SQLite " * 100)
+    elif kind == "another program's":
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE records (name TEXT, price REAL)")
+        conn.execute("INSERT INTO records VALUES ('tea', 3.5)")
+        conn.commit()
+        conn.close()
+    else:
+        path.mkdir()
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(VectorMemoryError, match="cannot be opened as a memory file"):
+        VectorMemory(path, HashingEmbedder())
+    if before is not None:
+        assert path.read_bytes() == before
