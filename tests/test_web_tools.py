@@ -603,3 +603,15 @@ def test_agent_reads_a_page_and_cites_lines(server, tmp_path, run_dir):
     opened, found = [e for e in result.events if e.type == "tool_result"]
     assert not opened.is_error and opened.content.startswith("Title: Test Page")
     assert f"L{MAGIC_AT + 4}: Paragraph number {MAGIC_AT}. The magic word is xyzzy." in found.content
+
+
+def test_find_in_page_matches_a_phrase_the_line_wrapping_split():
+    from tools.web import Page, html_to_lines
+
+    title, lines = html_to_lines("<p>" + "x" * 150 + " machine learning rocks " + "tail " * 40 + "</p>")
+    web = WebTools(search_backends=[FakeBackend("x")], cache=False)
+    web.pages.append(Page(url="http://example.test/", title=title, lines=lines, content_type="text/html"))
+    split = next(n for n, line in enumerate(lines, 1) if line.rstrip().endswith("machine"))
+    assert "learning" not in lines[split - 1]  # the wrap really falls inside the phrase
+    out = web.find_in_page(pattern="Machine  Learning")
+    assert out.startswith("1 matches") and f"L{split}:" in out and f"L{split + 1}:" in out

@@ -19,6 +19,7 @@ Opened pages form a stack, like a browser's history, per `WebTools` instance.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import ipaddress
 import json
@@ -1144,19 +1145,24 @@ class WebTools:
             raise ToolError("No page is open; open one with open_url first.")
         if not pattern:
             raise ToolError("The pattern is empty.")
+        # Plain text matches across the line wrapping of a paragraph: any run of spaces and line breaks
+        # between its words matches any other. A regex sees lines (^ and $ at each), and \s spans them.
+        source = pattern if regex else r"\s+".join(re.escape(word) for word in pattern.split())
         try:
-            rx = re.compile(pattern if regex else re.escape(pattern), re.IGNORECASE)
+            rx = re.compile(source or re.escape(pattern), re.IGNORECASE | re.MULTILINE)
         except re.error as e:
             raise ToolError(f"Invalid regular expression {pattern!r}: {e}.") from None
-        hits = [n for n, line in enumerate(page.lines, 1) if rx.search(line)]
-        if not hits:
+        spans = _find_spans(rx, page.lines, "\n" if regex else " ")
+        if not spans:
             return f"No matches for {pattern!r} in {page.url} ({len(page.lines)} lines)."
+        hits = sorted(spans)
         shown = hits[:MAX_FIND_MATCHES]
         out = [f"{len(hits)} matches for {pattern!r} in {page.title} ({page.url}), {len(page.lines)} lines:"]
         for n in shown:
-            lo, hi = max(1, n - 1), min(len(page.lines), n + 1)
-            out.append(f"L{n}: {page.lines[n - 1]}")
-            context = [f"    L{i}: {page.lines[i - 1]}" for i in range(lo, hi + 1) if i != n]
+            last = spans[n]
+            lo, hi = max(1, n - 1), min(len(page.lines), last + 1)
+            out.extend(f"L{i}: {page.lines[i - 1]}" for i in range(n, last + 1))
+            context = [f"    L{i}: {page.lines[i - 1]}" for i in range(lo, hi + 1) if not n <= i <= last]
             if context:
                 out.extend(context)
         if len(hits) > len(shown):
@@ -1165,6 +1171,28 @@ class WebTools:
             "Cite lines as L<n> or a range such as L12-L15; open_url with start_line=<n> shows more around a match."
         )
         return "\n".join(out)
+
+
+def _find_spans(rx: re.Pattern[str], lines: Sequence[str], joint: str) -> dict[int, int]:
+    """First line -> last line of each match of `rx` in `lines`, read as one text
+    whose lines (their indentation dropped) are joined by `joint`."""
+    starts: list[int] = []
+    parts: list[str] = []
+    pos = 0
+    for line in lines:
+        text = line.strip()
+        starts.append(pos)
+        parts.append(text)
+        pos += len(text) + 1
+    flow = joint.join(parts)
+    spans: dict[int, int] = {}
+    for m in rx.finditer(flow):
+        if m.end() == m.start():  # an empty match (a pattern like "x*") says nothing
+            continue
+        first = bisect.bisect_right(starts, m.start())
+        last = bisect.bisect_right(starts, m.end() - 1)
+        spans[first] = max(spans.get(first, first), last)
+    return spans
 
 
 def format_results(outcome: SearchOutcome) -> str:
