@@ -112,6 +112,15 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, json.dumps({"name": "widget", "tags": ["a", "b"]}).encode(), "application/json")
         elif path == "/notes.md":
             self._send(200, b"# Release notes\n\n- fixed the parser\n- added find\n", "text/markdown")
+        elif path == "/utf16.txt":
+            self._send(200, "Grüße aus Köln".encode("utf-16"), "text/plain; charset=utf-16")
+        elif path == "/legacy.html":  # no charset anywhere, and not UTF-8
+            self._send(200, "<html><title>Menu</title><p>Café naïve</p></html>".encode("cp1252"), "text/html")
+        elif path == "/feed.xml":
+            body = '<?xml version="1.0" encoding="ISO-8859-1"?><note>Straße</note>'.encode("latin-1")
+            self._send(200, body, "application/xml")
+        elif path == "/bom.txt":
+            self._send(200, "\ufeffBOM text".encode(), "text/plain")
         elif path == "/host":
             self._send(200, f"Host: {self.headers.get('Host')}".encode(), "text/plain")
         elif path == "/search":
@@ -615,3 +624,17 @@ def test_find_in_page_matches_a_phrase_the_line_wrapping_split():
     assert "learning" not in lines[split - 1]  # the wrap really falls inside the phrase
     out = web.find_in_page(pattern="Machine  Learning")
     assert out.startswith("1 matches") and f"L{split}:" in out and f"L{split + 1}:" in out
+
+
+@pytest.mark.parametrize(
+    "path, text",
+    [
+        ("/utf16.txt", "Grüße aus Köln"),  # was refused as binary (UTF-16 is full of NUL bytes)
+        ("/legacy.html", "Café naïve"),  # undeclared windows-1252, as browsers read it
+        ("/feed.xml", "Straße"),  # the encoding only in the XML declaration
+        ("/bom.txt", "L1: BOM text"),  # the byte order mark is not text
+    ],
+)
+def test_pages_are_decoded_as_a_browser_would(server, web, path, text):
+    out = web.open_url(url=f"{server.base}{path}")
+    assert text in out and "\ufffd" not in out and "\ufeff" not in out

@@ -937,7 +937,8 @@ class Fetcher:
         except httpx.HTTPError as e:
             raise ToolError(f"Could not read {url}: {type(e).__name__}: {e}") from None
         body = b"".join(chunks)
-        if b"\x00" in body[:8192]:
+        wide = _wide_encoding(response.charset_encoding, body)  # UTF-16 and UTF-32 text is full of NULs
+        if not wide and b"\x00" in body[:8192]:
             raise ToolError(
                 f"Refused: {url} is binary content (it contains NUL bytes); open_url only shows text."
             )
@@ -945,17 +946,44 @@ class Fetcher:
 
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset=["']?([\w-]+)""", re.I)
+_XML_ENCODING = re.compile(rb"""^\s*<\?xml[^>]+encoding=["']([\w.-]+)["']""")
+_BOMS = (
+    (b"\xef\xbb\xbf", "utf-8-sig"),
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+
+def _wide_encoding(charset: str | None, body: bytes) -> bool:
+    """Whether the text is UTF-16 or UTF-32, as its header or byte order mark says."""
+    if charset and charset.lower().replace("_", "-").startswith(("utf-16", "utf-32")):
+        return True
+    return any(body.startswith(bom) for bom, name in _BOMS if name != "utf-8-sig")
 
 
 def _decode(fetched: Fetched) -> str:
+    """The text of a page, read as a browser would: a byte order mark first, then the
+    declared charset (header, <meta>, <?xml?>), then UTF-8, then windows-1252."""
+    body = fetched.body
+    for bom, name in _BOMS:
+        if body.startswith(bom):
+            return body.decode(name, errors="replace")
     charset = fetched.charset
-    if charset is None and "html" in fetched.content_type:
-        m = _META_CHARSET.search(fetched.body[:4096])
+    if charset is None:
+        m = _META_CHARSET.search(body[:4096]) if "html" in fetched.content_type else None
+        m = m or _XML_ENCODING.search(body[:512])
         charset = m.group(1).decode("ascii") if m else None
+    if charset is not None:
+        try:
+            return body.decode(charset, errors="replace")
+        except LookupError:
+            pass
     try:
-        return fetched.body.decode(charset or "utf-8", errors="replace")
-    except LookupError:
-        return fetched.body.decode("utf-8", errors="replace")
+        return body.decode("utf-8")
+    except UnicodeDecodeError:  # undeclared and not UTF-8: most such pages are windows-1252
+        return body.decode("cp1252", errors="replace")
 
 
 def to_page(fetched: Fetched, requested_url: str) -> Page:
