@@ -41,7 +41,6 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
-import itertools
 import json
 import math
 import re
@@ -659,8 +658,12 @@ def _split_steps(messages: Sequence[Message]) -> list[_Step]:
 
 
 def _line_ends(text: str) -> list[int]:
-    """Offsets where each line ends, counted the way `read_file` (str.splitlines) counts lines."""
-    return list(itertools.accumulate(len(line) for line in text.splitlines(keepends=True)))
+    """Offsets where each line ends, its "\n" included, counted the way `read_file`
+    numbers lines (at "\n" only: see `tools.files.text_lines`)."""
+    ends = [m.end() for m in re.finditer("\n", text)]
+    if text and not text.endswith("\n"):
+        ends.append(len(text))
+    return ends
 
 
 def _cut(text: str, ends: list[int], head_chars: int, tail_chars: int) -> tuple[int, int]:

@@ -357,3 +357,12 @@ def test_edit_file_matches_lines_of_a_crlf_file_as_read_file_shows_them(ws, ft):
     out = ft.edit_file(path="win.py", old="def a():\n    return 1", new="def a():\n    return 2")
     assert "lines 1-2" in out
     assert (ws / "win.py").read_bytes() == b"def a():\r\n    return 2\r\n\r\nprint(a())\r\n"
+
+
+def test_every_files_tool_numbers_lines_alike(ws, ft):
+    (ws / "ff.py").write_text("a = 1\n\x0c\nb = 2\nc = 3\u2028d = 4\ne = 5\n")  # a form feed, a U+2028
+    assert "ff.py:5: e = 5" in ft.search_files(pattern="e = 5")
+    assert "\n5| e = 5" in ft.read_file(path="ff.py")
+    assert "lines 5-5" in ft.edit_file(path="ff.py", old="e = 5", new="e = 6")
+    (ws / "win.txt").write_bytes(b"one\r\ntwo\r\n")
+    assert ft.read_file(path="win.txt").splitlines()[1:] == ["1| one", "2| two"]

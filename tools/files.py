@@ -273,6 +273,16 @@ class Workspace:
         return real, created
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines of `text` as editors, tracebacks and `edit_file` number them: split at
+    "\n" only (str.splitlines also splits at form feeds, lone "\r", U+2028 and more),
+    without the "\r" of a CRLF line end, and no empty line after a final newline."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def _is_binary(data: bytes) -> bool:
     return b"\x00" in data[:8192]
 
@@ -393,7 +403,7 @@ class FileTools:
         """
         ws = self.workspace
         real, text = ws.read_text(path)
-        lines = text.splitlines()
+        lines = text_lines(text)
         total = len(lines)
         start = 1 if start_line is None else start_line
         if start < 1:
@@ -423,7 +433,7 @@ class FileTools:
         """
         ws = self.workspace
         real, created = ws.write_text(path, content)
-        lines = len(content.splitlines())
+        lines = len(text_lines(content))
         verb = "Created" if created else "Overwrote"
         return f"{verb} {ws.relative(real)} ({len(content.encode('utf-8', 'surrogateescape')):,} bytes, {lines} lines)."
 
@@ -577,7 +587,7 @@ class FileTools:
             except ToolError:
                 skipped += 1
                 continue
-            for n, line in enumerate(text.splitlines(), 1):
+            for n, line in enumerate(text_lines(text), 1):
                 if rx.search(line):
                     if len(matches) >= MAX_SEARCH_MATCHES:
                         more += 1
