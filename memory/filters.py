@@ -63,10 +63,21 @@ def _conditions(where: Where) -> list[tuple[str, str, Any]]:
             for op, operand in value.items():
                 if op not in _OPS:
                     raise FilterError(f"unknown operator {op!r} for {key!r}; use one of {sorted(_OPS)}")
+                if op == "$exists" and not isinstance(operand, bool):
+                    raise FilterError(f"$exists takes true or false, not {operand!r}")
+                _check_range(operand, op)
                 out.append(("field", key, (op, operand)))
         else:
+            _check_range(value, "$eq")
             out.append(("field", key, ("$eq", value)))
     return out
+
+
+def _check_range(value: Any, op: str) -> None:
+    """Integers a database compares: 64-bit (larger ones are stored as text in JSON, never matched)."""
+    for v in value if isinstance(value, (list, tuple)) else (value,):
+        if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
+            raise FilterError(f"{op}: {v} is outside the 64-bit integer range a filter can compare")
 
 
 # -- SQLite (JSON1) ------------------------------------------------------------

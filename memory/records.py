@@ -37,6 +37,13 @@ SourceLike = dict[str, Any] | tuple[str, int] | str | None
 
 def normalize_source(source: Any) -> tuple[str | None, int | None]:
     """`(run_id, seq)` from a dict, a `(run_id, seq)` pair, a `"run_id#seq"` string or an event."""
+    try:
+        return _source(source)
+    except (TypeError, ValueError, KeyError) as e:
+        raise VectorMemoryError(f"source {source!r} is not a run id and an event number ({e})") from None
+
+
+def _source(source: Any) -> tuple[str | None, int | None]:
     if source is None:
         return None, None
     if isinstance(source, dict):

@@ -164,6 +164,14 @@ class VectorMemory:
                 raise VectorMemoryError(f"{label} has {len(seq)} items for {n} texts")
         if any(not isinstance(t, str) for t in texts):
             raise VectorMemoryError("texts must be strings")
+        for t in texts:
+            if not t.isascii():
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise VectorMemoryError(
+                        f"text {t[:40]!r}... holds a lone surrogate, which cannot be stored as UTF-8"
+                    ) from None
         self._bind()
         dim = self.embedder.dim
         if vectors is not None:

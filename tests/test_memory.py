@@ -757,3 +757,20 @@ def test_a_file_that_is_not_a_memory_is_refused_clearly_and_left_alone(tmp_path,
         VectorMemory(path, HashingEmbedder())
     if before is not None:
         assert path.read_bytes() == before
+
+
+def test_bad_values_are_clear_errors_not_database_ones(tmp_path):
+    from memory import VectorMemoryError
+    from memory.filters import FilterError
+
+    mem = VectorMemory(tmp_path / "m.db", HashingEmbedder())
+    mem.add("hello", {"n": 1})
+    with pytest.raises(FilterError, match="64-bit"):
+        mem.search("hello", where={"n": 2**70})
+    with pytest.raises(FilterError, match="takes true or false"):
+        mem.search("hello", where={"n": {"$exists": "no"}})
+    with pytest.raises(VectorMemoryError, match="lone surrogate"):
+        mem.add("\ud800")
+    with pytest.raises(VectorMemoryError, match="not a run id and an event number"):
+        mem.add("x", source={"run_id": "r", "seq": "zz"})
+    assert mem.count() == 1
