@@ -176,6 +176,7 @@ class ChatView:
 
     def begin(self) -> None:
         self._active = True
+        self._label = "thinking"  # not what the last turn was doing when Ctrl-C stopped it
         self._error_shown = False
         self._reset_segment()
         self._calls.clear()
