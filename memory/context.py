@@ -577,7 +577,7 @@ class ContextBudget:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
-                tmp.write_text(message.content, encoding="utf-8", errors="surrogatepass")
+                tmp.write_text(_spill_text(message.content), encoding="utf-8", errors="surrogatepass")
                 tmp.replace(path)
         except OSError:
             return None
@@ -657,13 +657,36 @@ def _split_steps(messages: Sequence[Message]) -> list[_Step]:
     return steps
 
 
+SPILL_LINE = 1_000  # the longest line of a spilled file: read_file shows up to 2,000 characters of one
+
+
 def _line_ends(text: str) -> list[int]:
-    """Offsets where each line ends, its "\n" included, counted the way `read_file`
-    numbers lines (at "\n" only: see `tools.files.text_lines`)."""
-    ends = [m.end() for m in re.finditer("\n", text)]
-    if text and not text.endswith("\n"):
-        ends.append(len(text))
+    """Offsets where each line of the spilled file ends: at each "\n" (included; lines
+    are numbered as `read_file` numbers them, see `tools.files.text_lines`), and every
+    SPILL_LINE characters of a longer line, which the spilled file breaks there."""
+    ends: list[int] = []
+    start, size = 0, len(text)
+    while start < size:
+        newline = text.find("\n", start)
+        stop = size if newline < 0 else newline + 1
+        body_end = stop if newline < 0 else newline
+        ends.extend(range(start + SPILL_LINE, body_end, SPILL_LINE))
+        ends.append(stop)
+        start = stop
     return ends
+
+
+def _spill_text(text: str) -> str:
+    """`text` with its long lines broken as `_line_ends` counts them, so read_file can show every part."""
+    if all(len(line) <= SPILL_LINE for line in text.split("\n")):
+        return text
+    parts: list[str] = []
+    previous = 0
+    for end in _line_ends(text):
+        piece = text[previous:end]
+        parts.append(piece if piece.endswith("\n") or end == len(text) else piece + "\n")
+        previous = end
+    return "".join(parts)
 
 
 def _cut(text: str, ends: list[int], head_chars: int, tail_chars: int) -> tuple[int, int]:
@@ -691,11 +714,13 @@ def _pointer(text: str, ends: list[int], start: int, end: int, path: str | None)
         where = (
             f'; read them with read_file(path="{path}", start_line={first}, end_line={last})' if path else ""
         )
-    else:
+    else:  # the gap starts or ends inside a line: name the lines of the file that hold it
+        first = bisect.bisect_right(ends, start) + 1
+        last = min(bisect.bisect_left(ends, end) + 1, len(ends))
         what = f"{end - start:,} characters"
         where = (
-            f"; the full text ({len(ends)} line{'s' if len(ends) != 1 else ''}) is in the file {path}, "
-            "which read_file can open"
+            f"; they are in lines {first}-{last} of {len(ends)} of the full text: "
+            f'read_file(path="{path}", start_line={first}, end_line={last})'
             if path
             else ""
         )

@@ -310,3 +310,30 @@ def test_a_run_with_a_budget_keeps_a_long_result_whole(tmp_path):
     assert "line 3000 " in shown and len(shown) < len(full)  # the prompt has the tail, cut in the middle
     [spilled] = (tmp_path / ".agent" / "observations").iterdir()
     assert spilled.read_text() == full
+
+
+def test_a_cut_single_line_result_can_be_read_back_in_full(tmp_path):
+    """Minified JSON is one long line: the spilled file breaks it, so read_file reaches every part."""
+    big = json.dumps({f"key{i}": i for i in range(8000)})  # about 110K characters on one line
+    seen: dict[str, str] = {}
+
+    @tool
+    def fetch() -> str:
+        """Fetch the data."""
+        return big
+
+    def follow(request: LLMRequest) -> str:
+        shown = request.messages[-1].content
+        match = re.search(r'read_file\(path="([^"]+)", start_line=(\d+), end_line=(\d+)\)', shown)
+        assert match, shown[-600:]
+        seen["shown"] = shown
+        return call("read_file", path=match[1], start_line=int(match[2]), end_line=int(match[2]) + 1)
+
+    llm = ScriptedLLM([call("fetch"), follow, "Done."])
+    agent = Agent(llm, tools=[fetch, "files"], workspace=tmp_path, context_window=4096, run_dir=tmp_path / "runs")
+    result = agent.run_sync("Fetch the data.")
+    assert result.ok, result.error
+    read_back = [e.content for e in result.events if e.type == "tool_result" and e.name == "read_file"][0]
+    gap = read_back.split("| ", 1)[1].splitlines()[0]  # the first line read back, without its number
+    assert len(gap) >= 900 and gap in big and gap not in seen["shown"]  # a part the prompt left out
+    assert "more characters]" not in read_back  # nothing of those lines was clipped by read_file
