@@ -52,7 +52,9 @@ class Verdict(BaseModel):
     """One guard's judgement of one event.
 
     `content` is the replacement for "redact": text for most events, the
-    arguments dict for a tool call, the hits list for a memory read.
+    arguments dict for a tool call, the hits list for a memory read, and for
+    a model response or a final answer a dict of the fields that hold text
+    (see `guards._text.map_text`).
     `feedback` is what the model is told when the step is blocked.
     """
 

@@ -534,8 +534,15 @@ class Run:
             return
         if decision.action == "halt":
             raise _Stop("halted", decision.feedback or "halted by a guard")
-        if data is not None:
-            self.state.answer = data
+        if data is not None:  # the typed answer, from what was recorded (a guard may have redacted it)
+            recorded = decision.event.data if decision.action == "rewrite" else None  # type: ignore[union-attr]
+            if recorded is None:
+                self.state.answer = data
+            else:
+                try:
+                    self.state.answer = type(data).model_validate(recorded)
+                except ValidationError:  # a redaction broke a constraint: the recorded dict, then
+                    self.state.answer = recorded
         raise _Stop("completed")
 
     # -- tools -------------------------------------------------------------

@@ -54,6 +54,12 @@ _SEVERITY = {"allow": 0, "redact": 1, "ask": 2, "block": 3, "halt": 4}
 RUNTIME_RESULTS = frozenset({"blocked", "refused", "invalid_json", "invalid_arguments", "unknown_tool", "interrupted"})
 
 
+def _runtime_result(event: Any) -> bool:
+    """A tool result the runtime wrote itself: an error of RUNTIME_RESULTS, or the
+    receipt of a final_answer call (a name no other tool may have)."""
+    return event.error_kind in RUNTIME_RESULTS or event.name == "final_answer"
+
+
 @dataclass
 class Outcome:
     """What the pipeline made of one event."""
@@ -205,7 +211,7 @@ class GuardPipeline:
         started = time.perf_counter()
         stage = stage_of(event)
         sp = self.policy.stage(stage) if stage else None
-        if stage is None or sp is None or (stage == "tool_result" and event.error_kind in RUNTIME_RESULTS):
+        if stage is None or sp is None or (stage == "tool_result" and _runtime_result(event)):
             return Outcome(stage, event=event)
         verdicts: list[Verdict] = []
         current = event

@@ -135,6 +135,37 @@ def test_a_secret_in_the_final_answer_is_redacted(run_dir):
     assert result.ok and SECRET not in result.answer and "[REDACTED:openai_key]" in result.answer
 
 
+def test_a_secret_in_a_typed_answer_thinking_or_call_arguments_is_redacted_everywhere(run_dir):
+    from pydantic import BaseModel
+
+    from agent import read_events
+    from agent.events import ModelResponse
+    from agent.types import ToolCallRequest
+
+    class Answer(BaseModel):
+        token: str
+
+    leaky_turn = ModelResponse(
+        content=f"using {SECRET}",
+        thinking=f"the key is {SECRET}",
+        tool_calls=[ToolCallRequest(name="read_config", arguments={"path": f"app.conf?key={SECRET}"})],
+    )
+    llm = ScriptedLLM([leaky_turn, call("final_answer", token=SECRET)])
+    agent = Agent(llm, tools=[read_config], guards=[default_pipeline()], run_dir=run_dir, answer_schema=Answer)
+    result = agent.run_sync("find the key")
+    assert result.ok and isinstance(result.answer, Answer) and SECRET not in result.answer.token
+    assert SECRET not in open(result.log_path, encoding="utf-8").read()  # not in thinking, arguments or the end
+    assert SECRET not in str(llm.requests[1].messages)
+    assert read_events(result.log_path)[-1].answer == {"token": result.answer.token}
+
+
+def test_the_receipt_of_a_final_answer_call_is_not_judged(run_dir):
+    llm = ScriptedLLM([call("final_answer", answer="Paris")])
+    result = Agent(llm, guards=[default_pipeline()], run_dir=run_dir).run_sync("capital of France?")
+    assert result.ok and result.answer == "Paris"
+    assert not [v for v in verdicts(result) if v.stage == "tool_result"]
+
+
 def test_memory_writes_from_a_tool_are_judged(run_dir):
     decisions = []
 
