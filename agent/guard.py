@@ -54,7 +54,8 @@ class Verdict(BaseModel):
     `content` is the replacement for "redact": text for most events, the
     arguments dict for a tool call, the hits list for a memory read, and for
     a model response or a final answer a dict of the fields that hold text
-    (see `guards._text.map_text`).
+    (see `guards._text.map_text`). A call's arguments are the tool_call
+    stage's to judge: a tool may be meant to receive a credential.
     `feedback` is what the model is told when the step is blocked.
     """
 

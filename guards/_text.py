@@ -16,10 +16,8 @@ def text_of(event: Any) -> str:
     kind = getattr(event, "type", "")
     if kind in _CONTENT_TYPES or kind == "final_answer":  # a typed answer's data is in its content, as JSON
         return event.content or ""
-    if kind == "model_response":  # the reply, its thinking and what it passes to tools
-        parts = [event.content or "", event.thinking or ""]
-        parts += [_flatten(c.arguments) for c in event.tool_calls if c.arguments]
-        return "\n".join(p for p in parts if p)
+    if kind == "model_response":  # the reply and its thinking; what it passes to tools is the tool_call stage's
+        return "\n".join(p for p in (event.content, event.thinking) if p)
     if kind == "memory_write":
         return event.text or ""
     if kind == "memory_read":
@@ -68,11 +66,7 @@ def map_text(event: Any, fn: Callable[[str], str]) -> Any:
     if kind in _CONTENT_TYPES:
         return fn(event.content or "")
     if kind == "model_response":
-        return {
-            "content": fn(event.content or ""),
-            "thinking": fn(event.thinking) if event.thinking else event.thinking,
-            "arguments": [_map_strings(dict(c.arguments), fn) if c.arguments else c.arguments for c in event.tool_calls],
-        }
+        return {"content": fn(event.content or ""), "thinking": fn(event.thinking) if event.thinking else event.thinking}
     if kind == "final_answer":
         return {"content": fn(event.content or ""), "data": _map_strings(event.data, fn)}
     if kind == "memory_write":
@@ -94,12 +88,7 @@ def with_content(event: Any, content: Any) -> Any:
     kind = getattr(event, "type", "")
     if kind in _CONTENT_TYPES:
         return event.model_copy(update={"content": content})
-    if kind == "model_response":
-        calls = [c.model_copy(update={"arguments": a}) for c, a in zip(event.tool_calls, content["arguments"], strict=True)]
-        return event.model_copy(
-            update={"content": content["content"], "thinking": content["thinking"], "tool_calls": calls}
-        )
-    if kind == "final_answer":
+    if kind in ("model_response", "final_answer"):
         return event.model_copy(update=content)
     if kind == "memory_write":
         return event.model_copy(update={"text": content})
