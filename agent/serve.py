@@ -285,6 +285,21 @@ def _validation_error(e: ValidationError) -> HTTPError:
 # --------------------------------------------------------------------------- response bodies
 
 
+def _readable_calls(response: ModelResponse) -> tuple[list[ToolCallRequest], str, str]:
+    """The calls a client can run, the text of those it cannot, and the finish reason.
+
+    A call the parser could not read (bad JSON, a `<tool_call>` that is prose)
+    is not sent as a call a client would try to run: its text goes back as
+    content, as a server whose tool parser fails returns the text.
+    """
+    readable = [c for c in response.tool_calls if c.parse_error is None]
+    unread = "\n".join(c.raw_arguments for c in response.tool_calls if c.parse_error is not None and c.raw_arguments)
+    finish = response.finish_reason
+    if not readable and finish == "tool_calls":
+        finish = "stop"
+    return readable, unread, finish
+
+
 def _wire_tool_calls(calls: list[ToolCallRequest], *, indexed: bool = False) -> list[dict[str, Any]]:
     out = []
     for i, call in enumerate(calls):
@@ -777,19 +792,21 @@ class ChatServer:
                 raise self._model_error(e) from e
         if response is None:
             raise self._model_error(StopAsyncIteration())
-        message: dict[str, Any] = {"role": "assistant", "content": response.content}
+        calls, unread, finish = _readable_calls(response)
+        content = "\n".join(t for t in (response.content, unread) if t)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
         if response.thinking:
             message["reasoning_content"] = response.thinking
-        if response.tool_calls:
-            message["content"] = response.content or None
-            message["tool_calls"] = _wire_tool_calls(response.tool_calls)
+        if calls:
+            message["content"] = content or None
+            message["tool_calls"] = _wire_tool_calls(calls)
         body = {
             "id": _completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model_name,
             "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": response.finish_reason}
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
             ],
             "usage": _wire_usage(response.usage),
         }
@@ -851,9 +868,12 @@ class ChatServer:
                 await conn.send_chunk(_sse(self._model_error(e).body()))
                 await self._end_stream(conn)
                 return keep_alive
-        if item.tool_calls:
-            await conn.send_chunk(event({"tool_calls": _wire_tool_calls(item.tool_calls, indexed=True)}))
-        await conn.send_chunk(event({}, item.finish_reason))
+        calls, unread, finish = _readable_calls(item)
+        if unread:
+            await conn.send_chunk(event({"content": ("\n" if item.content else "") + unread}))
+        if calls:
+            await conn.send_chunk(event({"tool_calls": _wire_tool_calls(calls, indexed=True)}))
+        await conn.send_chunk(event({}, finish))
         if chat.stream_options and chat.stream_options.include_usage:
             await conn.send_chunk(event(None, usage=_wire_usage(item.usage)))
         await conn.send_chunk(b"data: [DONE]\n\n")

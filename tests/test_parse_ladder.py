@@ -480,7 +480,9 @@ def test_transformers_llm_streams_and_parses_harmony():
     llm._logits_processors = lambda *args, **kwargs: []  # not what this test is about
 
     async def go():
-        items = [x async for x in llm.stream(LLMRequest(messages=[Message(role="user", content="weather?")]))]
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+        request = LLMRequest(messages=[Message(role="user", content="weather?")], tools=tools)
+        items = [x async for x in llm.stream(request)]
         return items[:-1], items[-1]
 
     deltas, response = asyncio.run(go())
@@ -488,3 +490,63 @@ def test_transformers_llm_streams_and_parses_harmony():
     assert "".join(d.content for d in deltas) == response.content == ""
     assert [(c.name, c.arguments) for c in response.tool_calls] == [("get_weather", {"city": "Oslo"})]
     assert response.finish_reason == "tool_calls"
+
+
+def _char_llm(output: str):
+    """A TransformersLLM whose fake model writes `output`, one character a token (no weights)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from agent.llm.transformers import TemplateChatFormat, TransformersLLM
+
+    class CharTokenizer:
+        chat_template = "{{ '<|im_start|>assistant' }}{# <tool_call> #}"
+        pad_token_id = 0
+        eos_token_id = None
+
+        def __call__(self, text, return_tensors=None, add_special_tokens=False):
+            return {"input_ids": torch.tensor([[ord(c) for c in text]])}
+
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join(map(chr, ids))
+
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+        def apply_chat_template(self, messages, **kwargs):
+            return "<|im_start|>user\n" + messages[-1]["content"] + "<|im_end|>\n<|im_start|>assistant\n"
+
+    class Model:
+        device = "cpu"
+
+        def generate(self, input_ids, streamer, **kwargs):
+            streamer.put(input_ids)
+            for ch in output:
+                streamer.put(torch.tensor([ord(ch)]))
+            streamer.end()
+
+    llm = TransformersLLM("unused")
+    llm.model, llm.tokenizer = Model(), CharTokenizer()
+    llm.chat_format = TemplateChatFormat(llm.tokenizer)
+    llm.end_ids = {3}
+    llm._logits_processors = lambda *args, **kwargs: []
+    return llm
+
+
+def test_a_local_model_reads_no_call_without_tools_and_a_cut_call_ends_on_length():
+    from agent.llm.base import LLMRequest
+    from agent.types import Message
+
+    add = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    text = 'Use <tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call> like this.'
+
+    async def reply(llm, **fields):
+        items = [x async for x in llm.stream(LLMRequest(messages=[Message(role="user", content="q")], **fields))]
+        return "".join(d.content for d in items[:-1]), items[-1]
+
+    streamed, response = asyncio.run(reply(_char_llm(text), max_new_tokens=500))  # no tools offered
+    assert response.tool_calls == [] and response.content == streamed == text and response.finish_reason == "stop"
+    _, response = asyncio.run(reply(_char_llm(text), max_new_tokens=500, tools=[add]))
+    assert [c.name for c in response.tool_calls] == ["add"] and response.finish_reason == "tool_calls"
+    cut = '<tool_call>{"name": "add", "argu'
+    _, response = asyncio.run(reply(_char_llm(cut), max_new_tokens=len(cut), tools=[add]))
+    assert response.finish_reason == "length"

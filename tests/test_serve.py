@@ -204,6 +204,33 @@ async def test_tool_calls_round_trip_into_tool_call_requests(serve, stream):
     assert seen.tools == [ADD_TOOL]
 
 
+async def test_no_tool_call_is_read_from_text_when_no_tools_are_offered(serve, http):
+    text = 'Wrap the JSON in a <tool_call> tag: {"name": "Alice", "parameters": {"age": 3}}. Done.'
+    server = await serve(ScriptedLLM([text, text, text]))
+    url = server.base_url + "/chat/completions"
+    for extra in ({}, {"tools": [ADD_TOOL], "tool_choice": "none"}):
+        r = await http.post(url, json={"messages": [{"role": "user", "content": "x"}], **extra})
+        choice = r.json()["choices"][0]
+        assert choice["message"].get("tool_calls") is None and choice["message"]["content"] == text, extra
+        assert choice["finish_reason"] == "stop"
+    # With tools offered the text is read for calls; a call that cannot be read is not sent as one.
+    r = await http.post(url, json={"messages": [{"role": "user", "content": "x"}], "tools": [ADD_TOOL]})
+    choice = r.json()["choices"][0]
+    assert choice["message"].get("tool_calls") is None and choice["finish_reason"] == "stop"
+    assert choice["message"]["content"].startswith("Wrap the JSON in a") and "Alice" in choice["message"]["content"]
+
+
+async def test_an_unreadable_call_is_streamed_back_as_text(serve, http):
+    server = await serve(ScriptedLLM(["Calling. <tool_call>add with a=1 and b=2</tool_call>"]))
+    body = {"messages": [{"role": "user", "content": "x"}], "tools": [ADD_TOOL], "stream": True}
+    r = await http.post(server.base_url + "/chat/completions", json=body)
+    chunks = [e for e in sse_events(r.text) if e != "[DONE]"]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert not any("tool_calls" in d for d in deltas)
+    assert "".join(d.get("content") or "" for d in deltas) == "Calling.\nadd with a=1 and b=2"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
 async def test_request_fields_reach_the_llm_request(serve, http):
     llm = ScriptedLLM(["a", "b", "c"])
     server = await serve(llm, effort="low")

@@ -27,6 +27,7 @@ from .formats import (
     get_format,
     loads_lenient,
     parse_output,
+    parse_text_only,
     split_thinking,
     stream_splitter,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "loads_lenient",
     "parse_hermes",
     "parse_output",
+    "parse_text_only",
     "split_thinking",
     "stream_splitter",
 ]

@@ -12,7 +12,7 @@ from ..errors import AgentError
 from ..events import ModelDelta, ModelResponse
 from ..types import ToolCallRequest, Usage, trusted, updated
 from .base import LLMError, LLMRequest
-from .parse import parse_output
+from .parse import parse_output, parse_text_only
 
 ScriptItem = str | ModelResponse | dict[str, Any] | Callable[[LLMRequest], str | ModelResponse]
 
@@ -119,7 +119,7 @@ class ScriptedLLM:
         if isinstance(item, dict) and "delay" in item:
             item = dict(item)
             delay = float(item.pop("delay") or 0.0)
-        response = self._to_response(item)
+        response = self._to_response(item, calls=bool(request.tools) and request.tool_choice != "none")
         if delay:
             await asyncio.sleep(delay)
         for field in ("thinking", "content"):
@@ -128,9 +128,10 @@ class ScriptedLLM:
                 yield trusted(ModelDelta, **{field: text[i : i + self.chunk_size]})
         yield response
 
-    def _to_response(self, item: Any) -> ModelResponse:
+    def _to_response(self, item: Any, *, calls: bool = True) -> ModelResponse:
         if isinstance(item, str):
-            parsed = parse_output(item)
+            # As a real model's text: no call is read from it when no tools were offered.
+            parsed = parse_output(item) if calls else parse_text_only(item)
             # The parser's values are typed already: no validation needed.
             return trusted(
                 ModelResponse,

@@ -32,6 +32,7 @@ from .parse import (
     THINK_OPEN,
     format_for_tokenizer,
     parse_output,
+    parse_text_only,
     stream_splitter,
 )
 from .thinking import effort_template_options, harmony_reasoning, is_harmony_template
@@ -625,7 +626,9 @@ class TransformersLLM:
         worker.start()
         opened_thinking = prompt.rstrip().endswith(THINK_OPEN)
         output_format = format_for_tokenizer(self.tokenizer)  # None: detect from the text
-        splitter = stream_splitter(output_format, in_thinking=opened_thinking)
+        # No tools offered (or tool_choice "none"): text that looks like a call is the model's text.
+        calls = bool(request.tools) and request.tool_choice != "none"
+        splitter = stream_splitter(output_format, in_thinking=opened_thinking, calls=calls)
         try:
             while True:
                 kind, payload = await queue.get()
@@ -644,17 +647,17 @@ class TransformersLLM:
         text = streamer.text
         if opened_thinking:  # the template opened the think block in the prompt
             text = THINK_OPEN + text
-        parsed = parse_output(text, output_format)
+        parsed = parse_output(text, output_format) if calls else parse_text_only(text, output_format)
         completion_tokens = streamer.generated
         hit_length = (
             completion_tokens >= max_new
             and not streamer.stopped_by_string
             and streamer.last_token not in self.end_ids
         )
-        if parsed.tool_calls:
-            finish_reason = "tool_calls"
-        elif hit_length:
+        if hit_length:  # cut off, calls or not: a call cut short is unreadable, and says so
             finish_reason = "length"
+        elif parsed.tool_calls:
+            finish_reason = "tool_calls"
         else:
             finish_reason = "stop"
         thinking_tokens = (

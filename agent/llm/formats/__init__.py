@@ -139,6 +139,22 @@ def parse_output(text: str, family: str | ChatFormat | None = None) -> ParsedOut
     return parse_ladder(text, fmt)
 
 
+def parse_text_only(text: str, family: str | ChatFormat | None = None) -> ParsedOutput:
+    """`parse_output` for a reply that may not call tools (none were offered, or
+    tool_choice was "none"): thinking is split off, anything that looks like a
+    call stays in the content as the text the model wrote."""
+    fmt = get_format(family)
+    if isinstance(fmt, ResponseSchemaFormat):
+        fmt = fmt.fallback
+    if fmt is HARMONY:  # its channels say what is thinking; a call there has no text of its own to keep
+        parsed = parse_output(text, fmt)
+        return parsed.model_copy(update={"tool_calls": []}) if parsed.tool_calls else parsed
+    thinking, rest = split_all_thinking(text)
+    return trusted(
+        ParsedOutput, content=strip_end_tokens(rest).strip(), thinking=thinking.strip(), tool_calls=[], format="text"
+    )
+
+
 def plain_text(text: str) -> ParsedOutput | None:
     """Text that no format can read a call or thinking from, or None.
 
@@ -172,9 +188,10 @@ def parse_ladder(text: str, fmt: ChatFormat | None) -> ParsedOutput:
     return output(content, thinking, calls, name)
 
 
-def stream_splitter(family: str | ChatFormat | None = None, *, in_thinking: bool = False) -> Any:
+def stream_splitter(family: str | ChatFormat | None = None, *, in_thinking: bool = False, calls: bool = True) -> Any:
     """A splitter with `feed(text) -> [ModelDelta]` and `finish()` for streaming
-    text of this format (harmony has its own; every other format shares the tag one)."""
+    text of this format (harmony has its own; every other format shares the tag one).
+    With `calls=False` (no tools offered) call markup streams as the text it is."""
     from .stream import HarmonyStreamSplitter, TagStreamSplitter
 
     fmt = get_format(family)
@@ -182,4 +199,6 @@ def stream_splitter(family: str | ChatFormat | None = None, *, in_thinking: bool
         fmt = fmt.fallback
     if fmt is HARMONY:
         return HarmonyStreamSplitter(in_thinking=in_thinking)
+    if not calls:
+        return TagStreamSplitter(in_thinking=in_thinking, hidden_tags=(), hold_json=False)
     return TagStreamSplitter(in_thinking=in_thinking)
