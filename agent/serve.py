@@ -741,6 +741,14 @@ class ChatServer:
             body = json.loads(request.body)
         except ValueError as e:
             raise HTTPError(400, f"the body is not valid JSON: {e}", code="invalid_json") from None
+        except RecursionError:
+            raise HTTPError(400, "the body nests too deeply to read", code="invalid_json") from None
+        try:  # a lone surrogate (an escape like \\ud800) is valid JSON, and no text a model can read
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise HTTPError(
+                400, "the body holds a lone surrogate (\\ud800-\\udfff), which is not text", code="invalid_json"
+            ) from None
         if not isinstance(body, dict):
             raise HTTPError(400, "the body must be a JSON object", code="invalid_json")
         try:

@@ -345,6 +345,14 @@ async def test_models_and_health(serve, http):
             "invalid_value",
         ),
         ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user"}], "n": 2}', 400, "unsupported"),
+        ("POST", "/v1/chat/completions", b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "invalid_json"),
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user", "content": "\\ud800 hi"}]}',
+            400,
+            "invalid_json",
+        ),
         (
             "POST",
             "/v1/chat/completions",
