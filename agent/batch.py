@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -110,15 +112,36 @@ def read_results(path: str | Path) -> dict[str, BatchResult]:
     return results
 
 
+_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
+
+
 def is_correct(expected: Any, answer: Any) -> bool | None:
-    """Text answers match when the expected text appears in the answer (case and
-    spacing ignored); other values must be equal."""
-    if expected is None:
+    """Whether `answer` matches the task's `expected` value (None: nothing to grade).
+
+    Text matches when it appears in the answer as whole words (case and spacing
+    ignored: "4" is not in "14", nor "yes" in "yesterday"). A number matches a
+    number equal to it in the answer ("4" in "It is 4."). A list matches when
+    every item does. Other values (a typed answer's dict) must be equal.
+    """
+    if expected is None or expected == "" or expected == []:
         return None
-    if isinstance(expected, str):
-        norm = lambda s: " ".join(str(s).lower().split())  # noqa: E731
-        return norm(expected) in norm(answer if not isinstance(answer, dict) else json.dumps(answer))
-    return bool(expected == answer)
+    if answer is None:
+        return False
+    if isinstance(answer, (dict, list)) and isinstance(expected, type(answer)):
+        return bool(expected == answer)
+    if isinstance(expected, list):
+        return all(is_correct(item, answer) for item in expected)
+    text = answer if isinstance(answer, str) else json.dumps(answer) if isinstance(answer, dict) else str(answer)
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            return math.isclose(answer, expected, rel_tol=1e-9, abs_tol=1e-12)
+        found = (float(m.group().replace(",", "")) for m in _NUMBER.finditer(text))
+        return any(math.isclose(n, expected, rel_tol=1e-9, abs_tol=1e-12) for n in found)
+    if not isinstance(expected, str):
+        expected = json.dumps(expected) if isinstance(expected, dict) else str(expected)
+    words = " ".join(expected.lower().split())
+    pattern = r"(?<!\w)" + re.escape(words).replace(r"\ ", r"\s+") + r"(?!\w)"
+    return re.search(pattern, text.lower()) is not None
 
 
 class Progress(BaseModel):
@@ -162,6 +185,11 @@ class BatchRunner:
         self._lock = asyncio.Lock()
 
     def pending(self, tasks: list[BatchTask]) -> tuple[list[BatchTask], dict[str, BatchResult]]:
+        seen: set[str] = set()
+        for task in tasks:  # results are by id: two tasks with one id would overwrite each other
+            if task.id in seen:
+                raise AgentError(f"task id {task.id!r} appears twice; give every task its own id")
+            seen.add(task.id)
         if self.output.exists() and self.output.stat().st_size and not (self.resume or self.overwrite):
             raise AgentError(f"{self.output} already has results; pass --resume to continue or --overwrite")
         if self.overwrite and not self.resume:
@@ -215,7 +243,11 @@ class BatchRunner:
             run = await agent.arun(task.prompt)
         except AgentError as e:  # a bad task (unknown tool, ...): its own result, no retry
             return BatchResult(
-                id=task.id, status="failed", error=str(e), time_s=time.monotonic() - started
+                id=task.id,
+                status="failed",
+                error=str(e),
+                correct=False if is_correct(task.expected, "") is not None else None,  # graded like any failure
+                time_s=time.monotonic() - started,
             ), False
         except Exception as e:  # the factory or backend broke: worth another try
             message = f"{type(e).__name__}: {e}"

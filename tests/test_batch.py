@@ -208,3 +208,24 @@ def test_results_holding_unicode_line_separators_count_as_done_on_resume(tmp_pat
 
     asyncio.run(BatchRunner(again, out, resume=True).run(tasks(2)))
     assert made == []
+
+
+def test_grading_matches_whole_words_and_numbers():
+    from agent.batch import is_correct
+
+    assert is_correct(4, "It is 4.") and is_correct(4, "4") and not is_correct(4, "The answer is 14")
+    assert is_correct("yes", "Yes, it is.") and not is_correct("yes", "yesterday")
+    assert is_correct(["a", "b"], "a, b") and is_correct(1000, "1,000 items")
+    assert is_correct("", "anything") is None and is_correct("none", None) is False
+
+
+def test_a_task_that_cannot_start_is_graded_and_ids_must_be_unique(tmp_path):
+    out = tmp_path / "results.jsonl"
+
+    def make(task):
+        return Agent(ScriptedLLM(["x"]), tools=["nonexistent_tool"], run_dir=tmp_path / "runs")
+
+    [result] = asyncio.run(BatchRunner(make, out).run([BatchTask(id="t", prompt="x", expected="y")]))
+    assert result.status == "failed" and result.correct is False
+    with pytest.raises(AgentError, match="appears twice"):
+        asyncio.run(BatchRunner(make, tmp_path / "r2.jsonl").run([BatchTask(id="a", prompt="x")] * 2))
