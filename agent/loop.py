@@ -732,9 +732,12 @@ class Run:
         if approver is None:
             approved, by, note = False, "policy", "no approver is configured"
         else:
-            answer = approver(request)
-            approved = bool(await answer if inspect.isawaitable(answer) else answer)
-            by, note = "approver", ""
+            try:
+                answer = approver(request)
+                approved = bool(await answer if inspect.isawaitable(answer) else answer)
+                by, note = "approver", ""
+            except Exception as e:  # an approver that fails has not approved: the call is refused
+                approved, by, note = False, "policy", f"the approver failed: {type(e).__name__}: {e}"
         await self.bus.deliver(ApprovalGiven(call_id=call_id, approved=approved, by=by, note=note, step=step))
         return approved
 

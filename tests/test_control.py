@@ -175,6 +175,25 @@ def test_approval_given_and_refused(run_dir):
     assert refused.error_kind == "refused"
 
 
+def test_an_approver_that_fails_refuses_and_the_run_goes_on(run_dir):
+    ran = []
+
+    @tool(effects={"writes"}, needs_approval=True)
+    def deploy(target: str) -> str:
+        """Deploy to a target."""
+        ran.append(target)
+        return "deployed"
+
+    def approver(request):
+        raise RuntimeError("approval service down")
+
+    llm = ScriptedLLM([call("deploy", target="prod"), "not deployed"])
+    result = Agent(llm, tools=[deploy], approver=approver, run_dir=run_dir).run_sync("deploy")
+    assert result.ok and ran == []
+    given = next(e for e in result.events if e.type == "approval_given")
+    assert not given.approved and "approval service down" in given.note
+
+
 def test_approval_without_approver_refuses(run_dir):
     @tool(effects={"writes"}, needs_approval=True)
     def deploy() -> str:
