@@ -148,13 +148,21 @@ def load_policy(path: str | Path | None = None, *, replace: bool = False) -> Pol
     if path is not None:
         path = Path(path)
         with path.open("rb") as f:
-            user = tomllib.load(f)
+            try:
+                user = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"invalid guard policy {path}: not valid TOML ({e})") from None
         data = user if replace else _merge(data, user)
         base_dir = path.resolve().parent
         for section in ("classifier", "llm"):
             key = "model" if section == "classifier" else "policy"
-            if isinstance(user.get(section), dict) and user[section].get(key):
-                data[section][key] = _resolve(user[section][key], base_dir)
+            value = user[section].get(key) if isinstance(user.get(section), dict) else None
+            if not isinstance(value, str) or not value or "\n" in value:  # a multi-line policy is its text
+                continue
+            resolved = _resolve(value, base_dir)
+            if not Path(resolved).is_file():  # a mistyped path would be read as the policy's text, or fail later
+                raise ValueError(f"invalid guard policy {path}: [{section}] {key} = {value!r}: no such file")
+            data[section][key] = resolved
     try:
         policy = Policy.model_validate(data)
     except ValidationError as e:

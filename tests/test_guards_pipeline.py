@@ -459,6 +459,13 @@ def test_policy_file_loading_and_merging(tmp_path):
         load_policy(policy_file(tmp_path, "[stages.nonsense]\nrules = []\n", "bad.toml"))
     pipeline = GuardPipeline.from_policy(path, llm=ScriptedLLM([]))
     assert pipeline.llm.format == "llama-guard-3"
+    for text, message in [
+        ('[llm]\npolicy = "nope.md"\n', "policy = 'nope.md': no such file"),  # was sent as the policy's text
+        ('[classifier]\nmodel = "nope.npz"\n', "model = 'nope.npz': no such file"),  # failed open at run time
+        ("[stages.tool_result\n", "not valid TOML"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            load_policy(policy_file(tmp_path, text, "typo.toml"))
 
 
 def test_default_guards_stop_a_fork_bomb_before_the_sandbox_sees_it(run_dir):
