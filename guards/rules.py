@@ -19,8 +19,10 @@ the previous one redacted, and answers with a single verdict.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import posixpath
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -787,6 +789,29 @@ DEFAULT_HOST_DENY = (
 )
 
 
+_IPV4_SPELLING = re.compile(r"^(0x[0-9a-f]+|\d+)(\.(0x[0-9a-f]+|\d+)){0,3}$")
+
+
+def _canonical_host(host: str) -> str:
+    """The host as the deny list names it: lower case, no trailing dot, and an IP
+    address in its usual form however it was spelled (0x7f000001, 2130706433,
+    0177.0.0.1 and 127.1 all reach 127.0.0.1; ::ffff:127.0.0.1 too)."""
+    host = host.lower().rstrip(".")
+    if _IPV4_SPELLING.match(host):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return host
+    if ":" in host:
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError:
+            return host
+        mapped = address.ipv4_mapped
+        return str(mapped) if mapped is not None else address.compressed
+    return host
+
+
 class NetworkPolicyGuard(_RuleBase):
     """Checks `url` arguments: scheme http(s), host not denied, host allowed if a list is given."""
 
@@ -808,7 +833,7 @@ class NetworkPolicyGuard(_RuleBase):
     def problem(self, url: str) -> str | None:
         try:
             parts = urlsplit(url.strip())
-            host = (parts.hostname or "").lower()
+            host = _canonical_host(parts.hostname or "")
         except ValueError:
             return f"{url!r} is not a valid URL"
         if parts.scheme.lower() not in self.schemes:

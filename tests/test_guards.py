@@ -398,3 +398,24 @@ def test_classifier_counts_repeated_text_once(line, once, head):
     few, many = model.scores(line * once)[head], model.scores(line * 400)[head]
     assert abs(few - many) < 0.05, (few, many)
     assert many < 0.5  # summing every repeat drove these to 0.6-0.99, blocked at the default 0.5
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost./",
+        "http://metadata.google.internal./",
+        "http://0x7f000001/",
+        "http://2130706433/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
+        "http://0/",
+        "http://[0:0:0:0:0:0:0:1]/",
+        "http://[::ffff:127.0.0.1]/",
+    ],
+)
+def test_denied_hosts_are_denied_however_they_are_spelled(url):
+    from guards.rules import NetworkPolicyGuard
+
+    assert "on the deny list" in (NetworkPolicyGuard().problem(url) or "")
+    assert NetworkPolicyGuard().problem("https://example.com/") is None
