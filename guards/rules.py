@@ -187,8 +187,9 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
         "a JSON Web Token",
     ),
     _p(
+        # The password runs to the @ before the host: it may hold @ and / itself.
         "url_password",
-        r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:([^@\s/]{3,})@",
+        r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:(\S{3,}?)@(?=[A-Za-z0-9.\-\[\]]+(?::\d+)?(?:[/?#\s]|$))",
         "a password in a URL",
         group=1,
     ),
@@ -199,15 +200,33 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
         "HTTP basic credentials",
         group=1,
     ),
-    _p(
+    _p(  # a quoted value may hold spaces: all of it, up to the closing quote
         "password_assignment",
-        r"(?im)^\s*(?:export\s+)?[A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY)[A-Z0-9_]*\s*[=:]\s*[\"']?([^\s\"'#]{6,})",
+        r"(?im)^\s*(?:export\s+)?[A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY)[A-Z0-9_]*\s*[=:]\s*\"([^\"\n]{6,})\"",
         "a secret assigned in a config or .env file",
         group=1,
     ),
     _p(
+        "password_assignment",
+        r"(?im)^\s*(?:export\s+)?[A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY)[A-Z0-9_]*\s*[=:]\s*'([^'\n]{6,})'",
+        "a secret assigned in a config or .env file",
+        group=1,
+    ),
+    _p(  # unquoted: up to white space (a # inside a value is part of it)
+        "password_assignment",
+        r"(?im)^\s*(?:export\s+)?[A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY)[A-Z0-9_]*\s*[=:]\s*([^\s\"']{6,})",
+        "a secret assigned in a config or .env file",
+        group=1,
+    ),
+    _p(  # a key that names a secret (db_password, "DB_PASSWORD", auth_token), a JSON string value with escapes
         "password_field",
-        r"(?i)[\"'](?:password|passwd|secret|api_?key|access_?token|client_?secret|private_?key)[\"']\s*:\s*[\"']([^\"']{6,})[\"']",
+        r"(?i)[\"'](?:[\w.\-]*(?:password|passwd|secret|api_?key|access_?key|private_?key|credentials?)[\w.\-]*|(?:[\w.\-]*[_.\-])?token)[\"']\s*:\s*\"((?:[^\"\\\n]|\\.){6,})\"",
+        "a secret in a JSON/YAML field",
+        group=1,
+    ),
+    _p(
+        "password_field",
+        r"(?i)[\"'](?:[\w.\-]*(?:password|passwd|secret|api_?key|access_?key|private_?key|credentials?)[\w.\-]*|(?:[\w.\-]*[_.\-])?token)[\"']\s*:\s*'([^'\n]{6,})'",
         "a secret in a JSON/YAML field",
         group=1,
     ),

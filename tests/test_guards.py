@@ -419,3 +419,29 @@ def test_denied_hosts_are_denied_however_they_are_spelled(url):
 
     assert "on the deny list" in (NetworkPolicyGuard().problem(url) or "")
     assert NetworkPolicyGuard().problem("https://example.com/") is None
+
+
+@pytest.mark.parametrize(
+    "text, kept",
+    [
+        ('{"db_password": "Tr0ub4dor&3xyz"}', '{"db_password": "'),
+        ('{\n "DB_PASSWORD": "Tr0ub4dor&3xyz"\n}', '"DB_PASSWORD": "'),
+        ('{"auth_token": "a8f5f167f44f4964e6c998dee827110c"}', '"auth_token": "'),
+        ('{"password": "abc\\"defghijk"}', '{"password": "'),
+        ("postgres://admin:p@ss/w0rd@db/x", "@db/x"),
+        ('DB_PASSWORD="correct horse battery staple"', 'DB_PASSWORD="'),
+        ("API_KEY=abcdef#ghijkl123", "API_KEY="),
+    ],
+)
+def test_secrets_in_common_config_shapes_are_redacted_whole(text, kept):
+    import json
+
+    from guards.rules import SecretRedactor
+
+    out, hits = SecretRedactor().redact(text)
+    assert hits and kept in out and "[REDACTED:" in out
+    for secret in ("Tr0ub4dor", "a8f5f167", "defghijk", "w0rd", "horse", "ghijkl123"):
+        assert secret not in out
+    if text.startswith("{"):
+        json.loads(out)  # still valid JSON
+    assert SecretRedactor().redact('{"max_tokens": "4096", "token_count": "123456"}')[1] == []
