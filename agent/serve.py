@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import AgentError
 from .events import ModelResponse
-from .llm.base import LLM, LLMError, LLMRequest
+from .llm.base import LLM, ContextLengthError, LLMError, LLMRequest
 from .llm.openai_compat import decode_arguments
 from .types import Effort, Message, ToolCallRequest, Usage
 
@@ -779,6 +779,8 @@ class ChatServer:
         """What the client is told when the model fails (or its stream ends early)."""
         if isinstance(e, StopAsyncIteration):
             message = f"{self.llm.name}: the model stream ended without a response"
+        elif isinstance(e, ContextLengthError):  # the request's fault, as vLLM answers it
+            return HTTPError(400, str(e), code="context_length_exceeded")
         elif isinstance(e, LLMError):
             message = str(e)
         else:

@@ -550,3 +550,21 @@ def test_a_local_model_reads_no_call_without_tools_and_a_cut_call_ends_on_length
     cut = '<tool_call>{"name": "add", "argu'
     _, response = asyncio.run(reply(_char_llm(cut), max_new_tokens=len(cut), tools=[add]))
     assert response.finish_reason == "length"
+
+
+def test_a_local_model_refuses_a_prompt_and_reply_that_do_not_fit_its_window():
+    from agent.llm.base import ContextLengthError, LLMRequest
+    from agent.types import Message
+
+    llm = _char_llm("ok")
+    llm.context_window = 80  # the fake tokenizer counts characters; the prompt takes about 50
+
+    async def reply(content, **fields):
+        request = LLMRequest(messages=[Message(role="user", content=content)], **fields)
+        return [x async for x in llm.stream(request)][-1]
+
+    assert asyncio.run(reply("short")).content == "ok"  # the default reply limit shrinks to fit
+    with pytest.raises(ContextLengthError, match="context window is 80 tokens"):
+        asyncio.run(reply("short", max_new_tokens=60))
+    with pytest.raises(ContextLengthError):
+        asyncio.run(reply("x" * 100))

@@ -220,6 +220,19 @@ async def test_no_tool_call_is_read_from_text_when_no_tools_are_offered(serve, h
     assert choice["message"]["content"].startswith("Wrap the JSON in a") and "Alice" in choice["message"]["content"]
 
 
+async def test_a_prompt_over_the_context_window_is_a_400(serve, http):
+    from agent.llm.base import ContextLengthError
+
+    class Small(ScriptedLLM):
+        async def stream(self, request):
+            raise ContextLengthError("m: the context window is 8192 tokens, and the prompt takes 9031")
+            yield  # an async generator
+
+    server = await serve(Small([]))
+    r = await http.post(server.base_url + "/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+    assert assert_error(r, 400, "context_length_exceeded").startswith("m: the context window is 8192")
+
+
 async def test_an_unreadable_call_is_streamed_back_as_text(serve, http):
     server = await serve(ScriptedLLM(["Calling. <tool_call>add with a=1 and b=2</tool_call>"]))
     body = {"messages": [{"role": "user", "content": "x"}], "tools": [ADD_TOOL], "stream": True}

@@ -18,6 +18,12 @@ class LLMError(Exception):
     retryable = True  # whether asking again later may succeed (a batch retries a run that failed so)
 
 
+class ContextLengthError(LLMError):
+    """The prompt (with the reply asked for) does not fit the model's context window."""
+
+    retryable = False
+
+
 class ModelNotFoundError(LLMError, AgentError):
     """The model the user named cannot be found or loaded as given: fix the name or path."""
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import ModelDelta, ModelResponse
 from ..types import Effort, Message, Usage
-from .base import LLMError, LLMRequest, ModelNotFoundError
+from .base import ContextLengthError, LLMError, LLMRequest, ModelNotFoundError
 from .parse import (
     CALL_OPEN,
     THINK_OPEN,
@@ -600,7 +600,7 @@ class TransformersLLM:
         if not self.loaded:
             await asyncio.to_thread(self.load)
         prompt = self.render_prompt(request)
-        max_new = request.max_new_tokens or self.max_new_tokens
+        max_new = self._fit_reply(prompt, request.max_new_tokens)
         temperature = self.temperature if request.temperature is None else request.temperature
 
         loop = asyncio.get_running_loop()
@@ -677,6 +677,26 @@ class TransformersLLM:
             finish_reason=finish_reason,
             model=self.name,
         )
+
+    def _fit_reply(self, prompt: str, asked: int | None) -> int:
+        """The reply's token limit within the context window: the default shrinks to
+        fit; a prompt that leaves no room, or a limit asked for that does not fit,
+        raises `ContextLengthError` (a model would go on past its window and write junk)."""
+        from memory.context import model_context_window
+
+        default = self.max_new_tokens
+        window = model_context_window(self)
+        if window is None:
+            return asked or default
+        used = len(self.tokenizer.encode(prompt, add_special_tokens=False))
+        room = window - used
+        if room <= 0 or (asked is not None and asked > room):
+            wanted = f" + {asked} for the reply" if asked is not None else ""
+            raise ContextLengthError(
+                f"{self.name}: the context window is {window} tokens, and the prompt takes {used}{wanted}; "
+                "shorten the messages or ask for fewer tokens"
+            )
+        return asked if asked is not None else min(default, room)
 
     def _logits_processors(self, request: LLMRequest, prompt: str, max_new: int) -> list[Any]:
         """Logits processors for one request: the tool-call grammar when a call is
