@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.guard import STAGES
 
@@ -29,10 +30,11 @@ class _Model(BaseModel):
 
 class StagePolicy(_Model):
     rules: list[RuleName] = Field(default_factory=list)
-    classifier: dict[Literal["injection", "harm"], float] = Field(default_factory=dict)
+    # A threshold is a probability: above 1 a head never fires.
+    classifier: dict[Literal["injection", "harm"], Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
     llm: Literal["never", "escalate", "always"] = "escalate"
     on_error: Literal["open", "closed"] = "open"
-    timeout: float = 5.0
+    timeout: float = Field(5.0, gt=0)
     injection: Literal["block", "redact"] = "block"
 
 
@@ -42,7 +44,7 @@ class ClassifierPolicy(_Model):
 
 
 class EscalationPolicy(_Model):
-    band: tuple[float, float] = (0.2, 0.8)
+    band: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] = (0.2, 0.8)
     side_effecting_tools: bool = True
 
 
@@ -50,7 +52,7 @@ class LLMPolicy(_Model):
     format: Literal["gpt-oss-safeguard", "llama-guard-3"] = "gpt-oss-safeguard"
     effort: Literal["low", "medium", "high"] = "low"
     policy: str = ""  # a markdown file; empty: guards/policies/default.md
-    timeout: float = 30.0
+    timeout: float = Field(30.0, gt=0)
     ask: list[str] = Field(default_factory=list)
     halt: list[str] = Field(default_factory=list)
 
@@ -69,6 +71,16 @@ class CodePolicy(_Model):
     tools: dict[str, list[str]] = Field(default_factory=dict)
     extra_patterns: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("extra_patterns")
+    @classmethod
+    def _compiles(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for name, pattern in patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"the pattern {name} = {pattern!r} is not a regular expression: {e}") from None
+        return patterns
+
 
 class PathsPolicy(_Model):
     allow: list[str] = Field(default_factory=lambda: ["**"])
@@ -84,9 +96,9 @@ class NetworkPolicy(_Model):
 
 
 class Policy(_Model):
-    version: int = 1
+    version: Literal[1] = 1
     verbose: bool = False
-    max_blocks: int = 0
+    max_blocks: int = Field(0, ge=0)  # 0: no limit
     halt_categories: list[str] = Field(default_factory=list)
     classifier: ClassifierPolicy = Field(default_factory=ClassifierPolicy)
     escalation: EscalationPolicy = Field(default_factory=EscalationPolicy)

@@ -463,6 +463,11 @@ def test_policy_file_loading_and_merging(tmp_path):
         ('[llm]\npolicy = "nope.md"\n', "policy = 'nope.md': no such file"),  # was sent as the policy's text
         ('[classifier]\nmodel = "nope.npz"\n', "model = 'nope.npz': no such file"),  # failed open at run time
         ("[stages.tool_result\n", "not valid TOML"),
+        ('[code]\nextra_patterns = { bad = "(unclosed" }\n', "is not a regular expression"),
+        ("max_blocks = -1\n", "max_blocks"),
+        ("[stages.tool_result]\ntimeout = -1\n", "timeout"),
+        ("[stages.tool_result]\nclassifier = { injection = 5 }\n", "injection"),
+        ("version = 2\n", "version"),
     ]:
         with pytest.raises(ValueError, match=message):
             load_policy(policy_file(tmp_path, text, "typo.toml"))
