@@ -16,7 +16,13 @@ import pytest
 
 from agent.events import ModelDelta, ModelResponse
 from agent.llm.base import LLMError, LLMRequest, complete
-from agent.llm.openai_compat import LLMHTTPError, LLMResponseError, LLMStreamError, OpenAICompatLLM
+from agent.llm.openai_compat import (
+    LLMConnectionError,
+    LLMHTTPError,
+    LLMResponseError,
+    LLMStreamError,
+    OpenAICompatLLM,
+)
 from agent.types import Message, ToolCallRequest
 
 # --------------------------------------------------------------------------- fake server
@@ -30,6 +36,7 @@ class Reply:
     events: list[Any] | None = None  # sent as SSE, each a dict (JSON) or a raw string
     done: bool = True  # end the SSE stream with `data: [DONE]`
     raw: list[bytes] | None = None  # the body as is, one write each (an event stream unless headers say)
+    delay: float = 0.0  # seconds before the status line: a server that is slow to answer
 
 
 class FakeServer:
@@ -68,6 +75,7 @@ class FakeServer:
                 server.headers.append(dict(self.headers))
                 server.paths.append(self.path)
                 reply = server.replies.pop(0) if server.replies else Reply(status=500, json_body={})
+                time.sleep(reply.delay)
                 self.send_response(reply.status)
                 for k, v in reply.headers.items():
                     self.send_header(k, v)
@@ -504,6 +512,14 @@ async def test_gives_up_after_max_retries(server: FakeServer, make_llm) -> None:
     assert info.value.status_code == 502
     assert "bad gateway" in str(info.value) and "2 retries" in str(info.value)
     assert len(server.requests) == 3
+
+
+async def test_a_server_that_does_not_answer_in_time_is_not_asked_again(server: FakeServer, make_llm) -> None:
+    # Asking again would wait as long again, or start a long generation over: (retries + 1) x timeout.
+    server.queue(*[Reply(delay=1.0, events=[{"choices": [{"delta": {"content": "late"}}]}])] * 3)
+    with pytest.raises(LLMConnectionError, match="timed out after 0.3 s"):
+        await complete(make_llm(timeout=0.3, max_retries=2), user())
+    assert len(server.requests) == 1
 
 
 async def test_401_is_clear_and_not_retried(server: FakeServer, make_llm) -> None:

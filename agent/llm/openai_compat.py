@@ -661,6 +661,8 @@ class OpenAICompatLLM:
             error = self._transport_error(e)
             if yielded:
                 raise LLMStreamError(f"{error} (the stream broke off part way)") from e
+            if isinstance(e, httpx.ReadTimeout):  # the server took the request and did not answer in time:
+                raise error from e  # asking again waits as long again, or starts a long generation over
             raise _Retry(error) from e
         except httpx.DecodingError as e:
             raise self._bad_reply(f"the body could not be decoded ({e})") from e
