@@ -338,6 +338,9 @@ def test_a_directory_swapped_for_a_symlink_after_the_check_is_not_followed(ws, t
     with pytest.raises(ToolError, match="changed while it was being used"):
         workspace.write_text("d/pwn.txt", "written")
     assert sorted(p.name for p in outside.iterdir()) == ["s.txt"]
+    tools = FileTools(workspace)
+    with pytest.raises(ToolError, match="changed while it was being used"):  # not even the names
+        tools.list_files(path="d")
 
 
 def test_new_files_get_the_mode_any_new_file_gets(ws, ft):

@@ -221,6 +221,16 @@ class Workspace:
         finally:
             os.close(parent)
 
+    def walk(self, real_dir: Path, path: str) -> Any:
+        """`os.walk(real_dir)` (resolved, inside the root) that follows no symlink on
+        the way in or below: (directory as a real path, its subdirectories, its files)."""
+        top = self._walk_to(real_dir, path)
+        try:
+            for dirpath, dirnames, filenames, _ in os.fwalk(".", dir_fd=top):
+                yield str(real_dir / dirpath), dirnames, filenames
+        finally:
+            os.close(top)
+
     def read_bytes(self, path: str) -> tuple[Path, bytes]:
         """The bytes of a regular file, read without following a swapped-in symlink."""
         real, _ = self.regular_file(path)
@@ -494,7 +504,7 @@ class FileTools:
                 return True
             return fnmatch.fnmatch(rel if "/" in pattern else name, pattern)
 
-        for dirpath, dirnames, filenames in os.walk(real):
+        for dirpath, dirnames, filenames in ws.walk(real, path):
             dirnames.sort()
             here = Path(dirpath)
             if recursive:
@@ -605,7 +615,7 @@ class FileTools:
 
     @staticmethod
     def _walk_files(ws: Workspace, root: Path, glob: str | None) -> Any:
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, dirnames, filenames in ws.walk(root, ws.relative(root)):
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
             for name in sorted(filenames):
                 if glob is not None and not fnmatch.fnmatch(name, glob):
