@@ -568,3 +568,25 @@ def test_a_local_model_refuses_a_prompt_and_reply_that_do_not_fit_its_window():
         asyncio.run(reply("short", max_new_tokens=60))
     with pytest.raises(ContextLengthError):
         asyncio.run(reply("x" * 100))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Sure.\n{"name": "f", "parameters": {"a": 1}}',  # a bare call after some text (Llama 3 style)
+        'A\n{"name": "f", "arguments": {"a": 1}}\nafter',
+        'Here:\n{"x": 1}',  # JSON that is no call stays
+        'Line one\n\n{"x": [1, 2]}\n',
+        '<think>hm</think>Sure.\n{"name": "f", "parameters": {"a": 1}}',
+    ],
+)
+@pytest.mark.parametrize("size", [1, 3, 100])
+def test_streamed_content_adds_up_to_the_parsed_content(text, size):
+    from agent.llm.formats import stream_splitter
+
+    splitter = stream_splitter(None)
+    deltas = [d for i in range(0, len(text), size) for d in splitter.feed(text[i : i + size])]
+    deltas += splitter.finish()
+    parsed = parse_output(text)
+    assert "".join(d.content for d in deltas) == parsed.content  # a call's JSON is not streamed as text
+    assert "".join(d.thinking for d in deltas) == parsed.thinking

@@ -64,6 +64,8 @@ class TagStreamSplitter:
         self.state = "thinking" if in_thinking else "content"
         self.close: str | None = THINK_CLOSE if in_thinking else None
         self.hold_json = hold_json
+        self.fed = ""  # everything fed, when JSON may be held: the whole reply decides its content
+        self.shown = ""  # the content emitted so far
         self.held = ""
         self.buffer = ""
         self.content = _Trimmed()
@@ -81,6 +83,7 @@ class TagStreamSplitter:
         if self.state == "content":
             piece = self.content.push(text)
             if piece:
+                self.shown += piece
                 out.append(ModelDelta(content=piece))
         elif self.state == "thinking":
             starting = not self.thinking.started
@@ -92,20 +95,32 @@ class TagStreamSplitter:
 
     def feed(self, text: str) -> list[ModelDelta]:
         out: list[ModelDelta] = []
+        if self.hold_json:
+            self.fed += text
         if self.state == "held":
             self.held += text
             return out
         self.buffer += text
         while True:
-            if self.state == "content" and self.hold_json and not self.content.started:
-                head = self.buffer.lstrip()
-                if head.startswith("{") or _LIST_OF_OBJECTS.match(head):
-                    self.state, self.held, self.buffer = "held", head, ""
-                    return out
+            if self.state == "content" and self.hold_json:
+                if not self.content.started:
+                    head = self.buffer.lstrip()
+                    if head.startswith("{") or _LIST_OF_OBJECTS.match(head):
+                        self.state, self.held, self.buffer = "held", head, ""
+                        return out
             tags = self._tags()
             hits = [(i, t) for t in tags if (i := self.buffer.find(t)) >= 0]
+            if self.state == "content" and self.hold_json:
+                # A line that opens a JSON object after some text may be a bare call (Llama 3 style).
+                line = self.buffer.find("\n{")
+                if line >= 0 and (not hits or line < min(hits)[0]):
+                    self._emit(self.buffer[:line], out)
+                    self.state, self.held, self.buffer = "held", self.buffer[line + 1 :], ""
+                    return out
             if not hits:
                 keep = partial_marker_len(self.buffer, tags) if tags else 0
+                if self.hold_json and self.state == "content" and self.buffer.endswith("\n"):
+                    keep = max(keep, 1)  # the next piece may open a JSON line
                 self._emit(self.buffer[: len(self.buffer) - keep], out)
                 self.buffer = self.buffer[len(self.buffer) - keep :]
                 return out
@@ -127,7 +142,14 @@ class TagStreamSplitter:
 
             parsed = parse_output(self.held)
             self.state = "content"
-            self._emit(parsed.content, out)
+            if self.content.started:  # text came before: the whole reply says what its content is
+                whole = parse_output(self.fed).content
+                shown = self.shown
+                rest = whole[len(shown) :] if whole.startswith(shown) else "\n" + parsed.content
+                self.content.pending = ""  # `rest` carries the white space between
+                self._emit(rest, out)
+            else:
+                self._emit(parsed.content, out)
             if parsed.thinking:
                 self.state = "thinking"
                 if self.thinking.started:
