@@ -223,6 +223,7 @@ class Run:
         self._finished = False
         self.log: RunLog | None = None
         self._budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
+        self._output_limit: int | None = OUTPUT_LIMIT  # characters of a tool result; None once a budget is made
         self._should_stop, self._act, self._observe = _hooks(agent)
         bus.subscribe(self.state.apply)
 
@@ -243,7 +244,7 @@ class Run:
         self._cancel = False
         self._finished = False  # this call's RunFinished is out: a later fault must not end the run again
         self._first_step = self.state.step
-        self._first_tokens = self.state.usage.total_tokens
+        self._first_tokens = self._tokens_used()
         self._deadline = time.monotonic() + agent.max_seconds if agent.max_seconds is not None else None
         try:
             try:
@@ -433,6 +434,8 @@ class Run:
         if self._budget is _UNSET:  # reading the tokenizer and window may load the model: off the loop then
             make = self.agent.context_budget
             self._budget = make() if getattr(self.llm, "loaded", True) else await asyncio.to_thread(make)
+            # With a budget a tool result is kept whole (the budget cuts the prompt); without, it is capped.
+            self._output_limit = None if self._budget is not None else OUTPUT_LIMIT
         if self._budget is not None:  # only the prompt is fitted; state and log keep everything
             request = self._budget.fit(request)
         bus = self.bus
@@ -470,7 +473,7 @@ class Run:
             )
             return None
         max_tokens = self.agent.max_tokens
-        if max_tokens is not None and (used := self.state.usage.total_tokens - self._first_tokens) >= max_tokens:
+        if max_tokens is not None and (used := self._tokens_used() - self._first_tokens) >= max_tokens:
             raise _Stop("max_tokens", f"used {used} of {max_tokens} tokens")
         return response
 
@@ -702,7 +705,7 @@ class Run:
             # Inside the try: a value that cannot be rendered is the tool's error, not the run's.
             # A run with a context budget keeps the whole result: the budget cuts the prompt, and
             # points the model at the full text. Without one, the result itself is capped.
-            content = render_output(value, limit=self._output_limit())
+            content = render_output(value, limit=self._output_limit)
         except TimeoutError as e:
             if timer is None or not timer.expired():  # raised by the tool itself
                 text = f"Tool '{call.name}' raised TimeoutError: {e}"
@@ -741,9 +744,10 @@ class Run:
         await self.bus.deliver(ApprovalGiven(call_id=call_id, approved=approved, by=by, note=note, step=step))
         return approved
 
-    def _output_limit(self) -> int | None:
-        budget = self._budget
-        return None if budget is not None and budget is not _UNSET else OUTPUT_LIMIT
+    def _tokens_used(self) -> int:
+        """Prompt and completion tokens so far (the state's counters: no `Usage` built)."""
+        state = self.state
+        return state._prompt_tokens + state._completion_tokens
 
     async def _tool_result(
         self,
@@ -756,7 +760,7 @@ class Run:
         started: float | None = None,
     ) -> None:
         if error is not None:  # an exception's text, as capped and cleaned as any result
-            content = model_text(content, self._output_limit())
+            content = model_text(content, self._output_limit)
         result = trusted(
             ToolResult,
             call_id=call_id,

@@ -256,6 +256,8 @@ OUTPUT_LIMIT = 20_000  # characters of one tool result a run without a context b
 
 def render_output(value: Any, limit: int | None = OUTPUT_LIMIT) -> str:
     """Turn a tool's return value into the text the model sees (see `model_text`)."""
+    if type(value) is str and value.isascii() and (limit is None or len(value) <= limit):
+        return value  # most results: nothing to clean or cut
     if isinstance(value, str):
         text = value
     elif isinstance(value, BaseModel):
