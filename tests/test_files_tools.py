@@ -369,3 +369,11 @@ def test_every_files_tool_numbers_lines_alike(ws, ft):
     assert "lines 5-5" in ft.edit_file(path="ff.py", old="e = 5", new="e = 6")
     (ws / "win.txt").write_bytes(b"one\r\ntwo\r\n")
     assert ft.read_file(path="win.txt").splitlines()[1:] == ["1| one", "2| two"]
+
+
+def test_a_missing_workspace_is_made_and_a_file_in_its_place_refused(tmp_path):
+    tools = FileTools(tmp_path / "new" / "work")  # as Agent(tools=["files"], workspace="work") in a fresh folder
+    assert "Created notes.txt" in tools.write_file(path="notes.txt", content="hi\n")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="is not a directory"):
+        FileTools(tmp_path / "a_file")

@@ -75,6 +75,8 @@ class Workspace:
         max_write_bytes: int = DEFAULT_MAX_WRITE_BYTES,
     ) -> None:
         real = Path(os.path.realpath(root))
+        if not real.exists():  # made on first use, as the python tool and `agent --workspace` make it
+            real.mkdir(parents=True, exist_ok=True)
         if not real.is_dir():
             raise ValueError(f"workspace {str(root)!r} is not a directory")
         self.root = real
