@@ -590,3 +590,21 @@ def test_streamed_content_adds_up_to_the_parsed_content(text, size):
     parsed = parse_output(text)
     assert "".join(d.content for d in deltas) == parsed.content  # a call's JSON is not streamed as text
     assert "".join(d.thinking for d in deltas) == parsed.thinking
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<tool_call>{"function": "add", "arguments": {"a": 1}}</tool_call>',  # "function" for "name"
+        '<tool_call>{"name": "add", // the tool\n "arguments": {"a": 1 /* one */}}</tool_call>',
+        '<tool_call>{"name": "add", "arguments": {"a": 1}} // done</tool_call>',
+    ],
+)
+def test_calls_with_a_function_key_or_comments_are_read(text):
+    [call_] = parse_output(text).tool_calls
+    assert (call_.name, call_.arguments, call_.parse_error) == ("add", {"a": 1}, None)
+
+
+def test_comment_markers_inside_strings_are_text():
+    [call_] = parse_output('<tool_call>{"name": "fetch", "arguments": {"url": "http://x.y/*z*/"},}</tool_call>').tool_calls
+    assert call_.arguments == {"url": "http://x.y/*z*/"}

@@ -39,7 +39,8 @@ def repair_json(text: str) -> tuple[str, str] | None:
     """Rewrite almost-JSON into JSON: (repaired first value, text after it).
 
     Converts single-quoted strings, Python literals and bare keys, drops
-    trailing commas, and closes brackets left open at the end. Returns None
+    trailing commas and // or /* */ comments, and closes brackets left open
+    at the end. Returns None
     when a string is left unterminated (the text was cut off mid-value).
     """
     i, n = skip_space(text, 0), len(text)
@@ -72,6 +73,9 @@ def repair_json(text: str) -> tuple[str, str] | None:
                 return None
             out.append('"' + "".join(buf) + '"')
             i = j + 1
+        elif ch == "/" and text.startswith(("//", "/*"), i):  # a comment (outside strings)
+            end = text.find("\n", i) if text[i + 1] == "/" else text.find("*/", i + 2)
+            i = n if end < 0 else end + (0 if text[i + 1] == "/" else 2)
         elif ch == "{" or ch == "[":
             stack.append("}" if ch == "{" else "]")
             out.append(ch)
@@ -112,6 +116,9 @@ def repair_json(text: str) -> tuple[str, str] | None:
     return "".join(out), ""
 
 
+_COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+
+
 def loads_lenient(text: str) -> Any:
     """`json.loads` that forgives code fences, trailing commas, single quotes,
     Python literals, bare keys and missing closing brackets at the end.
@@ -130,6 +137,7 @@ def loads_lenient(text: str) -> Any:
     repaired = repair_json(text)
     if repaired is not None:
         value, after = repaired
+        after = _COMMENTS.sub("", after)  # a comment after the value is no extra data
         if not after.strip() or _CLOSERS_ONLY.fullmatch(after):
             try:
                 return json.loads(value, strict=False)
@@ -198,6 +206,8 @@ def call_from_obj(obj: Any, raw: str) -> ToolCallRequest:
     (`parameters` for `arguments`, and the OpenAI `{"function": {...}}` shape, work too)."""
     if isinstance(obj, dict) and isinstance(obj.get("function"), dict) and "name" not in obj:
         obj = obj["function"]
+    elif isinstance(obj, dict) and isinstance(obj.get("function"), str) and "name" not in obj:
+        obj = {**obj, "name": obj["function"]}  # {"function": "add", "arguments": {...}}, as Llama 3 writes
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"].strip():
         return call_error(
             "",
