@@ -522,6 +522,16 @@ async def test_a_server_that_does_not_answer_in_time_is_not_asked_again(server: 
     assert len(server.requests) == 1
 
 
+async def test_an_event_stream_labelled_json_is_read_as_one(server: FakeServer, make_llm) -> None:
+    chunk = {"choices": [{"delta": {"content": "Hello"}, "finish_reason": "stop"}]}
+    pieces = [f"data: {json.dumps(chunk)}\n\n".encode(), b"data: [DONE]\n\n"]
+    server.queue(Reply(raw=pieces, headers={"Content-Type": "application/json"}))
+    response = await complete(make_llm(), user())
+    assert response.content == "Hello" and response.finish_reason == "stop"
+    server.queue(Reply(json_body={"choices": [{"message": {"content": "Plain"}, "finish_reason": "stop"}]}))
+    assert (await complete(make_llm(), user())).content == "Plain"  # a server that ignored stream: true
+
+
 async def test_401_is_clear_and_not_retried(server: FakeServer, make_llm) -> None:
     server.queue(Reply(status=401, json_body={"error": {"message": "Incorrect API key provided"}}))
     llm = make_llm()

@@ -249,6 +249,24 @@ def _retry_after(headers: httpx.Headers) -> float | None:
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
+async def _sniff_stream(chunks: AsyncIterator[bytes], ctype: str) -> tuple[AsyncIterator[bytes], str]:
+    """A body labelled JSON that is an event stream after all (it starts with `data:`
+    or a `:` comment): the chunks, the first one put back, and the type it really is."""
+    first = b""
+    async for piece in chunks:
+        first += piece
+        if first.strip():
+            break
+
+    async def again() -> AsyncIterator[bytes]:
+        yield first
+        async for piece in chunks:
+            yield piece
+
+    head = first.lstrip()
+    return again(), "text/event-stream" if head.startswith((b"data:", b":")) else ctype
+
+
 async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
     """The lines of an event stream, which end only at CRLF, LF or CR.
 
@@ -640,15 +658,18 @@ class OpenAICompatLLM:
                     raise _BadReply(
                         f"it is an HTML page, not an event stream (check --base-url): {content[:200]!r}"
                     )
+                chunks = response.aiter_bytes()
+                if self.streaming and "json" in ctype:  # ignored `stream: true`, or an event stream mislabelled
+                    chunks, ctype = await _sniff_stream(chunks, ctype)
                 if self.streaming and "json" not in ctype:
-                    async with contextlib.aclosing(self._read_sse(response, request)) as items:
+                    async with contextlib.aclosing(self._read_sse(response, request, chunks)) as items:
                         async for item in items:
                             if isinstance(item, ModelDelta):
                                 yielded = True
                             yield item
                 else:
                     # Non-streaming, or a server that ignored `stream: true`.
-                    content = await response.aread()
+                    content = b"".join([chunk async for chunk in chunks])
                     try:
                         data = json.loads(content)
                     except ValueError:
@@ -675,7 +696,7 @@ class OpenAICompatLLM:
         )
 
     async def _read_sse(
-        self, response: httpx.Response, request: LLMRequest
+        self, response: httpx.Response, request: LLMRequest, chunks: AsyncIterator[bytes] | None = None
     ) -> AsyncIterator[ModelDelta | ModelResponse]:
         acc = _Accumulator()
         done = False
@@ -716,7 +737,8 @@ class OpenAICompatLLM:
 
         async def lines() -> AsyncIterator[str]:
             try:
-                async with contextlib.aclosing(sse_lines(response.aiter_bytes())) as stream_lines:
+                source = chunks if chunks is not None else response.aiter_bytes()
+                async with contextlib.aclosing(sse_lines(source)) as stream_lines:
                     async for line in stream_lines:
                         yield line
             except httpx.TransportError:
