@@ -21,7 +21,8 @@ from typing import Any
 
 Where = dict[str, Any]
 
-_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
+# A key part may be any text but what would end a quoted JSON-path key or an SQL literal.
+_KEY = re.compile(r"^[^.\"'\\\x00-\x1f]+$")
 _OPS = {"$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$contains", "$exists"}
 _CMP = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
@@ -35,7 +36,8 @@ def _path(key: str) -> list[str]:
     for part in parts:
         if not _KEY.match(part):
             raise FilterError(
-                f"bad metadata key {key!r}: use letters, digits, '_' and '-', with '.' for nesting"
+                f"bad metadata key {key!r}: a key may not hold quotes, backslashes or control characters "
+                "('.' separates nested keys)"
             )
     return parts
 

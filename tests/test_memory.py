@@ -152,7 +152,8 @@ def test_filters(make_memory):
     with pytest.raises(ValueError):
         found({"kind": {"$regex": "x"}})
     with pytest.raises(ValueError):
-        found({"bad key!": 1})
+        found({"bad'key": 1})
+    assert found({"any key, in any script!": 1}) == []  # a key that no record has matches nothing
 
 
 def test_min_score_and_k(make_memory, minilm):
@@ -774,3 +775,17 @@ def test_bad_values_are_clear_errors_not_database_ones(tmp_path):
     with pytest.raises(VectorMemoryError, match="not a run id and an event number"):
         mem.add("x", source={"run_id": "r", "seq": "zz"})
     assert mem.count() == 1
+
+
+def test_metadata_keys_in_any_script_can_be_filtered(make_memory):
+    from memory.filters import FilterError
+
+    mem = make_memory(HashingEmbedder())
+    mem.add("first", {"名前": "Ada", "a b": 1, "x-y": {"z w": True}})
+    mem.add("second", {"名前": "Bob", "a b": 2})
+    assert [h.text for h in mem.search("first", where={"名前": "Ada"})] == ["first"]
+    assert [h.text for h in mem.search("first", where={"a b": {"$gt": 1}})] == ["second"]
+    assert [h.text for h in mem.search("first", where={"x-y.z w": True})] == ["first"]
+    for key in ("a'b", 'a"b', "a\\b"):  # what would end a quoted key or an SQL literal
+        with pytest.raises(FilterError, match="may not hold quotes"):
+            mem.search("x", where={key: 1})
