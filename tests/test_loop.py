@@ -4,23 +4,12 @@ import asyncio
 import json
 
 import pytest
-from helpers import call, types
+from helpers import add, call, types
 from pydantic import BaseModel
 
 from agent import Agent, Tool, ToolError, read_events, tool
 from agent.events import parse_event
 from agent.llm import ScriptedLLM
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers.
-
-    Args:
-        a: The first number.
-        b: The second number.
-    """
-    return a + b
 
 
 def test_multi_step_run_events_in_order(run_dir):

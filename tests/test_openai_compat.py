@@ -360,17 +360,9 @@ async def test_request_body_converts_history(server: FakeServer, make_llm) -> No
 async def test_unreadable_arguments_go_back_as_valid_json(server: FakeServer, make_llm, tmp_path) -> None:
     # vLLM json.loads the arguments of every call in the history and answers 400 to a bad one;
     # the model still sees its mistake, in the tool message the loop adds.
-    from agent import Agent, tool
+    from helpers import add
 
-    @tool
-    def add(a: int, b: int) -> int:
-        """Add two integers.
-
-        Args:
-            a: The first number.
-            b: The second number.
-        """
-        return a + b
+    from agent import Agent
 
     call = {"index": 0, "id": "call_1", "function": {"name": "add", "arguments": "a=2, b=3"}}
     server.queue(Reply(events=[chunk({"tool_calls": [call]}), chunk(finish="tool_calls")]), text_stream("5"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import Agent, tool
+from agent import Agent
 from agent.llm import ScriptedLLM
 from agent.llm.formats import (
     HARMONY,
@@ -410,15 +410,7 @@ def test_stream_deltas_add_up_to_the_parse(entry):
 
 
 def test_scripted_llm_auto_detects_every_format(run_dir):
-    @tool
-    def add(a: int, b: int) -> int:
-        """Add two integers.
-
-        Args:
-            a: The first number.
-            b: The second number.
-        """
-        return a + b
+    from helpers import add
 
     llm = ScriptedLLM(
         [
@@ -436,48 +428,18 @@ def test_scripted_llm_auto_detects_every_format(run_dir):
 
 
 def test_transformers_llm_streams_and_parses_harmony():
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("transformers")
     from agent.llm.base import LLMRequest
-    from agent.llm.transformers import TemplateChatFormat, TransformersLLM
     from agent.types import Message
 
     output = (
         f"{CH}analysis{M}Weather, so call the tool.{END}{S}assistant{CH}commentary to=functions.get_weather "
         f'{CON}json{M}{{"city": "Oslo"}}'
     )
-
-    class CharTokenizer:  # one token per character
-        chat_template = "{{ '<|start|>assistant' }}{# <|channel|> #}"
-        pad_token_id = 0
-        eos_token_id = None
-
-        def __call__(self, text, return_tensors=None, add_special_tokens=False):
-            return {"input_ids": torch.tensor([[ord(c) for c in text]])}
-
-        def decode(self, ids, skip_special_tokens=False):
-            return "".join(map(chr, ids))
-
-        def encode(self, text, add_special_tokens=False):
-            return [ord(c) for c in text]
-
-        def apply_chat_template(self, messages, **kwargs):
-            return "<|start|>user<|message|>" + messages[-1]["content"] + "<|end|><|start|>assistant"
-
-    class Model:
-        device = "cpu"
-
-        def generate(self, input_ids, streamer, **kwargs):
-            streamer.put(input_ids)
-            for ch in output:
-                streamer.put(torch.tensor([ord(ch)]))
-            streamer.end()
-
-    llm = TransformersLLM("unused")
-    llm.model, llm.tokenizer = Model(), CharTokenizer()
-    llm.chat_format = TemplateChatFormat(llm.tokenizer)
-    llm.end_ids = {3}
-    llm._logits_processors = lambda *args, **kwargs: []  # not what this test is about
+    llm = _char_llm(
+        output,
+        chat_template="{{ '<|start|>assistant' }}{# <|channel|> #}",
+        prompt="<|start|>user<|message|>{}<|end|><|start|>assistant",
+    )
 
     async def go():
         tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
@@ -492,14 +454,19 @@ def test_transformers_llm_streams_and_parses_harmony():
     assert response.finish_reason == "tool_calls"
 
 
-def _char_llm(output: str):
-    """A TransformersLLM whose fake model writes `output`, one character a token (no weights)."""
+def _char_llm(
+    output: str,
+    *,
+    chat_template: str = "{{ '<|im_start|>assistant' }}{# <tool_call> #}",
+    prompt: str = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+):
+    """A TransformersLLM whose fake model writes `output`, one character a token (no
+    weights); `chat_template` names the format's markers, `prompt` renders the last message."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from agent.llm.transformers import TemplateChatFormat, TransformersLLM
 
     class CharTokenizer:
-        chat_template = "{{ '<|im_start|>assistant' }}{# <tool_call> #}"
         pad_token_id = 0
         eos_token_id = None
 
@@ -513,7 +480,7 @@ def _char_llm(output: str):
             return [ord(c) for c in text]
 
         def apply_chat_template(self, messages, **kwargs):
-            return "<|im_start|>user\n" + messages[-1]["content"] + "<|im_end|>\n<|im_start|>assistant\n"
+            return prompt.replace("{}", messages[-1]["content"])
 
     class Model:
         device = "cpu"
@@ -524,11 +491,13 @@ def _char_llm(output: str):
                 streamer.put(torch.tensor([ord(ch)]))
             streamer.end()
 
+    tokenizer = CharTokenizer()
+    tokenizer.chat_template = chat_template
     llm = TransformersLLM("unused")
-    llm.model, llm.tokenizer = Model(), CharTokenizer()
+    llm.model, llm.tokenizer = Model(), tokenizer
     llm.chat_format = TemplateChatFormat(llm.tokenizer)
     llm.end_ids = {3}
-    llm._logits_processors = lambda *args, **kwargs: []
+    llm._logits_processors = lambda *args, **kwargs: []  # the grammar and budgets are not what these test
     return llm
 
 
