@@ -151,8 +151,8 @@ def test_user_input_refused_by_a_guard(run_dir):
     assert result.status == "halted" and result.error == "refused"
 
 
-def test_approval_given_and_refused(run_dir):
-    ran = []
+def _deploy_tool(ran: list[str]):
+    """A side-effecting tool that needs approval, recording the targets it ran for."""
 
     @tool(effects={"writes"}, needs_approval=True)
     def deploy(target: str) -> str:
@@ -160,6 +160,12 @@ def test_approval_given_and_refused(run_dir):
         ran.append(target)
         return "deployed"
 
+    return deploy
+
+
+def test_approval_given_and_refused(run_dir):
+    ran: list[str] = []
+    deploy = _deploy_tool(ran)
     asked = []
 
     def approver(request):
@@ -176,14 +182,8 @@ def test_approval_given_and_refused(run_dir):
 
 
 def test_an_approver_that_fails_refuses_and_the_run_goes_on(run_dir):
-    ran = []
-
-    @tool(effects={"writes"}, needs_approval=True)
-    def deploy(target: str) -> str:
-        """Deploy to a target."""
-        ran.append(target)
-        return "deployed"
-
+    ran: list[str] = []
+    deploy = _deploy_tool(ran)
     def approver(request):
         raise RuntimeError("approval service down")
 
