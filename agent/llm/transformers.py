@@ -688,6 +688,11 @@ class TransformersLLM:
         window = model_context_window(self)
         if window is None:
             return asked or default
+        need = asked if asked is not None else default
+        # A token covers at least one byte (a few may be added around the text): a prompt whose
+        # bytes fit with room to spare needs no second tokenization (the worker tokenizes it anyway).
+        if len(prompt.encode("utf-8", "surrogatepass")) + 8 + need <= window:
+            return need
         used = len(self.tokenizer.encode(prompt, add_special_tokens=False))
         room = window - used
         if room <= 0 or (asked is not None and asked > room):
