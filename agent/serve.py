@@ -23,6 +23,7 @@ import http
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -283,6 +284,9 @@ def _validation_error(e: ValidationError) -> HTTPError:
 
 
 # --------------------------------------------------------------------------- response bodies
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 
 def _readable_calls(response: ModelResponse) -> tuple[list[ToolCallRequest], str, str]:
@@ -743,12 +747,15 @@ class ChatServer:
             raise HTTPError(400, f"the body is not valid JSON: {e}", code="invalid_json") from None
         except RecursionError:
             raise HTTPError(400, "the body nests too deeply to read", code="invalid_json") from None
-        try:  # a lone surrogate (an escape like \\ud800) is valid JSON, and no text a model can read
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise HTTPError(
-                400, "the body holds a lone surrogate (\\ud800-\\udfff), which is not text", code="invalid_json"
-            ) from None
+        # A lone surrogate is valid JSON and no text a model can read. It can only come from a
+        # \\uD800-\\uDFFF escape, so only a body with one is encoded again to look.
+        if _SURROGATE_ESCAPE.search(request.body):
+            try:
+                json.dumps(body, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise HTTPError(
+                    400, "the body holds a lone surrogate (\\ud800-\\udfff), which is not text", code="invalid_json"
+                ) from None
         if not isinstance(body, dict):
             raise HTTPError(400, "the body must be a JSON object", code="invalid_json")
         try:
