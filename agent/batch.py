@@ -115,6 +115,11 @@ def read_results(path: str | Path) -> dict[str, BatchResult]:
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
 
 
+def graded(expected: Any) -> bool:
+    """Whether a task's `expected` value grades its answer (empty text or list does not)."""
+    return expected is not None and expected != "" and expected != []
+
+
 def is_correct(expected: Any, answer: Any) -> bool | None:
     """Whether `answer` matches the task's `expected` value (None: nothing to grade).
 
@@ -123,7 +128,7 @@ def is_correct(expected: Any, answer: Any) -> bool | None:
     number equal to it in the answer ("4" in "It is 4."). A list matches when
     every item does. Other values (a typed answer's dict) must be equal.
     """
-    if expected is None or expected == "" or expected == []:
+    if not graded(expected):
         return None
     if answer is None:
         return False
@@ -246,7 +251,7 @@ class BatchRunner:
                 id=task.id,
                 status="failed",
                 error=str(e),
-                correct=False if is_correct(task.expected, "") is not None else None,  # graded like any failure
+                correct=False if graded(task.expected) else None,  # graded like any failure
                 time_s=time.monotonic() - started,
             ), False
         except Exception as e:  # the factory or backend broke: worth another try
