@@ -268,9 +268,7 @@ class BatchRunner:
             id=task.id,
             status=run.status,
             answer=answer,
-            correct=is_correct(task.expected, answer)
-            if run.ok
-            else (False if task.expected is not None else None),
+            correct=is_correct(task.expected, answer) if run.ok else (False if graded(task.expected) else None),
             error=run.error,
             steps=run.steps,
             prompt_tokens=run.usage.prompt_tokens,
