@@ -434,7 +434,7 @@ def run_cli(args: Any) -> int:
     from rich.progress import Progress as Bar
     from rich.table import Table
 
-    from .cli import writable_dir
+    from .cli import tool_names, writable_dir
 
     tasks = read_tasks(args.tasks)
     output = Path(args.output)
@@ -450,7 +450,7 @@ def run_cli(args: Any) -> int:
         api_key=args.api_key,
         effort=args.effort,
         strategy=args.strategy,
-        tools=[t.strip() for t in args.tools.split(",") if t.strip()],
+        tools=tool_names(args.tools),
         max_steps=args.max_steps,
         max_seconds=args.timeout,
         run_dir=str(args.run_dir),

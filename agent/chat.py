@@ -798,9 +798,9 @@ class Chat:
 def build_agent(args: Any) -> Any:
     """The agent `agent chat` talks to, from the same flags as `agent run`."""
     from .agent import Agent
-    from .cli import make_model, writable_dir
+    from .cli import make_model, tool_names, writable_dir
 
-    tools = [n.strip() for n in (args.tools or "").split(",") if n.strip()]
+    tools = tool_names(args.tools)
     options = {"needs_approval_for_writes": True} if args.approve_writes else {}
     extra = {"system_prompt": args.system} if args.system else {}
     return Agent(
