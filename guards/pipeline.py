@@ -41,6 +41,7 @@ from typing import Any
 from agent.bus import Bus, Decision, Interceptor
 from agent.events import ApprovalGiven, ApprovalRequested, GuardVerdict
 from agent.guard import Guard, Stage, Verdict, stage_of
+from agent.loop import FINAL_ANSWER
 
 from ._text import with_content
 from .policy_file import Policy, StagePolicy, load_policy
@@ -57,7 +58,7 @@ RUNTIME_RESULTS = frozenset({"blocked", "refused", "invalid_json", "invalid_argu
 def _runtime_result(event: Any) -> bool:
     """A tool result the runtime wrote itself: an error of RUNTIME_RESULTS, or the
     receipt of a final_answer call (a name no other tool may have)."""
-    return event.error_kind in RUNTIME_RESULTS or event.name == "final_answer"
+    return event.error_kind in RUNTIME_RESULTS or event.name == FINAL_ANSWER
 
 
 @dataclass
