@@ -244,7 +244,7 @@ class Run:
         self._cancel = False
         self._finished = False  # this call's RunFinished is out: a later fault must not end the run again
         self._first_step = self.state.step
-        self._first_tokens = self._tokens_used()
+        self._first_tokens = self.state.total_tokens
         self._deadline = time.monotonic() + agent.max_seconds if agent.max_seconds is not None else None
         try:
             try:
@@ -473,7 +473,7 @@ class Run:
             )
             return None
         max_tokens = self.agent.max_tokens
-        if max_tokens is not None and (used := self._tokens_used() - self._first_tokens) >= max_tokens:
+        if max_tokens is not None and (used := self.state.total_tokens - self._first_tokens) >= max_tokens:
             raise _Stop("max_tokens", f"used {used} of {max_tokens} tokens")
         return response
 
@@ -743,11 +743,6 @@ class Run:
                 approved, by, note = False, "policy", f"the approver failed: {type(e).__name__}: {e}"
         await self.bus.deliver(ApprovalGiven(call_id=call_id, approved=approved, by=by, note=note, step=step))
         return approved
-
-    def _tokens_used(self) -> int:
-        """Prompt and completion tokens so far (the state's counters: no `Usage` built)."""
-        state = self.state
-        return state._prompt_tokens + state._completion_tokens
 
     async def _tool_result(
         self,

@@ -68,6 +68,11 @@ class RunState:
             handler(self, event)
 
     @property
+    def total_tokens(self) -> int:
+        """Prompt and completion tokens so far, without building a `Usage`."""
+        return self._prompt_tokens + self._completion_tokens
+
+    @property
     def usage(self) -> Usage:
         """Token counts of the run so far."""
         return trusted(
