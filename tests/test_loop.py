@@ -2,14 +2,16 @@
 
 import asyncio
 import json
+import time
 
 import pytest
 from helpers import add, call, types
 from pydantic import BaseModel
 
 from agent import Agent, Tool, ToolError, read_events, tool
-from agent.events import parse_event
+from agent.events import ModelResponse, parse_event
 from agent.llm import ScriptedLLM
+from agent.types import ToolCallRequest
 
 
 def test_multi_step_run_events_in_order(run_dir):
@@ -48,6 +50,22 @@ def test_multi_step_run_events_in_order(run_dir):
     assert [e.seq for e in logged] == [e.seq for e in result.events if e.type != "model_delta"]
     for line in open(result.log_path):
         assert parse_event(line).model_dump_json() == line.rstrip("\n")
+
+
+def test_a_scripted_response_is_stamped_when_it_is_replayed_not_when_it_was_written(run_dir):
+    script = [
+        ModelResponse(tool_calls=[ToolCallRequest(id="c1", name="add", arguments={"a": 1, "b": 2})]),
+        ModelResponse(content="3"),
+    ]
+    written = [r.time for r in script]
+    time.sleep(0.05)
+    result = Agent(ScriptedLLM(script), tools=[add], run_dir=run_dir).run_sync("1+2")
+    assert result.answer == "3"
+    times = [e.time for e in result.events]
+    assert times == sorted(times), [(e.type, e.time) for e in result.events]
+    responses = [e for e in result.events if e.type == "model_response"]
+    assert all(r.time > w + 0.04 for r, w in zip(responses, written, strict=True))
+    assert [r.time for r in script] == written  # the script itself is unchanged
 
 
 async def test_run_yields_events_as_they_happen(run_dir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time as _time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,10 @@ class ScriptedLLM:
             text = getattr(response, field)
             for i in range(0, len(text), self.chunk_size):
                 yield trusted(ModelDelta, **{field: text[i : i + self.chunk_size]})
+        # Stamped as it is handed over, after its deltas, as a real backend's
+        # reply is: a scripted one was written before the run began. The
+        # response is this call's own copy.
+        response.__dict__["time"] = _time.time()
         yield response
 
     def _to_response(self, item: Any, *, calls: bool = True) -> ModelResponse:
