@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from agent.guard import Stage, Verdict
 
+from ._pycode import readings
 from ._text import current_content, map_text, text_of, with_content
 
 UNTRUSTED_STAGES: frozenset[str] = frozenset({"tool_result", "memory_read", "memory_write"})
@@ -416,7 +417,9 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "obfuscated_exec",
-        r"\b(?:exec|eval)\(\s*(?:base64\.b64decode|codecs\.decode|bytes\.fromhex|zlib\.decompress|marshal\.loads|__import__\(\s*[\"'](?:base64|zlib|codecs)[\"']\))",
+        r"\b(?:exec|eval)\(\s*(?:base64\.b64decode|codecs\.decode|bytes\.fromhex|zlib\.decompress|marshal\.loads|__import__\(\s*[\"'](?:base64|zlib|codecs)[\"']\))"
+        # text assembled from character codes: exec(''.join(chr(c) for c in data)), map(chr, ...)
+        r"|\b(?:exec|eval)\(\s*[rbu]?[\"'][^\"'\n]*[\"']\.join\(\s*(?:\(\s*)?(?:chr\(|map\(\s*chr\b)",
         "running obfuscated (encoded) code",
     ),
     _p(
@@ -677,7 +680,17 @@ class DangerousCodeGuard(_RuleBase):
         ]
 
     def scan(self, code: str) -> list[tuple[Pattern, re.Match[str]]]:
-        return _find(self.patterns, code)
+        """The patterns the code matches, as written or, for Python, with the strings it
+        builds at run time spelled out (`'r' + 'm -rf /'`, a path in a variable, exec of
+        decoded text: see `guards._pycode`)."""
+        found = _find(self.patterns, code)
+        if found:
+            return found
+        for reading in readings(code):
+            found = _find(self.patterns, reading)
+            if found:
+                return found
+        return []
 
     async def check(self, event: Any, stage: Stage) -> Verdict:
         if stage != "tool_call" or event.name not in self.tools:
