@@ -112,6 +112,16 @@ async def _maybe_await(value: Any) -> Any:
     return await value if _pending(value) else value
 
 
+def _hooked(value: Any, kind: type, hook: str) -> Any:
+    """A hook's return value, checked: a hook that forgets to return its argument fails clearly."""
+    if not isinstance(value, kind):
+        raise TypeError(
+            f"Agent.{hook}() must return the {kind.__name__} it was given (or a changed one), "
+            f"not {type(value).__name__}"
+        )
+    return value
+
+
 # Hooks that hand their argument back unchanged in the base class: the loop
 # skips the call when an agent leaves them so.
 _SKIPPABLE = ("should_stop", "act", "observe")
@@ -223,7 +233,9 @@ class Run:
         self._finished = False
         self.log: RunLog | None = None
         self._budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
-        self._output_limit: int | None = OUTPUT_LIMIT  # characters of a tool result; None once a budget is made
+        self._output_limit: int | None = (
+            OUTPUT_LIMIT  # characters of a tool result; None once a budget is made
+        )
         self._should_stop, self._act, self._observe = _hooks(agent)
         bus.subscribe(self.state.apply)
 
@@ -243,6 +255,8 @@ class Run:
         agent = self.agent
         self._cancel = False
         self._finished = False  # this call's RunFinished is out: a later fault must not end the run again
+        if follow_up is not None:  # a new message: nothing of the last one's turns carries over
+            self._new_message()
         self._first_step = self.state.step
         self._first_tokens = self.state.total_tokens
         self._deadline = time.monotonic() + agent.max_seconds if agent.max_seconds is not None else None
@@ -284,6 +298,12 @@ class Run:
                 if not self._finished:
                     self.state.status, self.state.error = "failed", message
         return self.state
+
+    def _new_message(self) -> None:
+        self._retries.clear()
+        self._recent.clear()
+        self._errors_in_row = 0
+        self._effort_boost = self._constrain_next = self._final_reflected = False
 
     # -- the steps ---------------------------------------------------------
 
@@ -397,6 +417,8 @@ class Run:
         response = await self._call_model("act", step=step, effort=effort)
         if response is None:
             return
+        if _CUT_OFF in self._retries and response.finish_reason != "length":
+            del self._retries[_CUT_OFF]  # the budget counts cut-off replies in a row
         if response.tool_calls:
             await self._handle_calls(response.tool_calls)
         else:
@@ -459,6 +481,8 @@ class Run:
             response = self._act(response)
             if _pending(response):
                 response = await response
+            if type(response) is not ModelResponse:
+                response = _hooked(response, ModelResponse, "act")
         decision = bus.emit_now(response) or await bus.emit(response)
         if decision.action == "rewrite":
             response = decision.event  # type: ignore[assignment]
@@ -472,6 +496,8 @@ class Run:
                 judge=False,
             )
             return None
+        if response.finish_reason == "content_filter":  # a plan or reflection as much as an answer
+            raise _Stop("failed", "the model server's content filter stopped the reply")
         max_tokens = self.agent.max_tokens
         if max_tokens is not None and (used := self.state.total_tokens - self._first_tokens) >= max_tokens:
             raise _Stop("max_tokens", f"used {used} of {max_tokens} tokens")
@@ -501,8 +527,6 @@ class Run:
 
     async def _handle_text_answer(self, response: ModelResponse) -> None:
         step = self.state.step
-        if response.finish_reason == "content_filter":
-            raise _Stop("failed", "the model server's content filter stopped the reply")
         if response.finish_reason == "length":  # cut off: not an answer; ask for a shorter one
             used = self._retries.get(_CUT_OFF, 0) + 1
             self._retries[_CUT_OFF] = used
@@ -524,7 +548,11 @@ class Run:
 
     async def _final(self, content: str, data: BaseModel | None, step: int) -> None:
         agent = self.agent
-        if agent.reflect_before_answer and not self._final_reflected:
+        if (
+            agent.reflect_before_answer
+            and not self._final_reflected
+            and self.state.step - self._first_step < agent.max_steps  # a step is left to answer after it
+        ):
             self._final_reflected = True
             await self._reflect("final")
             return
@@ -770,6 +798,8 @@ class Run:
             result = self._observe(result)
             if _pending(result):
                 result = await result
+            if type(result) is not ToolResult:
+                result = _hooked(result, ToolResult, "observe")
         decision = self.bus.emit_now(result) or await self.bus.emit(result)
         if decision.action == "halt":
             raise _Stop("halted", decision.feedback or "halted by a guard")
@@ -804,7 +834,7 @@ class Run:
             plan = await _maybe_await(
                 self.agent.plan(Plan(content=content, reason=reason, step=self.state.step))
             )
-            await self.bus.emit(plan)
+            await self._emit_note(_hooked(plan, Plan, "plan"))
 
     async def _reflect(self, reason: Literal["error", "loop", "final", "stuck"]) -> None:
         response = await self._call_model(
@@ -813,7 +843,24 @@ class Run:
         if response is not None:
             content = response.content.strip() or response.thinking.strip() or "(no reflection)"
             reflection = Reflection(content=content, reason=reason, step=self.state.step)
-            await self.bus.emit(await _maybe_await(self.agent.reflect(reflection)))
+            await self._emit_note(
+                _hooked(await _maybe_await(self.agent.reflect(reflection)), Reflection, "reflect")
+            )
+
+    async def _emit_note(self, note: Plan | Reflection) -> None:
+        """A plan or reflection, as a guard decides: halted ends the run, blocked tells the model."""
+        decision = await self.bus.emit(note)
+        if decision.action == "halt":
+            raise _Stop("halted", decision.feedback or "halted by a guard")
+        if decision.action == "block":
+            await self.bus.emit(
+                Feedback(
+                    content=decision.feedback or f"Your {note.type} was blocked.",
+                    reason="blocked",
+                    step=note.step,
+                ),
+                judge=False,
+            )
 
     def _loop_pattern(self) -> Literal["repeated", "oscillating"] | None:
         """The same turn repeated, or two turns alternating, in the recent turns."""

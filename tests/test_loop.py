@@ -154,7 +154,11 @@ def test_a_concurrent_call_that_ends_the_run_stops_the_others_before_it_ends(run
 @pytest.mark.parametrize(
     "bad_turn, kind, hint",
     [
-        ('<tool_call>{"name": "add", "arguments": {"a": 1, "b": }</tool_call>', "invalid_json", "not valid JSON"),
+        (
+            '<tool_call>{"name": "add", "arguments": {"a": 1, "b": }</tool_call>',
+            "invalid_json",
+            "not valid JSON",
+        ),
         (call("multiply", a=1, b=2), "unknown_tool", "Available tools: add"),
         (call("add", a="one", b=2), "invalid_arguments", "a: Input should be a valid integer"),
         (call("add", a=1), "invalid_arguments", "b: Field required"),
@@ -191,7 +195,9 @@ def test_model_mistakes_become_observations(run_dir, bad_turn, kind, hint):
         return "late"
 
     llm = ScriptedLLM([bad_turn, call("add", a=1, b=2), "3"])
-    result = Agent(llm, tools=[add, boom, slow, database, unprintable], run_dir=run_dir).run_sync("add 1 and 2")
+    result = Agent(llm, tools=[add, boom, slow, database, unprintable], run_dir=run_dir).run_sync(
+        "add 1 and 2"
+    )
     assert result.status == "completed" and result.answer == "3"
     error = next(e for e in result.events if e.type == "tool_result" and e.is_error)
     assert error.error_kind == kind
@@ -310,13 +316,99 @@ def test_periodic_replanning_and_reflection_before_answer(run_dir):
         ]
     )
     agent = Agent(
-        llm, tools=[add], strategy="plan-act-reflect", replan_every=2, reflect_before_answer=True, run_dir=run_dir
+        llm,
+        tools=[add],
+        strategy="plan-act-reflect",
+        replan_every=2,
+        reflect_before_answer=True,
+        run_dir=run_dir,
     )
     result = agent.run_sync("sum")
     assert result.ok and result.answer == "3"
     plans = [e.reason for e in result.events if e.type == "plan"]
     assert plans == ["initial", "periodic"]
     assert [e.reason for e in result.events if e.type == "reflection"] == ["final"]
+
+
+def test_an_answer_on_the_last_allowed_step_is_kept_without_a_final_reflection(run_dir):
+    llm = ScriptedLLM(["The answer is 4.", "Checked: it is 4.", "4"])
+    agent = Agent(llm, reflect_before_answer=True, max_steps=1, run_dir=run_dir)
+    result = agent.run_sync("2+2?")
+    assert (result.status, result.answer) == ("completed", "The answer is 4.")
+    result = Agent(
+        ScriptedLLM(["4", "Checked.", "4"]), reflect_before_answer=True, max_steps=2, run_dir=run_dir
+    ).run_sync("2+2?")
+    assert result.answer == "4" and [e.reason for e in result.events if e.type == "reflection"] == ["final"]
+
+
+def test_each_session_message_starts_fresh_reflection_and_loop_counts(run_dir):
+    llm = ScriptedLLM(["4", "checked: 4", "4", "6", "checked: 6", "6"])
+    session = Agent(llm, reflect_before_answer=True, run_dir=run_dir).session()
+    session.send_sync("2+2?")
+    assert session.send_sync("3+3?").answer == "6"
+    assert [r.purpose for r in llm.requests] == ["act", "reflect", "act"] * 2 and llm.remaining == 0
+    same = call("add", a=1, b=2)
+    session = Agent(ScriptedLLM([same, same, "3", same, "3 again"]), tools=[add], run_dir=run_dir).session()
+    session.send_sync("What is 1+2?")
+    session.send_sync("Compute 1+2 again with the tool.")
+    assert [e for e in session.history if e.type == "feedback"] == []
+
+
+@pytest.mark.parametrize("verdict", ["halt", "block"])
+def test_a_guard_verdict_on_a_plan_or_reflection_is_acted_on(run_dir, verdict):
+    from agent.bus import Decision
+
+    @tool
+    def boom(x: int) -> int:
+        """Fails."""
+        raise ValueError("kaboom")
+
+    async def no_notes(event):
+        if event.type in ("plan", "reflection"):
+            return Decision(action=verdict, feedback="plans and reflections are not allowed here")
+
+    llm = ScriptedLLM(["1. plan", call("boom", x=1), "reflection", "final"])
+    result = Agent(
+        llm, tools=[boom], strategy="plan-act-reflect", run_dir=run_dir, guards=[no_notes]
+    ).run_sync("t")
+    notes = [e for e in result.events if e.type in ("plan", "reflection")]
+    assert notes == []
+    if verdict == "halt":
+        assert result.status == "halted" and "not allowed" in result.error
+    else:
+        assert result.status == "completed"
+        told = [e.content for e in result.events if e.type == "feedback" and e.reason == "blocked"]
+        assert told == ["plans and reflections are not allowed here"] * 2
+
+
+def test_a_plan_stopped_by_the_content_filter_fails_the_run(run_dir):
+    llm = ScriptedLLM([ModelResponse(content="", finish_reason="content_filter"), "4"])
+    result = Agent(llm, strategy="plan-act-reflect", run_dir=run_dir).run_sync("2+2?")
+    assert result.status == "failed" and "content filter" in result.error
+
+
+def test_cut_off_replies_count_against_the_budget_only_in_a_row(run_dir):
+    cut = ModelResponse(content="It is", finish_reason="length")
+    script = [cut, call("add", a=1, b=1)] * 4 + ["done"]
+    result = Agent(ScriptedLLM(script), tools=[add], max_retries=2, run_dir=run_dir).run_sync("t")
+    assert (result.status, result.answer) == ("completed", "done")
+    result = Agent(ScriptedLLM([cut, cut, cut, "done"]), max_retries=2, run_dir=run_dir).run_sync("t")
+    assert result.status == "failed" and "cut off" in result.error
+
+
+@pytest.mark.parametrize("hook", ["act", "observe", "plan", "reflect"])
+def test_a_hook_that_forgets_to_return_fails_with_a_clear_message(run_dir, hook):
+    def forgetful(self, event):
+        event.content = event.content.strip()
+
+    Forgetful = type("Forgetful", (Agent,), {hook: forgetful})
+    llm = ScriptedLLM(["plan", call("add", a=1, b=1), "reflection", "2", "2"])
+    agent = Forgetful(
+        llm, tools=[add], strategy="plan-act-reflect", reflect_before_answer=True, run_dir=run_dir
+    )
+    result = agent.run_sync("1+1")
+    assert result.status == "failed"
+    assert f"Agent.{hook}() must return the" in result.error and "not NoneType" in result.error
 
 
 def test_tool_error_class_shows_plain_message(run_dir):
@@ -496,7 +588,9 @@ def test_tool_context_lets_a_tool_emit_guarded_events(run_dir):
             return Decision.block("no secrets in memory")
         return None
 
-    llm = ScriptedLLM([call("remember", text="the sky is blue"), call("remember", text="password=hunter2"), "ok"])
+    llm = ScriptedLLM(
+        [call("remember", text="the sky is blue"), call("remember", text="password=hunter2"), "ok"]
+    )
     result = Agent(llm, tools=[remember], guards=[guard], run_dir=run_dir).run_sync("remember")
     outputs = [e.content for e in result.events if e.type == "tool_result"]
     assert outputs == [f"saved in run {result.run_id}", "refused"]
