@@ -80,6 +80,7 @@ class ModelRequest(EventBase):
     effort: Effort = "medium"
     messages: int = 0
     tools: list[str] = Field(default_factory=list)
+    reason: str | None = None  # a plan or reflect call's reason (as `Plan.reason`, `Reflection.reason`)
 
 
 class ModelDelta(EventBase):

@@ -369,14 +369,53 @@ class Run:
         if answered and not follow_up:
             raise _Stop("completed")
         state.answer = state.answer_text = None
+        if ended:
+            return
+        if not follow_up:
+            self._final_reflected = self._reflected_on_answer()
         response = state.last_response
-        if response is None or ended:
+        if response is None:
+            if not follow_up and self.agent.strategy == "plan-act-reflect" and state.plan is None:
+                await self._plan("initial")  # the crash came before the plan was made
             return
         pending = set(state.unfinished_calls())
         if response.tool_calls and pending:
             await self._handle_calls([c for c in response.tool_calls if c.id in pending], resumed=True)
         elif not response.tool_calls and not follow_up and not self._after_response(response):
             await self._handle_text_answer(response)
+            return
+        if not follow_up:
+            await self._redo_interrupted_note()
+
+    def _reflected_on_answer(self) -> bool:
+        """Whether the model reflected before answering since the last user message."""
+        for event in reversed(self.state.events):
+            if event.type == "reflection" and event.reason == "final":
+                return True
+            if event.type in ("user_message", "run_started") and not getattr(event, "resumed", False):
+                return False
+        return False
+
+    async def _redo_interrupted_note(self) -> None:
+        """A re-plan or reflection the crash cut short is made again, as the live run would have.
+
+        A periodic re-plan needs nothing here (the next step makes it), nor a final
+        reflection (the answer it checks is handled again above).
+        """
+        for event in reversed(self.state.events):
+            if event.type in ("plan", "reflection"):
+                return
+            if event.type == "model_request":
+                if event.purpose == "act":
+                    return
+                reason = event.reason
+                if event.purpose == "plan" and reason == "stuck":
+                    await self._plan("stuck")
+                elif event.purpose == "reflect" and reason in ("error", "loop", "stuck"):
+                    await self._reflect(reason)
+                    if reason == "loop" and self.agent.strategy == "plan-act-reflect":
+                        await self._plan("stuck")
+                return
 
     def _answered_since_start(self) -> bool:
         """Whether a final answer was recorded since the run (or its last resume) started."""
@@ -431,6 +470,7 @@ class Run:
         step: int,
         effort: Effort,
         instruction: str | None = None,
+        reason: str | None = None,
     ) -> ModelResponse | None:
         """One model call, streamed onto the bus. None when a guard blocked it."""
         self._check_stop()
@@ -467,6 +507,7 @@ class Run:
             effort=effort,
             messages=len(request.messages),
             tools=self._tool_names if acting else [],
+            reason=reason,
             step=step,
         )
         # emit_now(...) or await emit(...): a coroutine only when the bus needs one.
@@ -828,7 +869,9 @@ class Run:
 
     async def _plan(self, reason: Literal["initial", "periodic", "stuck"]) -> None:
         prompt = PLAN_PROMPT if reason == "initial" else REPLAN_PROMPT
-        response = await self._call_model("plan", step=self.state.step, effort="high", instruction=prompt)
+        response = await self._call_model(
+            "plan", step=self.state.step, effort="high", instruction=prompt, reason=reason
+        )
         if response is not None:
             content = response.content.strip() or response.thinking.strip() or "(no plan)"
             plan = await _maybe_await(
@@ -838,7 +881,7 @@ class Run:
 
     async def _reflect(self, reason: Literal["error", "loop", "final", "stuck"]) -> None:
         response = await self._call_model(
-            "reflect", step=self.state.step, effort="high", instruction=REFLECT_PROMPTS[reason]
+            "reflect", step=self.state.step, effort="high", instruction=REFLECT_PROMPTS[reason], reason=reason
         )
         if response is not None:
             content = response.content.strip() or response.thinking.strip() or "(no reflection)"

@@ -139,7 +139,11 @@ def test_resume_reruns_an_interrupted_call_that_is_safe_to_repeat(tmp_path):
         return f"value of {key}"
 
     # Simulate a crash between the tool call and its result by cutting the log.
-    first = Agent(ScriptedLLM(['<tool_call>{"name": "lookup", "arguments": {"key": "k"}}</tool_call>', "x"]), tools=[lookup], run_dir=runs)
+    first = Agent(
+        ScriptedLLM(['<tool_call>{"name": "lookup", "arguments": {"key": "k"}}</tool_call>', "x"]),
+        tools=[lookup],
+        run_dir=runs,
+    )
     done = first.run_sync("look up k")
     lines = Path(done.log_path).read_text().splitlines()
     cut = next(i for i, line in enumerate(lines) if '"type":"tool_result"' in line)
@@ -270,3 +274,56 @@ def _resumed_turn_lines(chat) -> bytes:
     started = RunStarted(run_id=chat.run_id, seq=last.seq + 1, step=last.step, task="I am Ada.", resumed=True)
     message = UserMessage(run_id=chat.run_id, seq=last.seq + 2, step=last.step, content="Who am I?")
     return (started.model_dump_json() + "\n" + message.model_dump_json() + "\n").encode()
+
+
+class _CancelAt(Agent):
+    """Cancels the run at the n-th request to the model for a purpose and reason."""
+
+    cancel_at: tuple[str, str | None, int] = ("plan", None, 1)
+
+    def on_event(self, event):
+        if event.type == "model_request" and (event.purpose, event.reason) == self.cancel_at[:2]:
+            self.seen = getattr(self, "seen", 0) + 1
+            if self.seen == self.cancel_at[2]:
+                self.cancel()
+
+
+@tool
+def boom(x: int) -> int:
+    """Fails."""
+    raise ValueError("kaboom")
+
+
+@pytest.mark.parametrize(
+    "cancel_at, first, then, asked",
+    [
+        # cut during the first plan: the resumed run plans first
+        (
+            ("plan", "initial", 1),
+            ["1. plan"],
+            ["1. plan", "answer", "Checked.", "answer"],
+            ["plan", "act", "reflect", "act"],
+        ),
+        # cut during the reflection on a failed call: the resumed run reflects
+        (
+            ("reflect", "error", 1),
+            ["1. plan", '<tool_call>{"name": "boom", "arguments": {"x": 1}}</tool_call>', "cut"],
+            ["It failed; I will answer directly.", "answer", "Checked.", "answer"],
+            ["reflect", "act", "reflect", "act"],
+        ),
+        # cut after the final reflection, on the answer: the resumed run does not reflect again
+        (("act", None, 2), ["1. plan", "answer", "Checked.", "cut"], ["answer"], ["act"]),
+    ],
+)
+def test_a_resumed_run_makes_the_plan_or_reflection_a_cut_interrupted(
+    tmp_path, cancel_at, first, then, asked
+):
+    options = dict(tools=[boom], strategy="plan-act-reflect", reflect_before_answer=True, run_dir=tmp_path)
+    agent = _CancelAt(ScriptedLLM(first), **options)
+    agent.cancel_at = cancel_at
+    result = agent.run_sync("task")
+    assert result.status == "cancelled", result.error
+    llm = ScriptedLLM(then)
+    resumed = Agent(llm, **options).resume_sync(result.run_id)
+    assert (resumed.status, resumed.answer) == ("completed", "answer"), resumed.error
+    assert [r.purpose for r in llm.requests] == asked and llm.remaining == 0
