@@ -339,7 +339,11 @@ class Run:
         """Lessons from similar past runs, shown to the model before it plans."""
         from memory.episodic import format_lessons, recall_for_run
 
-        lessons = await recall_for_run(self.agent.episodic, task, self.bus.emit, step=0)
+        try:
+            lessons = await recall_for_run(self.agent.episodic, task, self.bus.emit, step=0)
+        except Exception as e:  # a damaged store: the run goes on without lessons, and the log says why
+            await self.bus.deliver(Error(kind="memory", message=f"could not recall past episodes: {e}", step=0))
+            return
         if lessons:
             await self.bus.emit(Feedback(content=format_lessons(lessons), reason="recall"), judge=False)
 

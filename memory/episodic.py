@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import math
 import re
 import time as _time
 from collections.abc import Awaitable, Callable, Sequence
@@ -498,10 +499,13 @@ class EpisodicMemory:
         if total == 0 or k <= 0:
             return []
         pool = total if total <= 1000 else max(200, 20 * k)
-        hits = self.memory.search(query, pool, where=where)
-        if not hits:
+        # Only what record() stored: a memory shared with notes holds other records too.
+        hits = self.memory.search(query, pool, where={**(where or {}), "kind": "episode"})
+        read = [(e, h) for h in hits if (e := _episode(h)) is not None]  # a damaged record is passed over
+        if not read:
             return []
-        episodes = [_episode(h) for h in hits]
+        episodes = [e for e, _ in read]
+        hits = [h for _, h in read]
         rel = [h.score for h in hits]
         rec = [
             0.5 ** (max(0.0, now - (e.ended or h.time)) / self.half_life)
@@ -540,13 +544,20 @@ def _minmax(values: list[float], min_span: float = 0.2) -> list[float]:
     return [(v - lo) / span for v in values]
 
 
-def _episode(record: Record) -> Episode:
+def _episode(record: Record) -> Episode | None:
+    """The episode a record holds; None when its fields cannot be read (edited or damaged)."""
     data = record.metadata.get("episode") or {"task": record.text}
-    ep = Episode.from_dict(data)
-    ep.id = record.id
-    if not ep.ended:
-        ep.ended = record.time
-    ep.importance = float(record.metadata.get("importance", ep.importance))
+    try:
+        ep = Episode.from_dict(data)
+        ep.id = record.id
+        if not ep.ended:
+            ep.ended = record.time
+        ep.importance = float(record.metadata.get("importance", ep.importance))
+        ep.ended = float(ep.ended)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if not isinstance(ep.task, str) or not math.isfinite(ep.importance) or not math.isfinite(ep.ended):
+        return None
     return ep
 
 

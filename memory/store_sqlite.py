@@ -121,6 +121,10 @@ def _check_ours(path: Path) -> None:
         return
     probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
+        # A database with no tables yet is new: another process opening the same new
+        # file at this moment has switched it to WAL and not yet made the schema.
+        if probe.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            return
         probe.execute("SELECT value FROM meta WHERE key = 'uid'").fetchall()
         probe.execute("SELECT id, time FROM records LIMIT 0").fetchall()
     finally:

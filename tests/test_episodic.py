@@ -198,3 +198,47 @@ async def test_wiring_helpers_emit_memory_read_and_honour_guards(tmp_path, run_d
     assert await recall_for_run(mem, "invoice number", bus.emit) == []
     assert len(delivered) == 1  # the blocked event was not delivered
     mem.close()
+
+
+def test_recall_reads_only_episodes_and_passes_over_damaged_ones(tmp_path, run_dir):
+    from memory import VectorMemory
+
+    notes = VectorMemory(tmp_path / "shared.db", HashingEmbedder())
+    notes.add("Deploy the service to staging before production", metadata={"topic": "ops"})
+    episodes = EpisodicMemory(notes)
+    assert episodes.recall("Deploy the service to production") == []  # a note is no past run
+    agent = Agent(ScriptedLLM(["ok"]), memory=[episodes], run_dir=run_dir)
+    result = agent.run_sync("Deploy the service to production")
+    assert [e for e in result.events if e.type == "feedback"] == []
+    notes.add("Deploy the service", metadata={"kind": "episode", "importance": "high"})  # edited by hand
+    assert [s.episode.task for s in episodes.recall("Deploy the service to production")] == [
+        "Deploy the service to production"
+    ]
+    result = Agent(ScriptedLLM(["ok"]), memory=[episodes], run_dir=run_dir).run_sync("Deploy the service")
+    assert result.status == "completed"
+
+
+def test_a_recall_that_fails_leaves_the_run_going_and_says_why(tmp_path, run_dir):
+    episodes = EpisodicMemory(tmp_path / "episodes.db", HashingEmbedder())
+    episodes.add(Episode(task="an earlier task"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database disk image is malformed")
+
+    episodes.memory.search = broken
+    result = Agent(ScriptedLLM(["done"]), memory=[episodes], run_dir=run_dir).run_sync("an earlier task")
+    assert (result.status, result.answer) == ("completed", "done")
+    errors = [e.message for e in result.events if e.type == "error"]
+    assert errors[0] == "could not recall past episodes: database disk image is malformed"
+
+
+def test_a_new_store_opened_by_another_process_at_the_same_moment_is_taken_as_new(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "episodes.db"
+    other = sqlite3.connect(path)  # the other process: switched to WAL, schema not yet written
+    other.execute("PRAGMA journal_mode = WAL")
+    episodes = EpisodicMemory(path, HashingEmbedder())
+    episodes.add(Episode(task="a task"))
+    assert len(episodes.recall("a task")) == 1
+    other.close()
