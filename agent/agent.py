@@ -18,7 +18,7 @@ from .bus import Bus
 from .errors import AgentError
 from .events import Event, ModelResponse, Plan, Reflection, RunStatus, ToolResult
 from .llm.base import LLM
-from .loop import Approver, Run, bind_tools
+from .loop import FINAL_ANSWER, Approver, Run, bind_tools
 from .runlog import DEFAULT_RUN_DIR, RunLog, find_run, new_run_id, read_events, trim_torn_tail
 from .state import RunState
 from .tool import Tool
@@ -117,6 +117,15 @@ class Agent:
     answer_schema: type[BaseModel] | None = None
     context_window: int | ContextBudget | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for attr, value in vars(cls).items():
+            if isinstance(value, Tool) and attr in _AGENT_NAMES:
+                raise TypeError(
+                    f"the tool method {cls.__name__}.{attr} would replace Agent.{attr}; give the method another "
+                    f"name and keep the tool's with @tool(name={attr!r})"
+                )
+
     def __init__(
         self,
         model: LLM | None = None,
@@ -146,6 +155,11 @@ class Agent:
             from .llm import TransformersLLM
 
             model = TransformersLLM()
+        if not callable(getattr(model, "stream", None)):
+            raise AgentError(
+                f"the model must be an agent.llm backend (TransformersLLM, OpenAICompatLLM, ScriptedLLM, ...), "
+                f"not {type(model).__name__}: {model!r:.60}"
+            )
         self.model = model
         overrides = {
             "system_prompt": system_prompt,
@@ -171,6 +185,11 @@ class Agent:
             raise AgentError(f"unknown effort {self.effort!r}; use one of {', '.join(EFFORTS)}")
         if isinstance(self.context_window, int) and self.context_window < 256:
             raise AgentError(f"context_window={self.context_window} is too small; give at least 256 tokens")
+        schema = self.answer_schema
+        if schema is not None and not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+            raise AgentError(f"answer_schema must be a pydantic model class, not {schema!r}")
+        if isinstance(tools, (str, Tool)):
+            raise AgentError(f"tools must be a list (tools=[{tools!r}]), not one {type(tools).__name__}")
         self.workspace = Path(workspace) if workspace is not None else None
         options = {"workspace": self.workspace, **(tool_options or {})}
         self.memory, self.episodic, memory_tools = _split_memory(memory)
@@ -181,6 +200,11 @@ class Agent:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise AgentError(f"two tools share the name {duplicates[0]!r}; tool names must be unique")
+        if FINAL_ANSWER in names:
+            raise AgentError(
+                f"a tool is named {FINAL_ANSWER!r}, the name the runtime gives the answer; "
+                "rename it (a typed answer is `answer_schema=`)"
+            )
         if guards == "default":
             # Every agent is guarded unless its author opts out with guards=None.
             from guards import default_pipeline
@@ -461,3 +485,7 @@ class Agent:
             if self._last is None:
                 raise
             return self._result(self._last)
+
+
+# What a tool method must not be called: it would replace the agent's own attribute.
+_AGENT_NAMES = frozenset(name for name in dir(Agent) if not name.startswith("__"))

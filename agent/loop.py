@@ -1006,12 +1006,19 @@ def bind_tools(owner: object, tools: list[Any], options: dict[str, Any] | None =
         if not isinstance(t, Tool):
             raise TypeError(f"not a tool: {t!r} (use @tool on a function, or subclass Tool)")
         found.append(t)
+    seen: dict[str, type] = {}  # attribute -> the class whose definition of it counts
     for klass in type(owner).__mro__:
         for attr, value in vars(klass).items():
-            if isinstance(value, FunctionTool) and value._takes_self:
-                bound = getattr(owner, attr)
-                if all(b.name != bound.name for b in found):
-                    found.append(bound)
+            if attr in seen:  # overridden further down: the subclass's definition counts
+                if isinstance(value, FunctionTool) and not isinstance(vars(seen[attr]).get(attr), FunctionTool):
+                    raise TypeError(
+                        f"{seen[attr].__name__}.{attr} overrides the tool {value.name!r} of {klass.__name__} "
+                        "without @tool; decorate the override with @tool as well"
+                    )
+                continue
+            seen[attr] = klass
+            if isinstance(value, FunctionTool):
+                found.append(getattr(owner, attr))
     for t in found:
         t.schema()  # cached on the tool: built here, the first run does not wait for it
     return found

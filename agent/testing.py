@@ -30,7 +30,7 @@ from .llm.scripted import ScriptedLLM, ScriptItem
 Pattern = str | tuple[str, dict[str, Any]] | dict[str, Any]
 
 
-def call(name: str, **arguments: Any) -> str:
+def call(name: str, /, **arguments: Any) -> str:
     """Raw model text for one tool call, as a Hermes-style model writes it."""
     return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
 

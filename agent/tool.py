@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import inspect
 import re
+import sys
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 Effect = Literal["reads", "writes", "network", "executes"]
 EFFECTS: frozenset[str] = frozenset({"reads", "writes", "network", "executes"})
@@ -146,6 +149,7 @@ class FunctionTool(Tool):
         safe_to_rerun: bool | None = None,
         max_retries: int = 3,
         blocking: bool = True,
+        namespace: dict[str, Any] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
@@ -162,7 +166,9 @@ class FunctionTool(Tool):
         self.blocking = blocking
         self._bound: Any = None
         self._takes_self = _first_param_is_self(fn)
-        self.Args = _args_model(fn, self.name, param_docs, skip_first=self._takes_self)  # type: ignore[misc]
+        self.Args = _args_model(  # type: ignore[misc]
+            fn, self.name, param_docs, skip_first=self._takes_self, namespace=namespace
+        )
         self._is_async = inspect.iscoroutinefunction(fn)
 
     def __get__(self, obj: Any, owner: type | None = None) -> FunctionTool:
@@ -209,8 +215,11 @@ def tool(
 ) -> Any:
     """Turn a typed function (sync or async) into a `Tool`.
 
-    The docstring's first paragraph becomes the description, and an `Args:`
-    section documents the parameters. Effects default to read-only; a tool
+    The docstring up to its first section (`Args:`, `Returns:`, ...) becomes
+    the description, and a Google-style `Args:` section documents the
+    parameters. A parameter may also carry pydantic constraints and a
+    description: `n: Annotated[int, Field(ge=1, description="...")]` or
+    `n: int = Field(1, ge=1)`. Effects default to read-only; a tool
     that is not read-only is assumed unsafe to re-run after a crash unless
     `safe_to_rerun=True`.
 
@@ -220,6 +229,10 @@ def tool(
     directly on the event loop, which saves the thread hand-off (0.1-0.3 ms
     per call), and no timeout is armed for it.
     """
+
+    # Where the decorator is written: a class body's namespace (a model nested in the
+    # class) or a function's locals, for annotations that name them.
+    namespace = dict(sys._getframe(1).f_locals)
 
     def wrap(f: Callable[..., Any]) -> FunctionTool:
         return FunctionTool(
@@ -232,6 +245,7 @@ def tool(
             safe_to_rerun=safe_to_rerun,
             max_retries=max_retries,
             blocking=blocking,
+            namespace=namespace,
         )
 
     return wrap(fn) if fn is not None else wrap
@@ -260,16 +274,29 @@ def render_output(value: Any, limit: int | None = OUTPUT_LIMIT) -> str:
         return value  # most results: nothing to clean or cut
     if isinstance(value, str):
         text = value
+    elif isinstance(value, (bytes, bytearray)):
+        text = bytes(value).decode("utf-8", "surrogateescape")
     elif isinstance(value, BaseModel):
         text = value.model_dump_json()
     else:
         import json
 
         try:
-            text = json.dumps(value, default=str, ensure_ascii=False)
+            text = json.dumps(value, default=_jsonable, ensure_ascii=False)
         except (TypeError, ValueError):
             text = repr(value)
     return model_text(text, limit)
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON for what json cannot write: models as their JSON, bytes as text, the rest as str()."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
 
 
 def model_text(text: str, limit: int | None = OUTPUT_LIMIT) -> str:
@@ -323,18 +350,47 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
 
 
 def _first_param_is_self(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` is a method written in a class body, taking the instance first."""
     params = list(inspect.signature(fn).parameters)
-    return bool(params) and params[0] in ("self", "cls")
+    owner = getattr(fn, "__qualname__", "").rpartition(".")[0]
+    in_class = bool(owner) and not owner.endswith("<locals>")
+    return in_class and bool(params) and params[0] in ("self", "cls")
+
+
+def _hints(fn: Callable[..., Any], name: str, namespace: dict[str, Any] | None) -> dict[str, Any]:
+    """The parameters' types, `Annotated` metadata kept; a name that resolves nowhere is an error."""
+    try:
+        return get_type_hints(fn, localns=namespace, include_extras=True)
+    except Exception:
+        pass
+    hints: dict[str, Any] = {}
+    scope = {**getattr(fn, "__globals__", {}), **(namespace or {})}
+    for pname, param in inspect.signature(fn).parameters.items():
+        annotation = param.annotation
+        if annotation is inspect.Parameter.empty:
+            continue
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, scope)  # what typing does with a string annotation
+            except Exception as e:
+                raise TypeError(
+                    f"tool {name!r}: the type of parameter {pname!r} ({param.annotation}) does not resolve "
+                    f"({type(e).__name__}: {e}); define it where the tool's module can see it"
+                ) from None
+        hints[pname] = annotation
+    return hints
 
 
 def _args_model(
-    fn: Callable[..., Any], name: str, docs: dict[str, str], *, skip_first: bool
+    fn: Callable[..., Any],
+    name: str,
+    docs: dict[str, str],
+    *,
+    skip_first: bool,
+    namespace: dict[str, Any] | None = None,
 ) -> type[BaseModel]:
     sig = inspect.signature(fn)
-    try:
-        hints = get_type_hints(fn)
-    except Exception:  # forward refs that do not resolve: fall back to Any
-        hints = {}
+    hints = _hints(fn, name, namespace)
     fields: dict[str, Any] = {}
     for i, (pname, param) in enumerate(sig.parameters.items()):
         if skip_first and i == 0:
@@ -342,7 +398,18 @@ def _args_model(
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise TypeError(f"tool {name!r}: *args and **kwargs cannot be described to a model")
         annotation = hints.get(pname, Any)
+        described = any(
+            isinstance(m, FieldInfo) and m.description for m in typing.get_args(annotation)[1:]
+        ) if typing.get_origin(annotation) is typing.Annotated else False
+        doc = {} if described or pname not in docs else {"description": docs[pname]}
+        if isinstance(param.default, FieldInfo):  # `n: int = Field(1, ge=1)`: the user's field, as given
+            info = param.default
+            if doc and not info.description:
+                info = copy.copy(info)
+                info.description = doc["description"]
+            fields[pname] = (annotation, info)
+            continue
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[pname] = (annotation, Field(default, description=docs.get(pname)))
+        fields[pname] = (annotation, Field(default, **doc))
     model_name = "".join(part.title() for part in re.split(r"[_\W]+", name) if part) + "Args"
     return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload]

@@ -50,6 +50,8 @@ class ScriptedLLM:
         chunk_size: int = 16,
         delay: float = 0.0,
     ) -> None:
+        if isinstance(script, (str, bytes)):
+            raise TypeError("ScriptedLLM takes a list of turns: ScriptedLLM([text]) for a single reply")
         self.script = list(script)
         self.name = name
         self.chunk_size = chunk_size

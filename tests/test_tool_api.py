@@ -1,0 +1,200 @@
+"""Tools written by users: signatures, pydantic fields, methods of agents, and clear refusals."""
+
+from __future__ import annotations  # every annotation below is a string, resolved by the tool
+
+from typing import Annotated
+
+import pytest
+from pydantic import BaseModel, Field
+
+from agent import Agent, AgentError, tool
+from agent.llm import ScriptedLLM
+from agent.testing import call
+
+
+def _results(agent: Agent, task: str = "go") -> list[str]:
+    return [e.content for e in agent.run_sync(task).events if e.type == "tool_result"]
+
+
+def test_pydantic_field_constraints_and_descriptions_reach_the_schema_and_are_enforced():
+    @tool
+    def pick(
+        n: Annotated[int, Field(ge=1, le=10, description="How many")] = 1,
+        m: int = Field(5, ge=1),
+        k: int = 2,
+    ) -> int:
+        """Pick things.
+
+        Args:
+            n: Ignored: the field's own description wins.
+            k: How many to keep.
+        """
+        return n + m + k
+
+    props = pick.schema()["function"]["parameters"]["properties"]
+    assert (props["n"]["minimum"], props["n"]["maximum"], props["n"]["description"]) == (1, 10, "How many")
+    assert props["m"]["minimum"] == 1 and props["k"]["description"] == "How many to keep."
+    assert pick.validate({}).m == 5
+    agent = Agent(ScriptedLLM([call("pick", n=11, m=0), call("pick", n=2), "ok"]), tools=[pick], run_dir=None)
+    first, second = _results(agent)
+    assert "n:" in first and "m:" in first and second == "9"
+
+
+class Shop(Agent):
+    class Order(BaseModel):
+        item: str
+        qty: int
+
+    @tool
+    def place(self, order: Order, rush: bool = False) -> str:
+        """Place an order."""
+        return f"{order.qty} x {order.item}" + (" (rush)" if rush else "")
+
+
+def test_a_model_nested_in_the_agent_class_types_a_tool_method_under_string_annotations():
+    props = Shop.place.schema()["function"]["parameters"]["properties"]
+    assert props["rush"]["type"] == "boolean" and "$ref" in str(props["order"])
+    llm = ScriptedLLM(
+        [
+            call("place", order={"item": "apple", "qty": 2}, rush="maybe"),
+            call("place", order={"item": "apple", "qty": 2}),
+            "ok",
+        ]
+    )
+    first, second = _results(Shop(llm, run_dir=None))
+    assert "rush" in first and second == "2 x apple"
+
+
+def test_a_type_that_resolves_nowhere_is_refused_naming_the_parameter():
+    with pytest.raises(TypeError, match=r"parameter 'order' \(Missing\) does not resolve"):
+
+        @tool
+        def place(order: Missing) -> str:  # noqa: F821
+            """Place."""
+
+
+def test_tool_methods_that_would_replace_an_agent_method_or_the_answer_tool_are_refused():
+    with pytest.raises(TypeError, match=r"would replace Agent.observe.*@tool\(name='observe'\)"):
+
+        class Robot(Agent):
+            @tool
+            def observe(self, sensor: str) -> str:
+                """Read a sensor."""
+                return "clear"
+
+    @tool
+    def final_answer(answer: str, confidence: float) -> str:
+        """Answer with a confidence."""
+        return "recorded"
+
+    with pytest.raises(AgentError, match="a tool is named 'final_answer'"):
+        Agent(ScriptedLLM([]), tools=[final_answer], run_dir=None)
+
+
+def test_tool_methods_clash_override_and_static_tools_like_tool_functions(tmp_path):
+    class MyFiles(Agent):
+        tools = ["files"]
+
+        @tool
+        def read_file(self, path: str) -> str:
+            """Read from our database."""
+            return "mine"
+
+    with pytest.raises(AgentError, match="two tools share the name 'read_file'"):
+        MyFiles(ScriptedLLM([]), workspace=tmp_path, run_dir=None)
+
+    class Two(Agent):
+        @tool(name="find")
+        def find_a(self, q: str) -> str:
+            """A."""
+
+        @tool(name="find")
+        def find_b(self, q: str) -> str:
+            """B."""
+
+    with pytest.raises(AgentError, match="two tools share the name 'find'"):
+        Two(ScriptedLLM([]), run_dir=None)
+
+    class Static(Agent):
+        @tool
+        @staticmethod
+        def now() -> str:
+            """The time."""
+            return "noon"
+
+    assert _results(Static(ScriptedLLM([call("now"), "ok"]), run_dir=None)) == ["noon"]
+
+    class Base(Agent):
+        @tool
+        def search(self, q: str) -> str:
+            """Search."""
+            return q
+
+    class Child(Base):
+        def search(self, q: str) -> str:
+            return "child " + q
+
+    with pytest.raises(TypeError, match="Child.search overrides the tool 'search' of Base without @tool"):
+        Child(ScriptedLLM([]), run_dir=None)
+
+
+def test_a_plain_function_may_name_its_first_parameter_cls_and_call_scripts_an_argument_called_name():
+    @tool
+    def label(cls: str, name: str) -> str:
+        """Label a name with a class."""
+        return f"{cls}: {name}"
+
+    assert list(label.schema()["function"]["parameters"]["properties"]) == ["cls", "name"]
+    assert _results(
+        Agent(ScriptedLLM([call("label", cls="spam", name="Ann"), "ok"]), tools=[label], run_dir=None)
+    ) == ["spam: Ann"]
+
+
+def test_models_and_bytes_inside_a_result_reach_the_model_as_json_and_text():
+    class Item(BaseModel):
+        name: str
+        price: float
+
+    @tool
+    def items() -> list[Item]:
+        """List items."""
+        return [Item(name="x", price=1.5)]
+
+    @tool
+    def best() -> dict:
+        """Best item."""
+        return {"best": Item(name="x", price=1.5), "raw": b"\xffab"}
+
+    @tool
+    def raw() -> bytes:
+        """Raw bytes."""
+        return b"hello\n"
+
+    agent = Agent(
+        ScriptedLLM([call("items"), call("best"), call("raw"), "ok"]), tools=[items, best, raw], run_dir=None
+    )
+    assert _results(agent) == [
+        '[{"name": "x", "price": 1.5}]',
+        '{"best": {"name": "x", "price": 1.5}, "raw": "\\xffab"}',
+        "hello\n",
+    ]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: Agent(ScriptedLLM(["x"]), answer_schema=list[str], run_dir=None),
+            "answer_schema must be a pydantic model class",
+        ),
+        (lambda: Agent("Qwen/Qwen3-8B", run_dir=None), "the model must be an agent.llm backend"),
+        (
+            lambda: Agent(ScriptedLLM([]), tools="python", run_dir=None),
+            r"tools must be a list \(tools=\['python'\]\)",
+        ),
+        (lambda: ScriptedLLM("hello"), r"ScriptedLLM takes a list of turns"),
+    ],
+)
+def test_misconfigurations_are_refused_in_one_line_that_says_what_to_do(make, message):
+    with pytest.raises((AgentError, TypeError), match=message):
+        make()
