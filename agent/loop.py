@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from .bus import Bus
+from .bus import Bus, Decision
 from .events import (
     ApprovalGiven,
     ApprovalRequested,
@@ -64,6 +64,7 @@ CUT_OFF_PROMPT = (
     "Answer again, more briefly."
 )
 _UNSET: Any = object()
+_REFUSED = ("block", "halt")  # guard verdicts that stop an event from taking effect
 Purpose = Literal["act", "plan", "reflect"]
 Approver = Callable[[ApprovalRequested], "bool | Awaitable[bool]"]
 
@@ -342,7 +343,9 @@ class Run:
         try:
             lessons = await recall_for_run(self.agent.episodic, task, self.bus.emit, step=0)
         except Exception as e:  # a damaged store: the run goes on without lessons, and the log says why
-            await self.bus.deliver(Error(kind="memory", message=f"could not recall past episodes: {e}", step=0))
+            await self.bus.deliver(
+                Error(kind="memory", message=f"could not recall past episodes: {e}", step=0)
+            )
             return
         if lessons:
             await self.bus.emit(Feedback(content=format_lessons(lessons), reason="recall"), judge=False)
@@ -531,15 +534,9 @@ class Run:
         decision = bus.emit_now(response) or await bus.emit(response)
         if decision.action == "rewrite":
             response = decision.event  # type: ignore[assignment]
-        elif decision.action == "halt":
-            raise _Stop("halted", decision.feedback or "halted by a guard")
-        elif decision.action == "block":
-            await self.bus.emit(
-                Feedback(
-                    content=decision.feedback or "Your last reply was blocked.", reason="blocked", step=step
-                ),
-                judge=False,
-            )
+        elif decision.action in _REFUSED and await self._refused(
+            decision, step, "Your last reply was blocked."
+        ):
             return None
         if response.finish_reason == "content_filter":  # a plan or reflection as much as an answer
             raise _Stop("failed", "the model server's content filter stopped the reply")
@@ -605,11 +602,8 @@ class Run:
             FinalAnswer, content=content, data=data.model_dump(mode="json") if data else None, step=step
         )
         decision = self.bus.emit_now(answer) or await self.bus.emit(answer)
-        if decision.action == "block":
-            await self.bus.emit(Feedback(content=decision.feedback, reason="blocked", step=step), judge=False)
+        if decision.action in _REFUSED and await self._refused(decision, step, "Your answer was blocked."):
             return
-        if decision.action == "halt":
-            raise _Stop("halted", decision.feedback or "halted by a guard")
         if data is not None:  # the typed answer, from what was recorded (a guard may have redacted it)
             recorded = decision.event.data if decision.action == "rewrite" else None  # type: ignore[union-attr]
             if recorded is None:
@@ -895,19 +889,20 @@ class Run:
             )
 
     async def _emit_note(self, note: Plan | Reflection) -> None:
-        """A plan or reflection, as a guard decides: halted ends the run, blocked tells the model."""
-        decision = await self.bus.emit(note)
+        """A plan or reflection, as a guard decides."""
+        await self._refused(await self.bus.emit(note), note.step, f"Your {note.type} was blocked.")
+
+    async def _refused(self, decision: Decision, step: int, blocked: str) -> bool:
+        """Act on a guard refusing the model's event: halted ends the run; blocked
+        tells the model why (True), and the event does not take effect."""
         if decision.action == "halt":
             raise _Stop("halted", decision.feedback or "halted by a guard")
         if decision.action == "block":
             await self.bus.emit(
-                Feedback(
-                    content=decision.feedback or f"Your {note.type} was blocked.",
-                    reason="blocked",
-                    step=note.step,
-                ),
-                judge=False,
+                Feedback(content=decision.feedback or blocked, reason="blocked", step=step), judge=False
             )
+            return True
+        return False
 
     def _loop_pattern(self) -> Literal["repeated", "oscillating"] | None:
         """The same turn repeated, or two turns alternating, in the recent turns."""
@@ -1010,7 +1005,9 @@ def bind_tools(owner: object, tools: list[Any], options: dict[str, Any] | None =
     for klass in type(owner).__mro__:
         for attr, value in vars(klass).items():
             if attr in seen:  # overridden further down: the subclass's definition counts
-                if isinstance(value, FunctionTool) and not isinstance(vars(seen[attr]).get(attr), FunctionTool):
+                if isinstance(value, FunctionTool) and not isinstance(
+                    vars(seen[attr]).get(attr), FunctionTool
+                ):
                     raise TypeError(
                         f"{seen[attr].__name__}.{attr} overrides the tool {value.name!r} of {klass.__name__} "
                         "without @tool; decorate the override with @tool as well"
