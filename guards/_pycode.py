@@ -44,9 +44,31 @@ _DECODERS = {
     "a2b_base64": binascii.a2b_base64,
     "fromhex": bytes.fromhex,
 }
-_STR_METHODS = {"upper", "lower", "strip", "lstrip", "rstrip", "replace", "format", "title", "casefold", "swapcase"}
+_STR_METHODS = {
+    "upper",
+    "lower",
+    "strip",
+    "lstrip",
+    "rstrip",
+    "replace",
+    "format",
+    "title",
+    "casefold",
+    "swapcase",
+}
 _RUNNERS = {"exec", "eval", "compile", "builtins.exec", "builtins.eval", "builtins.compile"}
-_CODECS = {"rot13", "rot_13", "hex", "hex_codec", "base64", "base64_codec", "utf-8", "utf8", "latin-1", "ascii"}
+_CODECS = {
+    "rot13",
+    "rot_13",
+    "hex",
+    "hex_codec",
+    "base64",
+    "base64_codec",
+    "utf-8",
+    "utf8",
+    "latin-1",
+    "ascii",
+}
 _WIDE = re.compile(r"\d{5,}|\*")  # a format width that could build a huge string
 MAX_EXECUTED = 20
 MAX_ITEMS = 4096  # items of a folded comprehension
@@ -146,11 +168,15 @@ class _Folder(ast.NodeTransformer):
     # -- names -------------------------------------------------------------------
 
     def _bind(self, name: str, value: ast.AST | None) -> None:
-        scope = self.scopes[-1]
-        if value is None:
-            scope[name] = None  # type: ignore[assignment]  # shadows an outer binding
-        else:
-            scope[name] = value
+        """Bind `name` in the current scope; None (unknown) shadows an outer binding."""
+        self.scopes[-1][name] = value  # type: ignore[assignment]
+
+    def _forget_assigned(self, nodes: list[ast.stmt] | ast.AST) -> None:
+        """Names assigned anywhere in `nodes` become unknown (a loop's values change each pass)."""
+        for node in nodes if isinstance(nodes, list) else [nodes]:
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                    self._bind(sub.id, None)
 
     def _lookup(self, name: str) -> ast.AST | None:
         for scope in reversed(self.scopes):
@@ -181,7 +207,7 @@ class _Folder(ast.NodeTransformer):
             bound = self._lookup(node.id)
             if bound is not None:
                 self.changed = True
-                return ast.copy_location(_copy(bound), node)
+                return ast.copy_location(copy.deepcopy(bound), node)
         return node
 
     def visit_Assign(self, node: ast.Assign) -> ast.AST:
@@ -206,7 +232,9 @@ class _Folder(ast.NodeTransformer):
             current = self._lookup(node.target.id)
             folded = None
             if current is not None:
-                folded = self._binop(ast.BinOp(left=_copy(current), op=node.op, right=node.value), node)
+                folded = self._binop(
+                    ast.BinOp(left=copy.deepcopy(current), op=node.op, right=node.value), node
+                )
             self._bind(node.target.id, folded if folded is not None and _const(folded) is not _NO else None)
         else:
             self.visit(node.target)
@@ -218,11 +246,7 @@ class _Folder(ast.NodeTransformer):
         return node
 
     def _loop_body(self, node: ast.For | ast.AsyncFor | ast.While) -> None:
-        # A name the body assigns differs from one pass to the next: it is unknown inside the loop.
-        for stmt in node.body:
-            for sub in ast.walk(stmt):
-                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
-                    self._bind(sub.id, None)
+        self._forget_assigned(node.body)
         node.body = [self.visit(s) for s in node.body]
         node.orelse = [self.visit(s) for s in node.orelse]
 
@@ -235,9 +259,7 @@ class _Folder(ast.NodeTransformer):
     visit_AsyncFor = visit_For  # type: ignore[assignment]
 
     def visit_While(self, node: ast.While) -> ast.AST:
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
-                self._bind(sub.id, None)
+        self._forget_assigned(node)  # the test too: `while (line := f.readline())`
         node.test = self.visit(node.test)
         self._loop_body(node)
         return node
@@ -336,7 +358,12 @@ class _Folder(ast.NodeTransformer):
             return node
         gen = node.generators[0]
         items = _const(gen.iter)
-        if gen.ifs or gen.is_async or not isinstance(gen.target, ast.Name) or not isinstance(items, (list, str)):
+        if (
+            gen.ifs
+            or gen.is_async
+            or not isinstance(gen.target, ast.Name)
+            or not isinstance(items, (list, str))
+        ):
             return node
         if len(items) > MAX_ITEMS or sum(1 for _ in ast.walk(node.elt)) > 50:
             return node
@@ -364,7 +391,11 @@ class _Folder(ast.NodeTransformer):
         if left is _NO or right is _NO:
             return None
         try:
-            if isinstance(node.op, ast.Add) and type(left) is type(right) and isinstance(left, (str, bytes, list)):
+            if (
+                isinstance(node.op, ast.Add)
+                and type(left) is type(right)
+                and isinstance(left, (str, bytes, list))
+            ):
                 value = left + right
             elif isinstance(node.op, ast.Mult) and isinstance(left, (str, bytes)) and isinstance(right, int):
                 value = left * right if len(left) * max(right, 0) <= MAX_VALUE else _NO
@@ -438,7 +469,11 @@ class _Folder(ast.NodeTransformer):
         # Module and attribute lookups by a string: getattr(os, "system"), __import__("os").
         if name == "getattr" and len(args) == 2 and isinstance(args[1], str) and args[1].isidentifier():
             return ast.Attribute(value=node.args[0], attr=args[1], ctx=ast.Load())
-        if name in ("__import__", "importlib.import_module", "import_module") and args and isinstance(args[0], str):
+        if (
+            name in ("__import__", "importlib.import_module", "import_module")
+            and args
+            and isinstance(args[0], str)
+        ):
             if all(part.isidentifier() for part in args[0].split(".")):
                 return _name_node(args[0], node)
             return None
@@ -450,13 +485,27 @@ class _Folder(ast.NodeTransformer):
                 value = chr(args[0])
             elif name in ("str", "bytes", "bytearray", "list") and len(args) == 1:
                 value = _convert(name, args[0])
-            elif name == "map" and len(node.args) == 2 and _dotted(node.args[0]) == "chr" and isinstance(args[1], list):
+            elif (
+                name == "map"
+                and len(node.args) == 2
+                and _dotted(node.args[0]) == "chr"
+                and isinstance(args[1], list)
+            ):
                 value = [chr(c) for c in args[1]]
             elif name in ("reversed",) and len(args) == 1 and isinstance(args[0], (str, list)):
                 value = list(reversed(args[0]))
-            elif name in ("os.path.join", "posixpath.join", "path.join") and args and all(isinstance(a, str) for a in args):
+            elif (
+                name in ("os.path.join", "posixpath.join", "path.join")
+                and args
+                and all(isinstance(a, str) for a in args)
+            ):
                 value = posixpath.join(*args)
-            elif last in _DECODERS and len(args) == 1 and isinstance(args[0], (str, bytes)) and name != "fromhex":
+            elif (
+                last in _DECODERS
+                and len(args) == 1
+                and isinstance(args[0], (str, bytes))
+                and name != "fromhex"
+            ):
                 value = _DECODERS[last](args[0])
             elif name in ("codecs.decode", "codecs.encode") and len(args) == 2 and args[1] in _CODECS:
                 value = codecs.decode(args[0], args[1]) if isinstance(args[0], (str, bytes)) else _NO
@@ -473,16 +522,28 @@ class _Folder(ast.NodeTransformer):
     def _method(self, func: ast.Attribute, args: list[Any]) -> Any:
         obj = _const(func.value)
         method = func.attr
-        if isinstance(obj, (str, bytes)) and method in ("join", "replace", "format"):
+        if isinstance(obj, str) and method in ("join", "replace", "format"):
             # Refused when the result could be huge: joined, replaced or formatted sizes multiply.
             parts = args[0] if method == "join" and args and isinstance(args[0], list) else args
-            grown = len(obj) * max(1, len(parts)) + sum(len(a) if isinstance(a, (str, bytes)) else 20 for a in parts)
-            if method == "format" and _WIDE.search(obj) or method != "join" and len(obj) * (1 + grown) > 50 * MAX_VALUE:
+            grown = len(obj) * max(1, len(parts)) + sum(
+                len(a) if isinstance(a, (str, bytes)) else 20 for a in parts
+            )
+            if (
+                method == "format"
+                and _WIDE.search(obj)
+                or method != "join"
+                and len(obj) * (1 + grown) > 50 * MAX_VALUE
+            ):
                 return _NO
             if method == "join" and grown > 2 * MAX_VALUE:
                 return _NO
         if isinstance(obj, str):
-            if method == "join" and len(args) == 1 and isinstance(args[0], list) and all(isinstance(a, str) for a in args[0]):
+            if (
+                method == "join"
+                and len(args) == 1
+                and isinstance(args[0], list)
+                and all(isinstance(a, str) for a in args[0])
+            ):
                 return obj.join(args[0])
             if method == "split" and len(args) <= 2:
                 return obj.split(*args)
@@ -493,9 +554,20 @@ class _Folder(ast.NodeTransformer):
         if isinstance(obj, bytes):
             if method == "decode" and all(isinstance(a, str) for a in args):
                 return obj.decode(*args) if args else obj.decode("utf-8", "replace")
-            if method == "join" and len(args) == 1 and isinstance(args[0], list) and all(isinstance(a, bytes) for a in args[0]):
-                return obj.join(args[0])
-        if _dotted(func.value) == "bytes" and method == "fromhex" and len(args) == 1 and isinstance(args[0], str):
+            if (
+                method == "join"
+                and len(args) == 1
+                and isinstance(args[0], list)
+                and all(isinstance(a, bytes) for a in args[0])
+            ):
+                joined = obj.join(args[0])
+                return joined if len(joined) <= 2 * MAX_VALUE else _NO
+        if (
+            _dotted(func.value) == "bytes"
+            and method == "fromhex"
+            and len(args) == 1
+            and isinstance(args[0], str)
+        ):
             return bytes.fromhex(args[0])
         return _NO
 
@@ -508,16 +580,3 @@ def _convert(name: str, value: Any) -> Any:
     if name == "list" and isinstance(value, (str, list)):
         return list(value)
     return _NO
-
-
-def _copy(node: ast.AST) -> ast.AST:
-    """A fresh copy of a small bound value, so that one node is not in the tree twice."""
-    if isinstance(node, ast.Constant):
-        return ast.Constant(value=node.value)
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return type(node)(elts=[_copy(e) for e in node.elts], ctx=ast.Load())
-    if isinstance(node, ast.Attribute):
-        return ast.Attribute(value=_copy(node.value), attr=node.attr, ctx=ast.Load())
-    if isinstance(node, ast.Name):
-        return ast.Name(id=node.id, ctx=ast.Load())
-    return node
