@@ -156,16 +156,21 @@ SAFE_CODE = [
 ]
 
 
+def _python_verdict(code: str):
+    """The code guard's verdict on a python tool call running `code`."""
+    return run(DangerousCodeGuard().check(ToolCall(call_id="c", name="python", arguments={"code": code}), "tool_call"))
+
+
 @pytest.mark.parametrize("name, code", [(n, c) for n, cs in DANGEROUS.items() for c in cs])
 def test_dangerous_code_is_blocked_with_the_pattern_named(name, code):
-    v = run(DangerousCodeGuard().check(ToolCall(call_id="c", name="python", arguments={"code": code}), "tool_call"))
+    v = _python_verdict(code)
     assert v.action == "block" and v.category == f"dangerous_code.{name}"
     assert f"'{name}'" in v.feedback and "python call was not run" in v.feedback
 
 
 @pytest.mark.parametrize("code", SAFE_CODE)
 def test_ordinary_code_passes(code):
-    v = run(DangerousCodeGuard().check(ToolCall(call_id="c", name="python", arguments={"code": code}), "tool_call"))
+    v = _python_verdict(code)
     assert v.action == "allow"
 
 
@@ -203,13 +208,13 @@ SAFE_BUILT_CODE = [
 
 @pytest.mark.parametrize("name, code", [(n, c) for n, cs in OBFUSCATED.items() for c in cs])
 def test_code_that_builds_a_dangerous_call_at_run_time_is_read_through(name, code):
-    v = run(DangerousCodeGuard().check(ToolCall(call_id="c", name="python", arguments={"code": code}), "tool_call"))
+    v = _python_verdict(code)
     assert (v.action, v.category) == ("block", f"dangerous_code.{name}"), v.rationale
 
 
 @pytest.mark.parametrize("code", SAFE_BUILT_CODE)
 def test_ordinary_code_that_builds_strings_passes(code):
-    v = run(DangerousCodeGuard().check(ToolCall(call_id="c", name="python", arguments={"code": code}), "tool_call"))
+    v = _python_verdict(code)
     assert v.action == "allow", v.rationale
 
 
