@@ -275,7 +275,7 @@ def render_output(value: Any, limit: int | None = OUTPUT_LIMIT) -> str:
     if isinstance(value, str):
         text = value
     elif isinstance(value, (bytes, bytearray)):
-        text = bytes(value).decode("utf-8", "surrogateescape")
+        text = _bytes_text(value)
     elif isinstance(value, BaseModel):
         text = value.model_dump_json()
     else:
@@ -293,10 +293,15 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "surrogateescape")
+        return _bytes_text(value)
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     return str(value)
+
+
+def _bytes_text(value: bytes | bytearray) -> str:
+    """Bytes as text; what is not UTF-8 is kept as escapes, which `model_text` shows as \\xNN."""
+    return bytes(value).decode("utf-8", "surrogateescape")
 
 
 def model_text(text: str, limit: int | None = OUTPUT_LIMIT) -> str:
@@ -381,6 +386,13 @@ def _hints(fn: Callable[..., Any], name: str, namespace: dict[str, Any] | None) 
     return hints
 
 
+def _described(annotation: Any) -> bool:
+    """Whether `Annotated[..., Field(description=...)]` describes the parameter itself."""
+    if typing.get_origin(annotation) is not typing.Annotated:
+        return False
+    return any(isinstance(m, FieldInfo) and m.description for m in typing.get_args(annotation)[1:])
+
+
 def _args_model(
     fn: Callable[..., Any],
     name: str,
@@ -398,10 +410,7 @@ def _args_model(
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise TypeError(f"tool {name!r}: *args and **kwargs cannot be described to a model")
         annotation = hints.get(pname, Any)
-        described = any(
-            isinstance(m, FieldInfo) and m.description for m in typing.get_args(annotation)[1:]
-        ) if typing.get_origin(annotation) is typing.Annotated else False
-        doc = {} if described or pname not in docs else {"description": docs[pname]}
+        doc = {} if _described(annotation) or pname not in docs else {"description": docs[pname]}
         if isinstance(param.default, FieldInfo):  # `n: int = Field(1, ge=1)`: the user's field, as given
             info = param.default
             if doc and not info.description:
