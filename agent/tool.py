@@ -232,7 +232,7 @@ def tool(
 
     # Where the decorator is written: a class body's namespace (a model nested in the
     # class) or a function's locals, for annotations that name them.
-    namespace = dict(sys._getframe(1).f_locals)
+    namespace = sys._getframe(1).f_locals  # read only, and only while the tool is made
 
     def wrap(f: Callable[..., Any]) -> FunctionTool:
         return FunctionTool(
