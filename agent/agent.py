@@ -343,7 +343,20 @@ class Agent:
 
     def _new_run(self) -> Run:
         run_id = new_run_id()
-        return self._wire(Run(self, run_id=run_id, bus=Bus(run_id)))
+        try:
+            return self._wire(Run(self, run_id=run_id, bus=Bus(run_id)))
+        except AttributeError:
+            self._check_initialized()
+            raise
+
+    def _check_initialized(self) -> None:
+        """After an AttributeError: say so clearly when a subclass skipped `Agent.__init__`."""
+        if "_runs" not in self.__dict__:
+            name = type(self).__name__
+            raise AgentError(
+                f"{name}.__init__ must call super().__init__(...) (with the model and options) "
+                f"before the agent can run"
+            ) from None
 
     def session(self, run: str | Path | None = None) -> Session:
         """A conversation: each message continues one run, with one log.
@@ -355,7 +368,12 @@ class Agent:
         return Session(self, self._resumed_run(run, allow_ended=True) if run is not None else None)
 
     def _resumed_run(self, run: str | Path, *, allow_ended: bool = False) -> Run:
-        path = find_run(run, self.run_dir or DEFAULT_RUN_DIR)
+        try:
+            run_dir = self.run_dir
+        except AttributeError:
+            self._check_initialized()
+            raise
+        path = find_run(run, run_dir or DEFAULT_RUN_DIR)
         # Read (and so check) the log before cutting its torn tail: a file that
         # is not a run log must be refused untouched, never trimmed.
         events = read_events(path)
@@ -477,7 +495,13 @@ class Agent:
         )
 
     def _sync(self, coro: Any) -> RunResult:
-        if self._loop is None or self._loop.loop.is_closed():
+        try:
+            handle = self._loop
+        except AttributeError:
+            coro.close()
+            self._check_initialized()
+            raise
+        if handle is None or handle.loop.is_closed():
             self._loop = sync.thread_loop()
         try:
             return sync.run(coro, self._loop)

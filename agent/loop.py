@@ -48,6 +48,7 @@ from .tool import (
     ToolContext,
     ToolError,
     _context,
+    check_tool,
     format_validation_error,
     model_text,
     render_output,
@@ -1017,5 +1018,6 @@ def bind_tools(owner: object, tools: list[Any], options: dict[str, Any] | None =
             if isinstance(value, FunctionTool):
                 found.append(getattr(owner, attr))
     for t in found:
+        check_tool(t)
         t.schema()  # cached on the tool: built here, the first run does not wait for it
     return found

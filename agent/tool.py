@@ -8,6 +8,7 @@ arguments against the model, so a tool body only ever sees valid input.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import re
 import sys
@@ -71,6 +72,9 @@ class Tool(ABC):
             self.value += args.step
             return self.value
     ```
+
+    `run` may also be a plain `def`: it then runs on a worker thread (on the
+    event loop with `blocking = False`), as a sync `@tool` function does.
     """
 
     name: str = ""
@@ -83,13 +87,24 @@ class Tool(ABC):
     max_retries: int = 3
     # False declares a call quick and free of I/O: the loop runs it without a
     # timeout (nothing could interrupt it anyway), and a sync @tool function
-    # runs on the event loop instead of a worker thread.
+    # (or a plain `def run` of a subclass) runs on the event loop instead of a
+    # worker thread.
     blocking: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if isinstance(cls.__dict__.get("effects"), (set, list, tuple)):
-            cls.effects = frozenset(cls.__dict__["effects"])
+        own = cls.__dict__
+        if isinstance(own.get("effects"), (set, list, tuple)):
+            cls.effects = frozenset(own["effects"])
+        if isinstance(own.get("effects"), frozenset) and not own["effects"] <= EFFECTS:
+            unknown = sorted(own["effects"] - EFFECTS)
+            raise ValueError(f"tool class {cls.__name__}: unknown effects {unknown}; use {sorted(EFFECTS)}")
+        run = own.get("run")
+        plain = callable(run) and not isinstance(run, (staticmethod, classmethod))
+        if plain and not inspect.iscoroutinefunction(run):
+            # A plain `def run`: the loop awaits run(), so it is wrapped; as a sync
+            # @tool function, it runs on a worker thread unless `blocking = False`.
+            cls.run = _awaitable_run(run)  # type: ignore[method-assign]
 
     @property
     def args_model(self) -> type[BaseModel]:
@@ -132,6 +147,49 @@ class Tool(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} effects={sorted(self.effects)}>"
+
+
+def _awaitable_run(run: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Awaitable[Any]]:
+    """A sync `Tool.run` as the coroutine method the loop awaits."""
+
+    @functools.wraps(run)
+    async def wrapper(self: Tool, args: Any) -> Any:
+        if self.blocking:
+            from .threads import run_blocking
+
+            value = await run_blocking(run, self, args)
+        else:
+            value = run(self, args)
+        # A `def run` that hands back a coroutine (it delegates to an async helper) is awaited.
+        return await value if inspect.isawaitable(value) else value
+
+    return wrapper
+
+
+def check_tool(t: Tool) -> None:
+    """Refuse a tool that no model could call: no name, a name the APIs reject, no
+    argument model, effects the runtime does not know. Names are set on the class or
+    in `__init__`, so this checks the instance, when an agent takes the tool."""
+    kind = type(t).__name__
+    name = getattr(t, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"tool class {kind} has no name; set `name = \"...\"` in the class")
+    if not _TOOL_NAME.fullmatch(name):
+        raise ValueError(
+            f"tool name {name!r} ({kind}): use 1-64 letters, digits, '_' or '-' (what model APIs accept)"
+        )
+    args = getattr(t, "Args", None)
+    if not (isinstance(args, type) and issubclass(args, BaseModel)):
+        raise TypeError(
+            f"tool {name!r} ({kind}) has no argument model; define `class Args(BaseModel): ...` in the class "
+            "(an empty one for a tool without arguments)"
+        )
+    unknown = set(t.effects) - EFFECTS
+    if unknown:
+        raise ValueError(f"tool {name!r}: unknown effects {sorted(unknown)}; use {sorted(EFFECTS)}")
+
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class FunctionTool(Tool):
@@ -216,8 +274,9 @@ def tool(
     """Turn a typed function (sync or async) into a `Tool`.
 
     The docstring up to its first section (`Args:`, `Returns:`, ...) becomes
-    the description, and a Google-style `Args:` section documents the
-    parameters. A parameter may also carry pydantic constraints and a
+    the description, and its parameter section documents the parameters, in
+    Google (`Args:`), NumPy (`Parameters` over dashes) or Sphinx (`:param x:`)
+    style. A parameter may also carry pydantic constraints and a
     description: `n: Annotated[int, Field(ge=1, description="...")]` or
     `n: int = Field(1, ge=1)`. Effects default to read-only; a tool
     that is not read-only is assumed unsafe to re-run after a crash unless
@@ -331,27 +390,94 @@ def _escaped_bytes_only(text: str) -> bool:
     return all(not ("\ud800" <= c <= "\udfff") or "\udc80" <= c <= "\udcff" for c in text)
 
 
-_SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Raises|Examples?):\s*$", re.M)
-_PARAM = re.compile(r"^\s+(\*{0,2}\w+)\s*(?:\([^)]*\))?:\s*(.*)$")
+# Section titles of Google-style ("Args:") and NumPy-style ("Parameters" over a
+# line of dashes) docstrings; the parameter sections are the ones read.
+_TITLES = (
+    "Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Other Parameters|Returns?|Yields?|"
+    "Raises|Examples?|Notes?|Warnings?|See Also|Attributes|References|Todo"
+)
+_PARAM_TITLES = frozenset(
+    ("Args", "Arguments", "Parameters", "Params", "Keyword Args", "Keyword Arguments", "Other Parameters")
+)
+_GOOGLE_SECTION = re.compile(rf"^({_TITLES}):[ \t]*$", re.M)
+_NUMPY_SECTION = re.compile(rf"^({_TITLES})[ \t]*\n[ \t]*-{{3,}}[ \t]*$", re.M)
+_GOOGLE_PARAM = re.compile(r"^\s+(\*{0,2}\w+)\s*(?:\([^)]*\))?:\s*(.*)$")  # "    name (type): text"
+_NUMPY_PARAM = re.compile(r"^(\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)*)\s*(?::.*)?$")  # "name : type", "a, b : int"
+_SPHINX_FIELD = re.compile(r"^:(\w+)(?:\s+([^:]*?))?\s*:\s*(.*)$")  # ":param int name: text"
 
 
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
-    """Split a Google-style docstring into a summary and parameter notes."""
-    sections = _SECTION.split(doc)
-    summary = sections[0].strip()
+    """A docstring's summary and its notes on each parameter.
+
+    Reads Google style (`Args:` with `name: text` lines), NumPy style
+    (`Parameters` over dashes, `name : type` lines with the text indented
+    below) and Sphinx style (`:param name: text`).
+    """
+    if _NUMPY_SECTION.search(doc):
+        return _sections(doc, _NUMPY_SECTION, _numpy_params)
+    if re.search(r"^:param\s", doc, re.M):
+        return _sphinx(doc)
+    return _sections(doc, _GOOGLE_SECTION, _google_params)
+
+
+def _sections(
+    doc: str, header: re.Pattern[str], read: Callable[[str, dict[str, str]], None]
+) -> tuple[str, dict[str, str]]:
+    parts = header.split(doc)
     params: dict[str, str] = {}
-    for title, body in zip(sections[1::2], sections[2::2], strict=False):
-        if title not in ("Args", "Arguments", "Parameters"):
+    for title, body in zip(parts[1::2], parts[2::2], strict=False):
+        if title in _PARAM_TITLES:
+            read(body, params)
+    return parts[0].strip(), params
+
+
+def _google_params(body: str, params: dict[str, str]) -> None:
+    current = None
+    for line in body.splitlines():
+        m = _GOOGLE_PARAM.match(line)
+        if m and (len(line) - len(line.lstrip())) <= 4:
+            current = m.group(1).lstrip("*")
+            params[current] = m.group(2).strip()
+        elif current and line.strip():
+            params[current] += " " + line.strip()
+
+
+def _numpy_params(body: str, params: dict[str, str]) -> None:
+    names: list[str] = []
+    lines = body.splitlines()
+    indent = min((len(x) - len(x.lstrip()) for x in lines if x.strip()), default=0)
+    for line in lines:
+        if not line.strip():
             continue
-        current = None
-        for line in body.splitlines():
-            m = _PARAM.match(line)
-            if m and (len(line) - len(line.lstrip())) <= 4:
-                current = m.group(1).lstrip("*")
-                params[current] = m.group(2).strip()
-            elif current and line.strip():
-                params[current] += " " + line.strip()
-    return summary, params
+        m = _NUMPY_PARAM.match(line[indent:]) if len(line) - len(line.lstrip()) == indent else None
+        if m:  # "name : type" at the section's indent: a new parameter
+            names = [n.strip().lstrip("*") for n in m.group(1).split(",")]
+            for n in names:
+                params[n] = ""
+        else:  # the indented text under it
+            for n in names:
+                params[n] = f"{params[n]} {line.strip()}".lstrip()
+
+
+def _sphinx(doc: str) -> tuple[str, dict[str, str]]:
+    params: dict[str, str] = {}
+    summary: list[str] = []
+    current: str | None = None
+    in_fields = False
+    for line in doc.splitlines():
+        m = _SPHINX_FIELD.match(line)
+        if m:
+            in_fields = True
+            kind, arg, text = m.groups()
+            current = None
+            if kind in ("param", "parameter", "arg", "argument", "key", "keyword") and arg:
+                current = arg.split()[-1].lstrip("*")  # ":param int name:" names the last word
+                params[current] = text.strip()
+        elif not in_fields:
+            summary.append(line)
+        elif current and line.strip() and line[:1].isspace():
+            params[current] += " " + line.strip()
+    return "\n".join(summary).strip(), params
 
 
 def _first_param_is_self(fn: Callable[..., Any]) -> bool:

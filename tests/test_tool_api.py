@@ -198,3 +198,163 @@ def test_models_and_bytes_inside_a_result_reach_the_model_as_json_and_text():
 def test_misconfigurations_are_refused_in_one_line_that_says_what_to_do(make, message):
     with pytest.raises((AgentError, TypeError), match=message):
         make()
+
+
+def _described_params(fn) -> dict[str, str]:
+    props = fn.schema()["function"]["parameters"]["properties"]
+    return {name: prop.get("description", "") for name, prop in props.items()}
+
+
+def test_numpy_and_sphinx_docstrings_document_the_parameters_as_google_ones_do():
+    @tool
+    def forecast(city: str, days: int = 1, hours: int = 0) -> str:
+        """Get the forecast.
+
+        Parameters
+        ----------
+        city : str
+            The city's name,
+            in English.
+        days, hours : int, optional
+            How far ahead.
+
+        Returns
+        -------
+        str
+            Not a parameter.
+        """
+        return city
+
+    @tool
+    def convert(amount: float, currency: str) -> float:
+        """Convert money.
+
+        :param float amount: How much,
+            before fees.
+        :param currency: ISO code.
+        :type currency: str
+        :returns: the amount
+        """
+        return amount
+
+    @tool
+    def notes(city: str) -> str:
+        """Look up notes.
+
+        Args:
+            city: The city.
+
+        Note:
+            Not about the city.
+        """
+        return city
+
+    assert forecast.description == "Get the forecast."
+    assert _described_params(forecast) == {
+        "city": "The city's name, in English.",
+        "days": "How far ahead.",
+        "hours": "How far ahead.",
+    }
+    assert convert.description == "Convert money."
+    assert _described_params(convert) == {"amount": "How much, before fees.", "currency": "ISO code."}
+    assert _described_params(notes) == {"city": "The city."}
+
+
+class _Ping(BaseModel):
+    host: str
+
+
+def test_a_tool_class_that_no_model_could_call_is_refused_when_the_agent_takes_it():
+    from agent.tool import Tool
+
+    class Nameless(Tool):
+        Args = _Ping
+
+        async def run(self, args):
+            return "up"
+
+    class NoArgs(Tool):
+        name = "ping"
+
+        async def run(self, args):
+            return "up"
+
+    class Spaced(Tool):
+        name = "ping host"
+        Args = _Ping
+
+        async def run(self, args):
+            return "up"
+
+    for klass, message in (
+        (Nameless, "tool class Nameless has no name"),
+        (NoArgs, r"tool 'ping' \(NoArgs\) has no argument model; define `class Args"),
+        (Spaced, r"tool name 'ping host' \(Spaced\): use 1-64 letters"),
+    ):
+        with pytest.raises((TypeError, ValueError), match=message):
+            Agent(ScriptedLLM(["x"]), tools=[klass], run_dir=None)
+    with pytest.raises(ValueError, match=r"tool class Wipe: unknown effects \['deletes'\]"):
+
+        class Wipe(Tool):
+            name = "wipe"
+            Args = _Ping
+            effects = {"writes", "deletes"}
+
+            async def run(self, args):
+                return "gone"
+
+
+def test_a_tool_class_with_a_plain_def_run_runs_once_where_its_blocking_flag_says():
+    import threading
+
+    from agent.tool import Tool
+
+    seen: list[tuple[str, str]] = []
+
+    class Ping(Tool):
+        name = "ping"
+        Args = _Ping
+
+        def run(self, args):
+            seen.append((args.host, threading.current_thread().name))  # the side effect: once per call
+            return f"{args.host} up"
+
+    class QuickPing(Ping):
+        name = "quick_ping"
+        blocking = False
+
+    class Delegating(Tool):
+        name = "delegating"
+        Args = _Ping
+
+        def run(self, args):  # hands back a coroutine: awaited
+            return self._ping(args.host)
+
+        async def _ping(self, host):
+            return f"{host} reached"
+
+    llm = ScriptedLLM(
+        [call("ping", host="a"), call("quick_ping", host="b"), call("delegating", host="c"), "ok"]
+    )
+    agent = Agent(llm, tools=[Ping, QuickPing, Delegating], run_dir=None)
+    assert _results(agent) == ["a up", "b up", "c reached"]
+    assert [host for host, _ in seen] == ["a", "b"]
+    (_, ping_thread), (_, quick_thread) = seen
+    assert ping_thread != threading.main_thread().name and quick_thread == threading.main_thread().name
+
+
+def test_an_agent_subclass_that_skips_super_init_gets_told_so_and_leaks_no_coroutine(recwarn):
+    import gc
+
+    class Forgetful(Agent):
+        def __init__(self, topic: str) -> None:
+            self.topic = topic
+
+    agent = Forgetful("weather")
+    for start in (lambda: agent.run_sync("go"), lambda: agent.resume_sync("last")):
+        with pytest.raises(AgentError, match=r"Forgetful.__init__ must call super\(\).__init__"):
+            start()
+    with pytest.raises(AgentError, match="must call super"):
+        agent._new_run()
+    gc.collect()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
