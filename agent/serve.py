@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 API_KEY_ENV = "AGENT_SERVE_API_KEY"
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024
+PROBE_EVERY = 0.25  # seconds between probes of a client whose input ended while it waits for an answer
 ROUTES: dict[str, tuple[str, ...]] = {
     "/health": ("GET",),
     "/v1/models": ("GET",),
@@ -390,10 +391,13 @@ class _Connection:
         del self.buffer[:n]
         return data
 
-    async def hang_up(self) -> None:
-        """Return once the client closes the connection (or floods it while we answer)."""
-        while len(self.buffer) <= MAX_HEAD_BYTES and await self.fill():
-            pass
+    async def end_of_input(self) -> bool:
+        """Return once the client closes its side of the connection (True), or floods
+        it while we answer (False)."""
+        while len(self.buffer) <= MAX_HEAD_BYTES:
+            if not await self.fill():
+                return True
+        return False
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -764,13 +768,14 @@ class ChatServer:
             raise _validation_error(e) from None
         llm_request = chat.to_llm_request(self.effort)
         answer = self._stream_answer if chat.stream else self._json_answer
-        return await self._until_hang_up(conn, answer(conn, request, chat, llm_request))
+        probe = request.version == "HTTP/1.1"
+        return await self._until_hang_up(conn, answer(conn, request, chat, llm_request), probe=probe)
 
-    async def _until_hang_up(self, conn: _Connection, work: Coroutine[Any, Any, T]) -> T:
+    async def _until_hang_up(self, conn: _Connection, work: Coroutine[Any, Any, T], *, probe: bool) -> T:
         """Run `work`, cancelling it (and so closing the model's stream) if the
         client hangs up first."""
         task = asyncio.create_task(work)
-        watch = asyncio.create_task(conn.hang_up())
+        watch = asyncio.create_task(self._gone(conn, probe))
         try:
             await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -781,6 +786,26 @@ class ChatServer:
         if task.cancelled():  # the client hung up
             raise _Drop
         return task.result()  # re-raises HTTPError and friends
+
+    async def _gone(self, conn: _Connection, probe: bool) -> None:
+        """Return once the client has gone while its answer is being made.
+
+        The end of the client's input may be a hang-up or a half-close (a client
+        that shuts down its sending side and waits for the answer). An HTTP/1.1
+        client is probed to tell them apart: an interim `100 Continue`, which
+        clients read past, every `PROBE_EVERY` seconds until the answer's head is
+        sent; a client that has gone resets the connection, and the next probe
+        fails. Once the head is sent, the answer's own writes notice.
+        """
+        if not await conn.end_of_input() or not probe:
+            return
+        while not conn.answering:
+            try:
+                await conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except (ConnectionError, RuntimeError):  # reset, or the transport closed under us
+                return
+            await asyncio.sleep(PROBE_EVERY)
+        await asyncio.Event().wait()  # cancelled when the answer is done
 
     def _model_error(self, e: Exception) -> HTTPError:
         """What the client is told when the model fails (or its stream ends early)."""

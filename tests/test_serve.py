@@ -569,6 +569,42 @@ async def test_a_client_that_hangs_up_stops_its_generation(serve, http, stream):
     assert (await http.get(server.base_url + "/models")).status_code == 200
 
 
+class SlowLLM:
+    """Thinks for `delay` seconds, then answers in two deltas."""
+
+    name = "slow"
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        await asyncio.sleep(self.delay)
+        yield ModelDelta(content="forty")
+        yield ModelDelta(content="-two")
+        yield ModelResponse(content="forty-two", model=self.name)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(serve, stream):
+    # nc -N, or a script that calls shutdown(SHUT_WR): the input ends, the client still reads
+    server = await serve(SlowLLM(delay=0.8))  # long enough for several probes
+    body = json.dumps({"messages": [{"role": "user", "content": "6 x 7?"}], "stream": stream}).encode()
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(head.encode() + body)
+    writer.write_eof()
+    received = await asyncio.wait_for(reader.read(), HANG_GUARD)
+    writer.close()
+    interim = received.count(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert interim >= 2  # the probes, which clients read past
+    status, headers, answer = split_response(received.replace(b"HTTP/1.1 100 Continue\r\n\r\n", b""))
+    assert status == 200
+    if stream:
+        assert b"forty" in answer and b"-two" in answer and b"[DONE]" in answer
+    else:
+        assert json.loads(answer)["choices"][0]["message"]["content"] == "forty-two"
+
+
 class RendezvousLLM:
     """Answers only once `expected` requests are in its stream at the same time."""
 
