@@ -100,11 +100,27 @@ class Tool(ABC):
             unknown = sorted(own["effects"] - EFFECTS)
             raise ValueError(f"tool class {cls.__name__}: unknown effects {unknown}; use {sorted(EFFECTS)}")
         run = own.get("run")
+        if "Args" not in own and not hasattr(cls, "Args") and callable(run):
+            cls._args_from_annotation(run)
         plain = callable(run) and not isinstance(run, (staticmethod, classmethod))
         if plain and not inspect.iscoroutinefunction(run):
             # A plain `def run`: the loop awaits run(), so it is wrapped; as a sync
             # @tool function, it runs on a worker thread unless `blocking = False`.
             cls.run = _awaitable_run(run)  # type: ignore[method-assign]
+
+    @classmethod
+    def _args_from_annotation(cls, run: Callable[..., Any]) -> None:
+        """`async def run(self, args: Ping)` with no `Args`: `Ping` is the argument model."""
+        try:
+            params = list(inspect.signature(run).parameters.values())
+            annotation = params[1].annotation if len(params) > 1 else None
+            if isinstance(annotation, str):
+                module = sys.modules.get(cls.__module__)
+                annotation = get_type_hints(run, vars(module) if module else None).get(params[1].name)
+        except Exception:  # an annotation that does not resolve here: check_tool asks for `Args`
+            return
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            cls.Args = annotation
 
     @property
     def args_model(self) -> type[BaseModel]:

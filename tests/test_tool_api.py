@@ -358,3 +358,18 @@ def test_an_agent_subclass_that_skips_super_init_gets_told_so_and_leaks_no_corou
         agent._new_run()
     gc.collect()
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_tool_class_without_args_takes_the_model_its_run_is_annotated_with():
+    from agent.tool import Tool
+
+    class Ping(Tool):  # this module's annotations are strings: resolved in the module
+        name = "ping"
+
+        async def run(self, args: _Ping) -> str:
+            return f"{args.host} up"
+
+    assert Ping.Args is _Ping
+    agent = Agent(ScriptedLLM([call("ping", host=7), call("ping", host="a"), "ok"]), tools=[Ping], run_dir=None)
+    invalid, answer = _results(agent)
+    assert "host" in invalid and answer == "a up"
