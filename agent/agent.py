@@ -70,10 +70,17 @@ def _split_memory(memory: Any) -> tuple[Any, Any, list[Tool]]:
     tools: list[Tool] = []
     for item in items:
         if hasattr(item, "recall") and hasattr(item, "arecord"):
+            if episodic is not None:
+                raise AgentError("memory= holds two episodic memories; an agent records its runs in one")
             episodic = item
         elif hasattr(item, "search") and hasattr(item, "add"):
             from memory.tools import memory_tools
 
+            if vector is not None:
+                raise AgentError(
+                    "memory= holds two vector memories, and both would be the memory_search and memory_save "
+                    "tools; pass the second as tools=memory_tools(second, prefix='notes') (notes_search, ...)"
+                )
             vector = item
             tools.extend(memory_tools(item))
         else:

@@ -459,7 +459,8 @@ class EpisodicMemory:
             "importance": ep.importance,
             "episode": data,
         }
-        existing = self.memory.ids({"run_id": ep.run_id}) if ep.run_id else []
+        # This run's episode, not a note of the same run in a memory shared with notes.
+        existing = self.memory.ids({"run_id": ep.run_id, **_EPISODES}) if ep.run_id else []
         if existing:  # a resumed run recorded again: replace it
             ep.id = existing[0]
             self.memory.update(ep.id, text=ep.embed_text(), metadata=metadata)
@@ -479,7 +480,8 @@ class EpisodicMemory:
         return _episode(record) if record is not None else None
 
     def count(self) -> int:
-        return self.memory.count()
+        """How many episodes are stored (a shared memory's other records not counted)."""
+        return len(self.memory.ids(_EPISODES))
 
     def recall(
         self,
@@ -500,7 +502,7 @@ class EpisodicMemory:
             return []
         pool = total if total <= 1000 else max(200, 20 * k)
         # Only what record() stored: a memory shared with notes holds other records too.
-        hits = self.memory.search(query, pool, where={**(where or {}), "kind": "episode"})
+        hits = self.memory.search(query, pool, where={**(where or {}), **_EPISODES})
         read = [(e, h) for h in hits if (e := _episode(h)) is not None]  # a damaged record is passed over
         if not read:
             return []
@@ -535,6 +537,9 @@ class EpisodicMemory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_EPISODES = {"kind": "episode"}  # the records record() stores
 
 
 def _minmax(values: list[float], min_span: float = 0.2) -> list[float]:

@@ -624,8 +624,13 @@ class SqliteStore:
                 dim = row[0] // 4 if row else 0
             self._data_version = self.conn.execute("PRAGMA data_version").fetchone()[0]
             if count >= self.ann_threshold // 2:
+                # A file newer than the newest save this database recorded was saved from
+                # another copy of it (the .db restored from a backup, the folder kept): its
+                # generations name other changes. It is skipped, and replaced at the next save.
+                recorded = self._meta("ann_gen")
+                newest = min(gen, int(recorded)) if recorded is not None else -1
                 for path, file_gen in self._index_files():
-                    if file_gen > gen:
+                    if file_gen > newest:
                         continue
                     try:
                         started = time.perf_counter()

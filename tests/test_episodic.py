@@ -5,7 +5,7 @@ import time
 import pytest
 from helpers import call
 
-from agent import Agent, Bus, Decision, tool
+from agent import Agent, AgentError, Bus, Decision, tool
 from agent.llm import ScriptedLLM
 from memory import EpisodicMemory
 from memory.embedders import CachedEmbedder, EmbeddingCache, HashingEmbedder, default_embedder
@@ -242,3 +242,27 @@ def test_a_new_store_opened_by_another_process_at_the_same_moment_is_taken_as_ne
     episodes.add(Episode(task="a task"))
     assert len(episodes.recall("a task")) == 1
     other.close()
+
+
+def test_recording_a_run_leaves_a_note_about_the_same_run_alone(tmp_path, run_dir):
+    from memory import VectorMemory
+
+    result = Agent(ScriptedLLM(["42."]), run_dir=run_dir).run_sync("What is six times seven?")
+    notes = VectorMemory(tmp_path / "shared.db", HashingEmbedder())
+    note = notes.add("Customer asked about pricing; follow up Friday.", {"run_id": result.run_id})
+    episodes = EpisodicMemory(notes)
+    first = episodes.record(result.events)
+    again = episodes.record(result.events)  # a resumed run recorded again: its episode replaced
+    assert notes.get(note).text == "Customer asked about pricing; follow up Friday."
+    assert first.id == again.id != note and episodes.count() == 1 and notes.count() == 2
+
+
+def test_two_memories_of_one_kind_are_refused_not_half_used(tmp_path):
+    from memory import VectorMemory
+
+    one, two = (EpisodicMemory(tmp_path / f"e{i}.db", HashingEmbedder()) for i in (1, 2))
+    with pytest.raises(AgentError, match="two episodic memories"):
+        Agent(ScriptedLLM(["ok"]), memory=[one, two], run_dir=None)
+    a, b = (VectorMemory(tmp_path / f"v{i}.db", HashingEmbedder()) for i in (1, 2))
+    with pytest.raises(AgentError, match=r"memory_tools\(second, prefix='notes'\)"):
+        Agent(ScriptedLLM(["ok"]), memory=[a, b], run_dir=None)

@@ -522,6 +522,41 @@ def test_index_file_older_than_the_change_log_is_rebuilt(tmp_path):
     mem.close()
 
 
+def test_a_database_restored_from_a_backup_ignores_the_index_files_of_its_later_life(tmp_path):
+    """The .db is restored, the .db.ann folder is not: an index file saved after the backup
+    numbers other changes with the same generations, and must not be loaded."""
+    import sqlite3
+
+    path, backup = tmp_path / "notes.db", tmp_path / "backup.db"
+    emb = HashingEmbedder(64)
+
+    def copy(src, dst):
+        with sqlite3.connect(src) as s, sqlite3.connect(dst) as d:
+            s.backup(d)
+
+    mem = VectorMemory(path, emb, ann_threshold=100)
+    mem.add_many([f"alpha note number {i}" for i in range(300)])
+    mem.search("alpha", k=1)
+    mem.close()
+    copy(path, backup)
+    mem = VectorMemory(path, emb, ann_threshold=100)
+    mem.add_many([f"beta fact {i} about bananas" for i in range(200)])
+    mem.search("beta", k=1)
+    mem.close()  # an index file at generation 500
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    copy(backup, path)
+    mem = VectorMemory(path, emb, ann_threshold=100)
+    mem.add_many([f"gamma item {i} on cars" for i in range(300)])  # generations 301-600
+    mem.store._index = None  # a writer that never searched: no index file of its own
+    mem.close()
+    mem = VectorMemory(path, emb, ann_threshold=100)
+    assert mem.search("gamma item 7 on cars", k=1)[0].text == "gamma item 7 on cars"
+    assert all("beta" not in h.text for h in mem.search("beta fact 7 about bananas", k=5))
+    assert mem.store.index_info()["size"] == 600
+    mem.close()
+
+
 def _clustered(n, dim=64, clusters=10, seed=0):
     """Unit vectors in tight clusters, the cluster of each, and queries: query i is near cluster i % 10."""
     rng = np.random.default_rng(seed)
