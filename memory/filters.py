@@ -16,7 +16,9 @@ shared test suite checks that.
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 Where = dict[str, Any]
@@ -102,6 +104,34 @@ def _sqlite_eq(column: str, path: str, value: Any, params: list[Any]) -> str:
     return f"({jtype} IN ('integer', 'real') AND json_extract({column}, '{path}') = ?)"
 
 
+def _sqlite_any_of(column: str, path: str, values: Sequence[Any], params: list[Any]) -> str:
+    """Equal to one of `values`: one test per kind of value, the strings and the numbers
+    each as one JSON array parameter, so a list of any length is one short expression."""
+    for v in values:
+        _check_scalar(v, "$in")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise FilterError(f"$in: {v} is not a number a filter can compare")
+    constants = dict.fromkeys(v for v in values if v is None or isinstance(v, bool))  # null, true, false
+    tests = [_sqlite_eq(column, path, v, params) for v in constants]
+    jtype, value = f"json_type({column}, '{path}')", f"json_extract({column}, '{path}')"
+    for kinds, group in (
+        ("('text')", [v for v in values if isinstance(v, str)]),
+        ("('integer', 'real')", [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]),
+    ):
+        if group:
+            params.append(json.dumps(group))
+            tests.append(f"({jtype} IN {kinds} AND {value} IN (SELECT value FROM json_each(?)))")
+    return _balanced(tests, " OR ")
+
+
+def _balanced(parts: list[str], joiner: str, width: int = 64) -> str:
+    """`(a OR b OR ...)` nested in groups of `width`: SQLite refuses an expression
+    tree deeper than 1000, which a flat list of 1000 terms is."""
+    while len(parts) > width:
+        parts = ["(" + joiner.join(parts[i : i + width]) + ")" for i in range(0, len(parts), width)]
+    return "(" + joiner.join(parts) + ")"
+
+
 def _sqlite_member(value: Any, params: list[Any]) -> str:
     """A condition on a json_each() row (columns `type`, `value`)."""
     _check_scalar(value, "$contains")
@@ -128,7 +158,7 @@ def _sqlite_level(where: Where, column: str, params: list[Any]) -> str:
     for kind, key, value in _conditions(where):
         if kind == "bool":
             joiner = " AND " if key == "$and" else " OR "
-            parts.append("(" + joiner.join(_sqlite_level(w, column, params) for w in value) + ")")
+            parts.append(_balanced([_sqlite_level(w, column, params) for w in value], joiner))
             continue
         op, operand = value
         path = _sqlite_path(key)
@@ -142,8 +172,8 @@ def _sqlite_level(where: Where, column: str, params: list[Any]) -> str:
             if not operand:
                 parts.append("0" if op == "$in" else "1")
                 continue
-            any_of = " OR ".join(_sqlite_eq(column, path, v, params) for v in operand)
-            parts.append(f"({any_of})" if op == "$in" else f"(NOT COALESCE(({any_of}), 0))")
+            any_of = _sqlite_any_of(column, path, operand, params)
+            parts.append(any_of if op == "$in" else f"(NOT COALESCE({any_of}, 0))")
         elif op in _CMP:
             if isinstance(operand, bool) or not isinstance(operand, (int, float, str)):
                 raise FilterError(f"{op} compares with a number or a string")

@@ -14,6 +14,7 @@ agent = Agent(model, tools=[*memory_tools(notes)])
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -42,14 +43,19 @@ def format_hits(hits: list[dict[str, Any]]) -> str:
     for n, h in enumerate(hits, 1):
         meta = h.get("metadata") or {}
         tags = meta.get("tags") or []
-        when = h.get("time")
+        if not isinstance(tags, (list, tuple)):  # a record added by hand with one tag, or a number
+            tags = [tags]
         bits = [f"id {h.get('id')}"]
         if h.get("score") is not None:
             bits.append(f"score {float(h['score']):.2f}")
         if tags:
             bits.append("tags: " + ", ".join(map(str, tags)))
-        if when:
-            bits.append(time.strftime("%Y-%m-%d", time.localtime(float(when))))
+        when = h.get("time")
+        if isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when) and when:
+            try:
+                bits.append(time.strftime("%Y-%m-%d", time.localtime(when)))
+            except (OverflowError, OSError, ValueError):  # a time far outside the calendar
+                pass
         lines.append(f"{n}. [{'; '.join(bits)}] {h.get('text', '')}")
     return "\n".join(lines)
 

@@ -18,8 +18,9 @@ same API. Embeddings are cached by content hash, per model.
 
 from __future__ import annotations
 
+import math
 import time as _time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,50 +155,48 @@ class VectorMemory:
         vectors: np.ndarray | None = None,
         batch_size: int = 10_000,
     ) -> list[int]:
-        """Store many texts (embedded in batches, or with precomputed unit `vectors`)."""
+        """Store many texts (embedded in batches, or with precomputed unit `vectors`).
+
+        Every text, metadata dict, source and time is checked before anything is
+        embedded or written, so a bad item stores nothing. Each batch is one
+        transaction: a process killed midway keeps the batches written before.
+        """
         import numpy as np
 
+        if isinstance(texts, (str, bytes)):
+            raise VectorMemoryError("add_many takes a list of texts, not one string; use add(text)")
         texts = list(texts)
         n = len(texts)
         for label, seq in (("metadatas", metadatas), ("sources", sources), ("times", times)):
             if seq is not None and len(seq) != n:
                 raise VectorMemoryError(f"{label} has {len(seq)} items for {n} texts")
-        if any(not isinstance(t, str) for t in texts):
-            raise VectorMemoryError("texts must be strings")
         for t in texts:
-            if not t.isascii():
-                try:
-                    t.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise VectorMemoryError(
-                        f"text {t[:40]!r}... holds a lone surrogate, which cannot be stored as UTF-8"
-                    ) from None
+            _check_text(t)
+        now = _time.time()
+        rows = []
+        for i, text in enumerate(texts):
+            run, seq = normalize_source(sources[i] if sources is not None else None)
+            when = _check_time(times[i] if times is not None else None, now)
+            rows.append((text, dump_metadata(metadatas[i] if metadatas is not None else None), run, seq, when))
         self._bind()
         dim = self.embedder.dim
         if vectors is not None:
             vectors = np.asarray(vectors, dtype=np.float32)
             if vectors.shape != (n, dim):
                 raise VectorMemoryError(f"vectors must have shape ({n}, {dim}), not {vectors.shape}")
-        now = _time.time()
+            if not np.isfinite(vectors).all():
+                raise VectorMemoryError("vectors hold NaN or infinite values")
         ids: list[int] = []
         for s in range(0, n, batch_size):
-            part = texts[s : s + batch_size]
-            vecs = vectors[s : s + batch_size] if vectors is not None else self.embedder.embed(part)
-            rows = []
-            for j, text in enumerate(part):
-                i = s + j
-                run, seq = normalize_source(sources[i] if sources is not None else None)
-                when = times[i] if times is not None and times[i] is not None else now
-                rows.append(
-                    (text, dump_metadata(metadatas[i] if metadatas is not None else None), run, seq, when)
-                )
-            ids.extend(self.store.insert(rows, vecs))
+            vecs = vectors[s : s + batch_size] if vectors is not None else self.embedder.embed(texts[s : s + batch_size])
+            ids.extend(self.store.insert(rows[s : s + batch_size], vecs))
         return ids
 
     def update(self, id: int, text: str | None = None, metadata: dict[str, Any] | None = None) -> bool:
         """Change a record's text (re-embedded) and/or replace its metadata. False if it is gone."""
         vector = None
         if text is not None:
+            _check_text(text)
             self._bind()
             vector = self.embedder.embed([text])[0]
         meta = dump_metadata(metadata) if metadata is not None else None
@@ -205,7 +204,7 @@ class VectorMemory:
 
     def delete(self, id: int | Sequence[int]) -> bool | int:
         """Delete one record (True if it existed) or a list of them (how many existed)."""
-        if isinstance(id, (list, tuple)):
+        if isinstance(id, Iterable) and not isinstance(id, (str, bytes)):  # a list, set, range, array
             return self.store.delete([int(i) for i in id])
         return self.store.delete([int(id)]) == 1
 
@@ -219,7 +218,10 @@ class VectorMemory:
         min_score: float | None = None,
     ) -> list[Hit]:
         """The k records nearest in meaning to `query` (cosine score, best first)."""
-        if k <= 0:
+        if not isinstance(query, str):
+            raise VectorMemoryError(f"search takes a query string, not {type(query).__name__}")
+        _check_text(query)
+        if _check_search(k, min_score) <= 0:
             return []
         self._bind()
         return self.store.search(self.embedder.embed_query(query), k, where, min_score)
@@ -228,6 +230,17 @@ class VectorMemory:
         self, vector: np.ndarray, k: int = 5, where: Where | None = None, min_score: float | None = None
     ) -> list[Hit]:
         """Like `search`, with a unit query vector of the memory's model."""
+        import numpy as np
+
+        if _check_search(k, min_score) <= 0:
+            return []
+        self._bind()
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape != (self.embedder.dim,) or not np.isfinite(vector).all():
+            raise VectorMemoryError(
+                f"the query vector must be {self.embedder.dim} finite numbers (the memory's model), "
+                f"not shape {vector.shape}"
+            )
         return self.store.search(vector, k, where, min_score)
 
     def get(self, id: int) -> Record | None:
@@ -249,6 +262,8 @@ class VectorMemory:
 
     def recent(self, limit: int = 10, where: Where | None = None) -> list[Record]:
         """The newest records by time."""
+        if _check_search(limit, None) <= 0:
+            return []
         return self.store.recent(limit, where)
 
     # -- lifetime ------------------------------------------------------------------
@@ -267,3 +282,32 @@ class VectorMemory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_text(text: Any) -> None:
+    if not isinstance(text, str):
+        raise VectorMemoryError(f"texts must be strings, not {type(text).__name__}")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise VectorMemoryError(
+                f"text {text[:40]!r}... holds a lone surrogate, which cannot be stored as UTF-8"
+            ) from None
+
+
+def _check_time(when: Any, now: float) -> float:
+    """A record's time: seconds since the epoch (None: now)."""
+    if when is None:
+        return now
+    if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
+        raise VectorMemoryError(f"time must be seconds since the epoch (a finite number), not {when!r}")
+    return float(when)
+
+
+def _check_search(k: Any, min_score: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise VectorMemoryError(f"k must be an int, not {k!r}")
+    if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))):
+        raise VectorMemoryError(f"min_score must be a number, not {min_score!r}")
+    return k

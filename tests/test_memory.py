@@ -824,3 +824,41 @@ def test_metadata_keys_in_any_script_can_be_filtered(make_memory):
     for key in ("a'b", 'a"b', "a\\b"):  # what would end a quoted key or an SQL literal
         with pytest.raises(FilterError, match="may not hold quotes"):
             mem.search("x", where={key: 1})
+
+
+def test_filters_with_thousands_of_values_work_on_every_backend(make_memory):
+    mem = make_memory(HashingEmbedder(32))
+    mem.add_many([f"t{i}" for i in range(1500)], [{"doc": f"d{i}", "n": i} for i in range(1500)])
+    many = [f"d{i}" for i in range(1200)]
+    assert len(mem.ids({"doc": {"$in": many}})) == 1200
+    assert len(mem.ids({"doc": {"$nin": many}})) == 300
+    assert len(mem.ids({"n": {"$in": [*range(1000), 1.0, "5", True, None]}})) == 1000  # typed: "5" is no 5
+    assert len(mem.ids({"$or": [{"doc": d} for d in many]})) == 1200
+
+
+def test_bad_items_store_nothing_and_bad_queries_are_clear_errors(tmp_path):
+    from memory.tools import format_hits
+
+    mem = VectorMemory(tmp_path / "m.db", HashingEmbedder())
+    metas = [{"i": i} for i in range(30)]
+    metas[-1] = {"bad": object()}
+    with pytest.raises(VectorMemoryError, match="JSON-serialisable"):
+        mem.add_many([f"t{i}" for i in range(30)], metas, batch_size=10)
+    for bad, message in (
+        (lambda: mem.add_many("hello"), "not one string"),
+        (lambda: mem.add("x", time="2024-05-01"), "seconds since the epoch"),
+        (lambda: mem.add("x", time=float("nan")), "seconds since the epoch"),
+        (lambda: mem.add("x", vector=np.full(mem.embedder.dim, np.nan, dtype=np.float32)), "NaN"),
+        (lambda: mem.update(1, text="\ud800"), "lone surrogate"),
+        (lambda: mem.search(None), "query string, not NoneType"),
+        (lambda: mem.search("x", k="3"), "k must be an int"),
+        (lambda: mem.search("x", min_score="0.5"), "min_score must be a number"),
+        (lambda: mem.search_vector(np.ones(3, dtype=np.float32)), "must be 256 finite numbers"),
+    ):
+        with pytest.raises(VectorMemoryError, match=message):
+            bad()
+    assert mem.count() == 0
+    ids = mem.add_many(["a", "b", "c"])
+    assert mem.recent(-1) == [] and mem.delete(set(ids[:2])) == 2 and mem.delete(range(ids[2], ids[2] + 1)) == 1
+    shown = format_hits([{"id": 1, "text": "t", "metadata": {"tags": "ops"}, "time": "soon"}])
+    assert shown == "1. [id 1; tags: ops] t"
