@@ -289,6 +289,7 @@ class Agent:
 
     async def run(self, task: str) -> AsyncIterator[Event]:
         """Run `task`, yielding each event as it happens."""
+        check_text(task, "the task")
         # aclosing: a caller that stops reading closes the inner stream, and so ends the run, at once.
         async with contextlib.aclosing(self._iterate(self._new_run(), task)) as events:
             async for event in events:
@@ -296,6 +297,7 @@ class Agent:
 
     async def arun(self, task: str) -> RunResult:
         """Run `task` to the end and return the result."""
+        check_text(task, "the task")
         run = self._new_run()
         return await self._complete(run, task)
 
@@ -516,6 +518,23 @@ class Agent:
             if self._last is None:
                 raise
             return self._result(self._last)
+
+
+def check_text(text: Any, what: str) -> None:
+    """Refuse a task or message that is not text a model can read: not a str, or holding a
+    lone surrogate (bytes that were not UTF-8, from a command line or a file read with
+    `surrogateescape`), which no log or model could take."""
+    if not isinstance(text, str):
+        raise AgentError(f"{what} must be a str, not {type(text).__name__}")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = text[e.start]
+            byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if "\udc80" <= bad <= "\udcff" else f"U+{ord(bad):04X}"
+            raise AgentError(
+                f"{what} is not valid UTF-8 text ({byte} at character {e.start}); give it as UTF-8"
+            ) from None
 
 
 # What a tool method must not be called: it would replace the agent's own attribute.

@@ -24,6 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import AgentError
 from .types import Effort
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 
 class BatchTask(BaseModel):
     """One line of a tasks file."""
@@ -64,7 +69,7 @@ def read_tasks(path: str | Path) -> list[BatchTask]:
     tasks: list[BatchTask] = []
     seen: set[str] = set()
     try:
-        lines = Path(path).read_text(encoding="utf-8").split("\n")  # not splitlines(): see read_events
+        lines = Path(path).read_text(encoding="utf-8-sig").split("\n")  # not splitlines(): see read_events
     except OSError as e:
         raise AgentError(f"cannot read tasks file {path}: {e.strerror}") from e
     except UnicodeDecodeError:
@@ -91,8 +96,13 @@ def read_tasks(path: str | Path) -> list[BatchTask]:
     return tasks
 
 
-def read_results(path: str | Path) -> dict[str, BatchResult]:
-    """Results so far, by id; a torn last line (a crash mid-write) is ignored."""
+def read_results(path: str | Path, *, strict: bool = False) -> dict[str, BatchResult]:
+    """Results so far, by id; a torn last line (a crash mid-write) is ignored.
+
+    `strict`: any other line that is not a result is an error, so that resuming
+    into the wrong file (the tasks file, another program's output) refuses
+    instead of dropping its lines.
+    """
     results: dict[str, BatchResult] = {}
     p = Path(path)
     if not p.exists():
@@ -103,13 +113,49 @@ def read_results(path: str | Path) -> dict[str, BatchResult]:
         raise AgentError(f"cannot read results file {path}: {e.strerror}") from e
     except UnicodeDecodeError:
         raise AgentError(f"results file {path} is not UTF-8 text; is it a results file?") from None
-    for line in text.split("\n"):  # not splitlines(): see read_events
+    lines = text.split("\n")  # not splitlines(): see read_events
+    for number, line in enumerate(lines, 1):
         try:
             result = BatchResult.model_validate_json(line)
         except ValidationError:
+            torn = number == len(lines)  # the last line, with no newline after it
+            if strict and line.strip() and not torn:
+                raise AgentError(
+                    f"{path}:{number} is not a batch result ({line[:60]!r}); is -o the results file of this batch?"
+                ) from None
             continue
         results.setdefault(result.id, result)
     return results
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _hold(path: Path) -> int:
+    """The results file in place, open and locked; refused when another batch holds it."""
+    while True:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            _lock(fd, path)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # replaced while we waited: the new file is the one to hold
+
+
+def _lock(fd: int, path: Path) -> None:
+    if fcntl is None:  # pragma: no cover - Windows: no lock
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise AgentError(
+            f"{path} is being written by another agent batch; wait for it to end, or give this one another -o"
+        ) from None
 
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
@@ -188,6 +234,7 @@ class BatchRunner:
         self.backoff = backoff
         self.on_progress = on_progress
         self._lock = asyncio.Lock()
+        self._fd: int | None = None  # the results file, open and locked while the batch runs
 
     def pending(self, tasks: list[BatchTask]) -> tuple[list[BatchTask], dict[str, BatchResult]]:
         seen: set[str] = set()
@@ -195,13 +242,18 @@ class BatchRunner:
             if task.id in seen:
                 raise AgentError(f"task id {task.id!r} appears twice; give every task its own id")
             seen.add(task.id)
+        given = self.output
+        # Through a link to the file it names: the link stays, and its target gets the results.
+        self.output = Path(os.path.realpath(given))
+        if self.output.exists() and not self.output.is_file():
+            raise AgentError(
+                f"{given} is not a regular file (a device, a pipe or a folder); give -o the path of a results file"
+            )
         if self.output.exists() and self.output.stat().st_size and not (self.resume or self.overwrite):
-            raise AgentError(f"{self.output} already has results; pass --resume to continue or --overwrite")
-        if self.overwrite and not self.resume:
-            self.output.unlink(missing_ok=True)
-        finished = read_results(self.output) if self.resume else {}
-        if self.resume:
-            self._rewrite_clean(finished)
+            raise AgentError(f"{given} already has results; pass --resume to continue or --overwrite")
+        finished = read_results(self.output, strict=True) if self.resume else {}
+        # Resume keeps the results (a torn or repeated line left by a crash dropped); overwrite keeps none.
+        self._replace_with(finished if self.resume else {})
         return [t for t in tasks if t.id not in finished], finished
 
     async def run(self, tasks: list[BatchTask]) -> list[BatchResult]:
@@ -227,7 +279,10 @@ class BatchRunner:
                 self._notify(progress, result)
                 return result
 
-        new = await asyncio.gather(*(one(t) for t in todo))
+        try:
+            new = await asyncio.gather(*(one(t) for t in todo))
+        finally:
+            self.close()
         by_id = {**finished, **{r.id: r for r in new}}
         return [by_id[t.id] for t in tasks if t.id in by_id]
 
@@ -280,20 +335,50 @@ class BatchRunner:
         return result, infrastructure
 
     async def _write(self, result: BatchResult) -> None:
-        line = result.model_dump_json() + "\n"
+        line = (result.model_dump_json() + "\n").encode()
         async with self._lock:
-            with open(self.output, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                _write_all(self._fd, line)
+                os.fsync(self._fd)
+            except OSError as e:
+                raise AgentError(f"cannot write results to {self.output}: {e.strerror or e}") from None
 
-    def _rewrite_clean(self, finished: dict[str, BatchResult]) -> None:
-        """Drop a torn or duplicate line left by a crash before appending more."""
-        if not self.output.exists():
-            return
-        tmp = self.output.with_suffix(self.output.suffix + ".tmp")
-        tmp.write_text("".join(r.model_dump_json() + "\n" for r in finished.values()), encoding="utf-8")
-        os.replace(tmp, self.output)
+    def _replace_with(self, finished: dict[str, BatchResult]) -> None:
+        """Make the results file hold exactly `finished`, and hold it for this batch.
+
+        The new contents go to a temporary file that is locked before it takes
+        the results file's place, so the file is never half written and never
+        unlocked: a second batch on the same file is refused, not run alongside
+        (each task would run twice).
+        """
+        tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
+        held = fd = None
+        try:
+            # The file in place stays locked until the new one, locked too, has replaced it.
+            held = _hold(self.output) if self.output.exists() else None
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+            _lock(fd, self.output)
+            _write_all(fd, "".join(r.model_dump_json() + "\n" for r in finished.values()).encode())
+            os.fsync(fd)
+            os.replace(tmp, self.output)
+        except BaseException as e:
+            if fd is not None:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise AgentError(f"cannot write results to {self.output}: {e.strerror or e}; choose another -o") from None
+            raise
+        finally:
+            if held is not None:
+                os.close(held)
+        self.close()
+        self._fd = fd
+
+    def close(self) -> None:
+        """Let go of the results file (another batch may then take it)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _notify(self, progress: Progress, result: BatchResult | None) -> None:
         if self.on_progress is not None:
@@ -433,11 +518,14 @@ def run_cli(args: Any) -> int:
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.progress import Progress as Bar
     from rich.table import Table
+    from rich.text import Text
 
     from .cli import tool_names, writable_dir
 
     tasks = read_tasks(args.tasks)
     output = Path(args.output)
+    if output.exists() and os.path.samefile(output, args.tasks):
+        raise AgentError(f"-o {output} is the tasks file; give the results their own file")
     if output.is_dir():
         raise AgentError(f"-o {output} is a directory; give the path of a results file (.jsonl)")
     writable_dir(output.parent, "-o")
@@ -463,7 +551,7 @@ def run_cli(args: Any) -> int:
         # tools: a bad model path, --tools name or context window is one error now rather than a
         # failed result per task (a task's own bad tools stay that task's result).
         spec.build(tasks[0].model_copy(update={"tools": None})).close()
-    err = Console(stderr=True)
+    err = Console(stderr=True, emoji=False)  # ids and errors are shown as written: no :code: emoji
     bar = Bar(
         TextColumn("[bold]batch"),
         BarColumn(),
@@ -491,7 +579,8 @@ def run_cli(args: Any) -> int:
         )
         if result is not None and (not err.is_terminal or not result.ok):
             mark = "ok" if result.ok else result.status + (f": {result.error}" if result.error else "")
-            err.print(f"[{p.done}/{p.total}] {result.id}: {mark}", highlight=False, soft_wrap=True)
+            # Not markup: an id or error may hold "[/...]", which rich would read as a closing tag.
+            err.print(f"[{p.done}/{p.total}] {result.id}: {mark}", markup=False, highlight=False, soft_wrap=True)
 
     options = dict(
         concurrency=args.concurrency,
@@ -508,7 +597,7 @@ def run_cli(args: Any) -> int:
     with bar:
         results = asyncio.run(runner.run(tasks))
     summary = summarize(results)
-    table = Table("status", "tasks", title=f"{args.output}")
+    table = Table("status", "tasks", title=Text(str(args.output)))
     for status, count in sorted(summary["statuses"].items()):
         table.add_row(status, str(count))
     if summary["graded"]:

@@ -19,6 +19,20 @@ REGISTRY: dict[str, str] = {
 }
 
 
+# The tools each name makes (a test checks this against the factories): how a run's
+# recorded tool names map back to the names that make them, for `agent resume`.
+TOOL_NAMES: dict[str, tuple[str, ...]] = {
+    "python": ("python",),
+    "files": ("read_file", "write_file", "edit_file", "list_files", "search_files"),
+    "web": ("web_search", "open_url", "find_in_page"),
+}
+
+
+def builtins_for(tool_names: list[str]) -> list[str]:
+    """The built-in names that made these tools (a run's `run_started.tools`)."""
+    return [name for name, made in TOOL_NAMES.items() if set(made) & set(tool_names)]
+
+
 def builtin_tools(names: list[str], **options: Any) -> list[Any]:
     tools: list[Any] = []
     for name in names:

@@ -21,6 +21,7 @@ from .runlog import DEFAULT_RUN_DIR
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a program its pipe's reader left
+EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped by `kill`, `timeout`, `docker stop` or systemd
 
 
 def _number(kind: type, low: float, *, above: bool = False) -> Any:
@@ -144,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", parents=[model_flags, run_flags], help="continue an interrupted run")
     p.add_argument("run", help="run id, unique prefix, 'last', or a .jsonl path")
-    p.add_argument("--tools", default="", help="comma-separated built-in tools to enable")
+    p.add_argument(
+        "--tools", default=None, help="comma-separated built-in tools to enable (default: the run's own)"
+    )
 
     p = sub.add_parser("chat", parents=[model_flags], help="talk to an agent in the terminal")
     c = p.add_argument_group("chat")
@@ -340,7 +343,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from .builtins import builtins_for
+    from .runlog import find_run, read_events
+
     writable_dir(args.run_dir, "--run-dir")
+    # The run and its tools are looked up first: a wrong id fails before a model loads.
+    events = read_events(find_run(args.run, args.run_dir))
+    if args.tools is None:  # the built-in tools the run was started with
+        started = next((e for e in events if e.type == "run_started"), None)
+        args.tools = ",".join(builtins_for(started.tools if started is not None else []))
     _warn_if_unguarded(args)
     agent = _agent_from(args)
     return _exit_code(asyncio.run(_drive(agent, agent.resume(args.run), _renderer(args))))
@@ -360,7 +371,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .runlog import find_run, read_events
+    from .runlog import find_run, is_live, read_events
 
     path = find_run(args.run, args.run_dir)
     events = read_events(path)
@@ -370,10 +381,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for event in events:
         renderer(event)
     if events[-1].type != "run_finished" and not args.json:
-        _print_note(
-            f"the log ends before the run did (the process was stopped); `agent resume {events[0].run_id}` "
-            "continues it"
-        )
+        if is_live(path):
+            _print_note("the run is still going; replay it again once it has ended")
+        else:
+            _print_note(
+                f"the log ends before the run did (the process was stopped); `agent resume {events[0].run_id}` "
+                "continues it"
+            )
     return EXIT_OK
 
 
@@ -381,7 +395,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .runlog import read_events
+    from .runlog import is_live, read_events
 
     directory = Path(args.run_dir)
     logs = sorted(directory.glob("*.jsonl"), key=os.path.getmtime, reverse=True)[: args.limit]
@@ -398,7 +412,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             table.add_row(path.stem, "empty", "", "")
             continue
         first, last = events[0], events[-1]
-        status = last.status if last.type == "run_finished" else "interrupted"
+        status = last.status if last.type == "run_finished" else "running" if is_live(path) else "interrupted"
         task = getattr(first, "task", "")
         table.add_row(path.stem, status, str(last.step), task[:60])
     Console().print(table)
@@ -428,13 +442,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    terminated = _stop_on_sigterm(leave=args.command == "chat")
+    try:
+        code = _run_command(args)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+    else:
+        if terminated and code == EXIT_INTERRUPTED:
+            print("terminated", file=sys.stderr)
+    return EXIT_TERMINATED if terminated and code == EXIT_INTERRUPTED else code
+
+
+def _stop_on_sigterm(*, leave: bool) -> list[bool]:
+    """Make SIGTERM stop a command as Ctrl-C does: runs record that they were cancelled,
+    batches keep their results, and the exit status is 143. `leave`: a command where
+    Ctrl-C only stops the current turn (chat) is left altogether. Returns a flag, set
+    (made non-empty) when SIGTERM came."""
+    import signal
+
+    came: list[bool] = []
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:  # the host process decides
+        return came
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        came.append(True)
+        if leave:
+            raise KeyboardInterrupt  # unwinds the session: its turn in flight is recorded as cancelled
+        signal.raise_signal(signal.SIGINT)  # to whichever Ctrl-C handler is in place now
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return came
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The command's exit status; an error a user can cause is one line, not a traceback."""
     from .llm.base import LLMError
 
     try:
         return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`agent run ... --json | head -1`): stop quietly, as a
         # program killed by SIGPIPE would, and keep Python's exit-time flush quiet too.

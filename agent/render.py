@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from types import SimpleNamespace
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -44,6 +45,7 @@ class ConsoleRenderer:
         self.err = err or Console(stderr=True)
         self._status: Any = None
         self._error_shown = False
+        self._answered = False
 
     def __call__(self, event: Event) -> None:
         handler = getattr(self, f"_on_{event.type}", None)
@@ -108,12 +110,17 @@ class ConsoleRenderer:
         self.err.print(Text(f"error: {e.message}", style="bold red"), soft_wrap=True)
 
     def _on_final_answer(self, e: Any) -> None:
+        self._answered = True
         if self.out.is_terminal:
             self.out.print(Markdown(e.content))
         else:  # a file or a pipe gets the answer exactly: no markup, emoji codes or wrapping applied
             self.out.print(Text(e.content), soft_wrap=True)
 
     def _on_run_finished(self, e: Any) -> None:
+        if e.status == "completed" and not self._answered and e.answer is not None:
+            # A resumed run whose answer was recorded before the crash: this stream did not show it.
+            content = e.answer if isinstance(e.answer, str) else json.dumps(e.answer, ensure_ascii=False)
+            self._on_final_answer(SimpleNamespace(content=content))
         style = "green" if e.status == "completed" else "red"
         tokens = e.usage.prompt_tokens + e.usage.completion_tokens
         line = f"{e.status} · {e.steps} steps · {tokens} tokens"

@@ -48,17 +48,28 @@ class RunLog:
         """The log's path as the string it was given as."""
         return self._file
 
+    failed: str | None = None  # why the log stopped: a write failed (a full disk); nothing is written after
+
     def __call__(self, event: Event) -> None:
         if not self.log_deltas and event.type == "model_delta":
             return
         if self._fd is None:
+            if self.failed is not None:
+                return
             self._fd = self._open()
         # One write() per event, unbuffered: once it returns, the line is the
         # kernel's and survives the process being killed (no fsync: a power
         # cut may still lose it). The bytes are model_dump_json()'s, in UTF-8.
         line = event.__pydantic_serializer__.to_json(event) + b"\n"
-        while line:
-            line = line[os.write(self._fd, line) :]
+        try:
+            while line:
+                line = line[os.write(self._fd, line) :]
+        except OSError as e:
+            # The run fails with this message, and the events that say so still reach the
+            # other subscribers (the terminal, a caller's stream): the log writes no more.
+            self.failed = f"cannot write the run log {self._file}: {e.strerror or e}"
+            self.close()
+            raise AgentError(self.failed) from None
 
     def open(self) -> None:
         """Open the log now (it opens at the first event otherwise): a log that another
@@ -69,10 +80,14 @@ class RunLog:
     def _open(self) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         try:
-            fd = os.open(self._file, flags, 0o644)
-        except FileNotFoundError:  # the first run in this directory
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._file, flags, 0o644)
+            try:
+                fd = os.open(self._file, flags, 0o644)
+            except FileNotFoundError:  # the first run in this directory
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self._file, flags, 0o644)
+        except OSError as e:
+            self.failed = f"cannot write the run log {self._file}: {e.strerror or e}"
+            raise AgentError(self.failed) from None
         _claim(fd, self._file)
         return fd
 
@@ -98,6 +113,23 @@ def _claim(fd: int, path: str) -> None:
             f"the run log {path} is being written by another run (the same session resumed twice?); "
             "finish that one first"
         ) from None
+
+
+def is_live(path: str | Path) -> bool:
+    """Whether a run is writing this log now (it holds the log's lock)."""
+    if fcntl is None:  # pragma: no cover - Windows: unknown
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def find_run(run: str | Path, run_dir: str | Path = DEFAULT_RUN_DIR) -> Path:

@@ -39,6 +39,9 @@ class Session:
 
     async def send(self, message: str) -> AsyncIterator[Event]:
         """Add a user message and run until the agent answers, yielding events."""
+        from .agent import check_text
+
+        check_text(message, "the message")
         if self._run is None:
             self._run = self.agent._new_run()
             events = self.agent._iterate(self._run, message)

@@ -229,3 +229,70 @@ def test_a_task_that_cannot_start_is_graded_and_ids_must_be_unique(tmp_path):
     assert result.status == "failed" and result.correct is False
     with pytest.raises(AgentError, match="appears twice"):
         asyncio.run(BatchRunner(make, tmp_path / "r2.jsonl").run([BatchTask(id="a", prompt="x")] * 2))
+
+
+def _batch_cli(tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    script = tmp_path / "model.jsonl"
+    script.write_text(json.dumps("ok") + "\n")
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "batch", *args, "--model", f"scripted:{script}", "--run-dir", "runs"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_results_path_is_never_a_device_a_pipe_the_tasks_file_or_another_programs_file(tmp_path):
+    import os
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"id": f"t{i}", "prompt": "x"}) + "\n" for i in range(3)))
+    before = tasks.read_text()
+    os.mkfifo(tmp_path / "pipe")
+    for args, message in (
+        (["tasks.jsonl", "-o", "tasks.jsonl", "--resume"], "is the tasks file"),
+        (["tasks.jsonl", "-o", "pipe", "--overwrite"], "is not a regular file"),
+    ):
+        out = _batch_cli(tmp_path, *args)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert tasks.read_text() == before and (tmp_path / "pipe").is_fifo()
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"id": "a", "status": "completed"}\n{"some": "other data"}\n{"more": 1}\n')
+    out = _batch_cli(tmp_path, "tasks.jsonl", "-o", "other.jsonl", "--resume")
+    assert out.returncode == 2 and "other.jsonl:2 is not a batch result" in out.stderr
+    assert other.read_text().count("\n") == 3  # left as it was
+    # through a link: the link stays one, and the file it names gets the results
+    (tmp_path / "real.jsonl").write_text("")
+    (tmp_path / "link.jsonl").symlink_to("real.jsonl")
+    out = _batch_cli(tmp_path, "tasks.jsonl", "-o", "link.jsonl", "--resume")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "link.jsonl").is_symlink() and len(read_results(tmp_path / "real.jsonl")) == 3
+
+
+def test_a_second_batch_on_the_same_results_file_is_refused_while_the_first_runs(tmp_path):
+    out = tmp_path / "results.jsonl"
+    first = BatchRunner(scripted(tmp_path / "runs"), out, resume=True)
+    first.pending(tasks(2))  # holds the results file, as a running batch does
+    try:
+        for resume in (True, False):
+            second = BatchRunner(scripted(tmp_path / "runs"), out, resume=resume, overwrite=not resume)
+            with pytest.raises(AgentError, match="being written by another agent batch"):
+                second.pending(tasks(2))
+    finally:
+        first.close()
+    asyncio.run(BatchRunner(scripted(tmp_path / "runs"), out, resume=True).run(tasks(2)))  # free again
+    assert len(read_results(out)) == 2
+
+
+def test_ids_and_errors_are_shown_as_written_and_a_bom_is_no_error(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    rows = [{"id": "x[/y]", "prompt": "x"}, {"id": ":thumbs_up:", "prompt": "y"}, {"id": "z", "prompt": "z"}]
+    tasks.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    out = _batch_cli(tmp_path, "tasks.jsonl", "-o", "out[/x].jsonl")
+    assert out.returncode == 0, out.stderr
+    assert "[1/3]" in out.stderr and "x[/y]: ok" in out.stderr and ":thumbs_up:: ok" in out.stderr
+    assert "out[/x].jsonl" in out.stderr and len(read_results(tmp_path / "out[/x].jsonl")) == 3

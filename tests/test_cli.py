@@ -296,8 +296,17 @@ def test_a_server_that_answers_wrong_fails_the_run_in_one_line(tmp_path, status,
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("command", ["run", "run --json", "batch"])
-def test_ctrl_c_stops_a_run_cleanly(tmp_path, command):
+@pytest.mark.parametrize(
+    "command, sig",
+    [
+        ("run", signal.SIGINT),
+        ("run --json", signal.SIGINT),
+        ("batch", signal.SIGINT),
+        ("run --json", signal.SIGTERM),  # kill, timeout(1), docker stop: as Ctrl-C, exit 143
+        ("batch", signal.SIGTERM),
+    ],
+)
+def test_ctrl_c_or_sigterm_stops_a_run_cleanly(tmp_path, command, sig):
     server = _Server(hang=True)
     tasks_file(tmp_path)
     args = {
@@ -319,13 +328,14 @@ def test_ctrl_c_stops_a_run_cleanly(tmp_path, command):
             assert time.monotonic() < deadline and process.poll() is None, process.communicate()
             time.sleep(0.1)
         time.sleep(0.5)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sig)
         out, err = process.communicate(timeout=30)
     finally:
         process.kill()
         server.close()
-    assert process.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    terminated = sig == signal.SIGTERM
+    assert process.returncode == (143 if terminated else 130), err
+    assert err.strip().splitlines()[-1] == ("terminated" if terminated else "interrupted") and "Traceback" not in err
     if command == "run --json":  # the stream shows how the run ended, as the log does
         end = json.loads(out.splitlines()[-1])
         assert end["type"] == "run_finished" and end["status"] == "cancelled", out
@@ -405,3 +415,66 @@ def test_replay_of_a_killed_run_says_it_was_cut_short(tmp_path, script):
     out = agent("replay", "last", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert f"agent resume {log.stem}" in out.stderr and "the log ends before the run did" in out.stderr
+
+
+def test_resume_shows_an_answer_recorded_before_the_crash_and_keeps_the_runs_tools(tmp_path):
+    (tmp_path / "notes.txt").write_text("the key is under the mat")
+    first = tmp_path / "first.jsonl"
+    first.write_text(json.dumps('<tool_call>{"name": "list_files", "arguments": {}}</tool_call>') + "\n")
+    out = agent("run", "x", "--model", f"scripted:{first}", "--tools", "files", "--max-steps", "1", cwd=tmp_path)
+    assert out.returncode == 1 and "max_steps" in out.stderr
+    second = tmp_path / "second.jsonl"
+    turns = ['<tool_call>{"name": "read_file", "arguments": {"path": "notes.txt"}}</tool_call>', "Under the mat."]
+    second.write_text("".join(json.dumps(t) + "\n" for t in turns))
+    out = agent("resume", "last", "--model", f"scripted:{second}", cwd=tmp_path)  # no --tools: the run's own
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "Under the mat." and "Unknown tool" not in out.stderr
+    # killed after the answer was written, before the run's end was: resuming shows the answer
+    [log] = (tmp_path / ".agent" / "runs").glob("*.jsonl")
+    lines = log.read_text().splitlines()
+    assert json.loads(lines[-1])["type"] == "run_finished"
+    log.write_text("\n".join(lines[:-1]) + "\n")
+    out = agent("resume", "last", "--model", f"scripted:{first}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "Under the mat." and "completed" in out.stderr
+
+
+def test_a_run_log_that_cannot_be_written_fails_the_run_in_one_line(tmp_path, monkeypatch, capsys):
+    from agent import cli
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("agent.agent.new_run_id", lambda: "full-disk")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "full-disk.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
+    (tmp_path / "s.json").write_text(json.dumps(["the answer"]))
+    code = cli.main(["run", "hi", "--model", "scripted:s.json", "--run-dir", "runs", "--no-guards", "--json"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 1
+    events = [json.loads(line) for line in out]
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "failed"
+    assert "cannot write the run log runs/full-disk.jsonl: No space left on device" in events[-1]["error"]
+
+
+def test_runs_and_replay_tell_a_run_still_going_from_an_interrupted_one(tmp_path, monkeypatch, capsys):
+    from agent import cli
+    from agent.events import RunStarted
+    from agent.runlog import RunLog
+
+    monkeypatch.setenv("COLUMNS", "200")
+    live = RunLog(tmp_path / "live-run.jsonl")
+    live(RunStarted(run_id="live-run", task="still going"))  # open, and locked, as a running run holds it
+    stopped = RunLog(tmp_path / "stopped-run.jsonl")
+    stopped(RunStarted(run_id="stopped-run", task="was killed"))
+    stopped.close()
+    try:
+        assert cli.main(["runs", "--run-dir", str(tmp_path)]) == 0
+        table = capsys.readouterr().out
+        assert "live-run" in table and "running" in table and "interrupted" in table
+        assert cli.main(["replay", "live-run", "--run-dir", str(tmp_path)]) == 0
+        assert "the run is still going" in capsys.readouterr().err
+    finally:
+        live.close()
+    assert cli.main(["replay", "live-run", "--run-dir", str(tmp_path)]) == 0
+    assert "agent resume live-run" in capsys.readouterr().err

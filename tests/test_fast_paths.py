@@ -18,7 +18,7 @@ import pytest
 from helpers import call, types
 from pydantic import BaseModel
 
-from agent import Agent, Bus, read_events, tool
+from agent import Agent, AgentError, Bus, read_events, tool
 from agent.bus import Decision
 from agent.events import (
     ModelRequest,
@@ -472,9 +472,14 @@ def test_hooks_set_on_the_instance_or_overridden_are_called_and_the_base_ones_sk
     assert _hooks(agent)[0] is not None and _hooks(agent)[1] is None and _hooks(agent)[2] is not None
 
 
-def test_a_task_or_system_prompt_that_is_not_text_fails_the_run_with_a_clear_error(run_dir):
-    result = Agent(ScriptedLLM(["x"]), run_dir=run_dir, guards=None).run_sync(123)  # type: ignore[arg-type]
-    assert result.status == "failed" and "the task must be a str, not int" in result.error
+def test_a_task_or_system_prompt_that_is_not_text_fails_with_a_clear_error(run_dir):
+    agent = Agent(ScriptedLLM(["x"]), run_dir=run_dir, guards=None)
+    for task, message in ((123, "the task must be a str, not int"), ("caf\udce9", r"byte 0xe9 at character 3")):
+        with pytest.raises(AgentError, match=message):  # before anything starts: no run, no log
+            agent.run_sync(task)  # type: ignore[arg-type]
+    assert not list(run_dir.glob("*.jsonl"))
+    with pytest.raises(AgentError, match="the message is not valid UTF-8"):
+        agent.session().send_sync("\ud800")
 
     class Odd(Agent):
         def render_system_prompt(self):
