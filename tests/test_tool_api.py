@@ -373,3 +373,12 @@ def test_a_tool_class_without_args_takes_the_model_its_run_is_annotated_with():
     agent = Agent(ScriptedLLM([call("ping", host=7), call("ping", host="a"), "ok"]), tools=[Ping], run_dir=None)
     invalid, answer = _results(agent)
     assert "host" in invalid and answer == "a up"
+
+
+def test_the_table_of_built_in_tool_names_matches_what_each_factory_makes(tmp_path):
+    from agent.builtins import REGISTRY, TOOL_NAMES, builtin_tools, builtins_for
+
+    assert set(TOOL_NAMES) == set(REGISTRY)
+    for name, made in TOOL_NAMES.items():
+        assert tuple(t.name for t in builtin_tools([name], workspace=tmp_path)) == made
+    assert builtins_for(["read_file", "python", "final_answer", "my_own"]) == ["python", "files"]
