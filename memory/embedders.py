@@ -479,11 +479,12 @@ class EmbeddingCache:
                         self._remember(model, h, blob)
         return found
 
-    def put_many(self, model: str, items: list[tuple[bytes, bytes]]) -> None:
+    def put_many(self, model: str, items: list[tuple[bytes, bytes]], *, persist: bool = True) -> None:
+        """Remember embeddings; `persist=False` keeps them in this process only (queries)."""
         with self._lock:
             for h, blob in items:
                 self._remember(model, h, blob)
-            if self._conn is not None and items:
+            if self._conn is not None and items and persist:
                 self._conn.executemany(
                     f"INSERT OR IGNORE INTO {self.TABLE} (model, hash, vector) VALUES (?, ?, ?)",
                     [(model, h, blob) for h, blob in items],
@@ -512,9 +513,11 @@ class CachedEmbedder:
         return self._cached(list(texts), "d", self.inner.embed)
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self._cached([text], "q", lambda ts: self.inner.embed_query(ts[0])[None, :])[0]
+        # Queries are cached in this process only: in the file, every distinct search
+        # would be a row kept for good (a search would also be a write).
+        return self._cached([text], "q", lambda ts: self.inner.embed_query(ts[0])[None, :], persist=False)[0]
 
-    def _cached(self, texts: list[str], kind: str, compute: Any) -> np.ndarray:
+    def _cached(self, texts: list[str], kind: str, compute: Any, persist: bool = True) -> np.ndarray:
         import numpy as np
 
         if not texts:
@@ -525,7 +528,7 @@ class CachedEmbedder:
         if todo:
             vectors = np.asarray(compute(todo), dtype=np.float32)
             new = [(text_hash(kind + "\0" + t), v.tobytes()) for t, v in zip(todo, vectors, strict=True)]
-            self.cache.put_many(self.name, new)
+            self.cache.put_many(self.name, new, persist=persist)
             found.update(new)
         return np.stack([np.frombuffer(found[h], dtype=np.float32) for h in hashes])
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -251,16 +252,27 @@ class _PgCache:
 
     def __init__(self, store: PgVectorStore) -> None:
         self.store = store
+        self._local: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()  # what is kept in process only
 
     def get_many(self, model: str, hashes: list[bytes]) -> dict[bytes, bytes]:
-        with self.store._lock:
-            rows = self.store.conn.execute(
-                "SELECT hash, vector FROM agent_embedding_cache WHERE model = %s AND hash = ANY(%s)",
-                (model, hashes),
-            ).fetchall()
-        return {bytes(h): bytes(v) for h, v in rows}
+        found = {h: v for h in hashes if (v := self._local.get((model, h))) is not None}
+        missing = [h for h in hashes if h not in found]
+        if missing:
+            with self.store._lock:
+                rows = self.store.conn.execute(
+                    "SELECT hash, vector FROM agent_embedding_cache WHERE model = %s AND hash = ANY(%s)",
+                    (model, missing),
+                ).fetchall()
+            found.update((bytes(h), bytes(v)) for h, v in rows)
+        return found
 
-    def put_many(self, model: str, items: list[tuple[bytes, bytes]]) -> None:
+    def put_many(self, model: str, items: list[tuple[bytes, bytes]], *, persist: bool = True) -> None:
+        if not persist:  # queries: one process's, not rows in the shared table for good
+            for h, v in items:
+                self._local[(model, h)] = v
+            while len(self._local) > 1024:
+                self._local.popitem(last=False)
+            return
         with self.store._lock, self.store.conn.transaction():
             self.store.conn.cursor().executemany(
                 "INSERT INTO agent_embedding_cache (model, hash, vector) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",

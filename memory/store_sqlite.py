@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -126,9 +127,35 @@ def _check_ours(path: Path) -> None:
         if probe.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
             return
         probe.execute("SELECT value FROM meta WHERE key = 'uid'").fetchall()
-        probe.execute("SELECT id, time FROM records LIMIT 0").fetchall()
+        schema = probe.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if schema is None:  # tables named like ours, made by someone else: touch nothing
+            raise sqlite3.DatabaseError("it has no memory schema version")
+        if schema[0] != SCHEMA_VERSION:
+            raise VectorMemoryError(f"{path} has memory schema {schema[0]!r}; this version reads {SCHEMA_VERSION!r}")
+        probe.execute("SELECT id, text, metadata, source_run, source_seq, time FROM records LIMIT 0").fetchall()
+        probe.execute("SELECT id, vector FROM vectors LIMIT 0").fetchall()
     finally:
         probe.close()
+
+
+_PARTIAL = re.compile(r"\.(?:faiss|npz)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
+
+
+def _sweep_partial_saves(folder: Path) -> None:
+    """Remove the half-written files of index saves whose process died (each is up to an
+    index's size). A live process's files are left alone; a reused pid keeps them a while."""
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        m = _PARTIAL.search(p.name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except (PermissionError, OverflowError, ValueError):  # someone else's live process, or no pid
+            pass
 
 
 class SqliteStore:
@@ -332,6 +359,7 @@ class SqliteStore:
             for part, marks in _id_chunks(ids):
                 deleted += self.conn.execute(f"DELETE FROM records WHERE id IN ({marks})", part).rowcount
             after = self._generation()
+            self._maybe_prune(before, after)  # deletes are changes too: a memory that churns trims its log
         self._applied(after, remove=ids)
         return deleted
 
@@ -357,7 +385,13 @@ class SqliteStore:
             return
         saved = self._meta("ann_gen")
         keep_from = after - max(20_000, self.save_every * 2)
-        if saved is not None:
+        count = int(self.conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+        # The log is kept back to the saved index file for those who load it, while loading
+        # it could still pay: not once the memory is below where any process loads one (see
+        # _open_index), nor once more changes came after it than a rebuild costs (_catch_up
+        # rebuilds then). A memory that shrank and stopped saving would otherwise keep its
+        # whole log from that file on, growing without end.
+        if saved is not None and count >= self.ann_threshold // 2 and after - int(saved) <= max(50_000, 2 * count):
             keep_from = min(keep_from, int(saved))
         if keep_from > 0:
             self.conn.execute("DELETE FROM changes WHERE gen < ?", (keep_from,))
@@ -689,6 +723,7 @@ class SqliteStore:
             return
         stem = f"{self.uid}-{self._gen:012d}"
         started = time.perf_counter()
+        _sweep_partial_saves(self.ann_dir)
         index.save(self.ann_dir, stem)
         self._saved_gen = self._gen
         log.info("saved %s (%d vectors) in %.2f s", stem, len(index), time.perf_counter() - started)

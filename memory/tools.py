@@ -35,6 +35,9 @@ def _hit_dict(hit: Any) -> dict[str, Any]:
     return data
 
 
+MAX_NOTE = 4_000  # characters of one memory_save note: several times what the embedder reads of it
+
+
 def format_hits(hits: list[dict[str, Any]]) -> str:
     """The text the model is shown for a list of hits."""
     if not hits:
@@ -118,7 +121,12 @@ class MemorySave(Tool):
     class Args(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-        text: str = Field(min_length=1, description="The note to remember, self-contained.")
+        text: str = Field(
+            min_length=1,
+            max_length=MAX_NOTE,
+            description="The note to remember, self-contained (a few sentences; long texts are "
+            "searched by their start only).",
+        )
         tags: list[str] = Field(
             default_factory=list, description="Short labels, e.g. ['project-x', 'decision']."
         )

@@ -1,6 +1,7 @@
 """Vector memory: the shared suite (SQLite and PostgreSQL), processes, the ANN path, tools."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import call
+from pydantic import ValidationError
 
 from agent import Agent, Decision
 from agent.llm import ScriptedLLM
@@ -261,6 +263,11 @@ def test_embedding_cache_embeds_each_text_once(tmp_path):
     cache = EmbeddingCache(tmp_path / "other.db")
     emb = CachedEmbedder(HashingEmbedder(64), cache)
     np.testing.assert_allclose(emb.embed(["x y"])[0], HashingEmbedder(64).embed(["x y"])[0])
+    rows = lambda: mem.store.conn.execute("SELECT COUNT(*) FROM embedding_cache").fetchone()[0]  # noqa: E731
+    before = rows()
+    for i in range(20):  # searches are no writes: the file does not keep every query
+        mem.search(f"query {i}")
+    assert rows() == before
     mem.close()
 
 
@@ -771,7 +778,9 @@ def test_a_guard_rewrites_or_blocks_what_a_search_shows(tmp_path, run_dir):
     mem.close()
 
 
-@pytest.mark.parametrize("kind", ["not a database", "another program's", "a folder"])
+@pytest.mark.parametrize(
+    "kind", ["not a database", "another program's", "another program's, with tables named like ours", "a folder"]
+)
 def test_a_file_that_is_not_a_memory_is_refused_clearly_and_left_alone(tmp_path, kind):
     import sqlite3
 
@@ -784,6 +793,13 @@ def test_a_file_that_is_not_a_memory_is_refused_clearly_and_left_alone(tmp_path,
         conn = sqlite3.connect(path)
         conn.execute("CREATE TABLE records (name TEXT, price REAL)")
         conn.execute("INSERT INTO records VALUES ('tea', 3.5)")
+        conn.commit()
+        conn.close()
+    elif kind == "another program's, with tables named like ours":
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+        conn.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, time REAL)")
+        conn.execute("INSERT INTO records (time) VALUES (1.5)")
         conn.commit()
         conn.close()
     else:
@@ -862,3 +878,37 @@ def test_bad_items_store_nothing_and_bad_queries_are_clear_errors(tmp_path):
     assert mem.recent(-1) == [] and mem.delete(set(ids[:2])) == 2 and mem.delete(range(ids[2], ids[2] + 1)) == 1
     shown = format_hits([{"id": 1, "text": "t", "metadata": {"tags": "ops"}, "time": "soon"}])
     assert shown == "1. [id 1; tags: ops] t"
+    save = memory_tools(mem)[1]
+    with pytest.raises(ValidationError, match="at most 4000 characters"):  # a model cannot store megabytes
+        save.validate({"text": "x" * 4001})
+
+
+def test_the_change_log_and_crashed_saves_do_not_grow_without_end(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "mem.db"
+    mem = VectorMemory(path, HashingEmbedder(32), ann_threshold=100)
+    ids = mem.add_many([f"item {i}" for i in range(150)])
+    mem.search("item 1", k=1)
+    mem.flush()  # an HNSW file: the log is kept back to it while others may load it
+    mem.delete(ids[10:])  # 10 left: below where any process loads an index file
+    mem.store._index = None  # close() saves no newer file
+    mem.close()
+    mem = VectorMemory(path, HashingEmbedder(32), ann_threshold=100)  # exact index: saves nothing
+    for round_ in range(56):  # 56,000 changes; the log keeps 20,000 to 25,000 of them
+        new = mem.add_many([f"churn {round_} {i}" for i in range(500)])
+        mem.delete(new)
+    log = mem.store.conn.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
+    assert log <= 25_000 and mem.count() == 10
+    # the half-written files of a save whose process died are removed at the next save
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "mem.db.ann" / f"x.faiss.tmp-{dead.stdout.strip()}-0a1b2c3d"
+    mine = tmp_path / "mem.db.ann" / f"y.npz.tmp-{os.getpid()}-0a1b2c3d"  # a live process's: kept
+    stale.write_bytes(b"partial")
+    mine.write_bytes(b"partial")
+    mem.add_many([f"more {i}" for i in range(150)])
+    mem.search("more 1", k=1)
+    mem.flush()
+    assert not stale.exists() and mine.exists()
+    mem.close()
