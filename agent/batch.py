@@ -594,8 +594,20 @@ def run_cli(args: Any) -> int:
         runner = RayBatchRunner(spec, args.output, address=args.ray_address, **options)
     else:
         runner = BatchRunner(spec.build, args.output, **options)
-    with bar:
-        results = asyncio.run(runner.run(tasks))
+    try:
+        with bar:
+            results = asyncio.run(runner.run(tasks))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say how far it got and how to go on
+        done = len(read_results(runner.output))
+        err.print(
+            Text(
+                f"{done} of {len(tasks)} tasks have results in {args.output}; "
+                f"run the same command with --resume to do the rest",
+                style="yellow",
+            ),
+            soft_wrap=True,
+        )
+        raise
     summary = summarize(results)
     table = Table("status", "tasks", title=Text(str(args.output)))
     for status, count in sorted(summary["statuses"].items()):

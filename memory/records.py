@@ -73,7 +73,16 @@ def dump_metadata(metadata: dict[str, Any] | None) -> str:
         return "{}"
     if not isinstance(metadata, dict):
         raise VectorMemoryError(f"metadata must be a dict, not {type(metadata).__name__}")
+    if not all(isinstance(k, str) for k in metadata):
+        bad = next(k for k in metadata if not isinstance(k, str))
+        raise VectorMemoryError(f"metadata keys must be strings, not {type(bad).__name__} ({bad!r})")
     try:
-        return json.dumps(metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
+        text = json.dumps(metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise VectorMemoryError(f"metadata must be JSON-serialisable: {e}") from e
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise VectorMemoryError("metadata holds a lone surrogate, which cannot be stored as UTF-8") from None
+    return text

@@ -52,6 +52,8 @@ class VectorMemory:
     ) -> None:
         from .store_sqlite import SqliteStore
 
+        if not str(path).strip():
+            raise VectorMemoryError("VectorMemory needs a file path (e.g. 'notes.db'), not an empty string")
         store = SqliteStore(
             path,
             ann_threshold=ann_threshold,
@@ -244,7 +246,8 @@ class VectorMemory:
         return self.store.search(vector, k, where, min_score)
 
     def get(self, id: int) -> Record | None:
-        return self.store.get(int(id))
+        id = int(id)
+        return self.store.get(id) if -(2**63) <= id < 2**63 else None  # beyond any id a store gives
 
     def count(self) -> int:
         return self.store.count()

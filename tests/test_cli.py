@@ -341,6 +341,8 @@ def test_ctrl_c_or_sigterm_stops_a_run_cleanly(tmp_path, command, sig):
         assert end["type"] == "run_finished" and end["status"] == "cancelled", out
     elif command == "run":
         assert "cancelled" in err
+    else:  # batch: how far it got, and how to go on
+        assert "0 of 1 tasks have results in r.jsonl; run the same command with --resume" in err
 
 
 @pytest.mark.parametrize(

@@ -870,11 +870,15 @@ def test_bad_items_store_nothing_and_bad_queries_are_clear_errors(tmp_path):
         (lambda: mem.search("x", k="3"), "k must be an int"),
         (lambda: mem.search("x", min_score="0.5"), "min_score must be a number"),
         (lambda: mem.search_vector(np.ones(3, dtype=np.float32)), "must be 256 finite numbers"),
+        (lambda: mem.add("x", {1: "a"}), "metadata keys must be strings"),
+        (lambda: mem.add("x", {"a": "\udcff"}), "metadata holds a lone surrogate"),
+        (lambda: VectorMemory(""), "needs a file path"),
     ):
         with pytest.raises(VectorMemoryError, match=message):
             bad()
     assert mem.count() == 0
     ids = mem.add_many(["a", "b", "c"])
+    assert mem.get(10**30) is None
     assert mem.recent(-1) == [] and mem.delete(set(ids[:2])) == 2 and mem.delete(range(ids[2], ids[2] + 1)) == 1
     shown = format_hits([{"id": 1, "text": "t", "metadata": {"tags": "ops"}, "time": "soon"}])
     assert shown == "1. [id 1; tags: ops] t"
