@@ -123,6 +123,27 @@ def default_model_path() -> Path:
     return path
 
 
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".onnx", ".gguf")
+
+
+def _fingerprint(source: str, settings: str) -> str:
+    """A short hash of a model folder's files that decide its vectors (see `identity`)."""
+    digest = hashlib.sha256(settings.encode())
+    folder = Path(source)
+    if not folder.is_dir():  # a hub id: the id names the weights
+        digest.update(source.encode())
+        return digest.hexdigest()[:12]
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if path.suffix in _WEIGHTS:
+            with open(path, "rb") as f:
+                head = f.read(1 << 20)
+            digest.update(f"{rel}:{path.stat().st_size}:".encode() + hashlib.sha256(head).digest())
+        elif path.suffix in (".json", ".txt", ".model") and path.stat().st_size <= 32 << 20:
+            digest.update(f"{rel}:".encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 class TransformersEmbedder:
     """Any Hugging Face encoder, run locally with transformers, offline.
 
@@ -157,6 +178,7 @@ class TransformersEmbedder:
         self.batch_size = batch_size
         self._max_length = max_length
         self._pooling = pooling
+        self._asked = (pooling, max_length)  # as given: loading fills the two above from the folder
         self.query_prefix = query_prefix
         self.document_prefix = document_prefix
         self.threads = threads
@@ -166,6 +188,7 @@ class TransformersEmbedder:
         self._model: Any = None
         self._tokenizer: Any = None
         self._dim: int | None = None
+        self._identity: str | None = None
         self._threads: int | None = None
         self._load_lock = threading.Lock()
 
@@ -180,6 +203,23 @@ class TransformersEmbedder:
 
     def _source(self) -> str:
         return str(default_model_path() if self.model_path is None else self.model_path)
+
+    @property
+    def identity(self) -> str:
+        """`name@fingerprint`: what a memory records of its model, and the cache's key.
+
+        The fingerprint covers what decides the vectors: the model folder's
+        configuration and tokenizer files, the size and first megabyte of each
+        weights file, and the pooling, length and prefix settings. Two folders
+        that share a name but not weights (`run-a/final`, `run-b/final`) differ;
+        the same files under another path do not.
+        """
+        if self._identity is None:
+            self._identity = f"{self.name}@{_fingerprint(self._source(), self._settings())}"
+        return self._identity
+
+    def _settings(self) -> str:
+        return json.dumps([*self._asked, self.query_prefix, self.document_prefix])
 
     def _read_dim(self) -> int:
         source = self._source()
@@ -506,6 +546,11 @@ class CachedEmbedder:
         self.name = embedder.name
 
     @property
+    def identity(self) -> str:
+        """The model's identity (see `TransformersEmbedder.identity`), or its name."""
+        return model_identity(self.inner)
+
+    @property
     def dim(self) -> int:
         return self.inner.dim
 
@@ -523,14 +568,32 @@ class CachedEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         hashes = [text_hash(kind + "\0" + t) for t in texts]
-        found = self.cache.get_many(self.name, list(dict.fromkeys(hashes)))
+        key = self.identity  # two models of one name do not share vectors
+        found = self.cache.get_many(key, list(dict.fromkeys(hashes)))
         todo = list(dict.fromkeys(t for t, h in zip(texts, hashes, strict=True) if h not in found))
         if todo:
             vectors = np.asarray(compute(todo), dtype=np.float32)
             new = [(text_hash(kind + "\0" + t), v.tobytes()) for t, v in zip(todo, vectors, strict=True)]
-            self.cache.put_many(self.name, new, persist=persist)
+            self.cache.put_many(key, new, persist=persist)
             found.update(new)
         return np.stack([np.frombuffer(found[h], dtype=np.float32) for h in hashes])
+
+
+def model_identity(embedder: Any) -> str:
+    """What a memory records of the model that embedded it: `identity` where the
+    embedder has one (`name@fingerprint`), else its name."""
+    return getattr(embedder, "identity", None) or embedder.name
+
+
+def same_model(recorded: str, identity: str) -> bool:
+    """Whether a memory that recorded `recorded` was embedded by the model `identity`.
+
+    With fingerprints on both sides they decide (the name may differ: the same
+    files under another path); a record from before fingerprints compares names.
+    """
+    old_name, _, old_print = recorded.partition("@")
+    name, _, fingerprint = identity.partition("@")
+    return old_print == fingerprint if old_print and fingerprint else old_name == name
 
 
 _default: TransformersEmbedder | None = None

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .embedders import same_model
 from .filters import Where, to_postgres
 from .records import Hit, Record, VectorMemoryError, source_dict
 
@@ -112,11 +113,15 @@ class PgVectorStore:
                 self.conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_time ON {t} (time)")
                 self._dim = dim
                 return
-        if row[0] != model or int(row[1]) != dim:
-            raise VectorMemoryError(
-                f"collection {self.collection!r} holds {row[1]}-dim embeddings of model {row[0]!r}; "
-                f"it cannot be searched or extended with {model!r} ({dim} dims). Open it with that embedder."
-            )
+            if not same_model(row[0], model) or int(row[1]) != dim:
+                raise VectorMemoryError(
+                    f"collection {self.collection!r} holds {row[1]}-dim embeddings of model {row[0]!r}; "
+                    f"it cannot be searched or extended with {model!r} ({dim} dims). Open it with that embedder."
+                )
+            if "@" in model and "@" not in row[0]:  # recorded before fingerprints: from now on, checked by them
+                self.conn.execute(
+                    "UPDATE agent_memory_meta SET model = %s WHERE collection = %s", (model, self.collection)
+                )
         self._dim = dim
 
     def _ready(self) -> bool:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .embedders import EmbeddingCache
+from .embedders import EmbeddingCache, same_model
 from .filters import Where, to_sqlite
 from .index import ExactIndex, HnswIndex, Subset
 from .records import Hit, Record, VectorMemoryError, source_dict
@@ -277,11 +277,13 @@ class SqliteStore:
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (model,))
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
                 return
-        if stored != model or int(stored_dim or 0) != dim:
-            raise VectorMemoryError(
-                f"memory {self.path} holds {stored_dim}-dim embeddings of model {stored!r}; "
-                f"it cannot be searched or extended with {model!r} ({dim} dims). Open it with that embedder."
-            )
+            if not same_model(stored, model) or int(stored_dim or 0) != dim:
+                raise VectorMemoryError(
+                    f"memory {self.path} holds {stored_dim}-dim embeddings of model {stored!r}; "
+                    f"it cannot be searched or extended with {model!r} ({dim} dims). Open it with that embedder."
+                )
+            if "@" in model and "@" not in stored:  # recorded before fingerprints: from now on, checked by them
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (model,))
 
     # -- writes ----------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .embedders import CachedEmbedder, Embedder, resolve_embedder
+from .embedders import CachedEmbedder, Embedder, model_identity, resolve_embedder
 from .filters import Where
 from .records import Hit, Record, VectorMemoryError, dump_metadata, normalize_source
 
@@ -126,7 +126,7 @@ class VectorMemory:
     def _bind(self) -> None:
         if not self._bound:
             emb = self.embedder
-            self.store.bind_model(emb.name, emb.dim)
+            self.store.bind_model(model_identity(emb), emb.dim)
             self._bound = True
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -916,3 +916,47 @@ def test_the_change_log_and_crashed_saves_do_not_grow_without_end(tmp_path):
     mem.flush()
     assert not stale.exists() and mine.exists()
     mem.close()
+
+
+def test_a_memory_knows_its_model_by_its_files_not_its_folder_name(tmp_path):
+    """Two checkpoints both called `final` are two models; the default model's own files
+    under another path are the same one."""
+    import sqlite3
+
+    from memory.embedders import TransformersEmbedder, default_model_path
+
+    def copy_of_default(folder, pooling=None):
+        source = default_model_path()
+        for path in source.rglob("*"):
+            if path.is_file():
+                target = folder / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(path)  # the same bytes, without copying the weights
+        if pooling is not None:
+            pool = folder / "1_Pooling" / "config.json"
+            pool.unlink(missing_ok=True)
+            pool.parent.mkdir(exist_ok=True)
+            pool.write_text(json.dumps({"word_embedding_dimension": 384, f"pooling_mode_{pooling}": True}))
+        return folder
+
+    run_a = copy_of_default(tmp_path / "run-a" / "final")
+    run_b = copy_of_default(tmp_path / "run-b" / "final", pooling="cls_token")
+    a, b = TransformersEmbedder(run_a), TransformersEmbedder(run_b)
+    assert a.name == b.name == "final" and a.identity != b.identity
+    assert a.identity.split("@")[1] == TransformersEmbedder().identity.split("@")[1]
+    one = np.zeros(384, dtype=np.float32)
+    one[0] = 1.0
+    mem = VectorMemory(tmp_path / "m.db", a)
+    mem.add("hello", vector=one)
+    with pytest.raises(VectorMemoryError, match="cannot be searched or extended with 'final@"):
+        VectorMemory(tmp_path / "m.db", b).add("x", vector=one)
+    VectorMemory(tmp_path / "m.db", TransformersEmbedder()).add("same files", vector=one)  # the default's
+    # a memory recorded before fingerprints (a plain name) is opened and then recorded by them
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        VectorMemory(tmp_path / "old.db", HashingEmbedder(384)).add("x", vector=one)
+        conn.execute("UPDATE meta SET value = 'final' WHERE key = 'model'")
+    VectorMemory(tmp_path / "old.db", a).add("y", vector=one)
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()[0] == a.identity
+    with pytest.raises(VectorMemoryError, match="cannot be searched"):
+        VectorMemory(tmp_path / "old.db", b).add("z", vector=one)
