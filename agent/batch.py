@@ -330,7 +330,7 @@ class BatchRunner:
             completion_tokens=run.usage.completion_tokens,
             time_s=round(time.monotonic() - started, 3),
             run_id=run.run_id,
-            log_path=run.log_path,
+            log_path=os.path.abspath(run.log_path) if run.log_path else None,  # read from anywhere later
         )
         return result, infrastructure
 

@@ -291,7 +291,7 @@ def _agent_from(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def _warn_if_unguarded(args: argparse.Namespace) -> None:
-    if getattr(args, "no_guards", False) and not getattr(args, "json", False):
+    if getattr(args, "no_guards", False):  # on stderr: --json output on stdout stays events only
         from rich.console import Console
 
         Console(stderr=True).print(

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 
 import pytest
 
@@ -54,6 +55,7 @@ def test_concurrent_batch_writes_one_line_per_task(tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(line["id"] for line in lines) == [f"t{i}" for i in range(7)]
     assert all(line["log_path"] and line["run_id"] for line in lines)
+    assert all(os.path.isabs(line["log_path"]) and os.path.exists(line["log_path"]) for line in lines)
 
 
 def test_resume_skips_finished_and_drops_a_torn_line(tmp_path):

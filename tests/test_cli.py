@@ -123,6 +123,8 @@ def test_guards_are_on_by_default_and_the_cli_says_when_off(tmp_path):
     assert out.returncode == 0 and "guards are off" in out.stderr
     out = agent("run", "x", "--model", f"scripted:{path}", cwd=tmp_path)
     assert out.returncode == 0 and "guards are off" not in out.stderr
+    out = agent("run", "x", "--model", f"scripted:{path}", "--no-guards", "--json", cwd=tmp_path)
+    assert "guards are off" in out.stderr and all(json.loads(line) for line in out.stdout.splitlines())
 
 
 def test_default_guards_redact_a_secret_before_the_model_sees_it(tmp_path):
