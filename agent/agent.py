@@ -445,6 +445,8 @@ class Agent:
         return observe
 
     async def _execute(self, run: Run, task: str | None, follow_up: str | None = None) -> None:
+        if run.log is not None and run.log.failed is not None:  # a session's log stopped in an earlier turn
+            raise AgentError(f"{run.log.failed}; this session cannot go on unrecorded: start a new one")
         self._runs.append(run)
         self._last = run
         try:

@@ -136,7 +136,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def _hold(path: Path) -> int:
     """The results file in place, open and locked; refused when another batch holds it."""
     while True:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             _lock(fd, path)
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
@@ -354,8 +354,10 @@ class BatchRunner:
         tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
         held = fd = None
         try:
-            # The file in place stays locked until the new one, locked too, has replaced it.
-            held = _hold(self.output) if self.output.exists() else None
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            # The file in place (made now when missing, so that two batches starting together
+            # meet at one file) stays locked until the new one, locked too, has replaced it.
+            held = _hold(self.output)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
             _lock(fd, self.output)
             _write_all(fd, "".join(r.model_dump_json() + "\n" for r in finished.values()).encode())

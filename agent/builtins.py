@@ -29,8 +29,10 @@ TOOL_NAMES: dict[str, tuple[str, ...]] = {
 
 
 def builtins_for(tool_names: list[str]) -> list[str]:
-    """The built-in names that made these tools (a run's `run_started.tools`)."""
-    return [name for name, made in TOOL_NAMES.items() if set(made) & set(tool_names)]
+    """The built-in names that made these tools (a run's `run_started.tools`): those
+    all of whose tools are there. A script's own `read_file` does not bring in the
+    `files` group with `write_file` and `edit_file`."""
+    return [name for name, made in TOOL_NAMES.items() if set(made) <= set(tool_names)]
 
 
 def builtin_tools(names: list[str], **options: Any) -> list[Any]:

@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -442,37 +442,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    terminated = _stop_on_sigterm(leave=args.command == "chat")
-    try:
-        code = _run_command(args)
-    except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
-        print("terminated" if terminated else "interrupted", file=sys.stderr)
-    else:
-        if terminated and code == EXIT_INTERRUPTED:
-            print("terminated", file=sys.stderr)
+    with _sigterm_as_ctrl_c(leave=args.command == "chat") as terminated:
+        try:
+            code = _run_command(args)
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+            print("terminated" if terminated else "interrupted", file=sys.stderr)
+        else:
+            if terminated and code == EXIT_INTERRUPTED:
+                print("terminated", file=sys.stderr)
     return EXIT_TERMINATED if terminated and code == EXIT_INTERRUPTED else code
 
 
-def _stop_on_sigterm(*, leave: bool) -> list[bool]:
-    """Make SIGTERM stop a command as Ctrl-C does: runs record that they were cancelled,
-    batches keep their results, and the exit status is 143. `leave`: a command where
-    Ctrl-C only stops the current turn (chat) is left altogether. Returns a flag, set
-    (made non-empty) when SIGTERM came."""
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c(*, leave: bool) -> Iterator[list[bool]]:
+    """While a command runs, SIGTERM stops it as Ctrl-C does: runs record that they were
+    cancelled, batches keep their results, and the exit status is 143. `leave`: a command
+    where Ctrl-C only stops the current turn (chat) is left altogether. Yields a flag, set
+    (made non-empty) when SIGTERM came. Only in the main thread, and only where SIGTERM
+    has its default action (a host process that handles it decides)."""
     import signal
+    import threading
 
     came: list[bool] = []
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:  # the host process decides
-        return came
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield came
+        return
 
-    def on_sigterm(signum: int, frame: object) -> None:
+    def on_sigterm(signum: int, frame: Any) -> None:
         came.append(True)
-        if leave:
-            raise KeyboardInterrupt  # unwinds the session: its turn in flight is recorded as cancelled
-        signal.raise_signal(signal.SIGINT)  # to whichever Ctrl-C handler is in place now
+        ctrl_c = signal.getsignal(signal.SIGINT)
+        if callable(ctrl_c) and not leave:  # asyncio's, the sync runner's, or Python's own
+            ctrl_c(signal.SIGINT, frame)
+        else:  # chat, or Ctrl-C ignored (a job started with & from a script): stop all the same
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    return came
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -192,9 +192,9 @@ def check_tool(t: Tool) -> None:
         raise TypeError(f"tool class {kind} has no name; set `name = \"...\"` in the class")
     if not _TOOL_NAME.fullmatch(name):
         raise ValueError(
-            f"tool name {name!r} ({kind}): use 1-64 letters, digits, '_' or '-' (what model APIs accept)"
+            f"tool name {name!r} ({kind}): use 1-64 letters, digits, '_' or '-', without spaces or dots"
         )
-    args = getattr(t, "Args", None)
+    args = getattr(t, "args_model", None)  # what validation and the schema use (Args, unless overridden)
     if not (isinstance(args, type) and issubclass(args, BaseModel)):
         raise TypeError(
             f"tool {name!r} ({kind}) has no argument model; define `class Args(BaseModel): ...` in the class "
@@ -205,7 +205,7 @@ def check_tool(t: Tool) -> None:
         raise ValueError(f"tool {name!r}: unknown effects {sorted(unknown)}; use {sorted(EFFECTS)}")
 
 
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TOOL_NAME = re.compile(r"[\w-]{1,64}")  # letters of any script: local models take `météo`; OpenAI's API wants ASCII
 
 
 class FunctionTool(Tool):
@@ -431,7 +431,7 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     """
     if _NUMPY_SECTION.search(doc):
         return _sections(doc, _NUMPY_SECTION, _numpy_params)
-    if re.search(r"^:param\s", doc, re.M):
+    if re.search(r"^:(?:param|parameter|arg|argument|key|keyword)\s", doc, re.M):
         return _sphinx(doc)
     return _sections(doc, _GOOGLE_SECTION, _google_params)
 

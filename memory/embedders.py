@@ -126,6 +126,41 @@ def default_model_path() -> Path:
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".onnx", ".gguf")
 
 
+def _settings_in_effect(folder: Path | None, pooling: str | None, max_length: int | None) -> tuple[str, int | None]:
+    """Pooling and input length as the model folder's sentence-transformers files set them,
+    unless given. The length may stay None: the tokenizer's own limit applies then."""
+    if pooling is None:
+        pooling = "mean"
+        pool_config = folder / "1_Pooling" / "config.json" if folder else None
+        if pool_config is not None and pool_config.exists():
+            data = json.loads(pool_config.read_text())
+            if data.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif data.get("pooling_mode_lasttoken"):
+                pooling = "last"
+    if max_length is None and folder is not None:
+        st_config = folder / "sentence_bert_config.json"
+        if st_config.exists():
+            max_length = json.loads(st_config.read_text()).get("max_seq_length")
+        if max_length is None and (folder / "tokenizer_config.json").exists():
+            limit = json.loads((folder / "tokenizer_config.json").read_text()).get("model_max_length")
+            max_length = min(int(limit), 512) if isinstance(limit, (int, float)) and limit > 0 else None
+    return pooling, max_length
+
+
+def _local_folder(source: str) -> Path | None:
+    """The folder holding a model: the path itself, or a hub id's snapshot in the local
+    cache (nothing is downloaded); None when there is none."""
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception:  # not in the cache, not a hub id, or no huggingface_hub
+        return None
+
+
 def _fingerprint(source: str, settings: str) -> str:
     """A short hash of a model folder's files that decide its vectors (see `identity`)."""
     digest = hashlib.sha256(settings.encode())
@@ -188,7 +223,7 @@ class TransformersEmbedder:
         self._model: Any = None
         self._tokenizer: Any = None
         self._dim: int | None = None
-        self._identity: str | None = None
+        self._fingerprint: str | None = None
         self._threads: int | None = None
         self._load_lock = threading.Lock()
 
@@ -205,21 +240,24 @@ class TransformersEmbedder:
         return str(default_model_path() if self.model_path is None else self.model_path)
 
     @property
+    def fingerprint(self) -> str:
+        """A short hash of what decides this embedder's vectors, which a memory records
+        beside the model's name: the model folder's configuration and tokenizer files,
+        the size and first megabyte of each weights file, and the pooling, length and
+        prefix settings in effect. Two folders that share a name but not weights
+        (`run-a/final`, `run-b/final`) differ; the same files under another path, or a
+        setting passed that the folder gives anyway, do not."""
+        if self._fingerprint is None:
+            folder = _local_folder(self._source())
+            pooling, max_length = _settings_in_effect(folder, *self._asked)
+            settings = json.dumps([pooling, max_length, self.query_prefix, self.document_prefix])
+            self._fingerprint = _fingerprint(str(folder) if folder else self._source(), settings)
+        return self._fingerprint
+
+    @property
     def identity(self) -> str:
-        """`name@fingerprint`: what a memory records of its model, and the cache's key.
-
-        The fingerprint covers what decides the vectors: the model folder's
-        configuration and tokenizer files, the size and first megabyte of each
-        weights file, and the pooling, length and prefix settings. Two folders
-        that share a name but not weights (`run-a/final`, `run-b/final`) differ;
-        the same files under another path do not.
-        """
-        if self._identity is None:
-            self._identity = f"{self.name}@{_fingerprint(self._source(), self._settings())}"
-        return self._identity
-
-    def _settings(self) -> str:
-        return json.dumps([*self._asked, self.query_prefix, self.document_prefix])
+        """`name@fingerprint`: the embedding cache's key for this model's vectors."""
+        return f"{self.name}@{self.fingerprint}"
 
     def _read_dim(self) -> int:
         source = self._source()
@@ -263,22 +301,8 @@ class TransformersEmbedder:
                     "or a hub id that is already in the local cache."
                 ) from e
             model.eval().to(self.device)
-            pooling, max_length = self._pooling, self._max_length
-            folder = Path(source)
-            if pooling is None:
-                pooling = "mean"
-                pool_config = folder / "1_Pooling" / "config.json"
-                if pool_config.exists():
-                    data = json.loads(pool_config.read_text())
-                    if data.get("pooling_mode_cls_token"):
-                        pooling = "cls"
-                    elif data.get("pooling_mode_lasttoken"):
-                        pooling = "last"
-            if max_length is None:
-                st_config = folder / "sentence_bert_config.json"
-                if st_config.exists():
-                    max_length = json.loads(st_config.read_text()).get("max_seq_length")
-                max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
+            pooling, max_length = _settings_in_effect(_local_folder(source), self._pooling, self._max_length)
+            max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
             self._pooling, self._max_length = pooling, max_length
             self._tokenizer = tokenizer
             self._dim = int(model.config.hidden_size)
@@ -546,9 +570,14 @@ class CachedEmbedder:
         self.name = embedder.name
 
     @property
+    def fingerprint(self) -> str | None:
+        return getattr(self.inner, "fingerprint", None)
+
+    @property
     def identity(self) -> str:
-        """The model's identity (see `TransformersEmbedder.identity`), or its name."""
-        return model_identity(self.inner)
+        """The cache's key for the model's vectors: `name@fingerprint`, or the name."""
+        fingerprint = self.fingerprint
+        return f"{self.name}@{fingerprint}" if fingerprint else self.name
 
     @property
     def dim(self) -> int:
@@ -579,21 +608,14 @@ class CachedEmbedder:
         return np.stack([np.frombuffer(found[h], dtype=np.float32) for h in hashes])
 
 
-def model_identity(embedder: Any) -> str:
-    """What a memory records of the model that embedded it: `identity` where the
-    embedder has one (`name@fingerprint`), else its name."""
-    return getattr(embedder, "identity", None) or embedder.name
-
-
-def same_model(recorded: str, identity: str) -> bool:
-    """Whether a memory that recorded `recorded` was embedded by the model `identity`.
+def same_model(recorded: str, recorded_print: str | None, name: str, fingerprint: str | None) -> bool:
+    """Whether a memory that recorded model `recorded` (and its fingerprint, where it
+    did) was embedded by the model `name` with `fingerprint`.
 
     With fingerprints on both sides they decide (the name may differ: the same
-    files under another path); a record from before fingerprints compares names.
+    files under another path); a memory recorded before fingerprints compares names.
     """
-    old_name, _, old_print = recorded.partition("@")
-    name, _, fingerprint = identity.partition("@")
-    return old_print == fingerprint if old_print and fingerprint else old_name == name
+    return recorded_print == fingerprint if recorded_print and fingerprint else recorded == name
 
 
 _default: TransformersEmbedder | None = None

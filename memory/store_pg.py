@@ -70,6 +70,8 @@ class PgVectorStore:
                 "CREATE TABLE IF NOT EXISTS agent_memory_meta "
                 "(collection TEXT PRIMARY KEY, model TEXT NOT NULL, dim INTEGER NOT NULL)"
             )
+            # The model's fingerprint (see bind_model), in a column that earlier versions do not read.
+            self.conn.execute("ALTER TABLE agent_memory_meta ADD COLUMN IF NOT EXISTS model_print TEXT")
             self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS agent_embedding_cache "
                 "(model TEXT NOT NULL, hash BYTEA NOT NULL, vector BYTEA NOT NULL, PRIMARY KEY (model, hash))"
@@ -89,16 +91,18 @@ class PgVectorStore:
             ).fetchone()
         return (row[0], int(row[1])) if row else (None, None)
 
-    def bind_model(self, model: str, dim: int) -> None:
+    def bind_model(self, model: str, dim: int, fingerprint: str | None = None) -> None:
+        """Record the embedding model on first use; refuse a different one later (the
+        fingerprint in its own column, which earlier versions do not read)."""
         with self._lock, self.conn.transaction():
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             row = self.conn.execute(
-                "SELECT model, dim FROM agent_memory_meta WHERE collection = %s", (self.collection,)
+                "SELECT model, dim, model_print FROM agent_memory_meta WHERE collection = %s", (self.collection,)
             ).fetchone()
             if row is None:
                 self.conn.execute(
-                    "INSERT INTO agent_memory_meta (collection, model, dim) VALUES (%s, %s, %s)",
-                    (self.collection, model, dim),
+                    "INSERT INTO agent_memory_meta (collection, model, dim, model_print) VALUES (%s, %s, %s, %s)",
+                    (self.collection, model, dim, fingerprint),
                 )
                 t = self.table
                 self.conn.execute(
@@ -113,14 +117,17 @@ class PgVectorStore:
                 self.conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_time ON {t} (time)")
                 self._dim = dim
                 return
-            if not same_model(row[0], model) or int(row[1]) != dim:
+            stored, stored_dim, stored_print = row
+            if not same_model(stored, stored_print, model, fingerprint) or int(stored_dim) != dim:
                 raise VectorMemoryError(
-                    f"collection {self.collection!r} holds {row[1]}-dim embeddings of model {row[0]!r}; "
-                    f"it cannot be searched or extended with {model!r} ({dim} dims). Open it with that embedder."
+                    f"collection {self.collection!r} holds {stored_dim}-dim embeddings of model {stored!r}"
+                    f"{f' ({stored_print})' if stored_print else ''}; it cannot be searched or extended with "
+                    f"{model!r}{f' ({fingerprint})' if fingerprint else ''} ({dim} dims). Open it with that embedder."
                 )
-            if "@" in model and "@" not in row[0]:  # recorded before fingerprints: from now on, checked by them
+            if fingerprint and stored_print is None:  # recorded from now on (made before: checked by name once)
                 self.conn.execute(
-                    "UPDATE agent_memory_meta SET model = %s WHERE collection = %s", (model, self.collection)
+                    "UPDATE agent_memory_meta SET model_print = %s WHERE collection = %s",
+                    (fingerprint, self.collection),
                 )
         self._dim = dim
 

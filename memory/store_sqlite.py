@@ -269,21 +269,25 @@ class SqliteStore:
             dim = self._meta("dim")
             return self._meta("model"), int(dim) if dim else None
 
-    def bind_model(self, model: str, dim: int) -> None:
-        """Record the embedding model on first use; refuse a different one later."""
+    def bind_model(self, model: str, dim: int, fingerprint: str | None = None) -> None:
+        """Record the embedding model on first use; refuse a different one later.
+
+        The model's fingerprint (see `TransformersEmbedder.fingerprint`) goes in its
+        own meta row, which earlier versions ignore: they still open the file.
+        """
         with self._write():
-            stored, stored_dim = self._meta("model"), self._meta("dim")
+            stored, stored_dim, stored_print = self._meta("model"), self._meta("dim"), self._meta("model_print")
             if stored is None:
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (model,))
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
-                return
-            if not same_model(stored, model) or int(stored_dim or 0) != dim:
+            elif not same_model(stored, stored_print, model, fingerprint) or int(stored_dim or 0) != dim:
                 raise VectorMemoryError(
-                    f"memory {self.path} holds {stored_dim}-dim embeddings of model {stored!r}; "
-                    f"it cannot be searched or extended with {model!r} ({dim} dims). Open it with that embedder."
+                    f"memory {self.path} holds {stored_dim}-dim embeddings of model {stored!r}"
+                    f"{f' ({stored_print})' if stored_print else ''}; it cannot be searched or extended with "
+                    f"{model!r}{f' ({fingerprint})' if fingerprint else ''} ({dim} dims). Open it with that embedder."
                 )
-            if "@" in model and "@" not in stored:  # recorded before fingerprints: from now on, checked by them
-                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (model,))
+            if fingerprint and stored_print is None:  # recorded from now on (a memory made before: by name once)
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model_print', ?)", (fingerprint,))
 
     # -- writes ----------------------------------------------------------------
 

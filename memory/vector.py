@@ -19,12 +19,13 @@ same API. Embeddings are cached by content hash, per model.
 from __future__ import annotations
 
 import math
+import numbers
 import time as _time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .embedders import CachedEmbedder, Embedder, model_identity, resolve_embedder
+from .embedders import CachedEmbedder, Embedder, resolve_embedder
 from .filters import Where
 from .records import Hit, Record, VectorMemoryError, dump_metadata, normalize_source
 
@@ -126,7 +127,7 @@ class VectorMemory:
     def _bind(self) -> None:
         if not self._bound:
             emb = self.embedder
-            self.store.bind_model(model_identity(emb), emb.dim)
+            self.store.bind_model(emb.name, emb.dim, getattr(emb, "fingerprint", None))
             self._bound = True
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -223,7 +224,8 @@ class VectorMemory:
         if not isinstance(query, str):
             raise VectorMemoryError(f"search takes a query string, not {type(query).__name__}")
         _check_text(query)
-        if _check_search(k, min_score) <= 0:
+        k = _check_search(k, min_score)
+        if k <= 0:
             return []
         self._bind()
         return self.store.search(self.embedder.embed_query(query), k, where, min_score)
@@ -234,7 +236,8 @@ class VectorMemory:
         """Like `search`, with a unit query vector of the memory's model."""
         import numpy as np
 
-        if _check_search(k, min_score) <= 0:
+        k = _check_search(k, min_score)
+        if k <= 0:
             return []
         self._bind()
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -265,7 +268,8 @@ class VectorMemory:
 
     def recent(self, limit: int = 10, where: Where | None = None) -> list[Record]:
         """The newest records by time."""
-        if _check_search(limit, None) <= 0:
+        limit = _check_search(limit, None)
+        if limit <= 0:
             return []
         return self.store.recent(limit, where)
 
@@ -300,17 +304,17 @@ def _check_text(text: Any) -> None:
 
 
 def _check_time(when: Any, now: float) -> float:
-    """A record's time: seconds since the epoch (None: now)."""
+    """A record's time: seconds since the epoch (None: now). NumPy numbers are numbers."""
     if when is None:
         return now
-    if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
+    if isinstance(when, bool) or not isinstance(when, numbers.Real) or not math.isfinite(when):
         raise VectorMemoryError(f"time must be seconds since the epoch (a finite number), not {when!r}")
     return float(when)
 
 
 def _check_search(k: Any, min_score: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise VectorMemoryError(f"k must be an int, not {k!r}")
-    if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))):
+    if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, numbers.Real)):
         raise VectorMemoryError(f"min_score must be a number, not {min_score!r}")
-    return k
+    return int(k)

@@ -298,3 +298,33 @@ def test_ids_and_errors_are_shown_as_written_and_a_bom_is_no_error(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "[1/3]" in out.stderr and "x[/y]: ok" in out.stderr and ":thumbs_up:: ok" in out.stderr
     assert "out[/x].jsonl" in out.stderr and len(read_results(tmp_path / "out[/x].jsonl")) == 3
+
+
+def test_two_batches_starting_together_on_a_new_results_file_meet_and_one_is_refused(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    out = tmp_path / "new" / "folder" / "results.jsonl"  # the folder is made as well
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_start_batch, args=(out, barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    outcomes = sorted(results.get(timeout=5) for _ in procs)
+    assert outcomes == ["held", "refused"], outcomes
+
+
+def _start_batch(out, barrier, results):
+    runner = BatchRunner(scripted(out.parent / "runs"), out, resume=True)
+    barrier.wait()
+    try:
+        runner.pending(tasks(2))
+    except AgentError as e:
+        results.put("refused" if "another agent batch" in str(e) else str(e))
+        return
+    results.put("held")
+    import time
+
+    time.sleep(1.0)  # hold it while the other tries
+    runner.close()

@@ -306,6 +306,7 @@ def test_a_server_that_answers_wrong_fails_the_run_in_one_line(tmp_path, status,
         ("batch", signal.SIGINT),
         ("run --json", signal.SIGTERM),  # kill, timeout(1), docker stop: as Ctrl-C, exit 143
         ("batch", signal.SIGTERM),
+        ("run --json &", signal.SIGTERM),  # a job a script started with &: Ctrl-C ignored, kill still stops it
     ],
 )
 def test_ctrl_c_or_sigterm_stops_a_run_cleanly(tmp_path, command, sig):
@@ -314,8 +315,10 @@ def test_ctrl_c_or_sigterm_stops_a_run_cleanly(tmp_path, command, sig):
     args = {
         "run": ["run", "x"],
         "run --json": ["run", "x", "--json"],
+        "run --json &": ["run", "x", "--json"],
         "batch": ["batch", "tasks.jsonl", "-o", "r.jsonl"],
     }[command]
+    background = command.endswith("&")
     process = subprocess.Popen(
         [sys.executable, "-m", "agent", *args, "--base-url", server.base_url, "--context-window", "4096"],
         cwd=tmp_path,
@@ -323,6 +326,7 @@ def test_ctrl_c_or_sigterm_stops_a_run_cleanly(tmp_path, command, sig):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None,
     )
     try:
         deadline = time.monotonic() + 60
@@ -338,7 +342,7 @@ def test_ctrl_c_or_sigterm_stops_a_run_cleanly(tmp_path, command, sig):
     terminated = sig == signal.SIGTERM
     assert process.returncode == (143 if terminated else 130), err
     assert err.strip().splitlines()[-1] == ("terminated" if terminated else "interrupted") and "Traceback" not in err
-    if command == "run --json":  # the stream shows how the run ended, as the log does
+    if command.startswith("run --json"):  # the stream shows how the run ended, as the log does
         end = json.loads(out.splitlines()[-1])
         assert end["type"] == "run_finished" and end["status"] == "cancelled", out
     elif command == "run":
@@ -480,5 +484,12 @@ def test_runs_and_replay_tell_a_run_still_going_from_an_interrupted_one(tmp_path
         assert "the run is still going" in capsys.readouterr().err
     finally:
         live.close()
+    before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["replay", "live-run", "--run-dir", str(tmp_path)]) == 0
     assert "agent resume live-run" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == before  # the command's SIGTERM handler is gone with it
+    codes = []  # and a command run from another thread (no signals there) works as well
+    worker = threading.Thread(target=lambda: codes.append(cli.main(["runs", "--run-dir", str(tmp_path)])))
+    worker.start()
+    worker.join(30)
+    assert codes == [0]

@@ -879,6 +879,9 @@ def test_bad_items_store_nothing_and_bad_queries_are_clear_errors(tmp_path):
     assert mem.count() == 0
     ids = mem.add_many(["a", "b", "c"])
     assert mem.get(10**30) is None
+    numpy_numbers = mem.search("a", k=np.int64(2), min_score=np.float32(-1.0))  # NumPy numbers are numbers
+    assert len(numpy_numbers) == 2 and mem.recent(np.int64(1))[0].text == "c"
+    assert mem.get(mem.add("d", time=np.float64(1.5e9))).time == 1.5e9
     assert mem.recent(-1) == [] and mem.delete(set(ids[:2])) == 2 and mem.delete(range(ids[2], ids[2] + 1)) == 1
     shown = format_hits([{"id": 1, "text": "t", "metadata": {"tags": "ops"}, "time": "soon"}])
     assert shown == "1. [id 1; tags: ops] t"
@@ -942,21 +945,23 @@ def test_a_memory_knows_its_model_by_its_files_not_its_folder_name(tmp_path):
     run_a = copy_of_default(tmp_path / "run-a" / "final")
     run_b = copy_of_default(tmp_path / "run-b" / "final", pooling="cls_token")
     a, b = TransformersEmbedder(run_a), TransformersEmbedder(run_b)
-    assert a.name == b.name == "final" and a.identity != b.identity
-    assert a.identity.split("@")[1] == TransformersEmbedder().identity.split("@")[1]
+    assert a.name == b.name == "final" and a.fingerprint != b.fingerprint
+    assert a.fingerprint == TransformersEmbedder().fingerprint  # the default's files
+    assert a.fingerprint == TransformersEmbedder(run_a, pooling="mean", max_length=256).fingerprint  # its own settings
     one = np.zeros(384, dtype=np.float32)
     one[0] = 1.0
     mem = VectorMemory(tmp_path / "m.db", a)
     mem.add("hello", vector=one)
-    with pytest.raises(VectorMemoryError, match="cannot be searched or extended with 'final@"):
+    with pytest.raises(VectorMemoryError, match=rf"cannot be searched or extended with 'final' \({b.fingerprint}\)"):
         VectorMemory(tmp_path / "m.db", b).add("x", vector=one)
     VectorMemory(tmp_path / "m.db", TransformersEmbedder()).add("same files", vector=one)  # the default's
-    # a memory recorded before fingerprints (a plain name) is opened and then recorded by them
+    # the model's name row is as earlier versions wrote it (they still open the file); the fingerprint has its own
+    meta = dict(sqlite3.connect(tmp_path / "m.db").execute("SELECT key, value FROM meta").fetchall())
+    assert (meta["model"], meta["model_print"]) == ("final", a.fingerprint)
+    # a memory recorded before fingerprints (a name only) is checked by name once, then by fingerprint
+    VectorMemory(tmp_path / "old.db", HashingEmbedder(384)).add("x", vector=one)
     with sqlite3.connect(tmp_path / "old.db") as conn:
-        VectorMemory(tmp_path / "old.db", HashingEmbedder(384)).add("x", vector=one)
         conn.execute("UPDATE meta SET value = 'final' WHERE key = 'model'")
     VectorMemory(tmp_path / "old.db", a).add("y", vector=one)
-    with sqlite3.connect(tmp_path / "old.db") as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()[0] == a.identity
     with pytest.raises(VectorMemoryError, match="cannot be searched"):
         VectorMemory(tmp_path / "old.db", b).add("z", vector=one)

@@ -76,3 +76,25 @@ def test_a_session_another_writer_holds_is_refused(run_dir):
             Agent(ScriptedLLM(["Again."]), run_dir=run_dir).session(chat.run_id)
     later = Agent(ScriptedLLM(["Again."]), run_dir=run_dir).session(chat.run_id)  # free once it is let go
     assert later.send_sync("Hi again.").answer == "Again."
+
+
+def test_a_session_whose_log_could_not_be_written_refuses_the_next_turn(tmp_path):
+    import os
+
+    import pytest
+
+    from agent import AgentError
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    agent = Agent(ScriptedLLM(["first", "second"]), run_dir=tmp_path, guards=None)
+    chat = agent.session()
+    first = chat.send_sync("hello")
+    assert first.ok
+    log = first.log_path
+    os.replace(log, log + ".kept")
+    os.symlink("/dev/full", log)  # the disk fills up between two turns
+    second = chat.send_sync("again")
+    assert second.status == "failed" and "No space left on device" in second.error
+    with pytest.raises(AgentError, match="cannot go on unrecorded"):
+        chat.send_sync("and again")

@@ -249,6 +249,14 @@ def test_numpy_and_sphinx_docstrings_document_the_parameters_as_google_ones_do()
         """
         return city
 
+    @tool
+    def météo(ville: str) -> str:  # a name in any script is a name
+        """Le temps.
+
+        :arg ville: La ville.
+        """
+        return ville
+
     assert forecast.description == "Get the forecast."
     assert _described_params(forecast) == {
         "city": "The city's name, in English.",
@@ -258,6 +266,8 @@ def test_numpy_and_sphinx_docstrings_document_the_parameters_as_google_ones_do()
     assert convert.description == "Convert money."
     assert _described_params(convert) == {"amount": "How much, before fees.", "currency": "ISO code."}
     assert _described_params(notes) == {"city": "The city."}
+    assert météo.description == "Le temps." and _described_params(météo) == {"ville": "La ville."}
+    Agent(ScriptedLLM(["x"]), tools=[météo], run_dir=None)
 
 
 class _Ping(BaseModel):
@@ -285,6 +295,18 @@ def test_a_tool_class_that_no_model_could_call_is_refused_when_the_agent_takes_i
 
         async def run(self, args):
             return "up"
+
+    class Computed(Tool):  # the argument model from a property, as validation reads it: fine
+        name = "computed"
+
+        @property
+        def args_model(self):
+            return _Ping
+
+        async def run(self, args):
+            return "up"
+
+    Agent(ScriptedLLM(["x"]), tools=[Computed], run_dir=None)
 
     for klass, message in (
         (Nameless, "tool class Nameless has no name"),
@@ -381,4 +403,5 @@ def test_the_table_of_built_in_tool_names_matches_what_each_factory_makes(tmp_pa
     assert set(TOOL_NAMES) == set(REGISTRY)
     for name, made in TOOL_NAMES.items():
         assert tuple(t.name for t in builtin_tools([name], workspace=tmp_path)) == made
-    assert builtins_for(["read_file", "python", "final_answer", "my_own"]) == ["python", "files"]
+    assert builtins_for(["read_file", "python", "final_answer", "my_own"]) == ["python"]  # a lone read_file: a script's
+    assert builtins_for([*TOOL_NAMES["files"], "web_search"]) == ["files"]
