@@ -353,9 +353,17 @@ class HFClassifierGuard:
         with self._lock:
             if self._loaded is None:
                 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+                from transformers.utils import logging as hf_logging
 
-                tokenizer = AutoTokenizer.from_pretrained(self.path)
-                model = AutoModelForSequenceClassification.from_pretrained(self.path).to(self.device).eval()
+                bars = hf_logging.is_progress_bar_enabled()
+                hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a run's output
+                try:  # offline: a classifier is a local folder or already in the cache, never downloaded
+                    tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+                    model = AutoModelForSequenceClassification.from_pretrained(self.path, local_files_only=True)
+                finally:
+                    if bars:
+                        hf_logging.enable_progress_bar()
+                model = model.to(self.device).eval()
                 id2label = {int(k): str(v).upper() for k, v in model.config.id2label.items()}
                 wanted = self.positive_labels or list(_POSITIVE)
                 positive = [i for i, label in id2label.items() if any(w in label for w in wanted)]

@@ -292,6 +292,10 @@ class TransformersEmbedder:
             source = self._source()
             if self.device == "cpu":
                 self._threads = self.threads or min(cpu_budget(), torch.get_num_threads())
+            from transformers.utils import logging as hf_logging
+
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a run's output
             try:
                 tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
                 model = AutoModel.from_pretrained(source, local_files_only=True)
@@ -300,6 +304,9 @@ class TransformersEmbedder:
                     f"cannot load embedding model {source!r} offline: {e}. Pass a local directory "
                     "or a hub id that is already in the local cache."
                 ) from e
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
             model.eval().to(self.device)
             pooling, max_length = _settings_in_effect(_local_folder(source), self._pooling, self._max_length)
             max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
