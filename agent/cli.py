@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries",
         type=_number(int, 0),
         default=2,
-        help="retries for infrastructure errors (backoff doubles)",
+        help="runs of a task again after an infrastructure error (backoff doubles); each run's model "
+        "client first retries its own requests (its error says how often)",
     )
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--ray-address", default=None, help="a Ray cluster to join (default: start a local one)")
