@@ -377,3 +377,30 @@ def test_a_missing_workspace_is_made_and_a_file_in_its_place_refused(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ValueError, match="is not a directory"):
         FileTools(tmp_path / "a_file")
+
+
+def test_a_pattern_that_backtracks_without_end_is_stopped_and_the_process_keeps_going(ft, ws, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(files, "REGEX_BUDGET", 0.5)
+    (ws / "log.txt").write_text("a" * 60 + "!\n")
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:  # another thread, as the event loop is: it must keep running during the match
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.05)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    started = time.monotonic()
+    try:
+        message = refused(ft.search_files, pattern="(a|aa)+$", regex=True)
+    finally:
+        stop.set()
+        ticker.join()
+    assert "took over 0.5 s to match and was stopped" in message
+    assert time.monotonic() - started < 3 and len(ticks) >= 5
+    assert ft.search_files(pattern="a+!", regex=True).startswith("log.txt:1:")  # a sane pattern still works

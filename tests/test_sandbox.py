@@ -96,6 +96,15 @@ async def test_state_persists_and_outputs_are_shown(py, workspace):
     assert await run(py, r"print('\x1b[31mred\x1b[0m and plain')") == "red and plain"  # no colour codes
 
 
+async def test_output_holding_bytes_that_are_not_utf8_is_shown_escaped_not_lost(py, workspace):
+    # a folder listing with a file name that is not UTF-8: os.listdir gives it a lone surrogate
+    code = "open(b'bad\\xffname.txt', 'w').write('x')\nimport os\nprint('before')\n"
+    code += "print([f for f in os.listdir('.') if f.startswith('bad')][0])\nprint('after')"
+    out = await run(py, code)
+    assert out.splitlines()[-3:] == ["before", "bad\\xffname.txt", "after"], out
+    os.unlink(os.fsencode(workspace) + b"/bad\xffname.txt")
+
+
 async def test_traceback_is_trimmed(py):
     out = await run(py, "def inner():\n    return 1 / 0\n\ndef outer():\n    return inner()\n\nouter()")
     assert out.startswith("ERROR: Traceback (most recent call last):")

@@ -155,6 +155,26 @@ async def test_write_outside_the_workspace(box, host, run_dir):
     assert "Out[" in inside and (box.workspace / "inside.txt").read_text() == "ok"
 
 
+async def test_plant_a_link_where_the_host_saves_rich_output(box, host, run_dir):
+    """The host process writes a cell's rich output (HTML, images) into the workspace's
+    outputs/ folder, which the kernel can change: a link planted there must not carry
+    that write to a host path (as root, anywhere)."""
+    target = host / f"planted-{box.level}.html"
+    display = "from IPython.display import HTML, display; display(HTML('<b>from the sandbox</b>'))"
+    plant = f"import os; os.makedirs('outputs', exist_ok=True); os.symlink({str(target)!r}, 'outputs/output-1.html')"
+    await attack(box, plant, run_dir)
+    out = await attack(box, display, run_dir)
+    assert not target.exists() and "saved to outputs/output-2.html" in out, out
+    assert (box.workspace / "outputs" / "output-2.html").read_text() == "<b>from the sandbox</b>"
+    swap = f"import os, shutil; shutil.rmtree('outputs'); os.symlink({str(host)!r}, 'outputs')"
+    await attack(box, swap, run_dir)
+    out = await attack(box, display, run_dir)
+    assert "could not be saved" in out and "not a plain folder" in out, out
+    assert not list(host.glob("output-*"))
+    os.unlink(box.workspace / "outputs")
+    record(box.level, "plant a link where the host saves output", "not followed (refused or a new name)")
+
+
 @pytest.fixture(scope="module")
 def server():
     """A TCP server on the host's loopback."""

@@ -313,6 +313,14 @@ def test_find_in_page_gives_line_numbers(server, web):
     assert window.splitlines()[4] == f"L{n}: Paragraph number {MAGIC_AT}. The magic word is xyzzy."
     assert "No matches" in web.find_in_page(pattern="nowhere to be found")
     assert web.find_in_page(pattern=r"number 1[01]\.$", regex=True).startswith("2 matches")
+    web.page.lines.append("a" * 60 + "!")
+    import tools.web
+
+    tools.web.REGEX_BUDGET = 0.3
+    try:
+        assert "was stopped" in refused(web.find_in_page, pattern="(a|aa)+$", regex=True)  # no freeze
+    finally:
+        tools.web.REGEX_BUDGET = 5.0
 
 
 def test_page_stack_keeps_history(server, web):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
-import re
 import secrets
 import stat
 from pathlib import Path
@@ -33,12 +32,15 @@ from typing import Any
 
 from agent.tool import Tool, ToolError, tool, tool_context
 
+from ._patterns import Pattern, escape
+
 DEFAULT_MAX_READ_BYTES = 2_000_000
 DEFAULT_MAX_WRITE_BYTES = 10_000_000
 DEFAULT_READ_LINES = 500  # lines shown when no end_line is given
 MAX_LINE_CHARS = 2_000
 MAX_LIST_ENTRIES = 500
 MAX_SEARCH_MATCHES = 100
+REGEX_BUDGET = 10.0  # seconds for all of a search's matching: a pattern that backtracks without end is stopped
 # Directories a recursive listing or search does not descend into (they can
 # still be listed or searched by naming them as `path`).
 SKIP_DIRS = frozenset(
@@ -578,11 +580,7 @@ class FileTools:
         """
         if not pattern:
             raise ToolError("The pattern is empty.")
-        flags = re.IGNORECASE if ignore_case else 0
-        try:
-            rx = re.compile(pattern if regex else re.escape(pattern), flags)
-        except re.error as e:
-            raise ToolError(f"Invalid regular expression {pattern!r}: {e}.") from None
+        rx = Pattern(pattern if regex else escape(pattern), ignore_case=ignore_case, budget=REGEX_BUDGET)
         ws = self.workspace
         real = ws.resolve(path)
         if real.is_dir():
@@ -600,7 +598,11 @@ class FileTools:
                 skipped += 1
                 continue
             for n, line in enumerate(text_lines(text), 1):
-                if rx.search(line):
+                try:
+                    found = rx.search(line)
+                except TimeoutError:
+                    raise rx.too_slow(pattern) from None
+                if found:
                     if len(matches) >= MAX_SEARCH_MATCHES:
                         more += 1
                     else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import os
 import re
 import threading
@@ -380,29 +381,59 @@ class PythonTool(Tool):
 
     @staticmethod
     def _save(value: Any, mime: str, stem: str, ext: str, workspace: str) -> str:
-        folder = Path(workspace) / "outputs"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
             if isinstance(value, str) and (
                 mime.startswith("image/") and mime != "image/svg+xml" or mime == "application/pdf"
             ):
                 payload = base64.b64decode(value)
             elif isinstance(value, str):
-                payload = value.encode()
+                payload = value.encode("utf-8", "surrogateescape")
             else:
                 import json
 
                 payload = json.dumps(value, indent=1).encode()
-            n = 1
-            while (folder / f"{stem}-{n}.{ext}").exists():
-                n += 1
-            path = folder / f"{stem}-{n}.{ext}"
-            path.write_bytes(payload)
+            name = _write_new_output(workspace, stem, ext, payload)
         except (OSError, ValueError) as e:
             return f"[{mime} output could not be saved: {e}]"
         size = len(payload)
         shown = f"{size} bytes" if size < 2048 else f"{size / 1024:.1f} kB"
-        return f"[{mime} saved to outputs/{path.name} ({shown})]"
+        return f"[{mime} saved to outputs/{name} ({shown})]"
+
+
+def _write_new_output(workspace: str, stem: str, ext: str, payload: bytes) -> str:
+    """Write `payload` to a new file `outputs/<stem>-<n>.<ext>` of the workspace; its name.
+
+    This process writes what the sandboxed kernel produced, into a folder the
+    kernel can change: nothing there is followed. `outputs` must be a real
+    folder (not a link to one elsewhere), and the file is created new
+    (`O_EXCL`: not through a link the kernel left under that name, dangling or not).
+    """
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    root = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            os.mkdir("outputs", 0o755, dir_fd=root)
+        except FileExistsError:
+            pass
+        try:
+            folder = os.open("outputs", os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=root)
+        except OSError as e:
+            raise OSError(e.errno, "outputs/ in the workspace is not a plain folder (a link?)") from None
+        try:
+            for n in range(1, 100_000):
+                name = f"{stem}-{n}.{ext}"
+                try:
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o644, dir_fd=folder)
+                except FileExistsError:
+                    continue
+                with os.fdopen(fd, "wb") as f:
+                    f.write(payload)
+                return name
+            raise OSError(errno.EEXIST, f"outputs/ holds {stem}-1 to {stem}-99999 already")
+        finally:
+            os.close(folder)
+    finally:
+        os.close(root)
 
 
 def make_tools(**options: Any) -> list[Tool]:

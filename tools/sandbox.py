@@ -176,6 +176,11 @@ os.environ.pop("JPY_PARENT_PID", None)
 if sys.path and sys.path[0] == "":
     del sys.path[0]
 from ipykernel import iostream, ipkernel, kernelapp
+import re
+
+def _escaped(text):
+    # an undecodable byte kept as a surrogate (os.listdir, surrogateescape) shows as \xff, others as \udXXX
+    return re.sub("[\ud800-\udfff]", lambda m: "\\x%02x" % (ord(m.group()) - 0xDC00) if m.group() >= "\udc80" and m.group() <= "\udcff" else "\\u%04x" % ord(m.group()), text)
 
 class Kernel(ipkernel.IPythonKernel):
     def _publish_execute_input(self, *args, **kwargs):
@@ -224,6 +229,11 @@ class OutStream(iostream.OutStream):
                     self._take(os.read(self._fid, unread))
 
     def write(self, string):
+        if isinstance(string, str) and not string.isascii():
+            try:
+                string.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (a file name that is not UTF-8) would take
+                string = _escaped(string)  # the whole cell's output with it when the message is sent
         # a check costs a system call: in a burst of prints, check once per 50 us
         if time.monotonic() - self._fd_checked > 50e-6:
             self._take_pipe()

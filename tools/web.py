@@ -45,6 +45,8 @@ from pydantic import BaseModel
 
 from agent.tool import Tool, ToolError, tool
 
+from ._patterns import Pattern, escape
+
 DEFAULT_WINDOW = 80
 DEFAULT_MAX_PAGE_BYTES = 5_000_000
 DEFAULT_MAX_REDIRECTS = 5
@@ -52,6 +54,7 @@ DEFAULT_TIMEOUT = 15.0
 WRAP_WIDTH = 160
 MAX_PAGES = 20
 MAX_FIND_MATCHES = 20
+REGEX_BUDGET = 5.0  # seconds for a find_in_page pattern's matching (see tools._patterns)
 USER_AGENT = "Mozilla/5.0 (compatible; agent-runtime/0.1; +https://github.com/)"
 
 # -- search ------------------------------------------------------------------
@@ -1175,12 +1178,12 @@ class WebTools:
             raise ToolError("The pattern is empty.")
         # Plain text matches across the line wrapping of a paragraph: any run of spaces and line breaks
         # between its words matches any other. A regex sees lines (^ and $ at each), and \s spans them.
-        source = pattern if regex else r"\s+".join(re.escape(word) for word in pattern.split())
+        source = pattern if regex else r"\s+".join(escape(word) for word in pattern.split())
+        rx = Pattern(source or escape(pattern), ignore_case=True, multiline=True, budget=REGEX_BUDGET)
         try:
-            rx = re.compile(source or re.escape(pattern), re.IGNORECASE | re.MULTILINE)
-        except re.error as e:
-            raise ToolError(f"Invalid regular expression {pattern!r}: {e}.") from None
-        spans = _find_spans(rx, page.lines, "\n" if regex else " ")
+            spans = _find_spans(rx, page.lines, "\n" if regex else " ")
+        except TimeoutError:
+            raise rx.too_slow(pattern) from None
         if not spans:
             return f"No matches for {pattern!r} in {page.url} ({len(page.lines)} lines)."
         hits = sorted(spans)
@@ -1201,7 +1204,7 @@ class WebTools:
         return "\n".join(out)
 
 
-def _find_spans(rx: re.Pattern[str], lines: Sequence[str], joint: str) -> dict[int, int]:
+def _find_spans(rx: Pattern, lines: Sequence[str], joint: str) -> dict[int, int]:
     """First line -> last line of each match of `rx` in `lines`, read as one text
     whose lines (their indentation dropped) are joined by `joint`."""
     starts: list[int] = []

@@ -1,0 +1,54 @@
+"""Regular expressions a model writes, matched within a time budget.
+
+`re` holds the GIL for the whole of a match, so one pattern that backtracks
+without end (`(a|aa)+$` on a line of a's) froze the process: the event loop,
+Ctrl-C, every timeout and budget. The `regex` engine releases the GIL while it
+matches (`concurrent=True`), avoids much of that backtracking, and stops at a
+deadline. `VERSION0` keeps `re`'s syntax and behaviour.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import regex
+
+from agent.tool import ToolError
+
+
+class Pattern:
+    """A compiled pattern whose matches, all together, may take `budget` seconds."""
+
+    def __init__(self, source: str, *, ignore_case: bool = False, multiline: bool = False, budget: float) -> None:
+        flags = regex.VERSION0 | (regex.IGNORECASE if ignore_case else 0) | (regex.MULTILINE if multiline else 0)
+        try:
+            self._rx = regex.compile(source, flags)
+        except (regex.error, OverflowError, RecursionError) as e:
+            raise ToolError(f"Invalid regular expression {source!r}: {e}.") from None
+        self.budget = budget
+        self._deadline = time.monotonic() + budget
+
+    def search(self, text: str) -> Any:
+        return self._rx.search(text, timeout=self._left(), concurrent=True)
+
+    def finditer(self, text: str) -> Iterator[Any]:
+        return self._rx.finditer(text, timeout=self._left(), concurrent=True)
+
+    def _left(self) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        return left
+
+    def too_slow(self, pattern: str) -> ToolError:
+        """What the model is told when the budget ran out."""
+        return ToolError(
+            f"The pattern {pattern!r} took over {self.budget:g} s to match and was stopped; it backtracks "
+            "too much (nested repeats such as (a|aa)+ or (x+)+). Simplify it, or search for plain text."
+        )
+
+
+def escape(text: str) -> str:
+    return regex.escape(text)
