@@ -210,7 +210,7 @@ def test_write_size_limit(ws):
 
 def test_edit_file_unique_missing_and_multiple(ft, ws):
     out = ft.edit_file(path="src/app.py", old="print('hello')", new="print('bye')")
-    assert "replaced 1 occurrence" in out and "lines 2-2" in out
+    assert out == "Edited src/app.py: replaced 1 occurrence; the new text is at line 2."
     assert "print('bye')" in (ws / "src" / "app.py").read_text()
     msg = refused(ft.edit_file, path="src/app.py", old="print('nope')", new="x")
     assert "not found" in msg
@@ -219,6 +219,22 @@ def test_edit_file_unique_missing_and_multiple(ft, ws):
     assert "occurs 3 times" in msg and "exactly once" in msg
     assert (ws / "dup.txt").read_text() == "x = 1\nx = 1\nx = 1\n"
     assert "empty" in refused(ft.edit_file, path="dup.txt", old="", new="y")
+    for folder in ("newdir/", "src/.", "."):  # a folder's name is no file to write
+        assert "names a folder, not a file" in refused(ft.write_file, path=folder, content="x")
+    assert not (ws / "newdir").exists() and (ws / "src").is_dir()
+    (ws / "run.txt").write_text("aaa\n")
+    assert "occurs 2 times" in refused(ft.edit_file, path="run.txt", old="aa", new="b")  # overlapping: ambiguous
+
+
+def test_edit_file_keeps_line_endings_and_says_where_the_change_is(ft, ws):
+    (ws / "crlf.txt").write_bytes(b"one\r\ntwo\r\nthree\r\n")
+    out = ft.edit_file(path="crlf.txt", old="two", new="two\nTWO-B")  # one line becomes two
+    assert (ws / "crlf.txt").read_bytes() == b"one\r\ntwo\r\nTWO-B\r\nthree\r\n"
+    assert out.endswith("the new text is at lines 2-3.")
+    (ws / "lines.txt").write_text("l1\nl2\nl3\nl4\n")
+    assert ft.edit_file(path="lines.txt", old="\nl3", new="\nL3").endswith("the new text is at line 3.")
+    assert ft.edit_file(path="lines.txt", old="l2\n", new="").endswith("removed the text (it began on line 2).")
+    assert (ws / "lines.txt").read_text() == "l1\nL3\nl4\n"
 
 
 # -- list and search -------------------------------------------------------------
@@ -250,6 +266,8 @@ def test_search_files(ft, ws, monkeypatch):
     assert ft.search_files(pattern=r"^\s+return \d", regex=True) == "src/app.py:3: return 0"
     assert ft.search_files(pattern="a", glob="*.py", path="src").splitlines()[0].startswith("src/app.py:1:")
     assert ft.search_files(pattern="gamma", path="notes.txt") == "notes.txt:3: gamma"
+    assert ft.search_files(pattern="main", glob="src/*.py").startswith("src/app.py:1:")  # a glob with a path
+    assert ft.search_files(pattern="nowhere") == "No matches for 'nowhere' in the workspace."
     assert "Invalid regular expression" in refused(ft.search_files, pattern="(", regex=True)
     monkeypatch.setattr(files, "MAX_SEARCH_MATCHES", 2)
     out = ft.search_files(pattern="a")
@@ -366,7 +384,7 @@ def test_every_files_tool_numbers_lines_alike(ws, ft):
     (ws / "ff.py").write_text("a = 1\n\x0c\nb = 2\nc = 3\u2028d = 4\ne = 5\n")  # a form feed, a U+2028
     assert "ff.py:5: e = 5" in ft.search_files(pattern="e = 5")
     assert "\n5| e = 5" in ft.read_file(path="ff.py")
-    assert "lines 5-5" in ft.edit_file(path="ff.py", old="e = 5", new="e = 6")
+    assert "at line 5." in ft.edit_file(path="ff.py", old="e = 5", new="e = 6")
     (ws / "win.txt").write_bytes(b"one\r\ntwo\r\n")
     assert ft.read_file(path="win.txt").splitlines()[1:] == ["1| one", "2| two"]
 

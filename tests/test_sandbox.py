@@ -94,6 +94,8 @@ async def test_state_persists_and_outputs_are_shown(py, workspace):
     assert await run(py, "y = 1") == "(no output)"
     assert await run(py, "import os\nprint(os.getcwd())") == str(workspace)
     assert await run(py, r"print('\x1b[31mred\x1b[0m and plain')") == "red and plain"  # no colour codes
+    bar = r"print('\x1b]0;title\x07', end=''); print('10%\r50%\r100%'); print('done\x07')"
+    assert await run(py, bar) == "100%\ndone"  # no title sequence, bell, or overwritten progress
 
 
 async def test_output_holding_bytes_that_are_not_utf8_is_shown_escaped_not_lost(py, workspace):
@@ -125,6 +127,13 @@ async def test_output_is_capped(py):
     assert len(out) < 2500
     assert "characters of output cut" in out
     assert out.startswith("aaaa") and out.rstrip().endswith("END")
+    py.max_output = 2000
+    try:  # a value, a display and a traceback are capped as well
+        for code in ("'v' * 50_000", "from IPython.display import display; display('d' * 50_000)", "raise ValueError('e' * 50_000)"):
+            out = await run(py, code)
+            assert len(out) < 2500 and "characters of output cut" in out, out[:200]
+    finally:
+        py.max_output = 10_000
 
 
 async def test_output_of_child_processes_keeps_its_place(py):
@@ -303,6 +312,24 @@ def test_builtin_name_and_factory(run_dir):
     assert agent.tool_list[0].effects == {"executes"}
     agent.close()
     tool.close()
+
+
+def test_python_and_files_without_a_workspace_share_the_current_directory(tmp_path, monkeypatch, run_dir, pool):
+    monkeypatch.chdir(tmp_path)
+    llm = ScriptedLLM(
+        [
+            call("write_file", path="hello.txt", content="from the files tool"),
+            call("python", code="print(open('hello.txt').read())"),
+            "ok",
+        ]
+    )
+    agent = Agent(llm, tools=["python", "files"], run_dir=run_dir, guards=None, tool_options={"pool": pool})
+    try:
+        result = agent.run_sync("write, then read with python")
+    finally:
+        agent.close()
+    outputs = [e.content for e in result.events if e.type == "tool_result"]
+    assert outputs[1].splitlines()[-1] == "from the files tool", outputs
 
 
 def test_importing_tools_loads_no_jupyter():

@@ -646,3 +646,22 @@ def test_find_in_page_matches_a_phrase_the_line_wrapping_split():
 def test_pages_are_decoded_as_a_browser_would(server, web, path, text):
     out = web.open_url(url=f"{server.base}{path}")
     assert text in out and "\ufffd" not in out and "\ufeff" not in out
+
+
+def test_hostile_markup_stays_linear_and_every_part_of_a_long_line_can_be_found():
+    from tools.web import _Extractor, html_to_lines, text_to_lines
+
+    parser = _Extractor("http://h/")
+    parser.feed("<a href=/x>t<p>para</p>" * 5000)  # 5,000 links never closed
+    parser.close()
+    assert len(parser._links) <= 8 and len(parser.blocks) == 10_000  # no list that grows with the page
+    _, lines = html_to_lines("<p>" + "w" * 1_000_000 + "</p>")  # a megabyte-long word
+    assert max(map(len, lines)) <= 2_000 and sum(map(len, lines)) >= 1_000_000
+    assert max(map(len, text_to_lines("x" * 1_000_000))) <= 2_000
+    _, lines = html_to_lines("<pre>" + "D" * 1000 + "END</pre>")  # a long line of code: split, not cut
+    assert "".join(lines).endswith("END") and "[...]" not in "".join(lines)
+    _, lines = html_to_lines('<p>see <a href="https://example.com/' + "p" * 300 + '">the page</a></p>')
+    assert any(("p" * 300) in line for line in lines)  # a long URL stays whole: the model can copy it
+    _, lines = html_to_lines("<p>bell\x07 \x1b[31mred\x1b[0m \x1b]0;title\x07text</p>")  # terminal tricks
+    assert lines == ["bell red text"]
+    assert text_to_lines("a\x1b[2Jb\x00c") == ["abc"]

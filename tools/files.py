@@ -446,6 +446,8 @@ class FileTools:
             content: The complete new content of the file.
         """
         ws = self.workspace
+        if path.rstrip().endswith(("/", "\\", "/.")) or path.strip() in (".", ".."):
+            raise ToolError(f"{path!r} names a folder, not a file; give the file's name (such as notes/todo.txt).")
         real, created = ws.write_text(path, content)
         lines = len(text_lines(content))
         verb = "Created" if created else "Overwrote"
@@ -465,10 +467,15 @@ class FileTools:
         ws = self.workspace
         real, text = ws.read_text(path)
         count = text.count(old)
-        if count == 0 and "\r\n" in text and "\n" in old and "\r\n" not in old:
+        crlf = "\r\n" in text and text.count("\r\n") * 2 > text.count("\n")  # most line ends are CRLF
+        if count == 0 and crlf and "\n" in old and "\r\n" not in old:
             # A CRLF file: read_file shows its lines without the \r, so the model writes \n.
-            old, new = old.replace("\n", "\r\n"), new.replace("\r\n", "\n").replace("\n", "\r\n")
+            old = old.replace("\n", "\r\n")
             count = text.count(old)
+        if crlf:  # the new lines end as the file's do
+            new = new.replace("\r\n", "\n").replace("\n", "\r\n")
+        if count == 1 and text.find(old, text.index(old) + 1) >= 0:  # "aa" in "aaa": two, overlapping
+            count = 2
         if count == 0:
             raise ToolError(
                 f"The text to replace was not found in {path!r}. Read the file and copy the exact text, "
@@ -480,11 +487,17 @@ class FileTools:
                 "Include more surrounding lines so it matches one place."
             )
         at = text.index(old)
-        first = text.count("\n", 0, at) + 1
         updated = text[:at] + new + text[at + len(old) :]
         ws.write_text(ws.relative(real), updated)
-        last = first + max(new.count("\n") - (1 if new.endswith("\n") else 0), 0)
-        return f"Edited {ws.relative(real)}: replaced 1 occurrence; the new text is at lines {first}-{last}."
+        rel = ws.relative(real)
+        # Where the new text's lines are: line breaks at its start or end are not lines of it.
+        body = new.strip("\r\n")
+        first = text.count("\n", 0, at) + new[: len(new) - len(new.lstrip("\r\n"))].count("\n") + 1
+        if not body:
+            return f"Edited {rel}: removed the text (it began on line {text.count(chr(10), 0, at) + 1})."
+        last = first + body.count("\n")
+        where = f"line {first}" if first == last else f"lines {first}-{last}"
+        return f"Edited {rel}: replaced 1 occurrence; the new text is at {where}."
 
     @tool
     def list_files(self, path: str = ".", pattern: str | None = None, recursive: bool = False) -> str:
@@ -609,7 +622,8 @@ class FileTools:
                         matches.append(f"{rel}:{n}: {_clip(line.strip(), 300)}")
         if not matches:
             note = f" ({skipped} binary, oversized or special files skipped)" if skipped else ""
-            return f"No matches for {pattern!r} in {ws.relative(real)}{note}."
+            where = "the workspace" if ws.relative(real) == "." else ws.relative(real)
+            return f"No matches for {pattern!r} in {where}{note}."
         out = "\n".join(matches)
         if more:
             out += f"\n[... {more} more matches not shown; narrow the pattern, path or glob]"
@@ -622,9 +636,10 @@ class FileTools:
         for dirpath, dirnames, filenames in ws.walk(root, ws.relative(root)):
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
             for name in sorted(filenames):
-                if glob is not None and not fnmatch.fnmatch(name, glob):
-                    continue
                 full = Path(dirpath) / name
+                # as list_files: a glob with a '/' is matched against the path from the workspace root
+                if glob is not None and not fnmatch.fnmatch(ws.relative(full) if "/" in glob else name, glob):
+                    continue
                 if os.path.islink(full) and not ws._inside(Path(os.path.realpath(full))):
                     continue
                 yield full

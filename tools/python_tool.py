@@ -94,6 +94,7 @@ class PythonTool(Tool):
         self.effects = frozenset({"executes", "network"} if allow_network else {"executes"})
         self._limit_text = f" Each call may run for at most {timeout:g} s." if timeout else ""
         self._workspace = str(Path(workspace).resolve()) if workspace is not None else None
+        self.current_dir_default = False  # no workspace anywhere: True runs in the current directory
         self._pool = pool
         self._kernel: sb.Kernel | None = None
         self._lock = threading.Lock()
@@ -159,6 +160,8 @@ class PythonTool(Tool):
             ctx = tool_context()
             if ctx is not None and ctx.workspace is not None:
                 workspace = str(Path(ctx.workspace).resolve())
+            elif self.current_dir_default:
+                workspace = os.getcwd()
         cancel = threading.Event()
         self._cancel = cancel
         try:
@@ -351,6 +354,10 @@ class PythonTool(Tool):
         text = "\n".join(p for p in parts if p)
         if not text and result.status == "ok":
             return "(no output)"
+        limit = self.max_output
+        if len(text) > limit + limit // 2:  # streams were capped as they came; values, displays, tracebacks here
+            head, tail = text[: limit * 2 // 3], text[-(limit // 3) :]
+            text = f"{head}\n[... {len(text) - len(head) - len(tail):,} characters of output cut ...]\n{tail}"
         return text
 
     def _rich(self, out: sb.Output, workspace: str) -> list[str]:
@@ -443,4 +450,9 @@ def make_tools(**options: Any) -> list[Tool]:
         "interrupt_grace", "pool", "prefetch",
     )  # fmt: skip
     kwargs = {k: options[k] for k in known if options.get(k) is not None}
-    return [PythonTool(**kwargs)]
+    python = PythonTool(**kwargs)
+    # As the files tools do: with no workspace of its own or of the run, the current
+    # directory (what `agent --workspace` defaults to), so that files one tool writes
+    # the other finds. A PythonTool made directly keeps a temporary folder instead.
+    python.current_dir_default = True
+    return [python]

@@ -1664,13 +1664,22 @@ def configure_pool(size: int | None = None, max_keys: int | None = None) -> Kern
 # ---------------------------------------------------------------------------
 # Turning kernel output into text for a model
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+# Terminal control: CSI (colours, cursor moves), OSC (window titles, links; ended by BEL or ESC \),
+# other escapes, and control characters other than tab and newline.
+_ANSI = re.compile(
+    r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+)
+_OVERWRITTEN = re.compile(r"[^\n]*\r(?!\n)")  # a line a carriage return writes over (a progress bar)
 _INTERNAL = re.compile(
     r"[/\\](IPython|ipykernel|traitlets|zmq|tornado|jupyter_client|asyncio|runpy)[/\\]|<frozen |site-packages[/\\]ipykernel"
 )
 
 
 def strip_ansi(text: str) -> str:
+    """Text as a terminal would leave it: no control sequences, and of a line that
+    carriage returns write over (a progress bar), only what was written last."""
+    if "\r" in text:
+        text = _OVERWRITTEN.sub("", text.replace("\r\n", "\n"))
     return _ANSI.sub("", text)
 
 

@@ -568,7 +568,9 @@ class _Extractor(HTMLParser):
     def _flush(self) -> None:
         text = "".join(self._buf)
         self._buf.clear()
-        self._links = [(0, href) for _, href in self._links]
+        # Links left open carry over into the next block. Only the last few: a page of
+        # never-closed <a> tags would have each block rebuild all of them (quadratic time).
+        self._links = [(0, href) for _, href in self._links[-_OPEN_LINKS:]]
         if self._pre:
             lines = text.split("\n")
             while lines and not lines[0].strip():
@@ -672,6 +674,7 @@ class _Extractor(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._drop:
             return
+        data = _CONTROL.sub("", data)
         if self._in_title:
             self.title += data
             return
@@ -690,9 +693,20 @@ class _Extractor(HTMLParser):
         self._flush()
 
 
+# Terminal escapes and control characters (ESC, BEL, ...) in a page: noise, or tricks, for the model.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_OPEN_LINKS = 8  # unclosed <a> tags carried from one block to the next
+_LONGEST_WORD = 2_000  # characters; a longer run without spaces (minified code, base64) is cut into pieces
+_LONG_RUN = re.compile(rf"\S{{{_LONGEST_WORD}}}")
+
+
 def _wrap(prefix: str, text: str, width: int = WRAP_WIDTH) -> list[str]:
     if len(prefix) + len(text) <= width:
         return [prefix + text]
+    if len(text) > _LONGEST_WORD and _LONG_RUN.search(text):
+        # Long words are kept whole (a URL stays copyable), up to a point: a megabyte-long
+        # "word" would be one line that no window or search result could show in part.
+        text = _LONG_RUN.sub(lambda m: m.group() + " ", text)
     return textwrap.wrap(
         text,
         width=width,
@@ -710,14 +724,16 @@ def html_to_lines(html: str, base_url: str = "") -> tuple[str, list[str]]:
     parser.close()
     lines: list[str] = []
     for prefix, text, pre in parser.blocks:
-        if pre:
-            lines.append(text if len(text) <= 2 * WRAP_WIDTH else text[: 2 * WRAP_WIDTH] + " [...]")
+        if pre:  # code keeps its lines; a long one is split, so that all of it can be found and shown
+            step = 2 * WRAP_WIDTH
+            lines.extend(text[i : i + step] for i in range(0, max(len(text), 1), step))
         else:
             lines.extend(_wrap(prefix, text))
     return " ".join(parser.title.split()), lines
 
 
 def text_to_lines(text: str) -> list[str]:
+    text = _CONTROL.sub("", text)
     lines: list[str] = []
     for line in text.splitlines():
         line = line.rstrip().expandtabs(4)
