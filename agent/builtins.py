@@ -35,7 +35,29 @@ def builtins_for(tool_names: list[str]) -> list[str]:
     return [name for name, made in TOOL_NAMES.items() if set(made) <= set(tool_names)]
 
 
+# The options each built-in takes through `Agent(tool_options=...)` (a test checks this
+# against the factories). One dict serves them all; a key that none takes is a mistake.
+OPTIONS: dict[str, frozenset[str]] = {
+    "python": frozenset(
+        {"workspace", "allow_network", "timeout", "isolation", "limits", "run_as", "max_output",
+         "interrupt_grace", "pool", "prefetch"}
+    ),  # fmt: skip
+    "files": frozenset({"workspace", "needs_approval_for_writes", "max_read_bytes", "max_write_bytes"}),
+    "web": frozenset(
+        {"search_backends", "cache_dir", "allow_private", "docs_dir", "searxng_url", "allowed_hosts", "cache",
+         "cache_ttl", "window", "max_page_bytes", "max_redirects", "timeout", "retries", "backoff"}
+    ),  # fmt: skip
+}
+
+
 def builtin_tools(names: list[str], **options: Any) -> list[Any]:
+    taken = frozenset().union(*OPTIONS.values())
+    unknown = sorted(set(options) - taken)
+    if unknown:
+        raise AgentError(
+            f"tool_options {unknown} mean nothing to the built-in tools; they take one flat dict of: "
+            f"{', '.join(sorted(taken))}"
+        )
     tools: list[Any] = []
     for name in names:
         target = REGISTRY.get(name)

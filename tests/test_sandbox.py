@@ -194,6 +194,18 @@ async def test_secret_environment_variables_are_not_passed(py):
     assert not any(
         k in env for k in ("OPENAI_API_KEY", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD")
     )
+    secrets = {  # secrets in values, under names that do not say so
+        "DATABASE_URL": "postgres://app:hunter2@db.internal:5432/prod",
+        "SENTRY_DSN": "https://abc@o1.ingest.sentry.io/1",
+        "GH_PAT": "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB",
+        "DEPLOY_WITH": "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB",
+    }
+    plain = {"HOMEPAGE": "https://example.com/a:b", "PATH_EXTRA": "/opt/x:/opt/y"}
+    import unittest.mock
+
+    with unittest.mock.patch.dict(os.environ, {**secrets, **plain}):
+        env = sb.kernel_env()
+    assert not set(secrets) & set(env) and set(plain) <= set(env)
 
 
 async def test_timeout_interrupts_and_keeps_state(py):

@@ -405,3 +405,23 @@ def test_the_table_of_built_in_tool_names_matches_what_each_factory_makes(tmp_pa
         assert tuple(t.name for t in builtin_tools([name], workspace=tmp_path)) == made
     assert builtins_for(["read_file", "python", "final_answer", "my_own"]) == ["python"]  # a lone read_file: a script's
     assert builtins_for([*TOOL_NAMES["files"], "web_search"]) == ["files"]
+
+
+def test_the_table_of_built_in_options_matches_the_factories_and_typos_are_refused():
+    import inspect
+
+    import tools.files
+    import tools.python_tool
+    import tools.web
+    from agent.builtins import OPTIONS
+
+    def parameters(fn):
+        return {n for n, p in inspect.signature(fn).parameters.items() if p.kind is not p.VAR_KEYWORD}
+
+    assert OPTIONS["python"] == set(tools.python_tool.OPTIONS)
+    assert OPTIONS["files"] == parameters(tools.files.make_tools)
+    assert OPTIONS["web"] == parameters(tools.web.make_tools) | tools.web.OPTIONS
+    for options in ({"allow_netwrok": True}, {"web": {"allow_private": True}}):
+        with pytest.raises(AgentError, match=r"mean nothing to the built-in tools; they take one flat dict"):
+            Agent(ScriptedLLM(["x"]), tools=["files"], tool_options=options, run_dir=None)
+    Agent(ScriptedLLM(["x"]), tools=["files"], tool_options={"allow_network": True}, run_dir=None)  # python's: fine

@@ -665,3 +665,19 @@ def test_hostile_markup_stays_linear_and_every_part_of_a_long_line_can_be_found(
     _, lines = html_to_lines("<p>bell\x07 \x1b[31mred\x1b[0m \x1b]0;title\x07text</p>")  # terminal tricks
     assert lines == ["bell red text"]
     assert text_to_lines("a\x1b[2Jb\x00c") == ["abc"]
+
+
+def test_a_server_that_connects_but_never_answers_is_told_apart_from_one_that_cannot_be_reached(tmp_path):
+    import socket
+
+    from tools.web import WebTools
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts (the kernel completes the handshake), never answers
+    web = WebTools(search_backends=[FakeBackend("unused")], allow_private=True, cache_dir=tmp_path, timeout=0.5)
+    try:
+        message = refused(web.open_url, url=f"http://127.0.0.1:{listener.getsockname()[1]}/slow")
+    finally:
+        listener.close()
+    assert "did not answer in time: connected, but no response came within 0.5 s" in message

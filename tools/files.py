@@ -652,7 +652,7 @@ def make_tools(
     max_write_bytes: int = DEFAULT_MAX_WRITE_BYTES,
     **_options: Any,
 ) -> list[Tool]:
-    """The file tools (the `"files"` built-in). Unknown options are ignored.
+    """The file tools (the `"files"` built-in). Options they do not take are another built-in's.
 
     `workspace`: the root the tools are confined to; None means the run's
     workspace, or the current directory outside a run or without one.

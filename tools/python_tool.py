@@ -443,13 +443,15 @@ def _write_new_output(workspace: str, stem: str, ext: str, payload: bytes) -> st
         os.close(root)
 
 
+OPTIONS = (
+    "workspace", "allow_network", "timeout", "isolation", "limits", "run_as", "max_output",
+    "interrupt_grace", "pool", "prefetch",
+)  # fmt: skip
+
+
 def make_tools(**options: Any) -> list[Tool]:
-    """The built-in `python` tool; unknown options are ignored."""
-    known = (
-        "workspace", "allow_network", "timeout", "isolation", "limits", "run_as", "max_output",
-        "interrupt_grace", "pool", "prefetch",
-    )  # fmt: skip
-    kwargs = {k: options[k] for k in known if options.get(k) is not None}
+    """The built-in `python` tool; options it does not take are another built-in's."""
+    kwargs = {k: options[k] for k in OPTIONS if options.get(k) is not None}
     python = PythonTool(**kwargs)
     # As the files tools do: with no workspace of its own or of the run, the current
     # directory (what `agent --workspace` defaults to), so that files one tool writes

@@ -48,8 +48,15 @@ from typing import Any
 
 ISOLATION_LEVELS = ("bubblewrap", "netns", "none")
 
-# Environment variables whose names look like secrets are not passed to kernels.
-SECRET_ENV = re.compile(r"KEY|TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|PRIVATE|AUTH|COOKIE|SESSION", re.I)
+# Environment variables whose names look like secrets are not passed to kernels, nor
+# those whose values do: a URL with a password in it (DATABASE_URL, SENTRY_DSN) or a
+# token in a well-known format (GitHub, OpenAI-style, Slack, AWS, Google).
+SECRET_ENV = re.compile(
+    r"KEY|TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|PRIVATE|AUTH|COOKIE|SESSION|DSN|(?:^|_)PAT(?:$|_)", re.I
+)
+SECRET_VALUE = re.compile(
+    r"://[^/\s:@]+:[^/\s@]+@|\b(?:gh[pousr]_|github_pat_|sk-|xox[abprs]-|AKIA|ASIA|AIza)[A-Za-z0-9_\-]{12,}"
+)
 
 
 class SandboxError(RuntimeError):
@@ -427,7 +434,7 @@ def _unshare_argv(unshare: str, *, allow_network: bool) -> list[str]:
 
 def kernel_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The host environment without secrets, plus kernel settings."""
-    env = {k: v for k, v in os.environ.items() if not SECRET_ENV.search(k)}
+    env = {k: v for k, v in os.environ.items() if not SECRET_ENV.search(k) and not SECRET_VALUE.search(v)}
     # PYTEST_CURRENT_TEST makes ipykernel leave the file descriptors alone (no output of child processes)
     for k in ("JPY_PARENT_PID", "JPY_SESSION_NAME", "PYTHONSTARTUP", "PYTHONINSPECT", "PYTEST_CURRENT_TEST"):
         env.pop(k, None)

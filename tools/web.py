@@ -920,8 +920,12 @@ class Fetcher:
                 return client.send(request, stream=True)
             except httpx.ConnectError as e:
                 last = e
-            except httpx.TimeoutException:
+            except httpx.ConnectTimeout:
                 raise ToolError(f"Timed out connecting to {url} (limit {self.timeout:g} s).") from None
+            except httpx.TimeoutException:  # connected; the server sent no answer in time
+                raise ToolError(
+                    f"{url} did not answer in time: connected, but no response came within {self.timeout:g} s."
+                ) from None
             except httpx.HTTPError as e:
                 raise ToolError(f"Could not fetch {url}: {type(e).__name__}: {e}") from None
         raise ToolError(f"Could not connect to {url}: {last}")
@@ -1257,6 +1261,14 @@ def format_results(outcome: SearchOutcome) -> str:
     return "\n".join(lines)
 
 
+OPTIONS = frozenset(
+    {
+        "searxng_url", "allowed_hosts", "cache", "cache_ttl", "window", "max_page_bytes",
+        "max_redirects", "timeout", "retries", "backoff",
+    }
+)  # fmt: skip
+
+
 def make_tools(
     search_backends: Sequence[SearchBackend | str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -1264,16 +1276,12 @@ def make_tools(
     docs_dir: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> list[Tool]:
-    """The web tools (the `"web"` built-in). Unknown options are ignored.
+    """The web tools (the `"web"` built-in). Options it does not take are another built-in's.
 
     Also understood: searxng_url, allowed_hosts, cache, cache_ttl, window,
     max_page_bytes, max_redirects, timeout, retries, backoff.
     """
-    known = {
-        "searxng_url", "allowed_hosts", "cache", "cache_ttl", "window", "max_page_bytes",
-        "max_redirects", "timeout", "retries", "backoff",
-    }  # fmt: skip
-    extra = {k: v for k, v in options.items() if k in known}
+    extra = {k: v for k, v in options.items() if k in OPTIONS}
     return WebTools(
         search_backends=search_backends,
         cache_dir=cache_dir,
