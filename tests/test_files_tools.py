@@ -130,13 +130,25 @@ def test_socket_is_refused(ft, ws, monkeypatch):
         sock.close()
 
 
-def test_oversized_file_is_refused(ws):
-    with open(ws / "big.log", "wb") as f:
-        f.truncate(3_000_000)  # sparse: quick to make
-    msg = refused(FileTools(ws).read_file, path="big.log")
-    assert "3,000,000 bytes" in msg and "2,000,000-byte limit" in msg
+def test_a_file_too_large_to_read_whole_is_read_and_searched_in_parts(ws):
+    with open(ws / "sparse.bin", "wb") as f:
+        f.truncate(3_000_000)  # sparse zeros: quick to make, and binary
+    assert "binary" in refused(FileTools(ws).read_file, path="sparse.bin")
+    with open(ws / "big.log", "w") as f:  # 3 MB of text: over the 2 MB whole-file limit
+        f.writelines(f"line {n} of the log\n" for n in range(1, 150_001))
+    ft = FileTools(ws)
+    part = ft.read_file(path="big.log", start_line=12345, end_line=12346)
+    assert part.splitlines() == [
+        "big.log (lines 12345-12346; a large file, read in parts)",
+        "12345| line 12345 of the log",
+        "12346| line 12346 of the log",
+        "[the file goes on; read_file with start_line=12347 to continue]",
+    ]
+    assert "past the end of 'big.log', which has 150000 lines" in refused(ft.read_file, path="big.log", start_line=150_001)
+    assert ft.search_files(pattern="line 123456 ", glob="*.log") == "big.log:123456: line 123456 of the log"
+    msg = refused(ft.edit_file, path="big.log", old="line 7 ", new="x")  # an edit needs the whole file
+    assert "over the 2,000,000-byte limit for reading it whole" in msg and "start_line and end_line" in msg
     small = FileTools(ws, max_read_bytes=10)
-    assert "10-byte limit" in refused(small.read_file, path="notes.txt")
     assert "10-byte limit" in refused(small.edit_file, path="notes.txt", old="alpha", new="x")
 
 

@@ -27,6 +27,7 @@ import fnmatch
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from agent.tool import Tool, ToolError, tool, tool_context
 from ._patterns import Pattern, escape
 
 DEFAULT_MAX_READ_BYTES = 2_000_000
+MAX_STREAM_BYTES = 1_000_000_000  # a larger text file is read in parts, line by line, up to this size
 DEFAULT_MAX_WRITE_BYTES = 10_000_000
 DEFAULT_READ_LINES = 500  # lines shown when no end_line is given
 MAX_LINE_CHARS = 2_000
@@ -161,8 +163,8 @@ class Workspace:
         if not stat.S_ISDIR(st.st_mode):
             raise ToolError(f"Cannot create {path!r}: {self.relative(parent)!r} is a file, not a directory.")
 
-    def regular_file(self, path: str) -> tuple[Path, os.stat_result]:
-        """Resolve `path` to an existing regular file within the read size limit."""
+    def regular_file(self, path: str, *, limit: int | None = None) -> tuple[Path, os.stat_result]:
+        """Resolve `path` to an existing regular file within the read size limit (or `limit`)."""
         real = self.resolve(path)
         st = os.stat(real)
         if not stat.S_ISREG(st.st_mode):
@@ -171,14 +173,47 @@ class Workspace:
             raise ToolError(
                 f"Refused: {path!r} is {kind}, not a regular file; only regular files can be read{hint}."
             )
-        self._check_size(path, st.st_size)
+        self._check_size(path, st.st_size, limit)
         return real, st
 
-    def _check_size(self, path: str, size: int) -> None:
-        if size > self.max_read_bytes:
+    def is_large(self, path: str) -> bool:
+        """Whether `path` is a regular file over the whole-file read limit (read line by line then)."""
+        try:
+            st = os.stat(self.resolve(path))
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_size > self.max_read_bytes
+
+    def stream_lines(self, path: str) -> tuple[Path, Iterator[str]]:
+        """The lines of a large text file (up to MAX_STREAM_BYTES), read as they are taken,
+        numbered as `text_lines` numbers them."""
+        real, _ = self.regular_file(path, limit=MAX_STREAM_BYTES)
+        fd = self._open_file(real, path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        f = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or _is_binary(f.read(8192)):
+            f.close()
             raise ToolError(
-                f"Refused: {path!r} is {size:,} bytes, over the {self.max_read_bytes:,}-byte limit for reading. "
-                "Use search_files to find the part you need."
+                f"Refused: {path!r} looks like a binary file (it contains NUL bytes); these tools only handle text."
+            )
+        f.seek(0)
+
+        def lines() -> Iterator[str]:
+            with f:
+                for raw in f:
+                    line = raw.decode("utf-8", errors="surrogateescape")
+                    line = line[:-1] if line.endswith("\n") else line
+                    yield line[:-1] if line.endswith("\r") else line
+
+        return real, lines()
+
+    def _check_size(self, path: str, size: int, limit: int | None = None) -> None:
+        if size > (limit or self.max_read_bytes):
+            if limit:
+                raise ToolError(f"Refused: {path!r} is {size:,} bytes, over the {limit:,}-byte limit of these tools.")
+            raise ToolError(
+                f"Refused: {path!r} is {size:,} bytes, over the {self.max_read_bytes:,}-byte limit for reading "
+                "it whole. Read it in parts with read_file's start_line and end_line, or find the part you need "
+                "with search_files."
             )
 
     # -- opening without following symlinks ---------------------------------
@@ -416,12 +451,14 @@ class FileTools:
             end_line: Last line to show (inclusive). Defaults to 500 lines after start_line.
         """
         ws = self.workspace
-        real, text = ws.read_text(path)
-        lines = text_lines(text)
-        total = len(lines)
         start = 1 if start_line is None else start_line
         if start < 1:
             raise ToolError("start_line must be 1 or more (lines are numbered from 1).")
+        if ws.is_large(path):
+            return self._read_part(path, start, end_line)
+        real, text = ws.read_text(path)
+        lines = text_lines(text)
+        total = len(lines)
         if total == 0:
             return f"{ws.relative(real)}: the file is empty (0 lines)."
         if start > total:
@@ -436,6 +473,28 @@ class FileTools:
         if end < total:
             footer = f"\n[{total - end} more lines; read_file with start_line={end + 1} to continue]"
         return f"{header}\n{body}{footer}"
+
+    def _read_part(self, path: str, start: int, end_line: int | None) -> str:
+        """A line range of a file too large to read whole, read line by line."""
+        if end_line is not None and end_line < start:
+            raise ToolError(f"end_line {end_line} is before start_line {start}.")
+        end = end_line if end_line is not None else start + DEFAULT_READ_LINES - 1
+        ws = self.workspace
+        real, lines = ws.stream_lines(path)
+        shown: list[tuple[int, str]] = []
+        n = 0
+        for n, line in enumerate(lines, 1):  # noqa: B007 - n is the count after the loop
+            if start <= n <= end:
+                shown.append((n, line))
+            elif n > end:
+                break
+        if not shown:
+            raise ToolError(f"start_line {start} is past the end of {path!r}, which has {n} lines.")
+        last = shown[-1][0]
+        width = len(str(last))
+        body = "\n".join(f"{i:>{width}}| {_clip(line)}" for i, line in shown)
+        footer = f"\n[the file goes on; read_file with start_line={last + 1} to continue]" if n > last else ""
+        return f"{ws.relative(real)} (lines {start}-{last}; a large file, read in parts)\n{body}{footer}"
 
     @tool(effects={"writes"})
     def write_file(self, path: str, content: str) -> str:
@@ -605,12 +664,12 @@ class FileTools:
         skipped = 0
         for file in files:
             rel = ws.relative(file)
-            try:
-                _, text = ws.read_text(rel)
+            try:  # a file too large to read whole is read line by line
+                lines = ws.stream_lines(rel)[1] if ws.is_large(rel) else text_lines(ws.read_text(rel)[1])
             except ToolError:
                 skipped += 1
                 continue
-            for n, line in enumerate(text_lines(text), 1):
+            for n, line in enumerate(lines, 1):
                 try:
                     found = rx.search(line)
                 except TimeoutError:
