@@ -575,6 +575,15 @@ def test_local_docs_backend(tmp_path):
     )
     out = tools.web_search(query="bread flour")
     assert "(from local)" in out and "1. Bread" in out and "web failed (no internet)" in out
+    # a result opens with open_url, as the search's answer says; nothing else local does
+    page = tools.open_url(url=(docs / "cooking.md").as_uri())
+    assert "Title: Bread" in page and "L2: Flour, water and salt." in page
+    assert "Title: Tasks" in tools.open_url(url=(docs / "tasks.html").as_uri())
+    (tmp_path / "private.md").write_text("# Not a doc\n")
+    for url in ((tmp_path / "private.md").as_uri(), (docs / "image.png").as_uri(), "file:///etc/passwd"):
+        assert "not a document of the local search folder" in refused(tools.open_url, url=url)
+    no_docs = WebTools(search_backends=[FakeBackend("web")], cache=False)
+    assert "only http and https" in refused(no_docs.open_url, url=(docs / "cooking.md").as_uri())
 
 
 # -- registry, effects, lazy import, an agent run ----------------------------------------

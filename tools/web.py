@@ -31,6 +31,7 @@ import sqlite3
 import textwrap
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from pydantic import BaseModel
@@ -1104,6 +1105,9 @@ class WebTools:
             resolver=resolver,
         )
         self.window = window
+        # The local search's folder: its results are file:// URLs that open_url opens (nothing else local).
+        self.docs_root = Path(docs_dir).resolve() if docs_dir is not None else None
+        self.max_page_bytes = max_page_bytes
         self.pages: list[Page] = []  # the page stack; the last one is current
         self._lock = threading.Lock()
 
@@ -1135,7 +1139,7 @@ class WebTools:
 
     @tool(effects={"network"}, safe_to_rerun=True)
     def open_url(self, url: str | None = None, start_line: int = 1) -> str:
-        """Open a web page (http or https) and show its readable text as numbered lines, a window at a time.
+        """Open a web page (http or https, or a file:// result of the local search) and show its readable text as numbered lines, a window at a time.
 
         Args:
             url: The page to open. Omit it to scroll the page that is open now.
@@ -1146,7 +1150,7 @@ class WebTools:
         page = self._find_page(url)
         if page is None:
             assert url is not None
-            fetched = self.fetcher.fetch(url)
+            fetched = self._local_doc(url) if url.lower().startswith("file:") else self.fetcher.fetch(url)
             page = to_page(fetched, url)
         with self._lock:
             if page in self.pages:
@@ -1154,6 +1158,29 @@ class WebTools:
             self.pages.append(page)
             del self.pages[:-MAX_PAGES]
         return self.render(page, start_line)
+
+    def _local_doc(self, url: str) -> Fetched:
+        """A document of the local search's folder, by the file:// URL a search result gave."""
+        root = self.docs_root
+        if root is None:
+            raise ToolError(
+                "Refused: only http and https URLs can be opened (file:// only for results of the local search)."
+            )
+        try:
+            path = Path(urllib.request.url2pathname(urlsplit(url).path)).resolve()
+        except (OSError, ValueError) as e:
+            raise ToolError(f"Cannot open {url}: {e}.") from None
+        if not path.is_relative_to(root) or path.suffix.lower() not in LocalDocsBackend.EXTENSIONS:
+            raise ToolError(f"Refused: {url} is not a document of the local search folder.")
+        try:
+            with open(path, "rb") as f:
+                body = f.read(self.max_page_bytes + 1)
+        except OSError as e:
+            raise ToolError(f"Cannot open {url}: {e.strerror or e}.") from None
+        if len(body) > self.max_page_bytes:
+            raise ToolError(f"Refused: {url} is over the {self.max_page_bytes:,}-byte page limit.")
+        kind = {".html": "text/html", ".htm": "text/html", ".md": "text/markdown", ".markdown": "text/markdown"}
+        return Fetched(path.as_uri(), kind.get(path.suffix.lower(), "text/plain"), None, body, [])
 
     def _find_page(self, url: str | None) -> Page | None:
         with self._lock:
