@@ -208,6 +208,13 @@ async def test_secret_environment_variables_are_not_passed(py):
     assert not set(secrets) & set(env) and set(plain) <= set(env)
 
 
+async def test_exit_in_a_cell_ends_the_session_and_says_so_at_once(py):
+    out = await run(py, "gone = 1\nexit()")
+    assert "exit() ended the Python session: its variables are gone" in out, out
+    assert "NameError" in await run(py, "gone")  # the next call has a fresh kernel, not a dying one
+    assert await run(py, "print(1 + 1)") == "2"
+
+
 async def test_timeout_interrupts_and_keeps_state(py):
     await run(py, "kept = 'still here'")
     out = await run(py, "while True:\n    pass")

@@ -284,6 +284,9 @@ class PythonTool(Tool):
         """Restart or replace the kernel when needed; a sentence for the model."""
         if result.status != "died" and not kernel.alive():  # died just after the cell finished
             result.status, result.death = "died", kernel.death_reason()
+        if result.exit_asked:  # the kernel shuts down after it answers: a fresh one now, not a death later
+            fresh = self._replace(workspace)
+            return f"exit() ended the Python session: its variables are gone; {fresh}."
         if result.status == "died":
             reason = f" ({result.death})" if result.death else ""
             fresh = self._replace(workspace)

@@ -806,6 +806,7 @@ class ExecResult:
     death: str = ""  # why the kernel died, from its log
     cut: int = 0  # characters of stream output cut
     duration: float = 0.0
+    exit_asked: bool = False  # the cell called exit() or quit(): the kernel shuts down
 
 
 class _Collector:
@@ -1361,6 +1362,9 @@ class Kernel:
         for _, content in self._replies(self.client.shell_channel.socket, msg_id):
             got = True
             result.execution_count = content.get("execution_count", result.execution_count)
+            payload = content.get("payload")
+            if isinstance(payload, list) and any(isinstance(p, dict) and p.get("source") == "ask_exit" for p in payload):
+                result.exit_asked = True
             if content.get("status") == "error" and result.status == "ok":
                 result.status = "error"
             elif content.get("status") == "aborted" and result.status == "ok":
