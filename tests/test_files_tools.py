@@ -434,3 +434,24 @@ def test_a_pattern_that_backtracks_without_end_is_stopped_and_the_process_keeps_
     assert "took over 0.5 s to match and was stopped" in message
     assert time.monotonic() - started < 3 and len(ticks) >= 5
     assert ft.search_files(pattern="a+!", regex=True).startswith("log.txt:1:")  # a sane pattern still works
+
+
+def test_names_and_text_that_are_not_utf8_can_be_given_back_as_the_model_saw_them(ws, run_dir):
+    (ws / "latin.txt").write_bytes(b"caf\xe9 au lait\n")
+    os.close(os.open(os.fsencode(ws) + b"/bad\xffname.txt", os.O_CREAT | os.O_WRONLY, 0o644))
+    llm = ScriptedLLM(
+        [
+            call("read_file", path="latin.txt"),
+            call("list_files"),
+            call("edit_file", path="latin.txt", old="caf\\xe9 au lait", new="caf\\xe9 noir"),
+            call("read_file", path="bad\\xffname.txt"),
+            call("edit_file", path="latin.txt", old="caf\u00e9", new="x"),  # the character, not the byte
+            "done",
+        ]
+    )
+    result = Agent(llm, tools=make_tools(workspace=ws), run_dir=run_dir, guards=None).run_sync("edit")
+    seen = [e.content for e in result.events if e.type == "tool_result"]
+    assert "caf\\xe9 au lait" in seen[0] and "bad\\xffname.txt" in seen[1]  # how the model is shown them
+    assert seen[2].startswith("Edited latin.txt") and (ws / "latin.txt").read_bytes() == b"caf\xe9 noir\n"
+    assert "the file is empty" in seen[3]
+    assert "The file is not UTF-8: write its other bytes as they were shown, such as \\xe9." in seen[4]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -110,6 +111,10 @@ class Workspace:
             raise ToolError("The path is empty; give a path relative to the workspace root.")
         if "\x00" in path:
             raise ToolError("The path contains a NUL character.")
+        if "\\x" in path:  # a name that is not UTF-8, as the model was shown it (bad\xffname.txt)
+            raw = _unescaped(path)
+            if raw != path and os.path.lexists(raw if os.path.isabs(raw) else self.root / raw):
+                path = raw
         given = Path(path)
         candidate = given if given.is_absolute() else self.root / given
         real = Path(os.path.realpath(candidate))
@@ -332,6 +337,19 @@ def text_lines(text: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
+_RAW_BYTE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
+
+
+def _unescaped(text: str) -> str:
+    """`\\xe9` as written by the model back to the byte it stands for (a surrogateescape
+    character), so that names and text that are not UTF-8 can be given back."""
+    return _RAW_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), text)
+
+
+def _has_raw_bytes(text: str) -> bool:
+    return not text.isascii() and any("\udc80" <= c <= "\udcff" for c in text)
+
+
 def _is_binary(data: bytes) -> bool:
     return b"\x00" in data[:8192]
 
@@ -535,10 +553,18 @@ class FileTools:
             new = new.replace("\r\n", "\n").replace("\n", "\r\n")
         if count == 1 and text.find(old, text.index(old) + 1) >= 0:  # "aa" in "aaa": two, overlapping
             count = 2
+        if count == 0 and _has_raw_bytes(text):  # not UTF-8: the model saw (and writes) bytes as \xe9
+            old, new = _unescaped(old), _unescaped(new)
+            count = text.count(old)
         if count == 0:
+            hint = (
+                " The file is not UTF-8: write its other bytes as they were shown, such as \\xe9."
+                if _has_raw_bytes(text)
+                else ""
+            )
             raise ToolError(
                 f"The text to replace was not found in {path!r}. Read the file and copy the exact text, "
-                "including whitespace and indentation."
+                f"including whitespace and indentation.{hint}"
             )
         if count > 1:
             raise ToolError(
