@@ -455,3 +455,34 @@ def test_names_and_text_that_are_not_utf8_can_be_given_back_as_the_model_saw_the
     assert seen[2].startswith("Edited latin.txt") and (ws / "latin.txt").read_bytes() == b"caf\xe9 noir\n"
     assert "the file is empty" in seen[3]
     assert "The file is not UTF-8: write its other bytes as they were shown, such as \\xe9." in seen[4]
+
+
+def test_second_review_edge_cases_of_edits_searches_and_large_files(ws, monkeypatch):
+    ft = FileTools(ws)
+    crlf = ws / "crlf.txt"
+    crlf.write_bytes(b"one\r\ntwo\r\nthree\r\n")
+    ft.edit_file(path="crlf.txt", old="\nthree", new="\nTHREE")  # old starts inside a CRLF: no \r\r\n
+    assert crlf.read_bytes() == b"one\r\ntwo\r\nTHREE\r\n"
+    mixed = ws / "mixed.txt"
+    mixed.write_bytes(b"a\nb\nc\nd\ne\r\nf\r\n")  # mostly LF, with CRLF lines at the end
+    ft.edit_file(path="mixed.txt", old="e\nf", new="E\nF")
+    assert mixed.read_bytes() == b"a\nb\nc\nd\nE\r\nF\r\n"
+    # plain text is found with string operations: the regex budget is no limit on reading files
+    monkeypatch.setattr(files, "REGEX_BUDGET", 1e-9)
+    assert ft.search_files(pattern="gamma") == "notes.txt:3: gamma"
+    assert "was stopped" in refused(ft.search_files, pattern="gam+a", regex=True)
+    # a large file: a line with no end is read in part, and no call returns the whole file
+    (ws / "one-line.log").write_bytes(b"x" * 3_000_000)
+    out = ft.read_file(path="one-line.log")
+    assert out.splitlines()[1].startswith("1| xxx") and len(out) < 10_000
+    (ws / "many.log").write_text("".join(f"row {n}\n" for n in range(1, 400_001)))
+    part = ft.read_file(path="many.log", start_line=1, end_line=10**9)
+    assert len(part.splitlines()) == 502 and "start_line=501 to continue" in part
+    # bytes that are not UTF-8, as the model writes them: a new file in such a folder, new text, a search
+    os.mkdir(os.fsencode(ws) + b"/bad\xffdir")
+    ft.write_file(path="bad\\xffdir/new.txt", content="hello")
+    assert os.path.exists(os.fsencode(ws) + b"/bad\xffdir/new.txt") and not (ws / "bad\\xffdir").exists()
+    (ws / "latin.txt").write_bytes(b"caf\xe9\nfoo\n")
+    ft.edit_file(path="latin.txt", old="foo", new="caf\\xe9 again")
+    assert (ws / "latin.txt").read_bytes() == b"caf\xe9\ncaf\xe9 again\n"
+    assert ft.search_files(pattern="caf\\xe9 again", glob="latin.txt").startswith("latin.txt:2:")

@@ -351,6 +351,21 @@ def test_python_and_files_without_a_workspace_share_the_current_directory(tmp_pa
     assert outputs[1].splitlines()[-1] == "from the files tool", outputs
 
 
+def test_terminal_clean_up_keeps_what_a_terminal_would_show():
+    assert sb.strip_ansi("1/10 files\r2/10 files\r10/10 files copied\r") == "10/10 files copied"  # ends in \r
+    assert sb.strip_ansi("line1\r\nline2\r") == "line1\nline2"
+    assert sb.strip_ansi("keep this\n\x1b]stray\nand all of this") == "keep this\nstray\nand all of this"
+    long = "\r" + "x" * 100_000  # one pass over the text, not one per position
+    assert sb.strip_ansi(long) == "x" * 100_000
+
+
+def test_the_built_in_python_tool_warms_its_kernel_for_the_folder_it_will_use(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    [built_in] = make_tools(prefetch=False)
+    assert built_in.current_dir_default and built_in._prefetch_target == str(tmp_path)
+    assert PythonTool(prefetch=False)._prefetch_target is None  # made directly: a temporary folder
+
+
 def test_importing_tools_loads_no_jupyter():
     code = (
         "import sys\nimport tools, tools.python_tool\nfrom tools import PythonTool\n"

@@ -1,6 +1,7 @@
 """Web tools against a real HTTP server on 127.0.0.1; nothing here reaches the internet."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -690,3 +691,25 @@ def test_a_server_that_connects_but_never_answers_is_told_apart_from_one_that_ca
     finally:
         listener.close()
     assert "did not answer in time: connected, but no response came within 0.5 s" in message
+
+
+def test_second_review_edge_cases_of_page_text_and_local_documents(tmp_path):
+    from tools.web import LocalDocsBackend, WebTools, html_to_lines, text_to_lines
+
+    _, lines = html_to_lines("<p>" + " ".join(["w" * 1999] * 50) + "</p>")  # long words, each under the cap
+    assert all(len(line) <= 2_000 for line in lines) and sum(line.count("w") for line in lines) == 1999 * 50
+    _, lines = html_to_lines("<pre>" + "x" * 315 + " longidentifier_name = 1</pre>")
+    assert lines[-1] == "longidentifier_name = 1"  # cut at a space: the name stays whole
+    assert html_to_lines("<p>one\x0ctwo</p>")[1] == ["one two"] and text_to_lines("a\x0bb") == ["a b"]
+    assert text_to_lines("keep \x1b]stray\nthe rest") == ["keep stray", "the rest"]  # an unended OSC
+    docs = tmp_path / "docs"
+    (docs / ".hidden").mkdir(parents=True)
+    (docs / "guide.md").write_text("# Guide\nhello\n")
+    (docs / ".hidden" / "secret.md").write_text("# Hidden\n")
+    os.mkfifo(docs / "pipe.md")  # would block a reader
+    local = LocalDocsBackend(docs)
+    assert [p.name for p, _, _ in local._files()] == ["guide.md"]
+    web = WebTools(search_backends=[local], cache=False)
+    assert "Title: Guide" in web.open_url(url=(docs / "guide.md").as_uri())
+    for name in (".hidden/secret.md", "pipe.md"):
+        assert "not a document of the local search folder" in refused(web.open_url, url=(docs / name).as_uri())

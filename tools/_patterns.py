@@ -19,7 +19,8 @@ from agent.tool import ToolError
 
 
 class Pattern:
-    """A compiled pattern whose matches, all together, may take `budget` seconds."""
+    """A compiled pattern whose matching, all calls together, may take `budget` seconds
+    (only the time spent matching counts, not what the caller does between calls)."""
 
     def __init__(self, source: str, *, ignore_case: bool = False, multiline: bool = False, budget: float) -> None:
         flags = regex.VERSION0 | (regex.IGNORECASE if ignore_case else 0) | (regex.MULTILINE if multiline else 0)
@@ -28,19 +29,26 @@ class Pattern:
         except (regex.error, OverflowError, RecursionError) as e:
             raise ToolError(f"Invalid regular expression {source!r}: {e}.") from None
         self.budget = budget
-        self._deadline = time.monotonic() + budget
+        self._left = budget
 
     def search(self, text: str) -> Any:
-        return self._rx.search(text, timeout=self._left(), concurrent=True)
+        if self._left <= 0:
+            raise TimeoutError
+        started = time.perf_counter()
+        try:
+            return self._rx.search(text, timeout=self._left, concurrent=True)
+        finally:
+            self._left -= time.perf_counter() - started
 
     def finditer(self, text: str) -> Iterator[Any]:
-        return self._rx.finditer(text, timeout=self._left(), concurrent=True)
-
-    def _left(self) -> float:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
+        """All matches in `text` (one call: the caller takes them at once)."""
+        if self._left <= 0:
             raise TimeoutError
-        return left
+        started = time.perf_counter()
+        try:
+            return iter(list(self._rx.finditer(text, timeout=self._left, concurrent=True)))
+        finally:
+            self._left -= time.perf_counter() - started
 
     def too_slow(self, pattern: str) -> ToolError:
         """What the model is told when the budget ran out."""

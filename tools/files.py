@@ -28,16 +28,17 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from agent.tool import Tool, ToolError, tool, tool_context
 
-from ._patterns import Pattern, escape
+from ._patterns import Pattern
 
 DEFAULT_MAX_READ_BYTES = 2_000_000
 MAX_STREAM_BYTES = 1_000_000_000  # a larger text file is read in parts, line by line, up to this size
+MAX_STREAM_LINE = 1 << 20  # bytes of one line of such a file that are kept
 DEFAULT_MAX_WRITE_BYTES = 10_000_000
 DEFAULT_READ_LINES = 500  # lines shown when no end_line is given
 MAX_LINE_CHARS = 2_000
@@ -101,6 +102,23 @@ class Workspace:
         rel = real.relative_to(self.root).as_posix()
         return rel if rel != "." else "."
 
+    def _unescaped_path(self, path: str) -> str:
+        """`path` with its \\xNN escapes read as bytes where that names what exists: the
+        file itself, or (for a new file) the folder it goes in."""
+        raw = _unescaped(path)
+        if raw == path:
+            return path
+
+        def exists(p: str) -> bool:
+            return os.path.lexists(p if os.path.isabs(p) else self.root / p)
+
+        if exists(raw) and not exists(path):
+            return raw
+        folder, raw_folder = os.path.dirname(path), os.path.dirname(raw)
+        if raw_folder and not exists(path) and exists(raw_folder) and not exists(folder):
+            return raw
+        return path
+
     def resolve(self, path: str, *, must_exist: bool = True) -> Path:
         """The real path of `path` (relative to the root, or absolute inside it).
 
@@ -112,9 +130,7 @@ class Workspace:
         if "\x00" in path:
             raise ToolError("The path contains a NUL character.")
         if "\\x" in path:  # a name that is not UTF-8, as the model was shown it (bad\xffname.txt)
-            raw = _unescaped(path)
-            if raw != path and os.path.lexists(raw if os.path.isabs(raw) else self.root / raw):
-                path = raw
+            path = self._unescaped_path(path)
         given = Path(path)
         candidate = given if given.is_absolute() else self.root / given
         real = Path(os.path.realpath(candidate))
@@ -204,7 +220,12 @@ class Workspace:
 
         def lines() -> Iterator[str]:
             with f:
-                for raw in f:
+                while raw := f.readline(MAX_STREAM_LINE):
+                    if len(raw) == MAX_STREAM_LINE and not raw.endswith(b"\n"):
+                        # A line longer than a megabyte: its start is kept, the rest passed over,
+                        # so memory stays bounded and the lines after it keep their numbers.
+                        while (rest := f.readline(MAX_STREAM_LINE)) and not rest.endswith(b"\n"):
+                            pass
                     line = raw.decode("utf-8", errors="surrogateescape")
                     line = line[:-1] if line.endswith("\n") else line
                     yield line[:-1] if line.endswith("\r") else line
@@ -335,6 +356,27 @@ def text_lines(text: str) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _line_ends_as_here(new: str, text: str, at: int) -> str:
+    """`new`, put into `text` at `at`, with its line breaks ending as the line there
+    ends (CRLF or LF), so an edit does not mix them; a break right after a \\r already in
+    the text stays a bare \\n (that \\r is its first half)."""
+    if "\n" not in new:
+        return new
+    end = text.find("\n", at)
+    if end < 0:
+        end = text.rfind("\n", 0, at)
+    if end <= 0 or text[end - 1] != "\r":  # an LF line (or a file with one line)
+        return new
+    out: list[str] = []
+    before = text[at - 1] if at > 0 else ""
+    for ch in new:
+        if ch == "\n" and before != "\r":
+            out.append("\r")
+        out.append(ch)
+        before = ch
+    return "".join(out)
 
 
 _RAW_BYTE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
@@ -496,7 +538,8 @@ class FileTools:
         """A line range of a file too large to read whole, read line by line."""
         if end_line is not None and end_line < start:
             raise ToolError(f"end_line {end_line} is before start_line {start}.")
-        end = end_line if end_line is not None else start + DEFAULT_READ_LINES - 1
+        # At most DEFAULT_READ_LINES lines a call: end_line=10**9 is no way to load the whole file.
+        end = min(end_line if end_line is not None else start + DEFAULT_READ_LINES - 1, start + DEFAULT_READ_LINES - 1)
         ws = self.workspace
         real, lines = ws.stream_lines(path)
         shown: list[tuple[int, str]] = []
@@ -543,25 +586,18 @@ class FileTools:
             raise ToolError("`old` is empty; give the exact text to replace.")
         ws = self.workspace
         real, text = ws.read_text(path)
+        raw_bytes = _has_raw_bytes(text)
+        if raw_bytes:  # not UTF-8: the model saw (and writes) the other bytes as \xe9
+            old, new = _unescaped(old), _unescaped(new)
         count = text.count(old)
-        crlf = "\r\n" in text and text.count("\r\n") * 2 > text.count("\n")  # most line ends are CRLF
-        if count == 0 and crlf and "\n" in old and "\r\n" not in old:
-            # A CRLF file: read_file shows its lines without the \r, so the model writes \n.
+        if count == 0 and "\r\n" in text and "\n" in old and "\r\n" not in old:
+            # CRLF lines: read_file shows them without the \r, so the model writes \n.
             old = old.replace("\n", "\r\n")
             count = text.count(old)
-        if crlf:  # the new lines end as the file's do
-            new = new.replace("\r\n", "\n").replace("\n", "\r\n")
         if count == 1 and text.find(old, text.index(old) + 1) >= 0:  # "aa" in "aaa": two, overlapping
             count = 2
-        if count == 0 and _has_raw_bytes(text):  # not UTF-8: the model saw (and writes) bytes as \xe9
-            old, new = _unescaped(old), _unescaped(new)
-            count = text.count(old)
         if count == 0:
-            hint = (
-                " The file is not UTF-8: write its other bytes as they were shown, such as \\xe9."
-                if _has_raw_bytes(text)
-                else ""
-            )
+            hint = " The file is not UTF-8: write its other bytes as they were shown, such as \\xe9." if raw_bytes else ""
             raise ToolError(
                 f"The text to replace was not found in {path!r}. Read the file and copy the exact text, "
                 f"including whitespace and indentation.{hint}"
@@ -572,6 +608,7 @@ class FileTools:
                 "Include more surrounding lines so it matches one place."
             )
         at = text.index(old)
+        new = _line_ends_as_here(new, text, at)
         updated = text[:at] + new + text[at + len(old) :]
         ws.write_text(ws.relative(real), updated)
         rel = ws.relative(real)
@@ -678,7 +715,7 @@ class FileTools:
         """
         if not pattern:
             raise ToolError("The pattern is empty.")
-        rx = Pattern(pattern if regex else escape(pattern), ignore_case=ignore_case, budget=REGEX_BUDGET)
+        matcher = self._matcher(pattern, regex, ignore_case)
         ws = self.workspace
         real = ws.resolve(path)
         if real.is_dir():
@@ -696,11 +733,7 @@ class FileTools:
                 skipped += 1
                 continue
             for n, line in enumerate(lines, 1):
-                try:
-                    found = rx.search(line)
-                except TimeoutError:
-                    raise rx.too_slow(pattern) from None
-                if found:
+                if matcher(line):
                     if len(matches) >= MAX_SEARCH_MATCHES:
                         more += 1
                     else:
@@ -715,6 +748,30 @@ class FileTools:
         if skipped:
             out += f"\n[{skipped} binary, oversized or special files skipped]"
         return out
+
+    @staticmethod
+    def _matcher(pattern: str, regex: bool, ignore_case: bool) -> Callable[[str], bool]:
+        """Whether a line matches. Plain text is found with string operations (nothing to
+        backtrack; bytes written as \\xe9 stand for the byte, in a file that is not UTF-8);
+        a regular expression runs on the `regex` engine, and its matching (not the reading
+        of files) may take REGEX_BUDGET seconds in all."""
+        if not regex:
+            wanted = {pattern, _unescaped(pattern)}
+            if ignore_case:
+                folded = {w.casefold() for w in wanted}
+                return lambda line: any(w in line.casefold() for w in folded)
+            if len(wanted) == 1:
+                return lambda line: pattern in line
+            return lambda line: any(w in line for w in wanted)
+        rx = Pattern(pattern, ignore_case=ignore_case, budget=REGEX_BUDGET)
+
+        def match(line: str) -> bool:
+            try:
+                return rx.search(line) is not None
+            except TimeoutError:
+                raise rx.too_slow(pattern) from None
+
+        return match
 
     @staticmethod
     def _walk_files(ws: Workspace, root: Path, glob: str | None) -> Any:

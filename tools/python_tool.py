@@ -77,6 +77,7 @@ class PythonTool(Tool):
         interrupt_grace: float = 3.0,
         pool: sb.KernelPool | None = None,
         prefetch: bool = True,
+        current_dir_default: bool = False,
     ) -> None:
         if isolation != "auto" and isolation not in sb.ISOLATION_LEVELS:
             raise ValueError(
@@ -94,7 +95,9 @@ class PythonTool(Tool):
         self.effects = frozenset({"executes", "network"} if allow_network else {"executes"})
         self._limit_text = f" Each call may run for at most {timeout:g} s." if timeout else ""
         self._workspace = str(Path(workspace).resolve()) if workspace is not None else None
-        self.current_dir_default = False  # no workspace anywhere: True runs in the current directory
+        # No workspace of its own or of the run: the current directory (the built-in's way,
+        # as the files tools do), or else a temporary folder.
+        self.current_dir_default = current_dir_default
         self._pool = pool
         self._kernel: sb.Kernel | None = None
         self._lock = threading.Lock()
@@ -104,6 +107,8 @@ class PythonTool(Tool):
         self._cancel: threading.Event | None = None
         self._isolation: str | None = None
         self._prefetched = False
+        # The kernel warmed up front is for the folder the first call will most likely use.
+        self._prefetch_target = self._workspace or (os.getcwd() if current_dir_default else None)
         self._prefetch_done = threading.Event()
         if prefetch:
             threading.Thread(target=self._prefetch, name="agent-python-prefetch", daemon=True).start()
@@ -189,9 +194,10 @@ class PythonTool(Tool):
         try:
             isolation = self.isolation
             pool = self.pool
-            if self._workspace is not None and isolation == "bubblewrap":
-                os.makedirs(self._workspace, exist_ok=True)
-                pool.prefetch(self.config, isolation, self._workspace)
+            target = self._prefetch_target
+            if target is not None and isolation == "bubblewrap":
+                os.makedirs(target, exist_ok=True)
+                pool.prefetch(self.config, isolation, target)
                 self._prefetched = True
             else:
                 pool.warm(self.config, isolation, None)
@@ -204,7 +210,7 @@ class PythonTool(Tool):
         self._prefetch_done.wait(10)
         if workspace is not None:
             os.makedirs(workspace, exist_ok=True)
-        prefetched = self._prefetched and workspace == self._workspace
+        prefetched = self._prefetched and workspace == self._prefetch_target
         self._prefetched = False
         try:
             return self.pool.acquire(self.config, self.isolation, workspace, prefetched=prefetched)
@@ -455,9 +461,7 @@ OPTIONS = (
 def make_tools(**options: Any) -> list[Tool]:
     """The built-in `python` tool; options it does not take are another built-in's."""
     kwargs = {k: options[k] for k in OPTIONS if options.get(k) is not None}
-    python = PythonTool(**kwargs)
     # As the files tools do: with no workspace of its own or of the run, the current
     # directory (what `agent --workspace` defaults to), so that files one tool writes
     # the other finds. A PythonTool made directly keeps a temporary folder instead.
-    python.current_dir_default = True
-    return [python]
+    return [PythonTool(**kwargs, current_dir_default=True)]

@@ -1677,10 +1677,11 @@ def configure_pool(size: int | None = None, max_keys: int | None = None) -> Kern
 
 # Terminal control: CSI (colours, cursor moves), OSC (window titles, links; ended by BEL or ESC \),
 # other escapes, and control characters other than tab and newline.
+# An OSC must end (BEL or ESC \) within its line; a stray ESC ] loses only those two characters.
 _ANSI = re.compile(
-    r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+    r"\x1b\][^\x07\x1b\n]{0,4096}(?:\x07|\x1b\\)|\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]"
+    r"|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
 )
-_OVERWRITTEN = re.compile(r"[^\n]*\r(?!\n)")  # a line a carriage return writes over (a progress bar)
 _INTERNAL = re.compile(
     r"[/\\](IPython|ipykernel|traitlets|zmq|tornado|jupyter_client|asyncio|runpy)[/\\]|<frozen |site-packages[/\\]ipykernel"
 )
@@ -1690,8 +1691,17 @@ def strip_ansi(text: str) -> str:
     """Text as a terminal would leave it: no control sequences, and of a line that
     carriage returns write over (a progress bar), only what was written last."""
     if "\r" in text:
-        text = _OVERWRITTEN.sub("", text.replace("\r\n", "\n"))
+        text = "\n".join(_last_written(line) for line in text.replace("\r\n", "\n").split("\n"))
     return _ANSI.sub("", text)
+
+
+def _last_written(line: str) -> str:
+    """What a terminal shows of a line carriage returns write over: its last non-empty
+    part (a progress bar's last state; a line that ends in \\r stays)."""
+    if "\r" not in line:
+        return line
+    parts = [p for p in line.split("\r") if p]
+    return parts[-1] if parts else ""
 
 
 def trim_traceback(lines: list[str], ename: str, evalue: str, max_frames: int = 8) -> str:

@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import sqlite3
+import stat
 import textwrap
 import threading
 import time
@@ -406,7 +407,7 @@ class LocalDocsBackend:
                 if path.suffix.lower() not in self.EXTENSIONS or path.is_symlink():
                     continue
                 st = path.stat()
-                if st.st_size <= self.max_file_bytes:
+                if stat.S_ISREG(st.st_mode) and st.st_size <= self.max_file_bytes:  # not a FIFO: it would block
                     found.append((path, st.st_mtime, st.st_size))
         return found
 
@@ -675,7 +676,7 @@ class _Extractor(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._drop:
             return
-        data = _CONTROL.sub("", data)
+        data = _CONTROL.sub("", data).translate(_BREAKS)
         if self._in_title:
             self.title += data
             return
@@ -695,19 +696,25 @@ class _Extractor(HTMLParser):
 
 
 # Terminal escapes and control characters (ESC, BEL, ...) in a page: noise, or tricks, for the model.
-_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile(
+    r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b\n]{0,4096}(?:\x07|\x1b\\)|\x1b[@-Z\\-_]|[\x00-\x08\x0e-\x1f\x7f]"
+)
+_BREAKS = str.maketrans("\x0b\x0c", "  ")  # vertical tab, form feed: spaces between words
 _OPEN_LINKS = 8  # unclosed <a> tags carried from one block to the next
 _LONGEST_WORD = 2_000  # characters; a longer run without spaces (minified code, base64) is cut into pieces
-_LONG_RUN = re.compile(rf"\S{{{_LONGEST_WORD}}}")
+
+
+def _pieces(word: str, size: int) -> str:
+    return word if len(word) <= size else " ".join(word[i : i + size] for i in range(0, len(word), size))
 
 
 def _wrap(prefix: str, text: str, width: int = WRAP_WIDTH) -> list[str]:
     if len(prefix) + len(text) <= width:
         return [prefix + text]
-    if len(text) > _LONGEST_WORD and _LONG_RUN.search(text):
+    if len(text) > _LONGEST_WORD:
         # Long words are kept whole (a URL stays copyable), up to a point: a megabyte-long
         # "word" would be one line that no window or search result could show in part.
-        text = _LONG_RUN.sub(lambda m: m.group() + " ", text)
+        text = " ".join(_pieces(word, _LONGEST_WORD) for word in text.split(" "))
     return textwrap.wrap(
         text,
         width=width,
@@ -718,6 +725,19 @@ def _wrap(prefix: str, text: str, width: int = WRAP_WIDTH) -> list[str]:
     ) or [prefix]
 
 
+def _split_code_line(text: str, width: int) -> list[str]:
+    """A long line of code in pieces of at most `width`, cut after a space where there is one
+    in the piece's second half (a name stays whole, so find_in_page finds it)."""
+    pieces: list[str] = []
+    while len(text) > width:
+        cut = text.rfind(" ", width // 2, width)
+        cut = cut + 1 if cut >= 0 else width
+        pieces.append(text[:cut])
+        text = text[cut:]
+    pieces.append(text)
+    return pieces
+
+
 def html_to_lines(html: str, base_url: str = "") -> tuple[str, list[str]]:
     """The title and the readable lines of an HTML document."""
     parser = _Extractor(base_url)
@@ -726,15 +746,14 @@ def html_to_lines(html: str, base_url: str = "") -> tuple[str, list[str]]:
     lines: list[str] = []
     for prefix, text, pre in parser.blocks:
         if pre:  # code keeps its lines; a long one is split, so that all of it can be found and shown
-            step = 2 * WRAP_WIDTH
-            lines.extend(text[i : i + step] for i in range(0, max(len(text), 1), step))
+            lines.extend(_split_code_line(text, 2 * WRAP_WIDTH))
         else:
             lines.extend(_wrap(prefix, text))
     return " ".join(parser.title.split()), lines
 
 
 def text_to_lines(text: str) -> list[str]:
-    text = _CONTROL.sub("", text)
+    text = _CONTROL.sub("", text).translate(_BREAKS)
     lines: list[str] = []
     for line in text.splitlines():
         line = line.rstrip().expandtabs(4)
@@ -1105,8 +1124,6 @@ class WebTools:
             resolver=resolver,
         )
         self.window = window
-        # The local search's folder: its results are file:// URLs that open_url opens (nothing else local).
-        self.docs_root = Path(docs_dir).resolve() if docs_dir is not None else None
         self.max_page_bytes = max_page_bytes
         self.pages: list[Page] = []  # the page stack; the last one is current
         self._lock = threading.Lock()
@@ -1161,19 +1178,23 @@ class WebTools:
 
     def _local_doc(self, url: str) -> Fetched:
         """A document of the local search's folder, by the file:// URL a search result gave."""
-        root = self.docs_root
-        if root is None:
+        local = next((b for b in self.search_engine.backends if isinstance(b, LocalDocsBackend)), None)
+        if local is None:
             raise ToolError(
                 "Refused: only http and https URLs can be opened (file:// only for results of the local search)."
             )
         try:
-            path = Path(urllib.request.url2pathname(urlsplit(url).path)).resolve()
-        except (OSError, ValueError) as e:
+            path = Path(os.path.normpath(urllib.request.url2pathname(urlsplit(url).path)))
+        except ValueError as e:
             raise ToolError(f"Cannot open {url}: {e}.") from None
-        if not path.is_relative_to(root) or path.suffix.lower() not in LocalDocsBackend.EXTENSIONS:
+        # Exactly the files the search lists (its extensions, sizes, no links, no hidden folders).
+        if path not in {p for p, _, _ in local._files()}:
             raise ToolError(f"Refused: {url} is not a document of the local search folder.")
         try:
-            with open(path, "rb") as f:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise ToolError(f"Refused: {url} is not a regular file.")
                 body = f.read(self.max_page_bytes + 1)
         except OSError as e:
             raise ToolError(f"Cannot open {url}: {e.strerror or e}.") from None
