@@ -208,6 +208,17 @@ async def test_secret_environment_variables_are_not_passed(py):
     assert not set(secrets) & set(env) and set(plain) <= set(env)
 
 
+async def test_what_a_cell_prints_after_it_ended_comes_with_the_next_one(py):
+    code = "import threading, time\nthreading.Timer(0.05, lambda: print('late line')).start()\nprint('on time')"
+    assert (await run(py, code)).endswith("on time")
+    await asyncio.sleep(1.5)  # the timer prints (and its output is flushed) while no cell runs
+    out = await run(py, "print('second')")
+    assert out == "[printed by an earlier cell after it had ended]\nlate line\nsecond", out
+    during = "import threading, time\nthreading.Timer(0.2, lambda: print('printed meanwhile')).start()"
+    await run(py, during)
+    assert "printed meanwhile" in await run(py, "import time; time.sleep(0.5)")  # while a cell runs: its own
+
+
 async def test_exit_in_a_cell_ends_the_session_and_says_so_at_once(py):
     out = await run(py, "gone = 1\nexit()")
     assert "exit() ended the Python session: its variables are gone" in out, out

@@ -1054,6 +1054,10 @@ class Kernel:
         self.client.load_connection_info(info)
         self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
         self._signer = hmac.new(key.encode(), digestmod=hashlib.sha256)
+        # Cells already answered, and what they printed after that (a thread, a callback):
+        # shown with the next cell's output instead of dropped.
+        self._earlier: deque[str] = deque(maxlen=8)
+        self._late: list[str] = []
         self._poller = zmq.Poller()
         self._poller.register(self.client.iopub_channel.socket, zmq.POLLIN)
         self._poller.register(self.client.shell_channel.socket, zmq.POLLIN)
@@ -1287,10 +1291,16 @@ class Kernel:
         result.outputs = collector.outputs
         result.cut = collector.total_cut
         result.duration = time.monotonic() - t0
+        self._earlier.append(msg_id)
         try:
+            self._replies(kc.iopub_channel.socket, "")  # what waits: an earlier cell's late printing kept
             self._drain(0)
         except Exception:
             pass
+        if self._late:  # printed by earlier cells after they ended: shown now, first
+            late, self._late = "".join(self._late), []
+            note = "[printed by an earlier cell after it had ended]\n"
+            result.outputs.insert(0, Output(kind="stdout", text=note + late[-max(max_output, 1000) :]))
         return result
 
     def _replies(self, socket: Any, msg_id: str) -> list[tuple[str, dict[str, Any]]]:
@@ -1319,10 +1329,15 @@ class Kernel:
             if not hmac.compare_digest(mac.hexdigest().encode(), signature):
                 continue
             try:
-                if json.loads(parent).get("msg_id") != msg_id:
+                parent_id = json.loads(parent).get("msg_id")
+                if parent_id != msg_id and parent_id not in self._earlier:
                     continue
                 kind, body = json.loads(header)["msg_type"], json.loads(content)
             except (ValueError, TypeError, KeyError, AttributeError):
+                continue
+            if parent_id != msg_id:  # an earlier cell's, after it was answered: only its printing counts
+                if kind == "stream" and isinstance(body, dict) and isinstance(body.get("text"), str):
+                    self._late.append(body["text"])
                 continue
             if isinstance(kind, str) and isinstance(body, dict):
                 out.append((kind, body))
