@@ -209,7 +209,7 @@ async def test_secret_environment_variables_are_not_passed(py):
 
 
 async def test_what_a_cell_prints_after_it_ended_comes_with_the_next_one(py):
-    code = "import threading, time\nthreading.Timer(0.05, lambda: print('late line')).start()\nprint('on time')"
+    code = "import threading, time\nthreading.Timer(0.3, lambda: print('late line')).start()\nprint('on time')"
     assert (await run(py, code)).endswith("on time")
     await asyncio.sleep(1.5)  # the timer prints (and its output is flushed) while no cell runs
     out = await run(py, "print('second')")
