@@ -41,14 +41,21 @@ class Pattern:
             self._left -= time.perf_counter() - started
 
     def finditer(self, text: str) -> Iterator[Any]:
-        """All matches in `text` (one call: the caller takes them at once)."""
+        """The matches in `text`, one at a time; the time spent finding each counts."""
         if self._left <= 0:
             raise TimeoutError
-        started = time.perf_counter()
-        try:
-            return iter(list(self._rx.finditer(text, timeout=self._left, concurrent=True)))
-        finally:
-            self._left -= time.perf_counter() - started
+        matches = self._rx.finditer(text, timeout=self._left, concurrent=True)
+        while True:
+            if self._left <= 0:
+                raise TimeoutError
+            started = time.perf_counter()
+            try:
+                match = next(matches)
+            except StopIteration:
+                return
+            finally:
+                self._left -= time.perf_counter() - started
+            yield match
 
     def too_slow(self, pattern: str) -> ToolError:
         """What the model is told when the budget ran out."""
