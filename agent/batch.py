@@ -368,7 +368,8 @@ class BatchRunner:
                 os.close(fd)
                 tmp.unlink(missing_ok=True)
             if isinstance(e, OSError):
-                raise AgentError(f"cannot write results to {self.output}: {e.strerror or e}; choose another -o") from None
+                reason = e.strerror or e
+                raise AgentError(f"cannot write results to {self.output}: {reason}; choose another -o") from None
             raise
         finally:
             if held is not None:
@@ -582,7 +583,8 @@ def run_cli(args: Any) -> int:
         if result is not None and (not err.is_terminal or not result.ok):
             mark = "ok" if result.ok else result.status + (f": {result.error}" if result.error else "")
             # Not markup: an id or error may hold "[/...]", which rich would read as a closing tag.
-            err.print(f"[{p.done}/{p.total}] {result.id}: {mark}", markup=False, highlight=False, soft_wrap=True)
+            line = f"[{p.done}/{p.total}] {result.id}: {mark}"
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
 
     options = dict(
         concurrency=args.concurrency,

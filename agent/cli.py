@@ -466,7 +466,8 @@ def _sigterm_as_ctrl_c(*, leave: bool) -> Iterator[list[bool]]:
     import threading
 
     came: list[bool] = []
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    in_main = threading.current_thread() is threading.main_thread()
+    if not in_main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield came
         return
 

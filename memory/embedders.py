@@ -126,7 +126,9 @@ def default_model_path() -> Path:
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".onnx", ".gguf")
 
 
-def _settings_in_effect(folder: Path | None, pooling: str | None, max_length: int | None) -> tuple[str, int | None]:
+def _settings_in_effect(
+    folder: Path | None, pooling: str | None, max_length: int | None
+) -> tuple[str, int | None]:
     """Pooling and input length as the model folder's sentence-transformers files set them,
     unless given. The length may stay None: the tokenizer's own limit applies then."""
     if pooling is None:
