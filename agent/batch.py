@@ -64,6 +64,10 @@ class BatchResult(BaseModel):
         return self.status == "completed"
 
 
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false"}
+_JSON_KINDS[type(None)] = "null"
+
+
 def read_tasks(path: str | Path) -> list[BatchTask]:
     """Parse a tasks file; a bad line is an error naming its line number."""
     tasks: list[BatchTask] = []
@@ -79,14 +83,18 @@ def read_tasks(path: str | Path) -> list[BatchTask]:
             continue
         try:
             data = json.loads(line)
-            if isinstance(data, dict) and type(data.get("id")) is int:
-                data["id"] = str(data["id"])
-            task = BatchTask.model_validate(data)  # an id that is a number is read as its text
-        except (json.JSONDecodeError, ValidationError) as e:
-            first = str(e).splitlines()[0 if isinstance(e, json.JSONDecodeError) else 1 :][:2]
-            raise AgentError(
-                f"{path}:{number}: not a valid task ({'; '.join(s.strip() for s in first)})"
-            ) from e
+        except json.JSONDecodeError as e:
+            raise AgentError(f"{path}:{number}: not a valid task ({e})") from None
+        if not isinstance(data, dict):
+            kind = _JSON_KINDS.get(type(data), type(data).__name__)
+            raise AgentError(f"{path}:{number}: each line is one JSON object (a task: id, prompt, ...), not {kind}")
+        if type(data.get("id")) is int:  # an id that is a number is read as its text
+            data["id"] = str(data["id"])
+        try:
+            task = BatchTask.model_validate(data)
+        except ValidationError as e:
+            problems = [f"{'.'.join(map(str, err['loc'])) or 'task'}: {err['msg']}" for err in e.errors()[:3]]
+            raise AgentError(f"{path}:{number}: not a valid task ({'; '.join(problems)})") from None
         if task.id in seen:
             raise AgentError(f"{path}:{number}: task id {task.id!r} appears twice")
         seen.add(task.id)

@@ -131,8 +131,15 @@ def test_http_errors_are_retried_only_when_asking_again_may_help(tmp_path, statu
 def test_tasks_file_errors_name_the_line(tmp_path):
     path = tmp_path / "tasks.jsonl"
     path.write_text('{"id": 1, "prompt": "ok"}\n{"prompt": "no id"}\n')
-    with pytest.raises(AgentError, match=r"tasks.jsonl:2: not a valid task"):
+    with pytest.raises(AgentError, match=r"tasks.jsonl:2: not a valid task \(id: Field required\)$"):
         read_tasks(path)
+    path.write_text('[1, 2]\n')
+    with pytest.raises(AgentError, match=r"tasks.jsonl:1: each line is one JSON object .*, not an array$"):
+        read_tasks(path)
+    path.write_text('{"id": "a", "prompt": 5}\n')
+    with pytest.raises(AgentError) as info:
+        read_tasks(path)
+    assert "prompt: Input should be a valid string" in str(info.value) and "pydantic.dev" not in str(info.value)
     path.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')
     with pytest.raises(AgentError, match="appears twice"):
         read_tasks(path)

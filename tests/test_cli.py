@@ -191,7 +191,7 @@ def tasks_file(tmp_path, name="tasks.jsonl"):
             "must be at least 1, not 0",
         ),
         ("no tasks file", ["batch", "nope.jsonl", "-o", "r.jsonl"], "cannot read tasks file nope.jsonl"),
-        ("tasks not JSONL", ["batch", "script.jsonl", "-o", "r.jsonl"], "script.jsonl:1: not a valid task"),
+        ("tasks not JSONL", ["batch", "script.jsonl", "-o", "r.jsonl"], "script.jsonl:1: each line is one JSON object"),
         ("tasks not UTF-8", ["batch", "latin1.jsonl", "-o", "r.jsonl"], "latin1.jsonl is not UTF-8 text"),
         ("task of 0 steps", ["batch", "zero.jsonl", "-o", "r.jsonl"], "zero.jsonl:1: not a valid task"),
         ("task id null", ["batch", "null_id.jsonl", "-o", "r.jsonl"], "null_id.jsonl:1: not a valid task"),
