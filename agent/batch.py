@@ -22,12 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import AgentError
+from .runlog import try_lock
 from .types import Effort
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 
 class BatchTask(BaseModel):
@@ -156,14 +152,10 @@ def _hold(path: Path) -> int:
 
 
 def _lock(fd: int, path: Path) -> None:
-    if fcntl is None:  # pragma: no cover - Windows: no lock
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not try_lock(fd):
         raise AgentError(
             f"{path} is being written by another agent batch; wait for it to end, or give this one another -o"
-        ) from None
+        )
 
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")

@@ -67,9 +67,8 @@ class RunLog:
         except OSError as e:
             # The run fails with this message, and the events that say so still reach the
             # other subscribers (the terminal, a caller's stream): the log writes no more.
-            self.failed = f"cannot write the run log {self._file}: {e.strerror or e}"
             self.close()
-            raise AgentError(self.failed) from None
+            raise self._failure(e) from None
 
     def open(self) -> None:
         """Open the log now (it opens at the first event otherwise): a log that another
@@ -86,10 +85,14 @@ class RunLog:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self._file, flags, 0o644)
         except OSError as e:
-            self.failed = f"cannot write the run log {self._file}: {e.strerror or e}"
-            raise AgentError(self.failed) from None
+            raise self._failure(e) from None
         _claim(fd, self._file)
         return fd
+
+    def _failure(self, e: OSError) -> AgentError:
+        """Record why the log stopped (nothing is written after), as the error to raise."""
+        self.failed = f"cannot write the run log {self._file}: {e.strerror or e}"
+        return AgentError(self.failed)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -100,19 +103,27 @@ class RunLog:
         self.close()
 
 
+def try_lock(fd: int, *, shared: bool = False) -> bool:
+    """Take the open file's lock without waiting: False when another holder has it.
+    Run logs and batch results files are held this way by their one writer."""
+    if fcntl is None:  # pragma: no cover - Windows: no locks, every writer goes ahead
+        return True
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def _claim(fd: int, path: str) -> None:
     """Lock the open log for this writer: two writers (a session resumed twice at once)
     would interleave their events under the same sequence numbers."""
-    if fcntl is None:  # pragma: no cover - Windows: no lock
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not try_lock(fd):
         os.close(fd)
         raise AgentError(
             f"the run log {path} is being written by another run (the same session resumed twice?); "
             "finish that one first"
-        ) from None
+        )
 
 
 def is_live(path: str | Path) -> bool:
@@ -124,10 +135,7 @@ def is_live(path: str | Path) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
+        return not try_lock(fd, shared=True)
     finally:
         os.close(fd)
 
