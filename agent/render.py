@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from types import SimpleNamespace
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -110,17 +109,19 @@ class ConsoleRenderer:
         self.err.print(Text(f"error: {e.message}", style="bold red"), soft_wrap=True)
 
     def _on_final_answer(self, e: Any) -> None:
+        self._print_answer(e.content)
+
+    def _print_answer(self, content: str) -> None:
         self._answered = True
         if self.out.is_terminal:
-            self.out.print(Markdown(e.content))
+            self.out.print(Markdown(content))
         else:  # a file or a pipe gets the answer exactly: no markup, emoji codes or wrapping applied
-            self.out.print(Text(e.content), soft_wrap=True)
+            self.out.print(Text(content), soft_wrap=True)
 
     def _on_run_finished(self, e: Any) -> None:
         if e.status == "completed" and not self._answered and e.answer is not None:
             # A resumed run whose answer was recorded before the crash: this stream did not show it.
-            content = e.answer if isinstance(e.answer, str) else json.dumps(e.answer, ensure_ascii=False)
-            self._on_final_answer(SimpleNamespace(content=content))
+            self._print_answer(e.answer if isinstance(e.answer, str) else json.dumps(e.answer, ensure_ascii=False))
         style = "green" if e.status == "completed" else "red"
         tokens = e.usage.prompt_tokens + e.usage.completion_tokens
         line = f"{e.status} · {e.steps} steps · {tokens} tokens"
