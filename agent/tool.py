@@ -96,9 +96,8 @@ class Tool(ABC):
         own = cls.__dict__
         if isinstance(own.get("effects"), (set, list, tuple)):
             cls.effects = frozenset(own["effects"])
-        if isinstance(own.get("effects"), frozenset) and not own["effects"] <= EFFECTS:
-            unknown = sorted(own["effects"] - EFFECTS)
-            raise ValueError(f"tool class {cls.__name__}: unknown effects {unknown}; use {sorted(EFFECTS)}")
+        if isinstance(own.get("effects"), frozenset):
+            _check_effects(own["effects"], f"tool class {cls.__name__}")
         run = own.get("run")
         if "Args" not in own and not hasattr(cls, "Args") and callable(run):
             cls._args_from_annotation(run)
@@ -200,9 +199,13 @@ def check_tool(t: Tool) -> None:
             f"tool {name!r} ({kind}) has no argument model; define `class Args(BaseModel): ...` in the class "
             "(an empty one for a tool without arguments)"
         )
-    unknown = set(t.effects) - EFFECTS
+    _check_effects(t.effects, f"tool {name!r}")
+
+
+def _check_effects(effects: Any, what: str) -> None:
+    unknown = set(effects) - EFFECTS
     if unknown:
-        raise ValueError(f"tool {name!r}: unknown effects {sorted(unknown)}; use {sorted(EFFECTS)}")
+        raise ValueError(f"{what}: unknown effects {sorted(unknown)}; use {sorted(EFFECTS)}")
 
 
 _TOOL_NAME = re.compile(r"[\w-]{1,64}")  # letters of any script: local models take `météo`; OpenAI's API wants ASCII
@@ -230,9 +233,7 @@ class FunctionTool(Tool):
         summary, param_docs = _parse_docstring(inspect.getdoc(fn) or "")
         self.description = description or summary or self.name
         self.effects = frozenset(effects) if effects is not None else frozenset({"reads"})
-        unknown = self.effects - EFFECTS
-        if unknown:
-            raise ValueError(f"tool {self.name!r}: unknown effects {sorted(unknown)}; use {sorted(EFFECTS)}")
+        _check_effects(self.effects, f"tool {self.name!r}")
         self.timeout = timeout
         self.needs_approval = needs_approval
         self.safe_to_rerun = self.read_only if safe_to_rerun is None else safe_to_rerun
@@ -420,6 +421,8 @@ _NUMPY_SECTION = re.compile(rf"^({_TITLES})[ \t]*\n[ \t]*-{{3,}}[ \t]*$", re.M)
 _GOOGLE_PARAM = re.compile(r"^\s+(\*{0,2}\w+)\s*(?:\([^)]*\))?:\s*(.*)$")  # "    name (type): text"
 _NUMPY_PARAM = re.compile(r"^(\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)*)\s*(?::.*)?$")  # "name : type", "a, b : int"
 _SPHINX_FIELD = re.compile(r"^:(\w+)(?:\s+([^:]*?))?\s*:\s*(.*)$")  # ":param int name: text"
+_SPHINX_PARAM_KINDS = ("param", "parameter", "arg", "argument", "key", "keyword")
+_SPHINX_PARAM = re.compile(rf"^:(?:{'|'.join(_SPHINX_PARAM_KINDS)})\s", re.M)
 
 
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
@@ -431,7 +434,7 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     """
     if _NUMPY_SECTION.search(doc):
         return _sections(doc, _NUMPY_SECTION, _numpy_params)
-    if re.search(r"^:(?:param|parameter|arg|argument|key|keyword)\s", doc, re.M):
+    if _SPHINX_PARAM.search(doc):
         return _sphinx(doc)
     return _sections(doc, _GOOGLE_SECTION, _google_params)
 
@@ -486,7 +489,7 @@ def _sphinx(doc: str) -> tuple[str, dict[str, str]]:
             in_fields = True
             kind, arg, text = m.groups()
             current = None
-            if kind in ("param", "parameter", "arg", "argument", "key", "keyword") and arg:
+            if kind in _SPHINX_PARAM_KINDS and arg:
                 current = arg.split()[-1].lstrip("*")  # ":param int name:" names the last word
                 params[current] = text.strip()
         elif not in_fields:
