@@ -617,16 +617,6 @@ class CachedEmbedder:
         return np.stack([np.frombuffer(found[h], dtype=np.float32) for h in hashes])
 
 
-def same_model(recorded: str, recorded_print: str | None, name: str, fingerprint: str | None) -> bool:
-    """Whether a memory that recorded model `recorded` (and its fingerprint, where it
-    did) was embedded by the model `name` with `fingerprint`.
-
-    With fingerprints on both sides they decide (the name may differ: the same
-    files under another path); a memory recorded before fingerprints compares names.
-    """
-    return recorded_print == fingerprint if recorded_print and fingerprint else recorded == name
-
-
 _default: TransformersEmbedder | None = None
 _default_lock = threading.Lock()
 

@@ -80,9 +80,40 @@ def dump_metadata(metadata: dict[str, Any] | None) -> str:
         text = json.dumps(metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise VectorMemoryError(f"metadata must be JSON-serialisable: {e}") from e
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise VectorMemoryError("metadata holds a lone surrogate, which cannot be stored as UTF-8") from None
+    if has_lone_surrogate(text):
+        raise VectorMemoryError("metadata holds a lone surrogate, which cannot be stored as UTF-8")
     return text
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether `text` cannot be stored as UTF-8 (bytes kept by `surrogateescape`, say)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_same_model(
+    memory: str,
+    recorded: tuple[str, int, str | None],
+    name: str,
+    dim: int,
+    fingerprint: str | None,
+) -> None:
+    """Refuse to search or extend `memory` (as the error names it), which recorded the
+    model `(name, dim, fingerprint)` in `recorded`, with another model.
+
+    With fingerprints on both sides they decide (the name may differ: the same
+    files under another path); a memory recorded before fingerprints compares names.
+    """
+    old_name, old_dim, old_print = recorded
+    same = old_print == fingerprint if old_print and fingerprint else old_name == name
+    if not same or old_dim != dim:
+        raise VectorMemoryError(
+            f"{memory} holds {old_dim}-dim embeddings of model {old_name!r}"
+            f"{f' ({old_print})' if old_print else ''}; it cannot be searched or extended with "
+            f"{name!r}{f' ({fingerprint})' if fingerprint else ''} ({dim} dims). Open it with that embedder."
+        )

@@ -17,15 +17,14 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .embedders import same_model
+from .embedders import EmbeddingCache
 from .filters import Where, to_postgres
-from .records import Hit, Record, VectorMemoryError, source_dict
+from .records import Hit, Record, VectorMemoryError, check_same_model, source_dict
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 _LOCK_KEY = 0x6D656D6F7279  # pg_advisory_xact_lock key for schema changes ("memory")
@@ -118,12 +117,8 @@ class PgVectorStore:
                 self._dim = dim
                 return
             stored, stored_dim, stored_print = row
-            if not same_model(stored, stored_print, model, fingerprint) or int(stored_dim) != dim:
-                raise VectorMemoryError(
-                    f"collection {self.collection!r} holds {stored_dim}-dim embeddings of model {stored!r}"
-                    f"{f' ({stored_print})' if stored_print else ''}; it cannot be searched or extended with "
-                    f"{model!r}{f' ({fingerprint})' if fingerprint else ''} ({dim} dims). Open it with that embedder."
-                )
+            recorded = (stored, int(stored_dim), stored_print)
+            check_same_model(f"collection {self.collection!r}", recorded, model, dim, fingerprint)
             if fingerprint and stored_print is None:  # recorded from now on (made before: checked by name once)
                 self.conn.execute(
                     "UPDATE agent_memory_meta SET model_print = %s WHERE collection = %s",
@@ -264,10 +259,10 @@ class _PgCache:
 
     def __init__(self, store: PgVectorStore) -> None:
         self.store = store
-        self._local: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()  # what is kept in process only
+        self._local = EmbeddingCache()  # no file: what is kept in this process only (queries)
 
     def get_many(self, model: str, hashes: list[bytes]) -> dict[bytes, bytes]:
-        found = {h: v for h in hashes if (v := self._local.get((model, h))) is not None}
+        found = self._local.get_many(model, hashes)
         missing = [h for h in hashes if h not in found]
         if missing:
             with self.store._lock:
@@ -280,10 +275,7 @@ class _PgCache:
 
     def put_many(self, model: str, items: list[tuple[bytes, bytes]], *, persist: bool = True) -> None:
         if not persist:  # queries: one process's, not rows in the shared table for good
-            for h, v in items:
-                self._local[(model, h)] = v
-            while len(self._local) > 1024:
-                self._local.popitem(last=False)
+            self._local.put_many(model, items)
             return
         with self.store._lock, self.store.conn.transaction():
             self.store.conn.cursor().executemany(

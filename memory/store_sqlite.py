@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from .embedders import EmbeddingCache, same_model
+from .embedders import EmbeddingCache
 from .filters import Where, to_sqlite
 from .index import ExactIndex, HnswIndex, Subset
-from .records import Hit, Record, VectorMemoryError, source_dict
+from .records import Hit, Record, VectorMemoryError, check_same_model, source_dict
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,15 @@ def _check_ours(path: Path) -> None:
         if schema is None:  # tables named like ours, made by someone else: touch nothing
             raise sqlite3.DatabaseError("it has no memory schema version")
         if schema[0] != SCHEMA_VERSION:
-            raise VectorMemoryError(f"{path} has memory schema {schema[0]!r}; this version reads {SCHEMA_VERSION!r}")
+            raise _other_schema(path, schema[0])
         probe.execute("SELECT id, text, metadata, source_run, source_seq, time FROM records LIMIT 0").fetchall()
         probe.execute("SELECT id, vector FROM vectors LIMIT 0").fetchall()
     finally:
         probe.close()
+
+
+def _other_schema(path: Path, found: str | None) -> VectorMemoryError:
+    return VectorMemoryError(f"{path} has memory schema {found!r}; this version reads {SCHEMA_VERSION!r}")
 
 
 _PARTIAL = re.compile(r"\.(?:faiss|npz)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
@@ -203,9 +207,7 @@ class SqliteStore:
             ) from None
         if schema != SCHEMA_VERSION:
             self.conn.close()
-            raise VectorMemoryError(
-                f"{self.path} has memory schema {schema!r}; this version reads {SCHEMA_VERSION!r}"
-            )
+            raise _other_schema(self.path, schema)
         self.cache = EmbeddingCache(connect=connect(self.path))
         self._index: ExactIndex | HnswIndex | None = None
         self._gen = 0  # generation the in-memory index reflects
@@ -280,12 +282,9 @@ class SqliteStore:
             if stored is None:
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (model,))
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
-            elif not same_model(stored, stored_print, model, fingerprint) or int(stored_dim or 0) != dim:
-                raise VectorMemoryError(
-                    f"memory {self.path} holds {stored_dim}-dim embeddings of model {stored!r}"
-                    f"{f' ({stored_print})' if stored_print else ''}; it cannot be searched or extended with "
-                    f"{model!r}{f' ({fingerprint})' if fingerprint else ''} ({dim} dims). Open it with that embedder."
-                )
+            else:
+                recorded = (stored, int(stored_dim or 0), stored_print)
+                check_same_model(f"memory {self.path}", recorded, model, dim, fingerprint)
             if fingerprint and stored_print is None:  # recorded from now on (a memory made before: by name once)
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model_print', ?)", (fingerprint,))
 

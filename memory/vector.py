@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .embedders import CachedEmbedder, Embedder, resolve_embedder
 from .filters import Where
-from .records import Hit, Record, VectorMemoryError, dump_metadata, normalize_source
+from .records import Hit, Record, VectorMemoryError, dump_metadata, has_lone_surrogate, normalize_source
 
 if TYPE_CHECKING:
     import numpy as np
@@ -221,9 +221,7 @@ class VectorMemory:
         min_score: float | None = None,
     ) -> list[Hit]:
         """The k records nearest in meaning to `query` (cosine score, best first)."""
-        if not isinstance(query, str):
-            raise VectorMemoryError(f"search takes a query string, not {type(query).__name__}")
-        _check_text(query)
+        _check_text(query, "search takes a query string")
         k = _check_search(k, min_score)
         if k <= 0:
             return []
@@ -291,16 +289,11 @@ class VectorMemory:
         self.close()
 
 
-def _check_text(text: Any) -> None:
+def _check_text(text: Any, must: str = "texts must be strings") -> None:
     if not isinstance(text, str):
-        raise VectorMemoryError(f"texts must be strings, not {type(text).__name__}")
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise VectorMemoryError(
-                f"text {text[:40]!r}... holds a lone surrogate, which cannot be stored as UTF-8"
-            ) from None
+        raise VectorMemoryError(f"{must}, not {type(text).__name__}")
+    if has_lone_surrogate(text):
+        raise VectorMemoryError(f"text {text[:40]!r}... holds a lone surrogate, which cannot be stored as UTF-8")
 
 
 def _check_time(when: Any, now: float) -> float:
