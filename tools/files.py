@@ -28,7 +28,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,14 +197,6 @@ class Workspace:
         self._check_size(path, st.st_size, limit)
         return real, st
 
-    def is_large(self, path: str) -> bool:
-        """Whether `path` is a regular file over the whole-file read limit (read line by line then)."""
-        try:
-            st = os.stat(self.resolve(path))
-        except OSError:
-            return False
-        return stat.S_ISREG(st.st_mode) and st.st_size > self.max_read_bytes
-
     def stream_lines(self, path: str) -> tuple[Path, Iterator[str]]:
         """The lines of a large text file (up to MAX_STREAM_BYTES), read as they are taken,
         numbered as `text_lines` numbers them."""
@@ -236,7 +228,7 @@ class Workspace:
         if size > (limit or self.max_read_bytes):
             if limit:
                 raise ToolError(f"Refused: {path!r} is {size:,} bytes, over the {limit:,}-byte limit of these tools.")
-            raise ToolError(
+            raise TooLarge(
                 f"Refused: {path!r} is {size:,} bytes, over the {self.max_read_bytes:,}-byte limit for reading "
                 "it whole. Read it in parts with read_file's start_line and end_line, or find the part you need "
                 "with search_files."
@@ -346,6 +338,10 @@ class Workspace:
         finally:
             os.close(parent)
         return real, created
+
+
+class TooLarge(ToolError):
+    """A file over the whole-file read limit: `Workspace.stream_lines` reads it in parts."""
 
 
 def text_lines(text: str) -> list[str]:
@@ -514,9 +510,10 @@ class FileTools:
         start = 1 if start_line is None else start_line
         if start < 1:
             raise ToolError("start_line must be 1 or more (lines are numbered from 1).")
-        if ws.is_large(path):
+        try:
+            real, text = ws.read_text(path)
+        except TooLarge:
             return self._read_part(path, start, end_line)
-        real, text = ws.read_text(path)
         lines = text_lines(text)
         total = len(lines)
         if total == 0:
@@ -614,9 +611,10 @@ class FileTools:
         rel = ws.relative(real)
         # Where the new text's lines are: line breaks at its start or end are not lines of it.
         body = new.strip("\r\n")
-        first = text.count("\n", 0, at) + new[: len(new) - len(new.lstrip("\r\n"))].count("\n") + 1
+        line_at = text.count("\n", 0, at) + 1
         if not body:
-            return f"Edited {rel}: removed the text (it began on line {text.count(chr(10), 0, at) + 1})."
+            return f"Edited {rel}: removed the text (it began on line {line_at})."
+        first = line_at + new[: len(new) - len(new.lstrip("\r\n"))].count("\n")
         last = first + body.count("\n")
         where = f"line {first}" if first == last else f"lines {first}-{last}"
         return f"Edited {rel}: replaced 1 occurrence; the new text is at {where}."
@@ -727,8 +725,11 @@ class FileTools:
         skipped = 0
         for file in files:
             rel = ws.relative(file)
-            try:  # a file too large to read whole is read line by line
-                lines = ws.stream_lines(rel)[1] if ws.is_large(rel) else text_lines(ws.read_text(rel)[1])
+            try:
+                try:
+                    lines: Iterable[str] = text_lines(ws.read_text(rel)[1])
+                except TooLarge:  # read line by line instead
+                    lines = ws.stream_lines(rel)[1]
             except ToolError:
                 skipped += 1
                 continue
