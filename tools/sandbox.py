@@ -46,6 +46,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._terminal import ESCAPES
+
 ISOLATION_LEVELS = ("bubblewrap", "netns", "none")
 
 # Environment variables whose names look like secrets are not passed to kernels, nor
@@ -1690,13 +1692,8 @@ def configure_pool(size: int | None = None, max_keys: int | None = None) -> Kern
 # ---------------------------------------------------------------------------
 # Turning kernel output into text for a model
 
-# Terminal control: CSI (colours, cursor moves), OSC (window titles, links; ended by BEL or ESC \),
-# other escapes, and control characters other than tab and newline.
-# An OSC must end (BEL or ESC \) within its line; a stray ESC ] loses only those two characters.
-_ANSI = re.compile(
-    r"\x1b\][^\x07\x1b\n]{0,4096}(?:\x07|\x1b\\)|\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]"
-    r"|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
-)
+# Terminal escapes, and control characters other than tab and newline.
+_ANSI = re.compile(ESCAPES + r"|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _INTERNAL = re.compile(
     r"[/\\](IPython|ipykernel|traitlets|zmq|tornado|jupyter_client|asyncio|runpy)[/\\]|<frozen |site-packages[/\\]ipykernel"
 )

@@ -48,6 +48,7 @@ from pydantic import BaseModel
 from agent.tool import Tool, ToolError, tool
 
 from ._patterns import Pattern, escape
+from ._terminal import ESCAPES
 
 DEFAULT_WINDOW = 80
 DEFAULT_MAX_PAGE_BYTES = 5_000_000
@@ -696,9 +697,7 @@ class _Extractor(HTMLParser):
 
 
 # Terminal escapes and control characters (ESC, BEL, ...) in a page: noise, or tricks, for the model.
-_CONTROL = re.compile(
-    r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b\n]{0,4096}(?:\x07|\x1b\\)|\x1b[@-Z\\-_]|[\x00-\x08\x0e-\x1f\x7f]"
-)
+_CONTROL = re.compile(ESCAPES + r"|[\x00-\x08\x0e-\x1f\x7f]")  # vertical tab and form feed: see _BREAKS
 _BREAKS = str.maketrans("\x0b\x0c", "  ")  # vertical tab, form feed: spaces between words
 _OPEN_LINKS = 8  # unclosed <a> tags carried from one block to the next
 _LONGEST_WORD = 2_000  # characters; a longer run without spaces (minified code, base64) is cut into pieces
