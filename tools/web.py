@@ -397,6 +397,11 @@ class LocalDocsBackend:
         self._bm25: BM25 | None = None
         self._lock = threading.Lock()
 
+    def documents(self) -> set[Path]:
+        """The files the search reads (and open_url may open): its extensions and sizes,
+        regular files only, no links, nothing under a hidden folder."""
+        return {path for path, _, _ in self._files()}
+
     def _files(self) -> list[tuple[Path, float, int]]:
         found = []
         if not self.root.is_dir():
@@ -1186,8 +1191,7 @@ class WebTools:
             path = Path(os.path.normpath(urllib.request.url2pathname(urlsplit(url).path)))
         except ValueError as e:
             raise ToolError(f"Cannot open {url}: {e}.") from None
-        # Exactly the files the search lists (its extensions, sizes, no links, no hidden folders).
-        if path not in {p for p, _, _ in local._files()}:
+        if path not in local.documents():
             raise ToolError(f"Refused: {url} is not a document of the local search folder.")
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
