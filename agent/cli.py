@@ -345,14 +345,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from .builtins import builtins_for
-    from .runlog import find_run, read_events
+    from .runlog import find_run, first_event
 
     writable_dir(args.run_dir, "--run-dir")
-    # The run and its tools are looked up first: a wrong id fails before a model loads.
-    events = read_events(find_run(args.run, args.run_dir))
+    # The run and its tools are looked up first: a wrong id fails before a model loads. Only
+    # the first line is read; the resume reads (and checks) the whole log.
+    started = first_event(find_run(args.run, args.run_dir))
     if args.tools is None:  # the built-in tools the run was started with
-        started = next((e for e in events if e.type == "run_started"), None)
-        args.tools = ",".join(builtins_for(started.tools if started is not None else []))
+        args.tools = ",".join(builtins_for(started.tools if started and started.type == "run_started" else []))
     _warn_if_unguarded(args)
     agent = _agent_from(args)
     return _exit_code(asyncio.run(_drive(agent, agent.resume(args.run), _renderer(args))))

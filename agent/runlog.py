@@ -171,6 +171,15 @@ def trim_torn_tail(path: str | Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def first_event(path: str | Path) -> Event | None:
+    """A log's first event (its run_started) without reading the rest; None when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return parse_event(f.readline())
+    except (OSError, ValueError):
+        return None
+
+
 def read_events(path: str | Path) -> list[Event]:
     """Read a run log, skipping a torn final line from a killed process."""
     events: list[Event] = []
