@@ -432,7 +432,8 @@ def test_a_pattern_that_backtracks_without_end_is_stopped_and_the_process_keeps_
         stop.set()
         ticker.join()
     assert "took over 0.5 s to match and was stopped" in message
-    assert time.monotonic() - started < 3 and len(ticks) >= 5
+    # the other thread ran while the pattern was matched (no bound on elapsed time: no timed assertion)
+    assert len([t for t in ticks if t > started]) >= 3
     assert ft.search_files(pattern="a+!", regex=True).startswith("log.txt:1:")  # a sane pattern still works
 
 
