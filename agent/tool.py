@@ -83,7 +83,6 @@ class Tool(ABC):
     effects: frozenset[str] = frozenset({"reads"})
     timeout: float | None = 60.0
     needs_approval: bool = False
-    safe_to_rerun: bool = True
     max_retries: int = 3
     # False declares a call quick and free of I/O: the loop runs it without a
     # timeout (nothing could interrupt it anyway), and a sync @tool function
@@ -129,6 +128,20 @@ class Tool(ABC):
     def read_only(self) -> bool:
         """True when the tool only reads: such calls may run concurrently."""
         return self.effects <= {"reads"}
+
+    _safe_to_rerun: bool | None = None
+
+    @property
+    def safe_to_rerun(self) -> bool:
+        """Whether a call a crash interrupted may run again on resume. Unless a
+        class or instance declares it, only a tool that only reads is (a write
+        may have taken effect), as for `@tool`."""
+        declared = self._safe_to_rerun
+        return self.read_only if declared is None else declared
+
+    @safe_to_rerun.setter
+    def safe_to_rerun(self, value: bool | None) -> None:
+        self._safe_to_rerun = value
 
     @abstractmethod
     async def run(self, args: Any) -> Any:
@@ -236,7 +249,7 @@ class FunctionTool(Tool):
         _check_effects(self.effects, f"tool {self.name!r}")
         self.timeout = timeout
         self.needs_approval = needs_approval
-        self.safe_to_rerun = self.read_only if safe_to_rerun is None else safe_to_rerun
+        self.safe_to_rerun = safe_to_rerun
         self.max_retries = max_retries
         self.blocking = blocking
         self._bound: Any = None
