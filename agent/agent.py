@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import sync
 from .bus import Bus
 from .errors import AgentError
-from .events import Event, ModelResponse, Plan, Reflection, RunStatus, ToolResult
+from .events import Error, Event, ModelResponse, Plan, Reflection, RunStatus, ToolResult
 from .llm.base import LLM
 from .loop import FINAL_ANSWER, Approver, Run, bind_tools
 from .runlog import DEFAULT_RUN_DIR, RunLog, find_run, new_run_id, read_events, trim_torn_tail
@@ -388,6 +388,9 @@ class Agent:
         events = read_events(path)
         if not events:
             raise AgentError(f"run log {path} is empty; nothing to resume")
+        if events[0].type != "run_started":  # it failed before it began: there is no task to go on with
+            why = f" ({events[0].message})" if isinstance(events[0], Error) else ""
+            raise AgentError(f"run {events[0].run_id} never started{why}; nothing to resume: start a new run")
         trim_torn_tail(path)
         state = RunState(events[0].run_id)
         for event in events:

@@ -375,6 +375,12 @@ class Run:
             )
         )
         if answered and not follow_up:
+            schema = self.agent.answer_schema
+            if schema is not None and isinstance(state.answer, dict):  # the log holds the typed answer's JSON
+                try:
+                    state.answer = schema.model_validate(state.answer)
+                except ValidationError:  # a guard's redaction broke a constraint: the recorded dict, as live
+                    pass
             raise _Stop("completed")
         state.answer = state.answer_text = None
         if ended:

@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from agent import Agent, AgentError, read_events, tool
+from agent import Agent, AgentError, Tool, read_events, tool
 from agent.llm import ScriptedLLM
+from agent.testing import call
 
 DRIVER = textwrap.dedent(
     """
@@ -327,3 +329,74 @@ def test_a_resumed_run_makes_the_plan_or_reflection_a_cut_interrupted(
     resumed = Agent(llm, **options).resume_sync(result.run_id)
     assert (resumed.status, resumed.answer) == ("completed", "answer"), resumed.error
     assert [r.purpose for r in llm.requests] == asked and llm.remaining == 0
+
+
+def _cut_before(log_path: str, event_type: str) -> None:
+    """The log as a crash just before the first `event_type` would leave it."""
+    lines = Path(log_path).read_text().splitlines()
+    cut = next(i for i, line in enumerate(lines) if f'"type":"{event_type}"' in line)
+    Path(log_path).write_text("\n".join(lines[:cut]) + "\n")
+
+
+def test_a_tool_class_that_writes_is_not_rerun_on_resume_unless_it_says_so(tmp_path):
+    runs = tmp_path / "runs"
+    sent: list[str] = []
+
+    class SendEmail(Tool):
+        name = "send_email"
+        description = "Send an email."
+        effects = {"writes", "network"}
+
+        class Args(BaseModel):
+            to: str
+
+        def run(self, args: Args) -> str:
+            sent.append(args.to)
+            return "sent"
+
+    class Resend(SendEmail):
+        name = "resend"
+        safe_to_rerun = True  # declared: idempotent
+
+    for tool_class in (SendEmail, Resend):
+        sent.clear()
+        first = Agent(ScriptedLLM([call(tool_class.name, to="ada"), "done"]), tools=[tool_class()], run_dir=runs)
+        done = first.run_sync("mail ada")
+        _cut_before(done.log_path, "tool_result")  # the process died inside the call
+        result = Agent(ScriptedLLM(["ok"]), tools=[tool_class()], run_dir=runs).resume_sync(done.run_id)
+        assert result.ok
+        results = [e for e in read_events(done.log_path) if e.type == "tool_result"]
+        if tool_class is SendEmail:
+            assert SendEmail().safe_to_rerun is False
+            assert sent == ["ada"] and results[-1].error_kind == "interrupted"
+        else:
+            assert Resend().safe_to_rerun is True
+            assert sent == ["ada", "ada"] and results[-1].content == "sent"
+
+
+def test_a_run_that_failed_before_it_started_is_not_resumed(tmp_path):
+    runs = tmp_path / "runs"
+
+    class NoPrompt(Agent):
+        def render_system_prompt(self):
+            return None
+
+    failed = NoPrompt(ScriptedLLM(["x"]), run_dir=runs).run_sync("task")
+    assert failed.status == "failed"
+    llm = ScriptedLLM(["I have no idea what the task is"])
+    with pytest.raises(AgentError, match="never started.*render_system_prompt"):
+        Agent(llm, run_dir=runs).resume_sync(failed.run_id)
+    assert llm.requests == []
+
+
+def test_a_typed_answer_recorded_before_a_crash_comes_back_typed(tmp_path):
+    runs = tmp_path / "runs"
+
+    class Total(BaseModel):
+        total: int
+
+    answer = call("final_answer", total=3)
+    done = Agent(ScriptedLLM([answer]), answer_schema=Total, run_dir=runs).run_sync("add")
+    _cut_before(done.log_path, "run_finished")
+    result = Agent(ScriptedLLM([]), answer_schema=Total, run_dir=runs).resume_sync(done.run_id)
+    assert result.ok and result.answer == Total(total=3)
