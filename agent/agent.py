@@ -190,6 +190,7 @@ class Agent:
             raise AgentError(f"unknown strategy {self.strategy!r}; use 'react' or 'plan-act-reflect'")
         if self.effort not in EFFORTS:
             raise AgentError(f"unknown effort {self.effort!r}; use one of {', '.join(EFFORTS)}")
+        self._check_settings()
         if isinstance(self.context_window, int) and self.context_window < 256:
             raise AgentError(f"context_window={self.context_window} is too small; give at least 256 tokens")
         schema = self.answer_schema
@@ -212,6 +213,12 @@ class Agent:
                 f"a tool is named {FINAL_ANSWER!r}, the name the runtime gives the answer; "
                 "rename it (a typed answer is `answer_schema=`)"
             )
+        if guards != "default" and guards is not None and not isinstance(guards, (list, tuple)):
+            raise AgentError(
+                f"guards must be a list of guards (guards=[...]) or None, not {type(guards).__name__}"
+            )
+        if approver is not None and not callable(approver):
+            raise AgentError(f"approver must be a function of the approval request, not {approver!r:.60}")
         if guards == "default":
             # Every agent is guarded unless its author opts out with guards=None.
             from guards import default_pipeline
@@ -227,10 +234,40 @@ class Agent:
         # clients) keep working from one run_sync to the next.
         self._loop: sync.LoopHandle | None = None
 
+    def _check_settings(self) -> None:
+        """Numbers a typo would only break mid-run (`max_steps="5"`): refused when the agent is made."""
+        rules = (  # name, smallest value, may be None
+            ("max_steps", 1, False),
+            ("max_retries", 0, False),
+            ("replan_every", 0, False),  # 0: no periodic re-plan
+            ("loop_repeats", 0, False),  # 0: no loop detection
+            ("max_tokens", 1, True),
+            ("thinking_budget", 0, True),
+        )
+        for name, least, optional in rules:
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise AgentError(f"{name} must be a whole number of at least {least}, not {value!r}")
+        if self.loop_repeats == 1:
+            raise AgentError(
+                "loop_repeats=1 would call every turn a loop; use 2 or more, or 0 to turn loop detection off"
+            )
+        seconds = self.max_seconds
+        if seconds is not None and (
+            not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0
+        ):
+            raise AgentError(f"max_seconds must be a positive number of seconds, not {seconds!r}")
+        if not isinstance(self.reflect_before_answer, bool):
+            raise AgentError(
+                f"reflect_before_answer must be True or False, not {self.reflect_before_answer!r}"
+            )
+
     # -- hooks -------------------------------------------------------------
 
     def render_system_prompt(self) -> str:
-        """The system prompt of a new run. Override to add context."""
+        """The system prompt of a new run. Override to add context (sync or async)."""
         return self.system_prompt
 
     def context_budget(self) -> ContextBudget | None:
@@ -263,7 +300,11 @@ class Agent:
         return plan
 
     def act(self, response: ModelResponse) -> ModelResponse | Awaitable[ModelResponse]:
-        """The model's turn before its tool calls are dispatched (e.g. drop or rewrite calls)."""
+        """The model's turn before its tool calls are dispatched (e.g. drop or rewrite calls).
+
+        When every call is dropped, the model is told so and the run goes on: the
+        words around the calls are not taken as the answer.
+        """
         return response
 
     def observe(self, result: ToolResult) -> ToolResult | Awaitable[ToolResult]:

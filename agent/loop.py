@@ -191,11 +191,17 @@ class _FinalAnswerTool(Tool):
 _final_tools: dict[type[BaseModel] | None, _FinalAnswerTool] = {}
 
 
+_FINAL_TOOLS_KEPT = 64  # schemas made on the fly (one per request) must not pile up
+
+
 def _final_answer_tool(schema: type[BaseModel] | None) -> _FinalAnswerTool:
     # Shared per schema: building a tool's JSON schema costs milliseconds.
-    if schema not in _final_tools:
-        _final_tools[schema] = _FinalAnswerTool(schema)
-    return _final_tools[schema]
+    made = _final_tools.get(schema)
+    if made is None:
+        if len(_final_tools) >= _FINAL_TOOLS_KEPT:
+            del _final_tools[next(iter(_final_tools))]  # the oldest
+        made = _final_tools[schema] = _FinalAnswerTool(schema)
+    return made
 
 
 class Run:
@@ -239,6 +245,7 @@ class Run:
             OUTPUT_LIMIT  # characters of a tool result; None once a budget is made
         )
         self._should_stop, self._act, self._observe = _hooks(agent)
+        self._held_back: list[str] | None = None  # the calls an `act` hook dropped from the last reply
         bus.subscribe(self.state.apply)
 
     # -- public control -------------------------------------------------
@@ -312,6 +319,8 @@ class Run:
     async def _start(self, task: str) -> None:
         agent = self.agent
         prompt = agent.render_system_prompt()
+        if _pending(prompt):  # an async override
+            prompt = await prompt
         # The two values from outside are checked here; the rest the agent checked when it was made.
         for what, value in (("the task", task), ("render_system_prompt()", prompt)):
             if not isinstance(value, str):
@@ -463,6 +472,7 @@ class Run:
             and agent.replan_every
             and step > 1
             and (step - 1) % agent.replan_every == 0
+            and self.state.plan_step < step - 1  # not just after a plan (a loop's re-plan)
         ):
             await self._plan("periodic")
         effort = _raise_effort(agent.effort) if self._effort_boost else agent.effort
@@ -474,6 +484,11 @@ class Run:
             del self._retries[_CUT_OFF]  # the budget counts cut-off replies in a row
         if response.tool_calls:
             await self._handle_calls(response.tool_calls)
+        elif self._held_back:
+            names = ", ".join(dict.fromkeys(self._held_back))
+            self._held_back = None
+            note = f"Your call to {names} was not run: the agent held it back. Go on another way, or answer."
+            await self.bus.emit(Feedback(content=note, reason="held_back", step=step), judge=False)
         else:
             await self._handle_text_answer(response)
 
@@ -488,6 +503,7 @@ class Run:
     ) -> ModelResponse | None:
         """One model call, streamed onto the bus. None when a guard blocked it."""
         self._check_stop()
+        self._check_tokens()
         messages = self.state.messages
         if instruction is not None:
             messages = [*messages, Message(role="user", content=instruction)]
@@ -533,11 +549,14 @@ class Run:
         fields = response.__dict__
         fields["step"], fields["purpose"], fields["effort"] = step, purpose, effort
         if acting and self._act is not None:
+            calls = response.tool_calls
             response = self._act(response)
             if _pending(response):
                 response = await response
             if type(response) is not ModelResponse:
                 response = _hooked(response, ModelResponse, "act")
+            # Every call dropped: the words around them are no answer (see _step).
+            self._held_back = [c.name for c in calls] if calls and not response.tool_calls else None
         decision = bus.emit_now(response) or await bus.emit(response)
         if decision.action == "rewrite":
             response = decision.event  # type: ignore[assignment]
@@ -547,10 +566,14 @@ class Run:
             return None
         if response.finish_reason == "content_filter":  # a plan or reflection as much as an answer
             raise _Stop("failed", "the model server's content filter stopped the reply")
+        if not acting or response.tool_calls:  # an answer the budget already paid for is taken
+            self._check_tokens()
+        return response
+
+    def _check_tokens(self) -> None:
         max_tokens = self.agent.max_tokens
         if max_tokens is not None and (used := self.state.total_tokens - self._first_tokens) >= max_tokens:
             raise _Stop("max_tokens", f"used {used} of {max_tokens} tokens")
-        return response
 
     async def _stream(self, request: LLMRequest, step: int) -> ModelResponse:
         response: ModelResponse | None = None
@@ -915,7 +938,9 @@ class Run:
         """The same turn repeated, or two turns alternating, in the recent turns."""
         recent = self._recent
         n = self.agent.loop_repeats
-        if recent and len(recent) >= n:
+        if not n:  # loop detection is off
+            return None
+        if len(recent) >= n:
             last = recent[-1]
             for turn in recent[-n:-1]:  # a loop, not all(<genexpr>): this runs every step
                 if not _same_turn(last, turn):

@@ -51,6 +51,7 @@ class RunState:
         self.answer_text: str | None = None
         self.error: str | None = None
         self.plan: str | None = None
+        self.plan_step = -1  # the step the last plan was made at
         self.started: dict[str, ToolCall] = {}  # call id -> call that began to run
         self.results: dict[str, ToolResult] = {}
         self.tool_errors = 0
@@ -122,6 +123,7 @@ class RunState:
 
     def _plan(self, event: Plan) -> None:
         self.plan = event.content
+        self.plan_step = event.step
         self.messages.append(_message("user", plan_note(event.content)))
 
     def _reflection(self, event: Reflection) -> None:

@@ -83,7 +83,11 @@ def run(coro: Coroutine[Any, Any, T], handle: LoopHandle | None = None) -> T:
     loop = (handle or thread_loop()).loop
     if loop.is_running():  # another thread is running it
         coro.close()
-        raise RuntimeError("this event loop is busy in another thread; run one call at a time")
+        raise RuntimeError(
+            "this agent's event loop is busy in another thread (the one it first ran in); sync calls on it "
+            "run one at a time. "
+            "Give each thread its own agent, or run them together with asyncio.gather(agent.arun(...), ...)"
+        )
     task = loop.create_task(coro)
     interrupts = 0
 

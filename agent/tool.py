@@ -8,6 +8,7 @@ arguments against the model, so a tool body only ever sees valid input.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 import re
@@ -100,6 +101,8 @@ class Tool(ABC):
         run = own.get("run")
         if "Args" not in own and not hasattr(cls, "Args") and callable(run):
             cls._args_from_annotation(run)
+        if inspect.isgeneratorfunction(run) or inspect.isasyncgenfunction(run):
+            raise TypeError(f"{cls.__name__}.run is a generator; a tool's run returns its result")
         plain = callable(run) and not isinstance(run, (staticmethod, classmethod))
         if plain and not inspect.iscoroutinefunction(run):
             # A plain `def run`: the loop awaits run(), so it is wrapped; as a sync
@@ -201,7 +204,7 @@ def check_tool(t: Tool) -> None:
     kind = type(t).__name__
     name = getattr(t, "name", None)
     if not isinstance(name, str) or not name:
-        raise TypeError(f"tool class {kind} has no name; set `name = \"...\"` in the class")
+        raise TypeError(f'tool class {kind} has no name; set `name = "..."` in the class')
     if not _TOOL_NAME.fullmatch(name):
         raise ValueError(
             f"tool name {name!r} ({kind}): use 1-64 letters, digits, '_' or '-', without spaces or dots"
@@ -221,7 +224,9 @@ def _check_effects(effects: Any, what: str) -> None:
         raise ValueError(f"{what}: unknown effects {sorted(unknown)}; use {sorted(EFFECTS)}")
 
 
-_TOOL_NAME = re.compile(r"[\w-]{1,64}")  # letters of any script: local models take `météo`; OpenAI's API wants ASCII
+_TOOL_NAME = re.compile(
+    r"[\w-]{1,64}"
+)  # letters of any script: local models take `météo`; OpenAI's API wants ASCII
 
 
 class FunctionTool(Tool):
@@ -241,6 +246,11 @@ class FunctionTool(Tool):
         blocking: bool = True,
         namespace: dict[str, Any] | None = None,
     ) -> None:
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"tool {name or fn.__name__!r} is a generator; a tool returns its result "
+                "(collect what it yields into a list or a string and return that)"
+            )
         self.fn = fn
         self.name = name or fn.__name__
         summary, param_docs = _parse_docstring(inspect.getdoc(fn) or "")
@@ -385,6 +395,8 @@ def _jsonable(value: Any) -> Any:
         return _bytes_text(value)
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
     return str(value)
 
 
@@ -406,7 +418,9 @@ def model_text(text: str, limit: int | None = OUTPUT_LIMIT) -> str:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            text = text.encode("utf-8", "surrogateescape" if _escaped_bytes_only(text) else "backslashreplace")
+            text = text.encode(
+                "utf-8", "surrogateescape" if _escaped_bytes_only(text) else "backslashreplace"
+            )
             text = text.decode("utf-8", "backslashreplace")
     if limit is not None and len(text) > limit:
         head, tail = limit * 2 // 3, limit // 3

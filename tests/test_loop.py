@@ -715,3 +715,117 @@ def test_turns_are_the_same_only_with_the_same_json_arguments():
     assert _same_turn(one, (("f", {"a": 1}),))
     assert not _same_turn(one, (("f", {"a": True}),))  # equal in Python, not as JSON
     assert not _same_turn(one, (("f", {"a": 1}), ("f", {"a": 1})))
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ({"max_steps": "5"}, "max_steps must be a whole number"),
+        ({"max_steps": 0}, "max_steps must be a whole number of at least 1"),
+        ({"loop_repeats": 1}, "loop_repeats=1 would call every turn a loop"),
+        ({"max_tokens": 2.5}, "max_tokens must be"),
+        ({"max_seconds": -1}, "max_seconds must be a positive number"),
+        ({"reflect_before_answer": "yes"}, "reflect_before_answer must be True or False"),
+        ({"approver": True}, "approver must be a function"),
+        ({"guards": lambda event: None}, "guards must be a list"),
+    ],
+)
+def test_settings_a_typo_would_break_mid_run_are_refused_when_the_agent_is_made(run_dir, setting, match):
+    from agent import AgentError
+
+    with pytest.raises(AgentError, match=match):
+        Agent(ScriptedLLM([]), run_dir=run_dir, **setting)
+
+
+def test_loop_detection_can_be_turned_off(run_dir):
+    same = call("add", a=1, b=1)
+    result = Agent(ScriptedLLM([same] * 4 + ["2"]), tools=[add], loop_repeats=0, run_dir=run_dir).run_sync(
+        "1+1"
+    )
+    assert result.ok and not [e for e in result.events if e.type == "feedback"]
+
+
+def test_a_loop_replan_is_not_followed_by_a_periodic_one(run_dir):
+    a, b = call("add", a=1, b=1), call("add", a=2, b=2)
+    llm = ScriptedLLM(["plan", a, b, a, b, "I alternate.", "new plan", "4"])
+    # Step 5 would be a periodic re-plan; the loop's re-plan came just before it.
+    agent = Agent(llm, tools=[add], strategy="plan-act-reflect", replan_every=4, run_dir=run_dir)
+    result = agent.run_sync("add")
+    assert result.ok and result.answer == "4"
+    assert [e.reason for e in result.events if e.type == "plan"] == ["initial", "stuck"]
+
+
+def test_an_async_system_prompt_is_awaited(run_dir):
+    class Dated(Agent):
+        async def render_system_prompt(self):
+            await asyncio.sleep(0)
+            return "Today is Sunday."
+
+    llm = ScriptedLLM(["ok"])
+    assert Dated(llm, run_dir=run_dir).run_sync("day?").ok
+    assert llm.requests[0].messages[0].content == "Today is Sunday."
+
+
+def test_an_act_hook_that_drops_every_call_is_no_answer(run_dir):
+    @tool(effects={"writes"})
+    def delete_all(path: str) -> str:
+        """Delete everything under a path."""
+        raise AssertionError("must not run")
+
+    class Careful(Agent):
+        def act(self, response):
+            kept = [c for c in response.tool_calls if c.name != "delete_all"]
+            return response.model_copy(update={"tool_calls": kept})
+
+    llm = ScriptedLLM(["Let me clean up first. " + call("delete_all", path="/"), "Nothing was deleted."])
+    result = Careful(llm, tools=[delete_all], run_dir=run_dir).run_sync("tidy up")
+    assert result.ok and result.answer == "Nothing was deleted."
+    note = next(e for e in result.events if e.type == "feedback")
+    assert note.reason == "held_back" and "delete_all was not run" in note.content
+    assert "delete_all was not run" in llm.requests[1].messages[-1].content
+
+
+def test_generator_tools_are_refused_and_dataclass_results_are_json(run_dir):
+    import dataclasses
+
+    with pytest.raises(TypeError, match="is a generator"):
+
+        @tool
+        async def numbers(n: int):
+            """Count."""
+            yield n
+
+    with pytest.raises(TypeError, match="is a generator"):
+
+        class Numbers(Tool):
+            name = "numbers"
+
+            class Args(BaseModel):
+                n: int
+
+            def run(self, args):
+                yield args.n
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+        y: int
+
+    @tool
+    def where() -> list:
+        """Where things are."""
+        return [Point(1, 2)]
+
+    result = Agent(ScriptedLLM([call("where"), "ok"]), tools=[where], run_dir=run_dir).run_sync("where?")
+    assert [e.content for e in result.events if e.type == "tool_result"] == ['[{"x": 1, "y": 2}]']
+
+
+def test_answer_schemas_made_on_the_fly_do_not_pile_up(run_dir):
+    from pydantic import create_model
+
+    from agent import loop
+
+    for i in range(loop._FINAL_TOOLS_KEPT + 20):
+        schema = create_model(f"Answer{i}", value=(int, ...))
+        Agent(ScriptedLLM([]), answer_schema=schema, run_dir=run_dir, guards=None)._new_run()
+    assert len(loop._final_tools) <= loop._FINAL_TOOLS_KEPT

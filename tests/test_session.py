@@ -26,7 +26,11 @@ def test_messages_continue_one_run_with_history(run_dir):
     third = chat.send_sync("add 5 and 5")
     assert third.answer == "10"
     events = read_events(chat.log_path)
-    assert [e.content for e in events if e.type == "user_message"] == ["2+3?", "what did I ask?", "add 5 and 5"]
+    assert [e.content for e in events if e.type == "user_message"] == [
+        "2+3?",
+        "what did I ask?",
+        "add 5 and 5",
+    ]
     assert [e.status for e in events if e.type == "run_finished"] == ["completed"] * 3
 
 
@@ -38,7 +42,10 @@ def test_a_saved_session_resumes_from_its_log(run_dir):
     later = Agent(llm, run_dir=run_dir).session("last")
     result = later.send_sync("What is my name?")
     assert result.answer == "Your name is Ada." and later.run_id == first.run_id
-    assert [m.content for m in llm.requests[0].messages if m.role == "user"] == ["I am Ada.", "What is my name?"]
+    assert [m.content for m in llm.requests[0].messages if m.role == "user"] == [
+        "I am Ada.",
+        "What is my name?",
+    ]
 
 
 def test_step_budget_is_per_turn(run_dir):
@@ -49,16 +56,29 @@ def test_step_budget_is_per_turn(run_dir):
 
 
 def test_token_budget_is_per_turn_and_a_turn_after_it_is_answered(run_dir):
-    # ScriptedLLM counts a text reply as len(text) // 4 completion tokens.
-    llm = ScriptedLLM(["a long answer of forty characters, more!", "Fine."])
-    chat = Agent(llm, max_tokens=5, run_dir=run_dir).session()
-    assert chat.send_sync("say a lot").status == "max_tokens"
+    # ScriptedLLM counts a text reply as len(text) // 4 completion tokens: the call
+    # crosses the budget of 5, so it is not run; a next turn gets the budget anew.
+    llm = ScriptedLLM([call("add", a=2, b=3), "Fine."])
+    chat = Agent(llm, tools=[add], max_tokens=5, run_dir=run_dir).session()
+    assert chat.send_sync("add a lot").status == "max_tokens"
     second = chat.send_sync("now briefly")
     assert second.ok and second.answer == "Fine."
     assert llm.remaining == 0
     events = read_events(chat.log_path)
-    assert [e.content for e in events if e.type == "user_message"] == ["say a lot", "now briefly"]
+    assert [e.content for e in events if e.type == "user_message"] == ["add a lot", "now briefly"]
     assert [e.status for e in events if e.type == "run_finished"] == ["max_tokens", "completed"]
+    kinds = [e.type for e in events]
+    assert kinds.index("run_finished") < kinds.index("tool_call")  # not run in the turn the budget ended
+
+
+def test_an_answer_that_crosses_the_token_budget_is_taken_and_a_next_call_is_not_made(run_dir):
+    answer = "a long answer of forty characters, more!"
+    llm = ScriptedLLM([answer])
+    assert Agent(llm, max_tokens=5, run_dir=run_dir).run_sync("say a lot").answer == answer
+    # A reply cut at the output limit is no answer, and asking for a shorter one would cross the budget.
+    cut = ScriptedLLM([{"content": answer, "finish_reason": "length", "usage": {"completion_tokens": 10}}])
+    result = Agent(cut, max_tokens=5, run_dir=run_dir).run_sync("say a lot")
+    assert result.status == "max_tokens" and len(cut.requests) == 1
 
 
 def test_a_session_another_writer_holds_is_refused(run_dir):
