@@ -48,6 +48,7 @@ class RunResult(BaseModel):
     status: RunStatus
     answer: Any = None
     error: str | None = None
+    # A session's turn (`Session.send_sync`) counts its own steps, tokens and events.
     steps: int = 0
     usage: Usage = Field(default_factory=Usage)
     events: list[Any] = Field(default_factory=list, repr=False)
@@ -533,9 +534,20 @@ class Agent:
         await self._execute(run, task)
         return self._result(run)
 
-    def _result(self, run: Run) -> RunResult:
+    def _result(self, run: Run, since: tuple[int, int, Usage] | None = None) -> RunResult:
+        """The run's result; `since` (events, step and usage at a session turn's
+        start) makes it the result of that turn alone."""
         state = run.state
         log = run.log
+        events, steps, usage = state.events, state.step, state.usage
+        if since is not None:
+            first, step, used = since
+            events, steps = events[first:], steps - step
+            usage = Usage(
+                prompt_tokens=usage.prompt_tokens - used.prompt_tokens,
+                completion_tokens=usage.completion_tokens - used.completion_tokens,
+                thinking_tokens=usage.thinking_tokens - used.thinking_tokens,
+            )
         # Values of our own types: built without validating a list of every event.
         return trusted(
             RunResult,
@@ -543,9 +555,9 @@ class Agent:
             status=state.status,
             answer=state.answer,
             error=state.error,
-            steps=state.step,
-            usage=state.usage,
-            events=state.events,
+            steps=steps,
+            usage=usage,
+            events=events,
             log_path=log.file if log is not None else None,
         )
 

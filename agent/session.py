@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from .events import Event
+from .types import Usage
 
 if TYPE_CHECKING:
     from .agent import Agent, RunResult
@@ -52,11 +53,16 @@ class Session:
                 yield event
 
     async def asend(self, message: str) -> RunResult:
-        """`send` to the end; the result describes this turn's outcome."""
+        """`send` to the end; the result is this turn's: its outcome, steps, tokens and events."""
+        run = self._run
+        # A copy of the events even for the first turn: later turns must not change a result.
+        since = (
+            (len(run.state.events), run.state.step, run.state.usage) if run is not None else (0, 0, Usage())
+        )
         async for _ in self.send(message):
             pass
         assert self._run is not None
-        return self.agent._result(self._run)
+        return self.agent._result(self._run, since)
 
     def send_sync(self, message: str) -> RunResult:
         return self.agent._sync(self.asend(message))

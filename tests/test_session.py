@@ -118,3 +118,15 @@ def test_a_session_whose_log_could_not_be_written_refuses_the_next_turn(tmp_path
     assert second.status == "failed" and "No space left on device" in second.error
     with pytest.raises(AgentError, match="cannot go on unrecorded"):
         chat.send_sync("and again")
+
+
+def test_each_turns_result_counts_that_turn_alone(run_dir):
+    llm = ScriptedLLM([call("add", a=2, b=3), "5", "hello", call("add", a=1, b=1), "2"])
+    chat = Agent(llm, tools=[add], run_dir=run_dir).session()
+    first, second, third = (chat.send_sync(m) for m in ("2+3?", "hi", "1+1?"))
+    assert (first.steps, second.steps, third.steps) == (2, 1, 2)
+    assert second.usage.completion_tokens == len("hello") // 4
+    assert [e.content for e in second.events if e.type == "user_message"] == ["hi"]
+    assert [e.content for e in third.events if e.type == "user_message"] == ["1+1?"]
+    assert len(first.events) + len(second.events) + len(third.events) == len(chat.history)
+    assert first.events[-1].type == "run_finished"  # a later turn leaves an earlier result as it was
