@@ -156,6 +156,13 @@ def _summary(names: list[str]) -> str:
 
 # -- secrets ------------------------------------------------------------------
 
+# A line that assigns a secret-named setting (`export API_KEY=`, `db_password: `): the name
+# ends in the keyword or goes on only after `_` (`tokens`, `tokenizer` name no secret), and
+# no part of it crosses a line (`^\s*` did, and took quadratic time on blank lines).
+_SECRET_NAME = (
+    r"^[ \t]*(?:export[ \t]+)?[A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY)"
+    r"[0-9]*(?:_[A-Z0-9_]*)?[ \t]*[=:][ \t]*"
+)
 SECRET_PATTERNS: tuple[Pattern, ...] = (
     _p(
         "private_key",
@@ -190,7 +197,7 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
     _p(
         # The password runs to the @ before the host: it may hold @ and / itself.
         "url_password",
-        r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:(\S{3,}?)@(?=[A-Za-z0-9.\-\[\]]+(?::\d+)?(?:[/?#\s]|$))",
+        r"(?<![a-zA-Z0-9+.\-])[a-zA-Z][a-zA-Z0-9+.\-]{0,31}://[^/\s:@]{1,256}:(\S{3,256}?)@(?=[A-Za-z0-9.\-\[\]]+(?::\d+)?(?:[/?#\s]|$))",
         "a password in a URL",
         group=1,
     ),
@@ -203,19 +210,19 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(  # a quoted value may hold spaces: all of it, up to the closing quote
         "password_assignment",
-        r"(?im)^\s*(?:export\s+)?[A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY)[A-Z0-9_]*\s*[=:]\s*\"([^\"\n]{6,})\"",
+        r"(?im)" + _SECRET_NAME + r"\"([^\"\n]{6,})\"",
         "a secret assigned in a config or .env file",
         group=1,
     ),
     _p(
         "password_assignment",
-        r"(?im)^\s*(?:export\s+)?[A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY)[A-Z0-9_]*\s*[=:]\s*'([^'\n]{6,})'",
+        r"(?im)" + _SECRET_NAME + r"'([^'\n]{6,})'",
         "a secret assigned in a config or .env file",
         group=1,
     ),
     _p(  # unquoted: up to white space (a # inside a value is part of it)
         "password_assignment",
-        r"(?im)^\s*(?:export\s+)?[A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY)[A-Z0-9_]*\s*[=:]\s*([^\s\"']{6,})",
+        r"(?im)" + _SECRET_NAME + r"([^\s\"'()\[\]{},;]{6,})",
         "a secret assigned in a config or .env file",
         group=1,
     ),
@@ -243,9 +250,17 @@ def _not_placeholder(value: str) -> bool:
     ) <= {"x", "*", "."}
 
 
+_CODE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+
+
+def _not_code(value: str) -> bool:
+    """An unquoted value that is no reference in code (`settings.API_KEY`, `getpass.getpass(`)."""
+    return _not_placeholder(value) and _CODE_NAME.fullmatch(value) is None
+
+
 # Assignments and fields often hold placeholders; only those need the check.
 SECRET_PATTERNS = tuple(
-    Pattern(p.name, p.regex, p.label, p.group, _not_placeholder)
+    Pattern(p.name, p.regex, p.label, p.group, _not_code if "'()" in p.regex.pattern else _not_placeholder)
     if p.name in ("password_assignment", "password_field", "url_password")
     else p
     for p in SECRET_PATTERNS
@@ -286,7 +301,11 @@ def _phone_ok(value: str) -> bool:
 
 
 PII_PATTERNS: tuple[Pattern, ...] = (
-    _p("email", r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,24}\b", "an e-mail address"),
+    _p(  # starts only where a run of such characters starts: no rescanning a long run from each of its characters
+        "email",
+        r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,24}\b",
+        "an e-mail address",
+    ),
     _p("card_number", r"(?<![\d.])(?:\d[ \-]?){12,18}\d(?![\d.])", "a payment card number", validate=luhn_ok),
     _p(
         "iban",
@@ -462,7 +481,7 @@ INJECTION_PATTERNS: tuple[Pattern, ...] = (
         "fake_chat_tags",
         r"<\|(?:im_start|start_header_id)\|>\s*(?:system|developer|assistant|user)\b|<\|(?:system|developer)\|>|<\|channel\|>"
         r"|\[/?INST\]|<</?SYS>>|<start_of_turn>\s*(?:system|user|model)\b|</?system(?:[-_](?:prompt|message|instructions?))?>"
-        r"|\[system\]\(#|^\s*#{2,}\s*(?:system|instruction)s?\s*(?:prompt)?\s*:?\s*$|\bBEGIN\s+SYSTEM\s+PROMPT\b|\bEND\s+SYSTEM\s+PROMPT\b",
+        r"|\[system\]\(#|^[ \t]*#{2,}[ \t]*(?:system|instruction)s?[ \t]*(?:prompt)?[ \t]*:?[ \t]*$|\bBEGIN\s+SYSTEM\s+PROMPT\b|\bEND\s+SYSTEM\s+PROMPT\b",
         "a fake chat or system tag",
         flags=re.I | re.M,
     ),
