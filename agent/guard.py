@@ -53,9 +53,11 @@ class Verdict(BaseModel):
 
     `content` is the replacement for "redact": text for most events, the
     arguments dict for a tool call, the hits list for a memory read, and for
-    a model response or a final answer a dict of the fields that hold text
-    (see `guards._text.map_text`). A call's arguments are the tool_call
-    stage's to judge: a tool may be meant to receive a credential.
+    a model response, a final answer or a memory write a dict of the fields
+    that hold text (see `guards._text.map_text`; a memory write also takes
+    its new text alone). A call's arguments are the tool_call stage's to
+    judge, a tool may be meant to receive a credential; an answer given
+    through the final_answer call is the model response's.
     `feedback` is what the model is told when the step is blocked.
     """
 

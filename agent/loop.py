@@ -776,7 +776,15 @@ class Run:
             return
         if decision.action == "rewrite":
             arguments = decision.event.arguments  # type: ignore[union-attr]
-            p.args = tool.validate(arguments)
+            try:
+                p.args = tool.validate(arguments)
+            except (
+                ValidationError
+            ) as e:  # a redaction the argument's type does not allow: the call cannot run
+                why = "; ".join(line[2:] for line in format_validation_error(call.name, e).splitlines()[1:-1])
+                text = f"Blocked: a guard changed the arguments (a redacted secret?) and they are no longer valid: {why}"
+                await self._tool_result(call.id, call.name, text, step, error="blocked")
+                return
         if tool.needs_approval and not await self._approved(call.id, call.name, arguments, step):
             await self._tool_result(
                 call.id,

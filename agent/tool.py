@@ -133,14 +133,24 @@ class Tool(ABC):
         return self.effects <= {"reads"}
 
     _safe_to_rerun: bool | None = None
+    _effects_declared: bool | None = None  # set by @tool; a class declares them by setting `effects`
+
+    @property
+    def effects_declared(self) -> bool:
+        """Whether the tool's author said what it does. Undeclared, a tool counts as
+        read-only for running calls together, but not where a wrong guess could
+        repeat or let through a side effect (resume, a guard that fails)."""
+        if self._effects_declared is not None:
+            return self._effects_declared
+        return any("effects" in vars(c) for c in type(self).__mro__ if c is not Tool)
 
     @property
     def safe_to_rerun(self) -> bool:
         """Whether a call a crash interrupted may run again on resume. Unless a
-        class or instance declares it, only a tool that only reads is (a write
-        may have taken effect), as for `@tool`."""
+        class or instance declares it, only a tool declared to only read is (a
+        write may have taken effect)."""
         declared = self._safe_to_rerun
-        return self.read_only if declared is None else declared
+        return self.read_only and self.effects_declared if declared is None else declared
 
     @safe_to_rerun.setter
     def safe_to_rerun(self, value: bool | None) -> None:
@@ -256,6 +266,7 @@ class FunctionTool(Tool):
         summary, param_docs = _parse_docstring(inspect.getdoc(fn) or "")
         self.description = description or summary or self.name
         self.effects = frozenset(effects) if effects is not None else frozenset({"reads"})
+        self._effects_declared = effects is not None
         _check_effects(self.effects, f"tool {self.name!r}")
         self.timeout = timeout
         self.needs_approval = needs_approval

@@ -9,6 +9,7 @@ from typing import Any
 # Events whose text lives in `content` alone.
 _CONTENT_TYPES = ("user_message", "tool_result")
 _HIT_TEXT_KEYS = ("text", "content", "document", "snippet")
+FINAL_ANSWER = "final_answer"  # the answer tool's name (agent.loop's), kept here: guards import no loop
 
 
 def text_of(event: Any) -> str:
@@ -16,10 +17,13 @@ def text_of(event: Any) -> str:
     kind = getattr(event, "type", "")
     if kind in _CONTENT_TYPES or kind == "final_answer":  # a typed answer's data is in its content, as JSON
         return event.content or ""
-    if kind == "model_response":  # the reply and its thinking; what it passes to tools is the tool_call stage's
-        return "\n".join(p for p in (event.content, event.thinking) if p)
-    if kind == "memory_write":
-        return event.text or ""
+    if kind == "model_response":
+        # The reply, its thinking and an answer given through the final_answer tool (which
+        # never becomes a tool_call event); what it passes to other tools is the tool_call stage's.
+        answers = [_flatten(c.arguments) for c in event.tool_calls if c.name == FINAL_ANSWER]
+        return "\n".join(p for p in (event.content, event.thinking, *answers) if p)
+    if kind == "memory_write":  # the text and what is stored with it (tags, labels)
+        return "\n".join(p for p in (event.text, _flatten(event.metadata)) if p)
     if kind == "memory_read":
         return "\n".join(_hit_text(h) for h in event.hits)
     if kind == "tool_call":
@@ -66,11 +70,22 @@ def map_text(event: Any, fn: Callable[[str], str]) -> Any:
     if kind in _CONTENT_TYPES:
         return fn(event.content or "")
     if kind == "model_response":
-        return {"content": fn(event.content or ""), "thinking": fn(event.thinking) if event.thinking else event.thinking}
+        mapped = {
+            "content": fn(event.content or ""),
+            "thinking": fn(event.thinking) if event.thinking else event.thinking,
+        }
+        if any(c.name == FINAL_ANSWER for c in event.tool_calls):
+            mapped["tool_calls"] = [
+                c.model_copy(update={"arguments": _map_strings(c.arguments, fn)})
+                if c.name == FINAL_ANSWER
+                else c
+                for c in event.tool_calls
+            ]
+        return mapped
     if kind == "final_answer":
         return {"content": fn(event.content or ""), "data": _map_strings(event.data, fn)}
     if kind == "memory_write":
-        return fn(event.text or "")
+        return {"text": fn(event.text or ""), "metadata": _map_strings(dict(event.metadata), fn)}
     if kind == "memory_read":
         return _map_strings(list(event.hits), fn)
     if kind == "tool_call":
@@ -88,10 +103,10 @@ def with_content(event: Any, content: Any) -> Any:
     kind = getattr(event, "type", "")
     if kind in _CONTENT_TYPES:
         return event.model_copy(update={"content": content})
-    if kind in ("model_response", "final_answer"):
-        return event.model_copy(update=content)
-    if kind == "memory_write":
+    if kind == "memory_write" and isinstance(content, str):  # the text alone, as a guard may give it
         return event.model_copy(update={"text": content})
+    if kind in ("model_response", "final_answer", "memory_write"):
+        return event.model_copy(update=content)
     if kind == "memory_read":
         return event.model_copy(update={"hits": content})
     if kind == "tool_call":

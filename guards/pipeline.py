@@ -52,7 +52,9 @@ Approver = Callable[[ApprovalRequested], "bool | Awaitable[bool]"]
 _SEVERITY = {"allow": 0, "redact": 1, "ask": 2, "block": 3, "halt": 4}
 # Tool results the runtime writes itself (a blocked or refused call, a malformed
 # one): no tool output in them, nothing to judge.
-RUNTIME_RESULTS = frozenset({"blocked", "refused", "invalid_json", "invalid_arguments", "unknown_tool", "interrupted"})
+RUNTIME_RESULTS = frozenset(
+    {"blocked", "refused", "invalid_json", "invalid_arguments", "unknown_tool", "interrupted"}
+)
 
 
 def _runtime_result(event: Any) -> bool:
@@ -95,7 +97,9 @@ def build_rules(policy: Policy) -> Any:
             absolute_allow=policy.paths.absolute_allow,
             arguments=policy.paths.arguments,
         ),
-        "network": NetworkPolicyGuard(allow=policy.network.allow, deny=policy.network.deny, arguments=policy.network.arguments),
+        "network": NetworkPolicyGuard(
+            allow=policy.network.allow, deny=policy.network.deny, arguments=policy.network.arguments
+        ),
         "injection": InjectionMarkerGuard(),
     }
     # A stage may cut injected lines out instead of blocking.
@@ -139,7 +143,11 @@ class GuardPipeline:
         self.llm = llm or None
         self.guards = list(guards)
         self.approver = approver
-        self.read_only = set(self.policy.tools.read_only) | {t.name for t in tools if getattr(t, "read_only", False)}
+        # Read-only as declared: a tool that declares no effects may write, so a guard that
+        # fails on its calls fails closed.
+        self.read_only = set(self.policy.tools.read_only) | {
+            t.name for t in tools if getattr(t, "read_only", False) and getattr(t, "effects_declared", True)
+        }
         self.side_effecting = {t.name for t in tools if not getattr(t, "read_only", True)}
 
     @classmethod
@@ -181,7 +189,9 @@ class GuardPipeline:
             return False
         return sp.on_error == "closed"
 
-    async def _run(self, guard: Any, event: Any, stage: Stage, sp: StagePolicy, timeout: float | None = None) -> Verdict:
+    async def _run(
+        self, guard: Any, event: Any, stage: Stage, sp: StagePolicy, timeout: float | None = None
+    ) -> Verdict:
         name = getattr(guard, "name", type(guard).__name__)
         started = time.perf_counter()
         limit = sp.timeout if timeout is None else timeout
@@ -189,7 +199,11 @@ class GuardPipeline:
             async with asyncio.timeout(limit):
                 verdict = await guard.check(event, stage)
         except Exception as e:  # a broken or slow guard: fail as the policy says
-            what = f"timed out after {limit:g} s" if isinstance(e, TimeoutError) else f"failed ({type(e).__name__}: {e})"
+            what = (
+                f"timed out after {limit:g} s"
+                if isinstance(e, TimeoutError)
+                else f"failed ({type(e).__name__}: {e})"
+            )
             closed = self.fails_closed(stage, event, sp)
             log.warning("guard %s %s on %s; failing %s", name, what, stage, "closed" if closed else "open")
             latency = time.perf_counter() - started
@@ -204,8 +218,12 @@ class GuardPipeline:
                     guard=name,
                     latency=latency,
                 )
-            return Verdict(category="guard_error", rationale=f"{name} {what}; failing open", guard=name, latency=latency)
-        return verdict.model_copy(update={"guard": verdict.guard or name, "latency": time.perf_counter() - started})
+            return Verdict(
+                category="guard_error", rationale=f"{name} {what}; failing open", guard=name, latency=latency
+            )
+        return verdict.model_copy(
+            update={"guard": verdict.guard or name, "latency": time.perf_counter() - started}
+        )
 
     async def evaluate(self, event: Any, *, blocks_so_far: int = 0) -> Outcome:
         """Judge one event (without a bus): the verdicts and the combined action."""
@@ -245,7 +263,15 @@ class GuardPipeline:
                 v = await self._run(guard, current, stage, sp)
             apply(v)
         # Tier (c): escalation.
-        if llm is not None and sp.llm == "escalate" and not any(v.action in ("block", "halt") for v in verdicts if v.guard != getattr(self.classifier, "name", "")):
+        if (
+            llm is not None
+            and sp.llm == "escalate"
+            and not any(
+                v.action in ("block", "halt")
+                for v in verdicts
+                if v.guard != getattr(self.classifier, "name", "")
+            )
+        ):
             lo, hi = self.policy.escalation.band
             unsure = [
                 v
@@ -266,7 +292,10 @@ class GuardPipeline:
                 for v in unsure if judged.category != "guard_error" else []:
                     idx = verdicts.index(v)
                     verdicts[idx] = v.model_copy(
-                        update={"action": "allow", "rationale": f"{v.rationale}; unsure, escalated to {llm.name}"}
+                        update={
+                            "action": "allow",
+                            "rationale": f"{v.rationale}; unsure, escalated to {llm.name}",
+                        }
                     )
                 apply(judged)
         # Policy conversions: some categories ask, some halt; approval for tools.
@@ -341,7 +370,9 @@ class _Binding:
             else:
                 action = "block"
                 who = "the user" if self.approver is not None else "the batch policy"
-                outcome.feedback = f"{who} refused this step ({asks[0].category}). Do not retry it; try another way."
+                outcome.feedback = (
+                    f"{who} refused this step ({asks[0].category}). Do not retry it; try another way."
+                )
         if action == "halt":
             return Decision.halt(outcome.feedback)
         if action == "block":
@@ -371,7 +402,9 @@ class _Binding:
             except Exception as e:  # an approver that breaks refuses
                 log.warning("approver failed: %s", e)
                 approved, by, note = False, "approver", f"approver failed: {type(e).__name__}: {e}"
-        await self.bus.deliver(ApprovalGiven(call_id=request.call_id, approved=approved, by=by, note=note, step=event.step))
+        await self.bus.deliver(
+            ApprovalGiven(call_id=request.call_id, approved=approved, by=by, note=note, step=event.step)
+        )
         return approved
 
 

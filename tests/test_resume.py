@@ -135,7 +135,7 @@ def test_resume_after_kill_does_not_repeat_side_effects(tmp_path):
 def test_resume_reruns_an_interrupted_call_that_is_safe_to_repeat(tmp_path):
     runs = tmp_path / "runs"
 
-    @tool(timeout=None)
+    @tool(timeout=None, effects={"reads"})
     def lookup(key: str) -> str:
         """Look something up."""
         return f"value of {key}"
