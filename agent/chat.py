@@ -33,6 +33,7 @@ from rich.text import Text
 
 from .errors import AgentError
 from .events import ApprovalRequested, Event
+from .render import for_terminal, visible
 from .runlog import DEFAULT_RUN_DIR
 from .types import EFFORTS
 
@@ -269,7 +270,9 @@ class ChatView:
     def __call__(self, event: Event) -> None:
         handler = getattr(self, f"_on_{event.type}", None)
         if handler is not None:
-            handler(event)
+            # Piped, the answer is written exactly; on a terminal control characters show as escapes.
+            exact = event.type == "final_answer" and not self.console.is_terminal
+            handler(event if exact else for_terminal(event))
 
     async def approval_shown(self, call_id: str, timeout: float = 0.5) -> None:
         """Wait until the events before an approval request are on screen."""
@@ -559,9 +562,13 @@ class Chat:
             Text(f"resumed session {self.session.run_id} · {len(asked)} earlier messages", style="dim")
         )
         if asked:
-            self.console.print(Text.assemble(("  you: ", "cyan"), _trim(asked[-1], lines=2, chars=200)))
+            self.console.print(
+                Text.assemble(("  you: ", "cyan"), visible(_trim(asked[-1], lines=2, chars=200)))
+            )
         if answers:
-            self.console.print(Text.assemble(("  agent: ", "green"), _trim(answers[-1], lines=3, chars=300)))
+            self.console.print(
+                Text.assemble(("  agent: ", "green"), visible(_trim(answers[-1], lines=3, chars=300)))
+            )
 
     def _goodbye(self) -> None:
         if self.session.run_id:
@@ -592,7 +599,7 @@ class Chat:
             error = turn.exception()
             if os.environ.get("AGENT_DEBUG"):
                 raise error  # type: ignore[misc]
-            self.console.print(Text(f"error: {type(error).__name__}: {error}", style="bold red"))
+            self.console.print(Text(visible(f"error: {type(error).__name__}: {error}"), style="bold red"))
         self._print_status()
         self.console.print()
 
@@ -613,6 +620,7 @@ class Chat:
             self._turn.cancel()
 
     async def _approve(self, request: ApprovalRequested) -> bool:
+        request = for_terminal(request)  # what is asked is shown as it is, escape sequences and all
         name = request.name
         if self.auto_yes or name in self.always:
             why = "--yes" if self.auto_yes else "always, this session"
@@ -682,7 +690,7 @@ class Chat:
         return True
 
     def _error(self, message: str) -> None:
-        self.console.print(Text(f"error: {message}", style="bold red"))
+        self.console.print(Text(visible(f"error: {message}"), style="bold red"))
 
     def _say(self, message: str) -> None:
         self.console.print(Text(message))

@@ -88,8 +88,7 @@ def writable_dir(path: Path, flag: str) -> Path:
 
 
 WORKSPACE_HELP = (
-    "the folder the python tool runs in and the files tools read and write "
-    "(default: the current directory)"
+    "the folder the python tool runs in and the files tools read and write (default: the current directory)"
 )
 
 
@@ -262,10 +261,16 @@ def _approver(auto_yes: bool) -> Any:
             return True
         if not sys.stdin.isatty():
             return False
+        from rich.markup import escape
         from rich.prompt import Confirm
 
+        from .render import for_terminal
+
+        shown = for_terminal(request)  # escape sequences and markup in the arguments are shown, not acted on
         return Confirm.ask(
-            f"Allow [bold]{request.name}[/] with {request.arguments}?", console=None, default=False
+            f"Allow [bold]{escape(shown.name)}[/] with {escape(str(shown.arguments))}?",
+            console=None,
+            default=False,
         )
 
     return approve
@@ -352,7 +357,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     # the first line is read; the resume reads (and checks) the whole log.
     started = first_event(find_run(args.run, args.run_dir))
     if args.tools is None:  # the built-in tools the run was started with
-        args.tools = ",".join(builtins_for(started.tools if started and started.type == "run_started" else []))
+        args.tools = ",".join(
+            builtins_for(started.tools if started and started.type == "run_started" else [])
+        )
     _warn_if_unguarded(args)
     agent = _agent_from(args)
     return _exit_code(asyncio.run(_drive(agent, agent.resume(args.run), _renderer(args))))
@@ -519,7 +526,9 @@ def _print_error(message: str) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    Console(stderr=True).print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
+    from .render import visible
+
+    Console(stderr=True).print(Text(visible(f"error: {message}"), style="bold red"), soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,63 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.text import Text
 
 from .events import Event
+
+M = TypeVar("M", bound=BaseModel)
+
+
+# What a terminal would act on instead of showing: C0 controls but tab and newline, DEL,
+# C1 controls (0x9b starts a sequence on some terminals) and the bidi overrides that make
+# text read in another order than it runs ("Trojan source").
+_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """`text` safe to print to a terminal: each control character as its escape (`\\x1b`).
+
+    A tool result, an answer or a call's arguments come from a model or a file, not from
+    us: an escape sequence in them could retitle the window, clear the screen or hide
+    part of a command the user is asked to approve. Shown, the user sees what is there.
+    """
+    if _UNSHOWABLE.search(text) is None:
+        return text
+    text = text.replace("\r\n", "\n")  # a Windows line end is no trick
+    return _UNSHOWABLE.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text
+    )
+
+
+def _visible_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, dict):
+        return {visible(str(k)): _visible_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_visible_value(v) for v in value]
+    if isinstance(value, BaseModel):
+        return for_terminal(value)
+    return value
+
+
+def for_terminal(event: M) -> M:
+    """A copy of an event (or any model) whose text is `visible`; the event itself when it has
+    nothing to hide. For display only: the log and the model keep the text as it was."""
+    changes = {}
+    for name, value in event.__dict__.items():
+        shown = _visible_value(value)
+        if shown != value:
+            changes[name] = shown
+    return event.model_copy(update=changes) if changes else event
 
 
 def _short(value: Any, limit: int = 300) -> str:
@@ -38,7 +86,9 @@ class ConsoleRenderer:
     `agent run "..." > answer.md` captures just the answer.
     """
 
-    def __init__(self, *, verbose: bool = False, out: Console | None = None, err: Console | None = None) -> None:
+    def __init__(
+        self, *, verbose: bool = False, out: Console | None = None, err: Console | None = None
+    ) -> None:
         self.verbose = verbose
         self.out = out or Console()
         self.err = err or Console(stderr=True)
@@ -50,7 +100,9 @@ class ConsoleRenderer:
         handler = getattr(self, f"_on_{event.type}", None)
         if handler is not None:
             self._stop_spinner()
-            handler(event)
+            # A file or a pipe gets the answer exactly; a terminal sees control characters as escapes.
+            exact = event.type == "final_answer" and not self.out.is_terminal
+            handler(event if exact else for_terminal(event))
 
     def close(self) -> None:
         self._stop_spinner()
@@ -62,9 +114,7 @@ class ConsoleRenderer:
 
     def _on_run_started(self, e: Any) -> None:
         what = "resumed" if e.resumed else "run"
-        self.err.print(
-            Text(f"{what} {e.run_id} · {e.model} · {e.strategy} · effort {e.effort}", style="dim")
-        )
+        self.err.print(Text(f"{what} {e.run_id} · {e.model} · {e.strategy} · effort {e.effort}", style="dim"))
 
     def _on_model_request(self, e: Any) -> None:
         if self.err.is_terminal:
@@ -85,14 +135,20 @@ class ConsoleRenderer:
         self.err.print(Panel(Markdown(e.content), title=f"reflection ({e.reason})", border_style="magenta"))
 
     def _on_tool_call(self, e: Any) -> None:
-        self.err.print(Text.assemble(("→ ", "cyan"), (e.name, "bold cyan"), (" " + _short(e.arguments, 200), "cyan")))
+        self.err.print(
+            Text.assemble(("→ ", "cyan"), (e.name, "bold cyan"), (" " + _short(e.arguments, 200), "cyan"))
+        )
 
     def _on_tool_result(self, e: Any) -> None:
         if e.name == "final_answer" and not e.is_error:
             return
         style = "red" if e.is_error else "green"
         mark = "✗" if e.is_error else "←"
-        self.err.print(Text.assemble((f"{mark} {e.name} ", style), (_short(e.content), "dim" if not e.is_error else style)))
+        self.err.print(
+            Text.assemble(
+                (f"{mark} {e.name} ", style), (_short(e.content), "dim" if not e.is_error else style)
+            )
+        )
 
     def _on_feedback(self, e: Any) -> None:
         self.err.print(Text(f"! {_short(e.content)}", style="yellow"))
@@ -121,7 +177,9 @@ class ConsoleRenderer:
     def _on_run_finished(self, e: Any) -> None:
         if e.status == "completed" and not self._answered and e.answer is not None:
             # A resumed run whose answer was recorded before the crash: this stream did not show it.
-            self._print_answer(e.answer if isinstance(e.answer, str) else json.dumps(e.answer, ensure_ascii=False))
+            self._print_answer(
+                e.answer if isinstance(e.answer, str) else json.dumps(e.answer, ensure_ascii=False)
+            )
         style = "green" if e.status == "completed" else "red"
         tokens = e.usage.prompt_tokens + e.usage.completion_tokens
         line = f"{e.status} · {e.steps} steps · {tokens} tokens"
