@@ -505,19 +505,30 @@ class Agent:
         self, run: Run, task: str | None, follow_up: str | None = None
     ) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        run.bus.subscribe(queue.put_nowait)
+
+        async def hand_over(event: Event) -> None:
+            # The run goes on once the caller asks for the next event, so a caller that
+            # stops reading (breaks out of its loop) stops the run before anything more
+            # happens: no tool call it has seen runs, however fast the model.
+            queue.put_nowait(event)
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():  # a run being stopped records its end unhindered
+                await queue.join()
+
+        run.bus.subscribe(hand_over)
 
         async def work() -> None:
             try:
                 await self._execute(run, task, follow_up)
             finally:
-                run.bus.unsubscribe(queue.put_nowait)
+                run.bus.unsubscribe(hand_over)
                 queue.put_nowait(None)
 
         worker = asyncio.create_task(work())
         try:
             while (event := await queue.get()) is not None:
                 yield event
+                queue.task_done()
             await worker
         finally:
             if not worker.done():

@@ -34,9 +34,17 @@ def write_call(path: str, content: str) -> dict:
 
 
 def log_events(cwd: Path) -> list:
+    """The session's log once its last turn has ended: the answer is on the screen a
+    moment before the turn's run_finished is written."""
     logs = sorted((cwd / ".agent" / "runs").glob("*.jsonl"))
     assert len(logs) == 1, logs
-    return read_events(logs[0])
+    deadline = time.monotonic() + 10
+    while True:
+        events = read_events(logs[0])
+        turns = sum(e.type == "user_message" for e in events)
+        if sum(e.type == "run_finished" for e in events) >= turns or time.monotonic() > deadline:
+            return events
+        time.sleep(0.05)
 
 
 class Terminal:

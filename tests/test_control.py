@@ -27,7 +27,10 @@ def test_step_budget(run_dir):
 
 
 def test_token_budget(run_dir):
-    turn = {"tool_calls": [{"name": "echo", "arguments": {"text": "x"}}], "usage": Usage(prompt_tokens=400, completion_tokens=100)}
+    turn = {
+        "tool_calls": [{"name": "echo", "arguments": {"text": "x"}}],
+        "usage": Usage(prompt_tokens=400, completion_tokens=100),
+    }
     llm = ScriptedLLM([turn, turn, turn, "done"])
     result = Agent(llm, tools=[echo], max_tokens=1000, run_dir=run_dir).run_sync("spend")
     assert result.status == "max_tokens"
@@ -120,17 +123,44 @@ async def test_leaving_the_event_stream_cancels_the_run_and_says_why(run_dir):
     assert end.error == "the caller stopped reading the run's events"
 
 
+async def test_the_event_stream_goes_on_only_as_the_caller_reads_it(run_dir):
+    sent: list[int] = []
+
+    @tool(effects={"writes"})
+    async def send(i: int) -> str:
+        """Send message i."""
+        sent.append(i)
+        return "sent"
+
+    # An instant model and tool: a run that went on by itself would be over before the
+    # caller saw its first event.
+    agent = Agent(
+        ScriptedLLM([call("send", i=i) for i in range(5)] + ["done"]), tools=[send], run_dir=run_dir
+    )
+    stream = agent.run("send them")
+    async for event in stream:
+        if event.type == "tool_call" and event.arguments["i"] == 1:
+            break
+    assert sent == [0]  # the call the caller saw last did not run
+    await stream.aclose()
+    assert sent == [0] and agent._last.state.status == "cancelled"
+
+
 def test_interceptor_blocks_rewrites_and_halts(run_dir):
     async def guard(event):
         if isinstance(event, ToolCall) and event.arguments.get("text") == "rm -rf /":
             return Decision.block("that command is not allowed")
         if isinstance(event, ToolResult) and "sk-secret" in event.content:
-            return Decision.rewrite(event.model_copy(update={"content": event.content.replace("sk-secret", "[REDACTED]")}))
+            return Decision.rewrite(
+                event.model_copy(update={"content": event.content.replace("sk-secret", "[REDACTED]")})
+            )
         if isinstance(event, ModelResponse) and "HALT" in event.content:
             return Decision.halt("policy violation")
         return None
 
-    llm = ScriptedLLM([call("echo", text="rm -rf /"), call("echo", text="key sk-secret"), "HALT now", "unreached"])
+    llm = ScriptedLLM(
+        [call("echo", text="rm -rf /"), call("echo", text="key sk-secret"), "HALT now", "unreached"]
+    )
     result = Agent(llm, tools=[echo], guards=[guard], run_dir=run_dir).run_sync("go")
     assert result.status == "halted" and result.error == "policy violation"
     outputs = [e for e in result.events if e.type == "tool_result"]
@@ -184,6 +214,7 @@ def test_approval_given_and_refused(run_dir):
 def test_an_approver_that_fails_refuses_and_the_run_goes_on(run_dir):
     ran: list[str] = []
     deploy = _deploy_tool(ran)
+
     def approver(request):
         raise RuntimeError("approval service down")
 
@@ -221,7 +252,10 @@ def test_run_sync_inside_a_loop_gives_a_clear_error(run_dir):
 
 def test_concurrent_runs_of_one_agent_are_independent(run_dir):
     async def main():
-        agents = [Agent(ScriptedLLM([call("echo", text=str(i)), f"answer {i}"]), tools=[echo], run_dir=run_dir) for i in range(5)]
+        agents = [
+            Agent(ScriptedLLM([call("echo", text=str(i)), f"answer {i}"]), tools=[echo], run_dir=run_dir)
+            for i in range(5)
+        ]
         return await asyncio.gather(*(a.arun(f"task {i}") for i, a in enumerate(agents)))
 
     results = asyncio.run(main())
