@@ -53,7 +53,7 @@ from .tool import (
     model_text,
     render_output,
 )
-from .types import EFFORTS, Effort, Message, ToolCallRequest, trusted
+from .types import EFFORTS, Effort, Message, ToolCallRequest, trusted, updated
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -101,6 +101,23 @@ class _Prepared:
     call: ToolCallRequest
     tool: Tool
     args: BaseModel
+
+
+def _cut_short(calls: list[ToolCallRequest]) -> list[ToolCallRequest]:
+    """The calls of a reply cut off at the output limit: the last one may have lost
+    arguments (a parser that closes brackets, or a server's, would still read it), so it
+    is not run; the model is asked to write it again."""
+    last = calls[-1]
+    if last.parse_error is not None:
+        return calls
+    raw = last.raw_arguments or (json.dumps(last.arguments) if last.arguments is not None else "")
+    cut = updated(
+        last,
+        arguments=None,
+        raw_arguments=raw,
+        parse_error="the reply reached the output limit inside this call, so its arguments may be incomplete",
+    )
+    return [*calls[:-1], cut]
 
 
 def _pending(value: Any) -> bool:
@@ -548,6 +565,8 @@ class Run:
         # Plain writes of our own typed values: pydantic's __setattr__ costs more.
         fields = response.__dict__
         fields["step"], fields["purpose"], fields["effort"] = step, purpose, effort
+        if response.finish_reason == "length" and response.tool_calls:
+            fields["tool_calls"] = _cut_short(response.tool_calls)
         if acting and self._act is not None:
             calls = response.tool_calls
             response = self._act(response)

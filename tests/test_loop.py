@@ -829,3 +829,24 @@ def test_answer_schemas_made_on_the_fly_do_not_pile_up(run_dir):
         schema = create_model(f"Answer{i}", value=(int, ...))
         Agent(ScriptedLLM([]), answer_schema=schema, run_dir=run_dir, guards=None)._new_run()
     assert len(loop._final_tools) <= loop._FINAL_TOOLS_KEPT
+
+
+def test_a_call_cut_off_at_the_output_limit_is_not_run(run_dir):
+    pushed = []
+
+    @tool(effects={"writes"})
+    def git_push(branch: str, force: bool = False, dry_run: bool = True) -> str:
+        """Push a branch."""
+        pushed.append((branch, force, dry_run))
+        return "pushed"
+
+    # The server (or a parser closing brackets) read the cut call as complete; dry_run was lost.
+    cut = ModelResponse(
+        tool_calls=[ToolCallRequest(name="git_push", arguments={"branch": "main", "force": True})],
+        finish_reason="length",
+    )
+    llm = ScriptedLLM([cut, call("git_push", branch="main", force=True, dry_run=True), "done"])
+    result = Agent(llm, tools=[git_push], run_dir=run_dir).run_sync("push")
+    assert result.ok and pushed == [("main", True, True)]
+    first = next(e for e in result.events if e.type == "tool_result")
+    assert first.error_kind == "invalid_json" and "output limit" in first.content
