@@ -174,6 +174,20 @@ def user(text: str = "hi") -> LLMRequest:
     return LLMRequest(messages=[Message(role="user", content=text)])
 
 
+ADD_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add.",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
+    },
+}
+
+
+def user_with_tools(text: str = "hi") -> LLMRequest:
+    return LLMRequest(messages=[Message(role="user", content=text)], tools=[ADD_SCHEMA])
+
+
 # --------------------------------------------------------------------------- streaming
 
 
@@ -413,7 +427,7 @@ async def test_tool_call_text_is_parsed_without_structured_calls(server: FakeSer
             '"arguments": {"a": 2, "b": 3}}</tool_call>',
         )
     )
-    _, response = await collect(make_llm(), user())
+    _, response = await collect(make_llm(), user_with_tools())
     assert response.content == "Sure."
     assert response.thinking == "need the sum"
     assert [(c.name, c.arguments) for c in response.tool_calls] == [("add", {"a": 2, "b": 3})]
@@ -788,3 +802,80 @@ async def test_an_agent_fits_its_prompts_to_the_learned_window(
     assert events[-1].type == "run_finished" and events[-1].status == "completed"
     assert other.context_window == 32768
     assert len(server.got) == 2 and len(server.requests) == 1
+
+
+async def test_a_reply_to_a_request_without_tools_is_text(server: FakeServer, make_llm) -> None:
+    plan = 'Plan:\n1. Call add with {"name": "add", "arguments": {"a": 1, "b": 2}}\n2. Report the sum.'
+    server.queue(text_stream("<think>plan it</think>", plan))
+    _, response = await collect(make_llm(), user())
+    assert response.tool_calls == [] and response.content == plan and response.thinking == "plan it"
+
+
+async def test_an_answer_about_format_markers_is_not_reparsed_when_the_server_split_the_reasoning(
+    server: FakeServer, make_llm
+) -> None:
+    answer = "Mistral models emit the [TOOL_CALLS] token; Qwen3 wraps its reasoning in <think> tags."
+    events = [
+        chunk({"reasoning_content": "They ask about formats."}),
+        chunk({"content": answer}),
+        chunk(finish="stop"),
+    ]
+    server.queue(Reply(events=events))
+    _, response = await collect(make_llm(), user_with_tools())
+    assert response.content == answer and response.tool_calls == []
+    assert response.thinking == "They ask about formats."
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/octet-stream"])
+async def test_a_completion_with_the_wrong_content_type_is_read_and_other_bodies_are_shown(
+    server: FakeServer, make_llm, ctype
+) -> None:
+    completion = {
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Paris"}, "finish_reason": "stop"}
+        ]
+    }
+    server.queue(Reply(raw=[json.dumps(completion).encode()], headers={"Content-Type": ctype}))
+    _, response = await collect(make_llm(), user())
+    assert response.content == "Paris"
+    server.queue(
+        Reply(
+            raw=[b"upstream connect error or disconnect/reset before headers"],
+            headers={"Content-Type": "text/plain"},
+        )
+    )
+    with pytest.raises(LLMResponseError, match="neither an event stream nor JSON.*upstream connect error"):
+        await collect(make_llm(), user())
+    assert len(server.requests) == 2  # not retried
+
+
+async def test_a_prompt_too_long_for_the_server_is_a_context_length_error(
+    server: FakeServer, make_llm
+) -> None:
+    from agent.llm.base import ContextLengthError
+
+    message = "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens."
+    server.queue(Reply(status=400, json_body={"object": "error", "message": message, "code": 400}))
+    with pytest.raises(ContextLengthError, match="maximum context length"):
+        await collect(make_llm(), user())
+    server.queue(Reply(status=400, json_body={"error": {"message": "unknown field 'foo'"}}))
+    with pytest.raises(LLMHTTPError) as refused:
+        await collect(make_llm(), user())
+    assert not isinstance(refused.value, ContextLengthError)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_content_as_a_list_of_parts_is_read(server: FakeServer, make_llm, stream) -> None:
+    parts = [
+        {"type": "thinking", "thinking": [{"type": "text", "text": "Hmm."}]},
+        {"type": "text", "text": "hi"},
+    ]
+    if stream:
+        server.queue(Reply(events=[chunk({"content": parts}), chunk(finish="stop")]))
+    else:
+        message = {"role": "assistant", "content": parts}
+        server.queue(
+            Reply(json_body={"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+        )
+    _, response = await collect(make_llm(stream=stream), user())
+    assert (response.content, response.thinking) == ("hi", "Hmm.")

@@ -36,9 +36,9 @@ import httpx
 
 from ..events import ModelDelta, ModelResponse
 from ..types import Message, ToolCallRequest, Usage, new_call_id
-from .base import LLMError, LLMRequest
+from .base import ContextLengthError, LLMError, LLMRequest
 from .formats import split_all_thinking
-from .parse import has_markup, loads_lenient, parse_output
+from .parse import has_markup, loads_lenient, parse_output, parse_text_only
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,18 @@ class LLMHTTPError(LLMError):
     def retryable(self) -> bool:  # type: ignore[override]
         """Server trouble and rate limits pass; a refused key, a wrong model or a bad request do not."""
         return self.status_code in (408, 409, 425, 429) or self.status_code >= 500
+
+
+class PromptTooLongError(LLMHTTPError, ContextLengthError):
+    """The server refused the request because the prompt does not fit its context window."""
+
+
+# How vLLM, SGLang, llama.cpp, TGI and OpenAI say a prompt is too long.
+_TOO_LONG = re.compile(
+    r"context[ _-]?(?:length|size|window)|maximum context|max_model_len|exceed_context|"
+    r"tokens? \+ `?max_new_tokens`? must be",
+    re.I,
+)
 
 
 class LLMConnectionError(LLMError):
@@ -175,6 +187,24 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
+def _content(value: Any, where: str) -> tuple[str, str]:
+    """A message's content as (text, thinking): a string, or a list of typed parts as
+    Mistral's API sends them (`text` parts, `thinking` parts holding text parts)."""
+    if not isinstance(value, list):
+        return _string(value, where), ""
+    text: list[str] = []
+    thinking: list[str] = []
+    for i, part in enumerate(value):
+        part = _object(part, f"{where}[{i}]")
+        kind = part.get("type")
+        if kind == "text":
+            text.append(_string(part.get("text"), f"{where}[{i}].text"))
+        elif kind == "thinking":
+            inner = part.get("thinking")
+            thinking.append(_content(inner, f"{where}[{i}].thinking")[0])
+    return "".join(text), "".join(thinking)
+
+
 def _count(value: Any, where: str) -> int:
     """A token count of the reply; missing or null reads as 0."""
     if value is None:
@@ -264,7 +294,11 @@ async def _sniff_stream(chunks: AsyncIterator[bytes], ctype: str) -> tuple[Async
             yield piece
 
     head = first.lstrip()
-    return again(), "text/event-stream" if head.startswith((b"data:", b":")) else ctype
+    if head.startswith((b"data:", b":")):
+        return again(), "text/event-stream"
+    if head.startswith(b"{"):  # a whole chat completion, whatever the label says
+        return again(), "application/json"
+    return again(), ctype
 
 
 async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
@@ -586,12 +620,16 @@ class OpenAICompatLLM:
             422: "the server rejected the request",
             429: "rate limited",
         }.get(status, "server error" if status >= 500 else "")
+        too_long = status in (400, 413, 422) and _TOO_LONG.search(server) is not None
+        if too_long:
+            hint = "the prompt does not fit the model's context window"
         msg = f"{self.name}: HTTP {status} from {self.url}"
         if server:
             msg += f": {server}"
         if hint:
             msg += f" ({hint})"
-        return LLMHTTPError(msg, status_code=status, url=self.url, server_message=server)
+        kind = PromptTooLongError if too_long else LLMHTTPError
+        return kind(msg, status_code=status, url=self.url, server_message=server)
 
     def _transport_error(self, e: httpx.TransportError) -> LLMConnectionError:
         if isinstance(e, httpx.ConnectError):
@@ -659,8 +697,18 @@ class OpenAICompatLLM:
                         f"it is an HTML page, not an event stream (check --base-url): {content[:200]!r}"
                     )
                 chunks = response.aiter_bytes()
-                if self.streaming and "json" in ctype:  # ignored `stream: true`, or an event stream mislabelled
+                if self.streaming and "event-stream" not in ctype:
+                    # Ignored `stream: true`, or a body mislabelled (text/plain, no type at all).
                     chunks, ctype = await _sniff_stream(chunks, ctype)
+                    if "event-stream" not in ctype and "json" not in ctype:
+                        body = b""
+                        async for chunk in chunks:  # enough of it to show
+                            body += chunk
+                            if len(body) >= 200:
+                                break
+                        raise _BadReply(
+                            f"it is neither an event stream nor JSON ({ctype or 'no content type'}): {body[:200]!r}"
+                        )
                 if self.streaming and "json" not in ctype:
                     async with contextlib.aclosing(self._read_sse(response, request, chunks)) as items:
                         async for item in items:
@@ -763,7 +811,8 @@ class OpenAICompatLLM:
                         delta = _object(choice.get("delta"), "delta")
                         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                         thinking = _string(reasoning, "delta.reasoning")
-                        content = _string(delta.get("content"), "delta.content")
+                        content, more = _content(delta.get("content"), "delta.content")
+                        thinking += more
                         if thinking:
                             acc.thinking.append(thinking)
                         if content:
@@ -816,9 +865,10 @@ class OpenAICompatLLM:
             name = _string(fn.get("name"), f"{where}.function.name")
             calls.append(decode_arguments(name, raw, _string(tc.get("id"), f"{where}.id") or None))
         reasoning = message.get("reasoning_content") or message.get("reasoning")
+        content, thinking = _content(message.get("content"), "message.content")
         return self._finish(
-            _string(message.get("content"), "message.content"),
-            _string(reasoning, "message.reasoning"),
+            content,
+            _string(reasoning, "message.reasoning") + thinking,
             calls,
             _usage(data.get("usage")),
             _string(choice.get("finish_reason"), "finish_reason") or None,
@@ -834,12 +884,18 @@ class OpenAICompatLLM:
         finish_reason: str | None,
         request: LLMRequest,
     ) -> ModelResponse:
-        if not calls and has_markup(content):
-            # A server without a tool/reasoning parser: read the raw text ourselves.
-            parsed = parse_output(content)
-            content = parsed.content
-            thinking = "\n".join(t for t in (thinking, parsed.thinking) if t)
-            calls = parsed.tool_calls
+        may_call = bool(request.tools) and request.tool_choice != "none"
+        if not calls and has_markup(content) and not (thinking and not may_call):
+            # A server without a tool/reasoning parser: read the raw text ourselves. When no
+            # tools were offered, only thinking is split off: a call-like text is the text.
+            parsed = parse_output(content) if may_call else parse_text_only(content)
+            # A server that split off the reasoning itself has its parsers: the text is its
+            # answer, which may well talk about <think> or [TOOL_CALLS]; only a readable call
+            # in it (a server with no tool parser) is taken.
+            if not thinking or any(c.parse_error is None for c in parsed.tool_calls):
+                content = parsed.content
+                thinking = "\n".join(t for t in (thinking, parsed.thinking) if t)
+                calls = parsed.tool_calls
             if calls and finish_reason in (None, "stop"):
                 finish_reason = "tool_calls"
         elif calls:
