@@ -879,3 +879,27 @@ async def test_content_as_a_list_of_parts_is_read(server: FakeServer, make_llm, 
         )
     _, response = await collect(make_llm(stream=stream), user())
     assert (response.content, response.thinking) == ("hi", "Hmm.")
+
+
+async def test_parallel_calls_that_reuse_index_0_stay_apart(server: FakeServer, make_llm) -> None:
+    # Ollama numbers every call of a turn 0; each comes with its own id.
+    first = {"index": 0, "id": "c1", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    second = {"index": 0, "id": "c2", "function": {"name": "add", "arguments": '{"a": 2}'}}
+    rest = {"index": 0, "function": {"arguments": ""}}
+    events = [chunk({"tool_calls": [first]}), chunk({"tool_calls": [second]}), chunk({"tool_calls": [rest]})]
+    server.queue(Reply(events=[*events, chunk(finish="tool_calls")]))
+    _, response = await collect(make_llm(), user_with_tools())
+    assert [(c.id, c.arguments) for c in response.tool_calls] == [("c1", {"a": 1}), ("c2", {"a": 2})]
+
+
+async def test_a_server_that_refuses_reasoning_effort_is_asked_again_without_it(
+    server: FakeServer, make_llm
+) -> None:
+    refusal = Reply(status=400, json_body={"error": {"message": '"llama3.1:8b" does not support thinking'}})
+    server.queue(refusal, text_stream("Paris"), text_stream("Rome"))
+    llm = make_llm()
+    _, response = await collect(llm, user())
+    assert response.content == "Paris"
+    _, response = await collect(llm, user())
+    assert response.content == "Rome"
+    assert ["reasoning_effort" in body for body in server.requests] == [True, False, False]

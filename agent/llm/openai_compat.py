@@ -348,6 +348,7 @@ class _Accumulator:
         self.content: list[str] = []
         self.thinking: list[str] = []
         self.calls: dict[int, dict[str, Any]] = {}
+        self._slots: dict[int, int] = {}  # the server's index -> its call's key in `calls`
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
 
@@ -362,6 +363,12 @@ class _Accumulator:
             new_id = tc.get("id") and tc["id"] not in known
             new_name = name and not tc.get("id") and self.calls and _whole(self.calls[max(self.calls)])
             index = len(self.calls) if not self.calls or new_id or new_name else max(self.calls)
+        else:
+            # A new id at an index in use starts a new call: Ollama numbers every call 0.
+            key = self._slots.get(index)
+            if key is None or (tc.get("id") and self.calls[key]["id"] not in (None, tc["id"])):
+                key = self._slots[index] = max(self.calls, default=-1) + 1
+            index = key
         slot = self.calls.setdefault(index, {"id": None, "name": "", "arguments": []})
         if tc.get("id"):
             slot["id"] = _string(tc["id"], "tool_calls[].id")
@@ -435,6 +442,7 @@ class OpenAICompatLLM:
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._budget_said = False
+        self._effort_refused = False  # the server refused reasoning_effort for this model: not sent again
 
     def __repr__(self) -> str:
         return f"OpenAICompatLLM(model={self.model!r}, base_url={self.base_url!r})"
@@ -571,7 +579,8 @@ class OpenAICompatLLM:
         if request.tools:
             body["tools"] = request.tools
             body["tool_choice"] = request.tool_choice
-        body["reasoning_effort"] = request.effort
+        if not self._effort_refused:
+            body["reasoning_effort"] = request.effort
         if request.max_new_tokens is not None:
             body["max_tokens"] = request.max_new_tokens
         if request.temperature is not None:
@@ -655,6 +664,13 @@ class OpenAICompatLLM:
                             yielded = True
                         yield item
                 return
+            except LLMHTTPError as e:
+                if not self._refuses_effort(e, body):
+                    raise
+                # Ollama with a model that does not think: "... does not support thinking".
+                log.warning("%s; sending requests without reasoning_effort from now on", e)
+                self._effort_refused = True
+                body.pop("reasoning_effort")
             except _Retry as r:
                 error = r.error
                 if yielded:  # never repeat text the caller has already seen
@@ -668,6 +684,15 @@ class OpenAICompatLLM:
                 attempt += 1
                 if delay > 0:
                     await asyncio.sleep(delay)
+
+    def _refuses_effort(self, error: LLMHTTPError, body: dict[str, Any]) -> bool:
+        """A 400 that blames the reasoning_effort we sent, not one the user asked for in extra_body."""
+        return (
+            error.status_code in (400, 422)
+            and "reasoning_effort" in body
+            and "reasoning_effort" not in self.extra_body
+            and re.search(r"(?i)think|reason", error.server_message) is not None
+        )
 
     def _gave_up(self, error: LLMError) -> LLMError:
         message = f"{error} (gave up after {self.max_retries} retries)"
