@@ -498,7 +498,7 @@ class Agent:
             await run.execute(task, follow_up=follow_up)
         finally:
             self._runs.remove(run)
-            if run.log is not None:
+            if run.log is not None and not run.hold_log:
                 run.log.close()
 
     async def _iterate(

@@ -433,7 +433,9 @@ class Chat:
         self.base_url = base_url
         self.always: set[str] = set()
         self.view = ChatView(self.console, self._status, show_thinking=show_thinking)
-        self.session = agent.session(resolve_session(resume, self.run_dir)) if resume else agent.session()
+        self.session = (
+            agent.session(resolve_session(resume, self.run_dir)) if resume else agent.session()
+        ).hold()
         self.view.tokens = self._session_tokens()
         self._turn: asyncio.Task[None] | None = None
         self._interrupted = False
@@ -537,6 +539,7 @@ class Chat:
             if handler:
                 loop.remove_signal_handler(signal.SIGINT)
             self._goodbye()
+            self.session.close()
             await self.agent.aclose()
         return 0
 
@@ -770,7 +773,8 @@ class Chat:
 
     def _cmd_reset(self, arg: str) -> None:
         old = self.session.run_id
-        self.session = self.agent.session()
+        self.session.close()
+        self.session = self.agent.session().hold()
         self.view.tokens = 0
         self.always.clear()
         kept = f" (the previous one is saved as {old})" if old else ""
@@ -793,7 +797,8 @@ class Chat:
             for name, run_id in saved:
                 self._say(f"{name} → {run_id}")
             return
-        session = self.agent.session(resolve_session(arg, self.run_dir))
+        self.session.close()  # (reloading this very session would find its own lock)
+        session = self.agent.session(resolve_session(arg, self.run_dir)).hold()
         self.session = session
         self.view.tokens = self._session_tokens()
         self.always.clear()

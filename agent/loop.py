@@ -257,6 +257,7 @@ class Run:
         self._first_tokens = 0  # tokens used before this call of execute(): budgets count from its start
         self._finished = False
         self.log: RunLog | None = None
+        self.hold_log = False  # a session keeps its log open (and locked) between messages
         self._budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
         self._output_limit: int | None = (
             OUTPUT_LIMIT  # characters of a tool result; None once a budget is made

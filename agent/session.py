@@ -24,6 +24,7 @@ class Session:
     def __init__(self, agent: Agent, run: Run | None = None) -> None:
         self.agent = agent
         self._run = run
+        self._hold = False
 
     @property
     def run_id(self) -> str | None:
@@ -45,6 +46,7 @@ class Session:
         check_text(message, "the message")
         if self._run is None:
             self._run = self.agent._new_run()
+            self._run.hold_log = self._hold
             events = self.agent._iterate(self._run, message)
         else:
             events = self.agent._iterate(self._run, None, follow_up=message)
@@ -66,6 +68,24 @@ class Session:
 
     def send_sync(self, message: str) -> RunResult:
         return self.agent._sync(self.asend(message))
+
+    def hold(self) -> Session:
+        """Keep the session's log open, and locked, from message to message (until
+        `close`), not only while a message runs: another process (a second `agent chat
+        --resume`) cannot take the session up while this one may still go on."""
+        self._hold = True
+        if self._run is not None:
+            self._run.hold_log = True
+            if self._run.log is not None:
+                self._run.log.open()
+        return self
+
+    def close(self) -> None:
+        """Let go of the session's log, so that another process may take the session up.
+        A later message takes it again (and is refused if someone else has it then)."""
+        log = self._run.log if self._run is not None else None
+        if log is not None:
+            log.close()
 
     def cancel(self) -> None:
         """Stop the current turn at its next safe point; the session goes on."""

@@ -130,3 +130,19 @@ def test_each_turns_result_counts_that_turn_alone(run_dir):
     assert [e.content for e in third.events if e.type == "user_message"] == ["1+1?"]
     assert len(first.events) + len(second.events) + len(third.events) == len(chat.history)
     assert first.events[-1].type == "run_finished"  # a later turn leaves an earlier result as it was
+
+
+def test_a_session_holds_its_log_between_messages_until_closed(run_dir):
+    import pytest
+
+    from agent import AgentError
+
+    chat = Agent(ScriptedLLM(["Hello.", "Again."]), run_dir=run_dir).session().hold()
+    chat.send_sync("Hi.")
+    # Another chat on the same session, while this one may still go on, is refused.
+    with pytest.raises(AgentError, match="being written by another run"):
+        Agent(ScriptedLLM(["Mixed in."]), run_dir=run_dir).session(chat.run_id)
+    assert chat.send_sync("Still there?").answer == "Again."
+    chat.close()
+    other = Agent(ScriptedLLM(["Taken up."]), run_dir=run_dir).session(chat.run_id)
+    assert other.send_sync("Me now.").answer == "Taken up."
