@@ -24,7 +24,6 @@ from typing import Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
-from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.segment import Segment
 from rich.spinner import Spinner
@@ -33,7 +32,7 @@ from rich.text import Text
 
 from .errors import AgentError
 from .events import ApprovalRequested, Event
-from .render import for_terminal, visible
+from .render import for_terminal, markdown, visible
 from .runlog import DEFAULT_RUN_DIR
 from .types import EFFORTS
 
@@ -67,19 +66,23 @@ def save_session(name: str, run_id: str, run_dir: str | Path) -> Path:
     if not SESSION_NAME.match(name):
         raise AgentError(f"bad session name {name!r}: use letters, digits, '.', '_' or '-'")
     path = sessions_dir(run_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(run_id + "\n", encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n", encoding="utf-8")
+    except OSError as e:
+        raise AgentError(f"cannot save the session name in {path.parent}: {e.strerror or e}") from None
     return path
 
 
 def saved_sessions(run_dir: str | Path) -> list[tuple[str, str]]:
     directory = sessions_dir(run_dir)
-    if not directory.is_dir():
-        return []
     found = []
-    for path in sorted(directory.iterdir()):
-        if path.is_file() and SESSION_NAME.match(path.name):
-            found.append((path.name, path.read_text(encoding="utf-8").strip()))
+    try:
+        for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+            if path.is_file() and SESSION_NAME.match(path.name):
+                found.append((path.name, path.read_text(encoding="utf-8", errors="replace").strip()))
+    except OSError as e:
+        raise AgentError(f"cannot read the saved sessions in {directory}: {e.strerror or e}") from None
     return found
 
 
@@ -87,10 +90,12 @@ def resolve_session(ref: str, run_dir: str | Path) -> str:
     """A saved name becomes its run id; anything else (id, prefix, 'last', path) passes through."""
     if SESSION_NAME.match(ref):
         path = sessions_dir(run_dir) / ref
-        if path.is_file():
-            run_id = path.read_text(encoding="utf-8").strip()
-            if run_id:
-                return run_id
+        try:
+            run_id = path.read_text(encoding="utf-8", errors="replace").strip() if path.is_file() else ""
+        except OSError:  # unreadable: the name is taken as a run id, which says it is not found
+            run_id = ""
+        if run_id:
+            return run_id
     return ref
 
 
@@ -223,7 +228,7 @@ class ChatView:
                 tail = " ".join(self._thinking.split())[-width:]
                 parts.append(self._one_line(f"▸ thinking… {tail}", "dim italic"))
         if self._content:
-            parts.append(Markdown(self._content))
+            parts.append(markdown(self._content))
         for call in self._pending.values():
             parts.append(
                 Panel(
@@ -306,7 +311,7 @@ class ChatView:
         elif e.tool_calls:
             self._print_thinking(thinking)
             if content.strip():
-                self.print(Markdown(content))
+                self.print(markdown(content))
             self._reset_segment()
             self._label = "running tools"
         else:
@@ -320,7 +325,7 @@ class ChatView:
         if not e.content.strip():
             self.print(Text("(empty answer)", style="dim"))
         elif self.console.is_terminal:
-            self.print(Markdown(e.content))
+            self.print(markdown(e.content))
         else:  # piped: the answer as written
             self.print(Text(e.content.strip()))
 
@@ -380,13 +385,13 @@ class ChatView:
 
     def _on_plan(self, e: Any) -> None:
         self.print(
-            Panel(Markdown(e.content), title=f"plan ({e.reason})", border_style="blue", title_align="left")
+            Panel(markdown(e.content), title=f"plan ({e.reason})", border_style="blue", title_align="left")
         )
 
     def _on_reflection(self, e: Any) -> None:
         self.print(
             Panel(
-                Markdown(e.content),
+                markdown(e.content),
                 title=f"reflection ({e.reason})",
                 border_style="magenta",
                 title_align="left",
@@ -429,6 +434,8 @@ class Chat:
         agent.approver = self._approve
         self.run_dir = Path(agent.run_dir if agent.run_dir is not None else DEFAULT_RUN_DIR)
         self.console = console or Console(highlight=False)
+        if not self.console.is_terminal:  # piped: lines as written, not cut at 80 columns
+            self.console.soft_wrap = True
         self.auto_yes = auto_yes
         self.base_url = base_url
         self.always: set[str] = set()
@@ -472,12 +479,17 @@ class Chat:
         except ImportError:  # line editing is optional; plain input still works
             self._interactive = False
             return
-        history: Any
+        history: Any = InMemoryHistory()
+        path = self.run_dir.parent / "chat_history"
         try:
+            # FileHistory opens the file only when it reads or writes it, at every prompt, and
+            # a failure there is prompt_toolkit's traceback: the file is tried here first.
             self.run_dir.parent.mkdir(parents=True, exist_ok=True)
-            history = FileHistory(str(self.run_dir.parent / "chat_history"))
-        except OSError:
-            history = InMemoryHistory()
+            with open(path, "ab"):
+                pass
+            history = FileHistory(str(path))
+        except OSError as e:
+            self.console.print(Text(f"note: no input history ({path}: {e.strerror or e})", style="dim"))
         completer = WordCompleter(COMMANDS + ["low", "medium", "high", "on", "off"], sentence=True)
         self._prompt = PromptSession(history=history, completer=completer, complete_while_typing=False)
         self._ask_prompt = PromptSession()
@@ -629,6 +641,9 @@ class Chat:
             why = "--yes" if self.auto_yes else "always, this session"
             self.view.note(f"✓ {name} approved ({why})", "green")
             return True
+        if not sys.stdin.isatty():  # piped: the next line is the next message, not an answer
+            self.view.note(f"✗ {name} refused: approvals need a terminal (or --yes)", "red")
+            return False
         await self.view.approval_shown(request.call_id)
         self.view.pause()
         try:
@@ -690,6 +705,8 @@ class Chat:
             handler(arg)
         except AgentError as e:
             self._error(str(e))
+        except OSError as e:  # a file a command touches: the command fails, the session goes on
+            self._error(f"{name}: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
         return True
 
     def _error(self, message: str) -> None:
@@ -717,6 +734,7 @@ class Chat:
         if not arg:
             self._say(f"effort: {self.agent.effort}")
             return
+        arg = arg.lower()
         if arg not in EFFORTS:
             raise AgentError(f"unknown effort {arg!r}; use {', '.join(EFFORTS)}")
         self.agent.effort = arg

@@ -62,6 +62,12 @@ def for_terminal(event: M) -> M:
     return event.model_copy(update=changes) if changes else event
 
 
+def markdown(text: str) -> Markdown:
+    """Model text as Markdown for a terminal. A link shows its address: an OSC 8 hyperlink
+    hides it on terminals that do not support them, and from a copy of the text."""
+    return Markdown(text, hyperlinks=False)
+
+
 def _short(value: Any, limit: int = 300) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     text = text.strip()
@@ -129,10 +135,10 @@ class ConsoleRenderer:
             self.err.print(Text(_short(e.content), style="dim"))
 
     def _on_plan(self, e: Any) -> None:
-        self.err.print(Panel(Markdown(e.content), title=f"plan ({e.reason})", border_style="blue"))
+        self.err.print(Panel(markdown(e.content), title=f"plan ({e.reason})", border_style="blue"))
 
     def _on_reflection(self, e: Any) -> None:
-        self.err.print(Panel(Markdown(e.content), title=f"reflection ({e.reason})", border_style="magenta"))
+        self.err.print(Panel(markdown(e.content), title=f"reflection ({e.reason})", border_style="magenta"))
 
     def _on_tool_call(self, e: Any) -> None:
         self.err.print(
@@ -170,7 +176,7 @@ class ConsoleRenderer:
     def _print_answer(self, content: str) -> None:
         self._answered = True
         if self.out.is_terminal:
-            self.out.print(Markdown(content))
+            self.out.print(markdown(content))
         else:  # a file or a pipe gets the answer exactly: no markup, emoji codes or wrapping applied
             self.out.print(Text(content), soft_wrap=True)
 

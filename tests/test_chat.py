@@ -283,3 +283,22 @@ def test_saved_session_names(tmp_path):
     assert saved_sessions(run_dir) == [("work", "20250101-000000-abcdef")]
     with pytest.raises(AgentError, match="bad session name"):
         save_session("../escape", "x", run_dir)
+
+
+def test_piped_chat_refuses_approvals_keeps_lines_whole_and_survives_a_failing_save(tmp_path):
+    long_line = "pip install agent-runtime --index-url https://packages.example.com/simple/ --extra-index-url https://more.example.com/simple/"
+    write = {"tool_calls": [{"name": "write_file", "arguments": {"path": "a.txt", "content": "x"}}]}
+    script = write_script(tmp_path / "script.jsonl", [write, "Not written.", "Yes?", long_line])
+    (tmp_path / ".agent").mkdir()
+    (tmp_path / ".agent" / "sessions").write_text("a file where /save wants a folder")
+    out = chat(
+        tmp_path,
+        "--model", f"scripted:{script}", "--tools", "files", "--approve-writes",
+        input="write a\ny\n/save work\n/effort HIGH\nhow do I install it?\n",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "approvals need a terminal" in out.stdout and not (tmp_path / "a.txt").exists()
+    assert "cannot save the session name" in out.stdout and "effort: high" in out.stdout
+    assert long_line in out.stdout.splitlines()
+    asked = [e.content for e in log_events(tmp_path) if e.type == "user_message"]
+    assert asked == ["write a", "y", "how do I install it?"]  # "y" was a message, not an answer

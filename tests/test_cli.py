@@ -191,12 +191,20 @@ def tasks_file(tmp_path, name="tasks.jsonl"):
             "must be at least 1, not 0",
         ),
         ("no tasks file", ["batch", "nope.jsonl", "-o", "r.jsonl"], "cannot read tasks file nope.jsonl"),
-        ("tasks not JSONL", ["batch", "script.jsonl", "-o", "r.jsonl"], "script.jsonl:1: each line is one JSON object"),
+        (
+            "tasks not JSONL",
+            ["batch", "script.jsonl", "-o", "r.jsonl"],
+            "script.jsonl:1: each line is one JSON object",
+        ),
         ("tasks not UTF-8", ["batch", "latin1.jsonl", "-o", "r.jsonl"], "latin1.jsonl is not UTF-8 text"),
         ("task of 0 steps", ["batch", "zero.jsonl", "-o", "r.jsonl"], "zero.jsonl:1: not a valid task"),
         ("task id null", ["batch", "null_id.jsonl", "-o", "r.jsonl"], "null_id.jsonl:1: not a valid task"),
         ("replay a folder", ["replay", "folder.jsonl"], "cannot read run log folder.jsonl"),
-        ("base URL not http", ["run", "x", "--base-url", "ftp://host/v1"], "is not an http(s) URL with a host"),
+        (
+            "base URL not http",
+            ["run", "x", "--base-url", "ftp://host/v1"],
+            "is not an http(s) URL with a host",
+        ),
         ("base URL port", ["run", "x", "--base-url", "http://127.0.0.1:99999/v1"], "is not a valid URL"),
         ("timeout not a number", ["run", "x", "--timeout", "nan"], "must be a finite number, not nan"),
         (
@@ -204,7 +212,11 @@ def tasks_file(tmp_path, name="tasks.jsonl"):
             ["run", "x", "--base-url", "http://127.0.0.1:9/v1", "--api-key", "sk-abc\r\nX-Injected: 1"],
             "the key holds a control character",
         ),
-        ("workspace under a file", ["run", "x", "--workspace", "script.jsonl/ws"], "choose another --workspace"),
+        (
+            "workspace under a file",
+            ["run", "x", "--workspace", "script.jsonl/ws"],
+            "choose another --workspace",
+        ),
     ],
 )
 def test_more_user_errors_are_one_clear_line(tmp_path, script, case, args, message):
@@ -306,7 +318,10 @@ def test_a_server_that_answers_wrong_fails_the_run_in_one_line(tmp_path, status,
         ("batch", signal.SIGINT),
         ("run --json", signal.SIGTERM),  # kill, timeout(1), docker stop: as Ctrl-C, exit 143
         ("batch", signal.SIGTERM),
-        ("run --json &", signal.SIGTERM),  # a job a script started with &: Ctrl-C ignored, kill still stops it
+        (
+            "run --json &",
+            signal.SIGTERM,
+        ),  # a job a script started with &: Ctrl-C ignored, kill still stops it
     ],
 )
 def test_ctrl_c_or_sigterm_stops_a_run_cleanly(tmp_path, command, sig):
@@ -341,7 +356,10 @@ def test_ctrl_c_or_sigterm_stops_a_run_cleanly(tmp_path, command, sig):
         server.close()
     terminated = sig == signal.SIGTERM
     assert process.returncode == (143 if terminated else 130), err
-    assert err.strip().splitlines()[-1] == ("terminated" if terminated else "interrupted") and "Traceback" not in err
+    assert (
+        err.strip().splitlines()[-1] == ("terminated" if terminated else "interrupted")
+        and "Traceback" not in err
+    )
     if command.startswith("run --json"):  # the stream shows how the run ended, as the log does
         end = json.loads(out.splitlines()[-1])
         assert end["type"] == "run_finished" and end["status"] == "cancelled", out
@@ -355,7 +373,10 @@ def test_ctrl_c_or_sigterm_stops_a_run_cleanly(tmp_path, command, sig):
     "content, message",
     [
         ('{"bad json', "bad.jsonl:1: not valid JSON"),
-        ('"fine"\n42\n', "bad.jsonl:2: each turn is model text (a JSON string) or a response object, not int"),
+        (
+            '"fine"\n42\n',
+            "bad.jsonl:2: each turn is model text (a JSON string) or a response object, not int",
+        ),
         (b"\xff\xfe", "scripted model file bad.jsonl is not UTF-8 text"),
     ],
 )
@@ -429,10 +450,15 @@ def test_resume_shows_an_answer_recorded_before_the_crash_and_keeps_the_runs_too
     (tmp_path / "notes.txt").write_text("the key is under the mat")
     first = tmp_path / "first.jsonl"
     first.write_text(json.dumps('<tool_call>{"name": "list_files", "arguments": {}}</tool_call>') + "\n")
-    out = agent("run", "x", "--model", f"scripted:{first}", "--tools", "files", "--max-steps", "1", cwd=tmp_path)
+    out = agent(
+        "run", "x", "--model", f"scripted:{first}", "--tools", "files", "--max-steps", "1", cwd=tmp_path
+    )
     assert out.returncode == 1 and "max_steps" in out.stderr
     second = tmp_path / "second.jsonl"
-    turns = ['<tool_call>{"name": "read_file", "arguments": {"path": "notes.txt"}}</tool_call>', "Under the mat."]
+    turns = [
+        '<tool_call>{"name": "read_file", "arguments": {"path": "notes.txt"}}</tool_call>',
+        "Under the mat.",
+    ]
     second.write_text("".join(json.dumps(t) + "\n" for t in turns))
     out = agent("resume", "last", "--model", f"scripted:{second}", cwd=tmp_path)  # no --tools: the run's own
     assert out.returncode == 0, out.stderr
@@ -520,3 +546,17 @@ def test_a_terminal_shows_escape_sequences_in_model_and_tool_text_instead_of_obe
     assert for_terminal(plain) is plain  # nothing to hide: the event itself
     windows = ToolCall(call_id="c", name="w", arguments={"a": "x\r\ny\rz"})
     assert for_terminal(windows).arguments == {"a": "x\ny\\x0dz"}  # a line end is no trick; a lone \r is
+
+
+def test_a_link_in_an_answer_shows_its_address():
+    import io
+
+    from rich.console import Console
+
+    from agent.render import markdown
+
+    screen = io.StringIO()
+    Console(file=screen, force_terminal=True, width=100).print(
+        markdown("see [the docs](https://docs.example.com/x)")
+    )
+    assert "https://docs.example.com/x" in screen.getvalue() and "\x1b]8;" not in screen.getvalue()
