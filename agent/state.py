@@ -59,6 +59,11 @@ class RunState:
         self.events: list[Event] = []
 
     def apply(self, event: Event) -> None:
+        if event.type == "model_delta":
+            # The live stream, for whoever watches the run: the record (this list, the log,
+            # RunResult.events) keeps the whole reply, which the guards judged; a delta is
+            # neither judged nor redacted (a secret may straddle two of them).
+            return
         self.events.append(event)
         if event.step > self.step:
             self.step = event.step
