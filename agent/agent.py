@@ -7,7 +7,8 @@ import contextlib
 import inspect
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Sequence
+import warnings
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -57,6 +58,58 @@ class RunResult(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status == "completed"
+
+
+class EventStream:
+    """The events of one run, as `Agent.run` and `Agent.resume` give them.
+
+    `async for event in stream` reads them as they happen (the run goes on only as
+    they are read; leaving the loop and closing the stream ends the run);
+    `await stream` runs to the end and returns the `RunResult`. A stream that is
+    neither read nor awaited warns when it is dropped, as a coroutine never awaited
+    does: nothing ran.
+    """
+
+    def __init__(
+        self, events: AsyncGenerator[Event, None], result: Callable[[], RunResult], what: str
+    ) -> None:
+        self._events = events
+        self._result = result
+        self._what = what
+        self._used = False
+
+    def __aiter__(self) -> EventStream:
+        self._used = True
+        return self
+
+    async def __anext__(self) -> Event:
+        self._used = True
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        """End the run now (it is recorded as cancelled) if it has not ended."""
+        self._used = True
+        await self._events.aclose()
+
+    def __await__(self) -> Generator[Any, None, RunResult]:
+        self._used = True
+        return self._to_the_end().__await__()
+
+    async def _to_the_end(self) -> RunResult:
+        async with contextlib.aclosing(self._events) as events:
+            async for _ in events:
+                pass
+        return self._result()
+
+    def __del__(self) -> None:
+        if not self._used:
+            warnings.warn(
+                f"Agent.{self._what}(...) was neither iterated nor awaited, so nothing ran: use "
+                f"`async for event in agent.{self._what}(...)`, `await agent.{self._what}(...)`, "
+                f"or agent.{self._what}_sync(...) from sync code",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 def _split_memory(memory: Any) -> tuple[Any, Any, list[Tool]]:
@@ -229,6 +282,9 @@ class Agent:
         self.approver = approver
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._runs: list[Run] = []
+        self._cancels = (
+            0  # cancel() calls so far: a run asked for before one, and not yet started, is cancelled
+        )
         self._last: Run | None = None
         # The event loop of sync calls (see `agent.sync`): the first caller's
         # thread's, kept so tools that hold async resources (kernels, HTTP
@@ -329,39 +385,43 @@ class Agent:
 
     # -- running -------------------------------------------------------------
 
-    async def run(self, task: str) -> AsyncIterator[Event]:
-        """Run `task`, yielding each event as it happens."""
-        check_text(task, "the task")
-        # aclosing: a caller that stops reading closes the inner stream, and so ends the run, at once.
-        async with contextlib.aclosing(self._iterate(self._new_run(), task)) as events:
-            async for event in events:
-                yield event
-
-    async def arun(self, task: str) -> RunResult:
-        """Run `task` to the end and return the result."""
+    def run(self, task: str) -> EventStream:
+        """Run `task`: `async for event in agent.run(task)` yields each event as it
+        happens (the run goes on as they are read); `await agent.run(task)` runs it to
+        the end and returns the `RunResult`. From sync code, use `run_sync`."""
         check_text(task, "the task")
         run = self._new_run()
-        return await self._complete(run, task)
+        return EventStream(self._iterate(run, task, cancels=self._cancels), lambda: self._result(run), "run")
+
+    def arun(self, task: str) -> Coroutine[Any, Any, RunResult]:
+        """Run `task` to the end and return the result (a coroutine to await)."""
+        check_text(task, "the task")
+        # The run is made now, not when the coroutine starts: cancel() in between reaches it.
+        return self._complete(self._new_run(), task, self._cancels)
 
     def run_sync(self, task: str) -> RunResult:
         """Run `task` from synchronous code. Ctrl-C cancels the run cleanly."""
         return self._sync(self.arun(task))
 
-    async def resume(self, run_id: str | Path) -> AsyncIterator[Event]:
-        """Continue an interrupted run from its log, yielding new events."""
-        async with contextlib.aclosing(self._iterate(self._resumed_run(run_id), None)) as events:
-            async for event in events:
-                yield event
+    def resume(self, run_id: str | Path) -> EventStream:
+        """Continue an interrupted run from its log: its new events, as `run` gives them."""
+        run = self._resumed_run(run_id)
+        return EventStream(
+            self._iterate(run, None, cancels=self._cancels), lambda: self._result(run), "resume"
+        )
 
-    async def aresume(self, run_id: str | Path) -> RunResult:
-        return await self._complete(self._resumed_run(run_id), None)
+    def aresume(self, run_id: str | Path) -> Coroutine[Any, Any, RunResult]:
+        """Continue an interrupted run to its end (a coroutine to await)."""
+        return self._complete(self._resumed_run(run_id), None, self._cancels)
 
     def resume_sync(self, run_id: str | Path) -> RunResult:
         """Continue an interrupted run; completed tool calls are not repeated."""
         return self._sync(self.aresume(run_id))
 
     def cancel(self) -> None:
-        """Stop every active run of this agent at its next safe point."""
+        """Stop every run of this agent at its next safe point: those going on, and those
+        asked for (`arun`, `run`) that have not started yet."""
+        self._cancels += 1
         for run in self._runs:
             run.cancel()
 
@@ -489,20 +549,26 @@ class Agent:
 
         return observe
 
-    async def _execute(self, run: Run, task: str | None, follow_up: str | None = None) -> None:
+    async def _execute(
+        self, run: Run, task: str | None, follow_up: str | None = None, cancels: int | None = None
+    ) -> None:
+        """Run it; `cancels` is the agent's count of cancel() calls when the run was asked
+        for: one since then cancels it before its first step."""
         if run.log is not None and run.log.failed is not None:  # a session's log stopped in an earlier turn
             raise AgentError(f"{run.log.failed}; this session cannot go on unrecorded: start a new one")
         self._runs.append(run)
         self._last = run
         try:
-            await run.execute(task, follow_up=follow_up)
+            await run.execute(
+                task, follow_up=follow_up, cancelled=cancels is not None and cancels != self._cancels
+            )
         finally:
             self._runs.remove(run)
             if run.log is not None and not run.hold_log:
                 run.log.close()
 
     async def _iterate(
-        self, run: Run, task: str | None, follow_up: str | None = None
+        self, run: Run, task: str | None, follow_up: str | None = None, *, cancels: int | None = None
     ) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
 
@@ -519,7 +585,7 @@ class Agent:
 
         async def work() -> None:
             try:
-                await self._execute(run, task, follow_up)
+                await self._execute(run, task, follow_up, cancels)
             finally:
                 run.bus.unsubscribe(hand_over)
                 queue.put_nowait(None)
@@ -541,8 +607,8 @@ class Agent:
                 except asyncio.CancelledError:
                     pass
 
-    async def _complete(self, run: Run, task: str | None) -> RunResult:
-        await self._execute(run, task)
+    async def _complete(self, run: Run, task: str | None, cancels: int | None = None) -> RunResult:
+        await self._execute(run, task, cancels=cancels)
         return self._result(run)
 
     def _result(self, run: Run, since: tuple[int, int, Usage] | None = None) -> RunResult:

@@ -272,7 +272,9 @@ class Run:
         """Stop at the next safe point (before a model call or a tool call)."""
         self._cancel = True
 
-    async def execute(self, task: str | None, *, follow_up: str | None = None) -> RunState:
+    async def execute(
+        self, task: str | None, *, follow_up: str | None = None, cancelled: bool = False
+    ) -> RunState:
         """Run the task, or continue the run's state when `task` is None.
 
         A `follow_up` message continues a run that may have ended (a chat turn):
@@ -280,7 +282,7 @@ class Run:
         Budgets count from the start of this call.
         """
         agent = self.agent
-        self._cancel = False
+        self._cancel = cancelled  # cancelled before it began: it stops at its first safe point
         self._finished = False  # this call's RunFinished is out: a later fault must not end the run again
         if follow_up is not None:  # a new message: nothing of the last one's turns carries over
             self._new_message()

@@ -291,3 +291,26 @@ def test_run_in_thread_with_cancel(run_dir):
     gate.set()
     t.join(10)
     assert out["r"].status == "cancelled"
+
+
+async def test_cancel_reaches_a_run_asked_for_but_not_started(run_dir):
+    agent = Agent(ScriptedLLM([call("echo", text="a"), "done"]), tools=[echo], run_dir=run_dir)
+    task = asyncio.create_task(agent.arun("go"))
+    agent.cancel()  # the task has not begun: its run must not go ahead
+    result = await task
+    assert result.status == "cancelled" and not [e for e in result.events if e.type == "tool_call"]
+    later = await Agent(ScriptedLLM(["fine"]), run_dir=run_dir).arun("again")  # a run asked for after is not
+    assert later.ok
+
+
+async def test_the_event_stream_can_be_awaited_and_warns_when_never_used(run_dir):
+    import gc
+
+    import pytest
+
+    agent = Agent(ScriptedLLM(["done"]), run_dir=run_dir)
+    result = await agent.run("go")  # the pydantic-ai / OpenAI Agents habit
+    assert result.ok and result.answer == "done"
+    with pytest.warns(RuntimeWarning, match=r"Agent.run\(...\) was neither iterated nor awaited"):
+        agent.run("never read")  # the smolagents habit, from sync code: nothing runs
+        gc.collect()
