@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -51,6 +52,20 @@ HELP = [
     ("/exit", "leave (or Ctrl-D)"),
 ]
 COMMANDS = [usage.split()[0] for usage, _ in HELP] + ["/quit"]
+
+
+class _NoteHandler(logging.Handler):
+    """Log records of the runtime as dim notes in the chat (warnings and worse)."""
+
+    def __init__(self, view: Any) -> None:
+        super().__init__(logging.WARNING)
+        self.view = view
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.view.note(visible(f"⚠ {record.getMessage()}"), "yellow")
+        except Exception:  # a note must never break the turn
+            self.handleError(record)
 
 
 # -- saved sessions ----------------------------------------------------------
@@ -191,6 +206,20 @@ class ChatView:
     def end(self) -> None:
         self._active = False
         self._stop_live()
+        # A turn that was interrupted (or failed) leaves what it had on screen, settled:
+        # the words so far and the calls that were running. A finished turn has none left.
+        self._print_thinking(self._thinking)
+        if self._content.strip():
+            self.console.print(markdown(self._content))
+        for call in self._pending.values():
+            self.console.print(
+                Panel(
+                    _arguments(call.arguments),
+                    title=f"⚙ {call.name} · stopped",
+                    border_style="yellow",
+                    title_align="left",
+                )
+            )
         self._reset_segment()
         self._pending.clear()
 
@@ -522,6 +551,12 @@ class Chat:
         # SIGINT, which stops the turn; at a prompt it is a key the prompt
         # handles (it clears the line), so a stray signal then does nothing.
         loop = asyncio.get_running_loop()
+        # Warnings of the runtime (a model server retried, ...) print as notes above the
+        # live region, not through logging's stderr fallback across the spinner.
+        notes = _NoteHandler(self.view)
+        logger = logging.getLogger("agent")
+        logger.addHandler(notes)
+        propagate, logger.propagate = logger.propagate, False
         handler = False
         if threading.current_thread() is threading.main_thread():
             try:
@@ -553,6 +588,8 @@ class Chat:
             self._goodbye()
             self.session.close()
             await self.agent.aclose()
+            logger.removeHandler(notes)
+            logger.propagate = propagate
         return 0
 
     def _welcome(self) -> None:

@@ -213,6 +213,25 @@ def test_ctrl_c_interrupts_the_turn_not_the_session(tmp_path, terminals):
 
 
 @needs_tmux
+def test_ctrl_c_leaves_what_the_turn_had_on_screen(tmp_path, terminals):
+    code = "import time; time.sleep(60)"
+    slow = {
+        "content": "Let me wait a while first.",
+        "tool_calls": [{"name": "python", "arguments": {"code": code}}],
+    }
+    script = write_script(tmp_path / "script.jsonl", [slow, "ok"])
+    term = terminals(tmp_path, "--model", f"scripted:{script}", "--tools", "python")
+    term.wait_for("Ctrl-D leaves")
+    term.type("wait for it")
+    term.wait_for("python · running", timeout=60)
+    term.send("C-c")
+    screen = term.wait_for("interrupted · the turn was cancelled")
+    assert (
+        "Let me wait a while first." in screen and "python · stopped" in screen and "time.sleep(60)" in screen
+    )
+
+
+@needs_tmux
 def test_quit_and_resume_last(tmp_path, terminals):
     first = write_script(tmp_path / "first.jsonl", ["Nice to meet you, Ada."])
     term = terminals(tmp_path, "--model", f"scripted:{first}")
@@ -302,3 +321,15 @@ def test_piped_chat_refuses_approvals_keeps_lines_whole_and_survives_a_failing_s
     assert long_line in out.stdout.splitlines()
     asked = [e.content for e in log_events(tmp_path) if e.type == "user_message"]
     assert asked == ["write a", "y", "how do I install it?"]  # "y" was a message, not an answer
+
+
+def test_retry_warnings_are_notes_in_the_chat_not_stray_log_lines(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = chat(tmp_path, "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "m", input="hello\n")
+    assert out.returncode == 0, out.stderr
+    assert "⚠" in out.stdout and "retrying" in out.stdout and "is unreachable" in out.stdout
+    assert "retrying" not in out.stderr
