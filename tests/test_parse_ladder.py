@@ -509,11 +509,17 @@ def test_a_local_model_reads_no_call_without_tools_and_a_cut_call_ends_on_length
     text = 'Use <tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call> like this.'
 
     async def reply(llm, **fields):
-        items = [x async for x in llm.stream(LLMRequest(messages=[Message(role="user", content="q")], **fields))]
+        items = [
+            x async for x in llm.stream(LLMRequest(messages=[Message(role="user", content="q")], **fields))
+        ]
         return "".join(d.content for d in items[:-1]), items[-1]
 
     streamed, response = asyncio.run(reply(_char_llm(text), max_new_tokens=500))  # no tools offered
-    assert response.tool_calls == [] and response.content == streamed == text and response.finish_reason == "stop"
+    assert (
+        response.tool_calls == []
+        and response.content == streamed == text
+        and response.finish_reason == "stop"
+    )
     _, response = asyncio.run(reply(_char_llm(text), max_new_tokens=500, tools=[add]))
     assert [c.name for c in response.tool_calls] == ["add"] and response.finish_reason == "tool_calls"
     cut = '<tool_call>{"name": "add", "argu'
@@ -575,5 +581,18 @@ def test_calls_with_a_function_key_or_comments_are_read(text):
 
 
 def test_comment_markers_inside_strings_are_text():
-    [call_] = parse_output('<tool_call>{"name": "fetch", "arguments": {"url": "http://x.y/*z*/"},}</tool_call>').tool_calls
+    [call_] = parse_output(
+        '<tool_call>{"name": "fetch", "arguments": {"url": "http://x.y/*z*/"},}</tool_call>'
+    ).tool_calls
     assert call_.arguments == {"url": "http://x.y/*z*/"}
+
+
+@pytest.mark.parametrize("tag", ["<think>", "</think>", "</tool_call>", "<tool_call>"])
+def test_a_tag_inside_a_calls_arguments_is_text(tag):
+    code = f's = "{tag}"\nprint(s)'
+    text = "<tool_call>" + json.dumps({"name": "python", "arguments": {"code": code}}) + "</tool_call>"
+    parsed = parse_output(text)
+    assert [(c.name, c.arguments, c.parse_error) for c in parsed.tool_calls] == [
+        ("python", {"code": code}, None)
+    ]
+    assert parsed.content == "" and parsed.thinking == ""

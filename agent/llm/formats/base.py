@@ -3,6 +3,7 @@ the `ChatFormat` base class."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,6 +40,33 @@ def output(content: str, thinking: str, calls: list[ToolCallRequest], format: st
     return ParsedOutput(content=content, thinking=thinking, tool_calls=calls, format=format)
 
 
+_CALL_OPEN = "<tool_call>"  # Hermes' (see hermes.py, which imports this module)
+_scan_json = json.JSONDecoder().scan_once
+
+
+def json_end(text: str, pos: int) -> int:
+    """Where the JSON object starting at `pos` (after white space) ends, or -1: the
+    end of a call's arguments, inside which a tag is text the model wrote."""
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    if pos >= len(text) or text[pos] != "{":
+        return -1
+    try:
+        return _scan_json(text, pos)[1]
+    except (StopIteration, ValueError):
+        return -1
+
+
+def _in_call(text: str, at: int) -> int:
+    """If `at` is inside the JSON of a `<tool_call>` that reads whole, where that JSON
+    ends; else -1. A `<think>` in code a call writes is not thinking."""
+    start = text.rfind(_CALL_OPEN, 0, at)
+    if start < 0:
+        return -1
+    end = json_end(text, start + len(_CALL_OPEN))
+    return end if end > at else -1
+
+
 def split_thinking(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> tuple[str, str]:
     """Return (thinking, rest). An unclosed open tag makes the tail thinking."""
     if open_tag not in text and close_tag not in text:
@@ -48,6 +76,8 @@ def split_thinking(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK
     pos = 0
     while True:
         start = text.find(open_tag, pos)
+        while start >= 0 and _CALL_OPEN in text and (inside := _in_call(text, start)) >= 0:
+            start = text.find(open_tag, inside)
         if start < 0:
             rest_parts.append(text[pos:])
             break
@@ -60,7 +90,7 @@ def split_thinking(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK
         pos = end + len(close_tag)
     # Some templates open the think block in the prompt, so only a close appears.
     rest = "".join(rest_parts)
-    if not thinking_parts and close_tag in rest:
+    if not thinking_parts and close_tag in rest and _in_call(rest, rest.find(close_tag)) < 0:
         head, _, rest = rest.partition(close_tag)
         thinking_parts.append(head)
     return "\n".join(p.strip() for p in thinking_parts).strip(), rest

@@ -10,7 +10,7 @@ import json
 import re
 
 from ...types import ToolCallRequest, trusted
-from .base import ChatFormat, ParsedOutput
+from .base import ChatFormat, ParsedOutput, json_end
 from .jsonfix import call_error, calls_from_json_text, loads_lenient
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -98,7 +98,9 @@ class HermesFormat(ChatFormat):
                 content_parts.append(text[pos:])
                 break
             content_parts.append(text[pos:start])
-            end = text.find(CALL_CLOSE, start)
+            # The close after the call's JSON: a `</tool_call>` inside an argument is text.
+            body = json_end(text, start + len(CALL_OPEN))
+            end = text.find(CALL_CLOSE, body if body >= 0 else start)
             body_end = end if end >= 0 else len(text)
             calls.extend(hermes_calls(text[start + len(CALL_OPEN) : body_end]))
             if end < 0:
