@@ -22,8 +22,10 @@ import base64
 import binascii
 import codecs
 import copy
+import io
 import posixpath
 import re
+import tokenize
 import zlib
 from typing import Any
 
@@ -98,13 +100,30 @@ def _read(code: str, out: list[str], depth: int) -> None:
         text = ast.unparse(ast.fix_missing_locations(tree))
     except (RecursionError, ValueError, TypeError, AttributeError):
         return
-    if folder.changed:
+    if folder.changed or _adjacent_strings(code):  # 'a' 'b' is folded by the parser itself
         out.append(text)
     for inner in folder.executed:  # code run from a constant string: read it as code too
         if isinstance(inner, bytes):
             inner = inner.decode("utf-8", "replace")
         out.append(inner)
         _read(inner, out, depth + 1)
+
+
+def _adjacent_strings(code: str) -> bool:
+    """Whether two string literals stand side by side (implicit concatenation)."""
+    if code.count("'") + code.count('"') < 4:
+        return False
+    last = None
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(code).readline):
+            if token.type in (tokenize.NL, tokenize.COMMENT):
+                continue
+            if token.type == tokenize.STRING and last == tokenize.STRING:
+                return True
+            last = token.type
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        return False
+    return False
 
 
 def _const(node: ast.AST) -> Any:

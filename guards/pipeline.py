@@ -44,7 +44,7 @@ from agent.guard import Guard, Stage, Verdict, stage_of
 from agent.loop import FINAL_ANSWER
 
 from ._text import with_content
-from .policy_file import Policy, StagePolicy, load_policy
+from .policy_file import Policy, StagePolicy, load_policy, warn_unknown_tools
 
 log = logging.getLogger("guards")
 
@@ -149,6 +149,8 @@ class GuardPipeline:
             t.name for t in tools if getattr(t, "read_only", False) and getattr(t, "effects_declared", True)
         }
         self.side_effecting = {t.name for t in tools if not getattr(t, "read_only", True)}
+        if tools:
+            warn_unknown_tools(self.policy, [t.name for t in tools])
 
     @classmethod
     def from_policy(cls, path: str | Path | None = None, *, llm: Any = None, **kwargs: Any) -> GuardPipeline:

@@ -9,7 +9,9 @@ written policy for the LLM tier) are taken from the file's own directory.
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
+import logging
 import re
 import tomllib
 from pathlib import Path
@@ -19,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.guard import STAGES
 
+log = logging.getLogger("guards")
 DEFAULT_POLICY_FILE = Path(__file__).resolve().parent / "default_policy.toml"
 
 RuleName = Literal["secrets", "pii", "code", "paths", "network", "injection"]
@@ -31,7 +34,9 @@ class _Model(BaseModel):
 class StagePolicy(_Model):
     rules: list[RuleName] = Field(default_factory=list)
     # A threshold is a probability: above 1 a head never fires.
-    classifier: dict[Literal["injection", "harm"], Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+    classifier: dict[Literal["injection", "harm"], Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict
+    )
     llm: Literal["never", "escalate", "always"] = "escalate"
     on_error: Literal["open", "closed"] = "open"
     timeout: float = Field(5.0, gt=0)
@@ -78,7 +83,9 @@ class CodePolicy(_Model):
             try:
                 re.compile(pattern)
             except re.error as e:
-                raise ValueError(f"the pattern {name} = {pattern!r} is not a regular expression: {e}") from None
+                raise ValueError(
+                    f"the pattern {name} = {pattern!r} is not a regular expression: {e}"
+                ) from None
         return patterns
 
 
@@ -93,6 +100,16 @@ class NetworkPolicy(_Model):
     allow: list[str] = Field(default_factory=list)
     deny: list[str] = Field(default_factory=list)
     arguments: list[str] = Field(default_factory=lambda: ["url"])
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if "/" in host:  # a URL would match no host: an allow list of them blocks every call
+                raise ValueError(
+                    f"{host!r} is not a host name: give hosts such as docs.python.org or *.python.org"
+                )
+        return hosts
 
 
 class Policy(_Model):
@@ -118,7 +135,9 @@ class Policy(_Model):
             raise ValueError(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
         lo, hi = self.escalation.band
         if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"escalation.band must be two numbers 0 <= low <= high <= 1, not {self.escalation.band}")
+            raise ValueError(
+                f"escalation.band must be two numbers 0 <= low <= high <= 1, not {self.escalation.band}"
+            )
         return self
 
     def stage(self, name: str) -> StagePolicy | None:
@@ -172,7 +191,9 @@ def load_policy(path: str | Path | None = None, *, replace: bool = False) -> Pol
             if not isinstance(value, str) or not value or "\n" in value:  # a multi-line policy is its text
                 continue
             resolved = _resolve(value, base_dir)
-            if not Path(resolved).is_file():  # a mistyped path would be read as the policy's text, or fail later
+            if not Path(
+                resolved
+            ).is_file():  # a mistyped path would be read as the policy's text, or fail later
                 raise ValueError(f"invalid guard policy {path}: [{section}] {key} = {value!r}: no such file")
             data[section][key] = resolved
     try:
@@ -180,4 +201,64 @@ def load_policy(path: str | Path | None = None, *, replace: bool = False) -> Pol
     except ValidationError as e:
         raise ValueError(f"invalid guard policy {path or DEFAULT_POLICY_FILE}: {e}") from None
     policy.source = str(path or DEFAULT_POLICY_FILE)
+    _warn_unknown_categories(policy)
     return policy
+
+
+# The categories the built-in guards give ("dangerous_code" and "llama_guard" have parts after a dot).
+KNOWN_CATEGORIES = (
+    "secret",
+    "pii",
+    "dangerous_code",
+    "path_policy",
+    "network_policy",
+    "prompt_injection",
+    "harm",
+    "guard_error",
+    "approval_required",
+    "policy_violation",
+    "llama_guard",
+)
+
+
+def _warn_unknown_categories(policy: Policy) -> None:
+    """A category no built-in guard gives is most likely a typo; it may be a custom guard's."""
+    for where, names in (
+        ("halt_categories", policy.halt_categories),
+        ("approval.ask_categories", policy.approval.ask_categories),
+    ):
+        for name in names:
+            if name.split(".")[0] in KNOWN_CATEGORIES:
+                continue
+            close = difflib.get_close_matches(name.replace("-", "_"), KNOWN_CATEGORIES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else " (unless a guard of your own gives it)"
+            log.warning(
+                "guard policy %s: %s names %r, a category no built-in guard gives%s",
+                policy.source,
+                where,
+                name,
+                hint,
+            )
+
+
+def warn_unknown_tools(policy: Policy, tools: list[str]) -> None:
+    """Tool names in the policy that the agent does not have: a typo makes the rule do nothing."""
+    named = [
+        ("approval.tools", policy.approval.tools),
+        ("tools.read_only", policy.tools.read_only),
+        ("code.tools", list(policy.code.tools)),
+    ]
+    defaults = _default_policy_data()  # the default policy names tools an agent may not have
+    shipped = {*defaults["approval"]["tools"], *defaults["tools"]["read_only"], *defaults["code"]["tools"]}
+    for where, names in named:
+        for name in names:
+            if name not in tools and name not in shipped:
+                close = difflib.get_close_matches(name, tools, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                log.warning(
+                    "guard policy %s: %s names %r, which is no tool of this agent%s",
+                    policy.source,
+                    where,
+                    name,
+                    hint,
+                )

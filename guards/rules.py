@@ -178,7 +178,11 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
     _p("stripe_key", r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}", "a Stripe key"),
     _p("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}\b", "a Google API key"),
     _p("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}\b", "a Hugging Face token"),
-    _p("aws_access_key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}\b", "an AWS access key id"),
+    _p(
+        "aws_access_key",
+        r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}\b",
+        "an AWS access key id",
+    ),
     _p(
         "aws_secret_key",
         r"(?i)\baws_?secret_?(?:access_?)?key\b[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})\b",
@@ -245,9 +249,16 @@ def _not_placeholder(value: str) -> bool:
     v = value.strip("\"'").lower()
     if v.startswith(("[redacted", "${", "$(", "<", "os.", "env(", "getenv", "process.env", "{{")):
         return False
-    return v not in {"changeme", "password", "xxxxxx", "********", "none", "null", "redacted", "secret"} and not set(
-        v
-    ) <= {"x", "*", "."}
+    return v not in {
+        "changeme",
+        "password",
+        "xxxxxx",
+        "********",
+        "none",
+        "null",
+        "redacted",
+        "secret",
+    } and not set(v) <= {"x", "*", "."}
 
 
 _CODE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
@@ -347,7 +358,7 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "rmtree_root",
-        r"\brmtree\(\s*(?:[rbuf]?[\"'](?:/|~/?|/" + _SYS_DIRS + r"(?:/[^\"'/]*)?/?)[\"']"
+        r"\brmtree\(\s*(?:path\s*=\s*)?(?:[rbuf]?[\"'](?:/|~/?|/" + _SYS_DIRS + r"(?:/[^\"'/]*)?/?)[\"']"
         r"|os\.path\.expanduser\(\s*[\"']~/?[\"']\s*\)|(?:pathlib\.)?Path\.home\(\)|Path\(\s*[\"']/[\"']\s*\)"
         r"|os\.environ\[\s*[\"']HOME[\"']\s*\]|os\.getenv\(\s*[\"']HOME[\"']\s*\)|os\.path\.expanduser\(\s*[\"']~)",
         "deleting the filesystem root or a home directory (shutil.rmtree)",
@@ -392,7 +403,11 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
         r"\.ssh/|\.ssh[\"'\\]|[\"']\.ssh\b|\bid_(?:rsa|ed25519|ecdsa|dsa)\b|\bauthorized_keys\b",
         "reading or changing SSH keys (~/.ssh)",
     ),
-    _p("system_secrets", r"/etc/(?:shadow|gshadow|sudoers)\b|/etc/master\.passwd", "reading /etc/shadow or sudoers"),
+    _p(
+        "system_secrets",
+        r"/etc/(?:shadow|gshadow|sudoers)\b|/etc/master\.passwd",
+        "reading /etc/shadow or sudoers",
+    ),
     _p(
         "cloud_credentials",
         r"\.aws/credentials|\.config/gcloud|\.azure/|\.kube/config|\.docker/config\.json|\.netrc\b|\.pypirc\b|\.git-credentials\b|\.gnupg/",
@@ -506,13 +521,17 @@ INJECTION_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "address_ai_if",
-        r"\bif\s+you\s+are\s+(?:an?\s+)?" + _AI + r"(?:\s+(?:model|agent|assistant))?\s*(?:,|reading|processing|summari[sz]ing|parsing)",
+        r"\bif\s+you\s+are\s+(?:an?\s+)?"
+        + _AI
+        + r"(?:\s+(?:model|agent|assistant))?\s*(?:,|reading|processing|summari[sz]ing|parsing)",
         "text addressed to the AI reading it",
         flags=re.I,
     ),
     _p(
         "address_ai_reading",
-        r"\b" + _AI + r"\s+(?:reading|processing|summari[sz]ing|parsing|crawling|analy[sz]ing)\s+this\b[^.\n]{0,40}\b(?:must|should|shall|will|need)",
+        r"\b"
+        + _AI
+        + r"\s+(?:reading|processing|summari[sz]ing|parsing|crawling|analy[sz]ing)\s+this\b[^.\n]{0,40}\b(?:must|should|shall|will|need)",
         "text addressed to the AI reading it",
         flags=re.I,
     ),
@@ -561,7 +580,16 @@ _NEEDLES: dict[str, tuple[str, ...]] = {
     "url_password": ("://",),
     "bearer_token": ("bearer",),
     "basic_auth": ("basic",),
-    "password_assignment": ("password", "passwd", "secret", "token", "api_key", "apikey", "access_key", "private_key"),
+    "password_assignment": (
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "access_key",
+        "private_key",
+    ),
     "password_field": ("password", "passwd", "secret", "api", "token", "private"),
     "email": ("@",),
     "us_ssn": ("-",),
@@ -577,7 +605,17 @@ _NEEDLES: dict[str, tuple[str, ...]] = {
     "remote_exec": ("exec(",),
     "ssh_keys": ("ssh", "id_", "authorized_keys"),
     "system_secrets": ("/etc/",),
-    "cloud_credentials": ("aws", "gcloud", "azure", "kube", "docker", "netrc", "pypirc", "git-credentials", "gnupg"),
+    "cloud_credentials": (
+        "aws",
+        "gcloud",
+        "azure",
+        "kube",
+        "docker",
+        "netrc",
+        "pypirc",
+        "git-credentials",
+        "gnupg",
+    ),
     "browser_secrets": ("login data", "cookies", "logins.json", "key4.db", "keychains"),
     "reverse_shell": ("/dev/tcp", "nc", "socat", "pty.spawn", "dup2"),
     "chmod_root": ("chmod", "chown"),
@@ -588,14 +626,42 @@ _NEEDLES: dict[str, tuple[str, ...]] = {
     "obfuscated_exec": ("exec", "eval"),
     "exfiltrate_secrets": ("requests", "httpx", "urllib"),
     "crypto_miner": ("xmrig", "minerd", "stratum"),
-    "ignore_previous": ("ignore", "disregard", "forget", "override", "bypass", "neglect", "discard", "abandon", "drop"),
+    "ignore_previous": (
+        "ignore",
+        "disregard",
+        "forget",
+        "override",
+        "bypass",
+        "neglect",
+        "discard",
+        "abandon",
+        "drop",
+    ),
     "ignore_above": ("ignore", "disregard", "forget"),
     "new_instructions": ("instruction", "directive", "orders"),
     "fake_chat_tags": ("<|", "[inst", "[/inst", "<<sys", "<</sys", "<start_of_turn", "system", "instruction"),
-    "role_override": ("you are", "act ", "pretend", "behave", "roleplay", "role-play", "anything now", " mode"),
+    "role_override": (
+        "you are",
+        "act ",
+        "pretend",
+        "behave",
+        "roleplay",
+        "role-play",
+        "anything now",
+        " mode",
+    ),
     "address_ai": ("note", "message", "instruction", "attention", "important", "notice", "directive"),
     "address_ai_if": ("if you are",),
-    "address_ai_reading": ("reading", "processing", "summariz", "summaris", "parsing", "crawling", "analyz", "analys"),
+    "address_ai_reading": (
+        "reading",
+        "processing",
+        "summariz",
+        "summaris",
+        "parsing",
+        "crawling",
+        "analyz",
+        "analys",
+    ),
     "conceal_from_user": ("user",),
     "prompt_leak": ("prompt", "instructions"),
     "exfil_markdown": ("![",),
@@ -642,7 +708,11 @@ class SecretRedactor(_RuleBase):
         if not hits:
             return self._verdict()
         return self._verdict(
-            action="redact", content=content, category="secret", score=1.0, rationale=f"redacted {_summary(hits)}"
+            action="redact",
+            content=content,
+            category="secret",
+            score=1.0,
+            rationale=f"redacted {_summary(hits)}",
         )
 
 
@@ -664,7 +734,11 @@ class PIIRedactor(SecretRedactor):
         if not hits:
             return self._verdict()
         return self._verdict(
-            action="redact", content=content, category="pii", score=1.0, rationale=f"redacted {_summary(hits)}"
+            action="redact",
+            content=content,
+            category="pii",
+            score=1.0,
+            rationale=f"redacted {_summary(hits)}",
         )
 
 
@@ -798,7 +872,9 @@ class PathPolicyGuard(_RuleBase):
             if any(glob_match(norm, d) for d in self.deny):
                 return f"{raw!r} is a protected location"
             if not any(glob_match(norm, a) for a in self.absolute_allow):
-                return f"{raw!r} is outside the allowed directories ({', '.join(self.absolute_allow) or 'none'})"
+                return (
+                    f"{raw!r} is outside the allowed directories ({', '.join(self.absolute_allow) or 'none'})"
+                )
             return None
         if norm == ".." or norm.startswith("../"):
             return f"{raw!r} leaves the workspace"
@@ -837,6 +913,10 @@ DEFAULT_HOST_DENY = (
     "0.0.0.0",
     "[::1]",
     "::1",
+    "::",  # every address, as 0.0.0.0
+    "169.254.*",  # link-local: cloud metadata lives here
+    "169.254.169.254.*",  # and names that resolve to it (169.254.169.254.nip.io)
+    "fd00:ec2::254",  # AWS metadata over IPv6
 )
 
 
@@ -964,7 +1044,11 @@ class InjectionMarkerGuard(_RuleBase):
             content = map_text(event, self.cut)
             if content != current_content(event):
                 return self._verdict(
-                    action="redact", content=content, category="prompt_injection", score=1.0, rationale=rationale
+                    action="redact",
+                    content=content,
+                    category="prompt_injection",
+                    score=1.0,
+                    rationale=rationale,
                 )
         return self._verdict(
             action="block",

@@ -602,3 +602,25 @@ def test_default_guards_stop_a_fork_bomb_before_the_sandbox_sees_it(run_dir):
     assert result.ok and ran == []
     blocked = next(e for e in result.events if e.type == "tool_result")
     assert blocked.error_kind == "blocked" and "fork_bomb" in blocked.content
+
+
+def test_policy_typos_are_refused_or_warned_about(tmp_path, caplog):
+    with pytest.raises(ValueError, match="not a host name"):
+        load_policy(policy_file(tmp_path, '[network]\nallow = ["https://docs.python.org"]\n'))
+    typos = 'halt_categories = ["dangerous-code"]\n[approval]\ntools = ["pyhton"]\nask_categories = ["path-policy"]\n'
+    with caplog.at_level("WARNING", logger="guards"):
+        GuardPipeline.from_policy(policy_file(tmp_path, typos), tools=[make_python([])], classifier=False)
+    assert "did you mean 'dangerous_code'" in caplog.text and "did you mean 'path_policy'" in caplog.text
+    assert "'pyhton', which is no tool of this agent (did you mean 'python'?)" in caplog.text
+
+
+def test_the_metadata_addresses_are_denied_however_they_are_reached():
+    from guards.rules import NetworkPolicyGuard
+
+    for url in (
+        "http://[::]/",
+        "http://[fd00:ec2::254]/latest",
+        "http://169.254.169.254.nip.io/",
+        "http://169.254.1.1/",
+    ):
+        assert "deny list" in (NetworkPolicyGuard().problem(url) or ""), url
