@@ -523,7 +523,9 @@ class Run:
     ) -> ModelResponse | None:
         """One model call, streamed onto the bus. None when a guard blocked it."""
         self._check_stop()
-        self._check_tokens()
+        budgeted = self.agent.max_tokens is not None  # most runs have no token budget: no call to check it
+        if budgeted:
+            self._check_tokens()
         messages = self.state.messages
         if instruction is not None:
             messages = [*messages, Message(role="user", content=instruction)]
@@ -588,7 +590,7 @@ class Run:
             return None
         if response.finish_reason == "content_filter":  # a plan or reflection as much as an answer
             raise _Stop("failed", "the model server's content filter stopped the reply")
-        if not acting or response.tool_calls:  # an answer the budget already paid for is taken
+        if budgeted and (not acting or response.tool_calls):  # an answer the budget already paid for is taken
             self._check_tokens()
         return response
 
