@@ -22,7 +22,7 @@ from .llm.base import LLM
 from .loop import FINAL_ANSWER, Approver, Run, bind_tools
 from .runlog import DEFAULT_RUN_DIR, RunLog, find_run, new_run_id, read_events, trim_torn_tail
 from .state import RunState
-from .tool import Tool
+from .tool import Tool, tool_context
 from .types import EFFORTS, Effort, Usage, trusted
 
 if TYPE_CHECKING:
@@ -102,13 +102,13 @@ class EventStream:
         return self._result()
 
     def __del__(self) -> None:
-        if not self._used:
+        if not self._used:  # (raised from wherever the stream is dropped: no stack level points at the call)
             warnings.warn(
                 f"Agent.{self._what}(...) was neither iterated nor awaited, so nothing ran: use "
                 f"`async for event in agent.{self._what}(...)`, `await agent.{self._what}(...)`, "
                 f"or agent.{self._what}_sync(...) from sync code",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=1,
             )
 
 
@@ -282,9 +282,8 @@ class Agent:
         self.approver = approver
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._runs: list[Run] = []
-        self._cancels = (
-            0  # cancel() calls so far: a run asked for before one, and not yet started, is cancelled
-        )
+        # cancel() calls so far: a run asked for before one, and not yet started, is cancelled.
+        self._cancels = 0
         self._last: Run | None = None
         # The event loop of sync calls (see `agent.sync`): the first caller's
         # thread's, kept so tools that hold async resources (kernels, HTTP
@@ -410,9 +409,9 @@ class Agent:
             self._iterate(run, None, cancels=self._cancels), lambda: self._result(run), "resume"
         )
 
-    def aresume(self, run_id: str | Path) -> Coroutine[Any, Any, RunResult]:
-        """Continue an interrupted run to its end (a coroutine to await)."""
-        return self._complete(self._resumed_run(run_id), None, self._cancels)
+    async def aresume(self, run_id: str | Path) -> RunResult:
+        """Continue an interrupted run to its end."""
+        return await self._complete(self._resumed_run(run_id), None)
 
     def resume_sync(self, run_id: str | Path) -> RunResult:
         """Continue an interrupted run; completed tool calls are not repeated."""
@@ -571,14 +570,21 @@ class Agent:
         self, run: Run, task: str | None, follow_up: str | None = None, *, cancels: int | None = None
     ) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        ended = False  # run_finished is handed over: what follows (an episode's record) is the run's own
 
         async def hand_over(event: Event) -> None:
             # The run goes on once the caller asks for the next event, so a caller that
             # stops reading (breaks out of its loop) stops the run before anything more
-            # happens: no tool call it has seen runs, however fast the model.
+            # happens: no tool call it has seen runs, however fast the model. It does not
+            # wait inside a tool (the tool's timeout would count the caller's reading), after
+            # the run's end, or while the run is being stopped (it records its end unhindered).
+            nonlocal ended
             queue.put_nowait(event)
-            task = asyncio.current_task()
-            if task is None or not task.cancelling():  # a run being stopped records its end unhindered
+            ended = ended or event.type == "run_finished"
+            if ended or tool_context() is not None:
+                return
+            current = asyncio.current_task()
+            if current is None or not current.cancelling():
                 await queue.join()
 
         run.bus.subscribe(hand_over)
@@ -599,13 +605,17 @@ class Agent:
         finally:
             if not worker.done():
                 current = asyncio.current_task()
-                if current is None or not current.cancelling():  # not Ctrl-C: the consumer left
-                    run.stop_reason = "the caller stopped reading the run's events"
-                worker.cancel()
-                try:
+                interrupted = current is not None and current.cancelling() > 0  # Ctrl-C, not the consumer
+                if ended and not interrupted:  # the caller left at the end: the run finishes its bookkeeping
                     await worker
-                except asyncio.CancelledError:
-                    pass
+                else:
+                    if not interrupted:
+                        run.stop_reason = "the caller stopped reading the run's events"
+                    worker.cancel()
+                    try:
+                        await worker
+                    except asyncio.CancelledError:
+                        pass
 
     async def _complete(self, run: Run, task: str | None, cancels: int | None = None) -> RunResult:
         await self._execute(run, task, cancels=cancels)

@@ -34,7 +34,7 @@ from rich.text import Text
 from .errors import AgentError
 from .events import ApprovalRequested, Event
 from .render import for_terminal, markdown, visible
-from .runlog import DEFAULT_RUN_DIR
+from .runlog import DEFAULT_RUN_DIR, find_run
 from .types import EFFORTS
 
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -203,11 +203,17 @@ class ChatView:
         self._calls.clear()
         self._start_live()
 
-    def end(self) -> None:
+    def end(self, *, interrupted: bool = False) -> None:
         self._active = False
         self._stop_live()
-        # A turn that was interrupted (or failed) leaves what it had on screen, settled:
-        # the words so far and the calls that were running. A finished turn has none left.
+        if interrupted:
+            self._settle_interrupted()
+        self._reset_segment()
+        self._pending.clear()
+
+    def _settle_interrupted(self) -> None:
+        """Ctrl-C leaves what the turn had on screen: the words so far and the calls that
+        were running. (Not a turn a guard ended: a reply it refused is not shown again.)"""
         self._print_thinking(self._thinking)
         if self._content.strip():
             self.console.print(markdown(self._content))
@@ -220,8 +226,6 @@ class ChatView:
                     title_align="left",
                 )
             )
-        self._reset_segment()
-        self._pending.clear()
 
     def pause(self) -> None:
         """Hand the terminal to a prompt."""
@@ -554,9 +558,9 @@ class Chat:
         # Warnings of the runtime (a model server retried, ...) print as notes above the
         # live region, not through logging's stderr fallback across the spinner.
         notes = _NoteHandler(self.view)
-        logger = logging.getLogger("agent")
-        logger.addHandler(notes)
-        propagate, logger.propagate = logger.propagate, False
+        loggers = [logging.getLogger(name) for name in ("agent", "guards", "tools", "memory")]
+        for logger in loggers:  # a handler here also keeps logging's stderr fallback quiet
+            logger.addHandler(notes)
         handler = False
         if threading.current_thread() is threading.main_thread():
             try:
@@ -588,8 +592,8 @@ class Chat:
             self._goodbye()
             self.session.close()
             await self.agent.aclose()
-            logger.removeHandler(notes)
-            logger.propagate = propagate
+            for logger in loggers:
+                logger.removeHandler(notes)
         return 0
 
     def _welcome(self) -> None:
@@ -641,7 +645,7 @@ class Chat:
             await asyncio.wait([self._turn])
         finally:
             ticker.cancel()
-            self.view.end()
+            self.view.end(interrupted=self._interrupted or self._turn.cancelled())
         turn, self._turn = self._turn, None
         if turn.cancelled() or self._interrupted:
             self.console.print(
@@ -852,8 +856,12 @@ class Chat:
             for name, run_id in saved:
                 self._say(f"{name} → {run_id}")
             return
-        self.session.close()  # (reloading this very session would find its own lock)
-        session = self.agent.session(resolve_session(arg, self.run_dir)).hold()
+        path = find_run(resolve_session(arg, self.run_dir), self.run_dir)
+        if path.stem == self.session.run_id:  # this very session: nothing to switch
+            self._recap()
+            return
+        session = self.agent.session(path).hold()  # the current one keeps its lock until this one has its own
+        self.session.close()
         self.session = session
         self.view.tokens = self._session_tokens()
         self.always.clear()

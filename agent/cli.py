@@ -322,9 +322,10 @@ async def _drive(agent: Any, events: Any, renderer: Any) -> Any:
         # Ctrl-C: the run records how it ended while the stream unwinds; show that too.
         run = agent._last
         if run is not None:
-            seen = next((i for i, e in enumerate(run.state.events) if e is last), -1)
-            for event in run.state.events[seen + 1 :]:
-                renderer(event)
+            shown = last.seq if last is not None else 0  # by number: the record keeps no deltas
+            for event in run.state.events:
+                if event.seq > shown:
+                    renderer(event)
         raise
     finally:
         if hasattr(renderer, "close"):

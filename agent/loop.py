@@ -103,6 +103,9 @@ class _Prepared:
     args: BaseModel
 
 
+CUT_SHORT = "the reply reached the output limit inside this call, so its arguments may be incomplete"
+
+
 def _cut_short(calls: list[ToolCallRequest]) -> list[ToolCallRequest]:
     """The calls of a reply cut off at the output limit: the last one may have lost
     arguments (a parser that closes brackets, or a server's, would still read it), so it
@@ -115,7 +118,7 @@ def _cut_short(calls: list[ToolCallRequest]) -> list[ToolCallRequest]:
         last,
         arguments=None,
         raw_arguments=raw,
-        parse_error="the reply reached the output limit inside this call, so its arguments may be incomplete",
+        parse_error=CUT_SHORT,
     )
     return [*calls[:-1], cut]
 
@@ -425,7 +428,10 @@ class Run:
         if response.tool_calls and pending:
             await self._handle_calls([c for c in response.tool_calls if c.id in pending], resumed=True)
         elif not response.tool_calls and not follow_up and not self._after_response(response):
-            await self._handle_text_answer(response)
+            if response.finish_reason == "tool_calls":  # the model called, an act hook held every call back
+                await self._say_held_back([], response.step)
+            else:
+                await self._handle_text_answer(response)
             return
         if not follow_up:
             await self._redo_interrupted_note()
@@ -505,10 +511,8 @@ class Run:
         if response.tool_calls:
             await self._handle_calls(response.tool_calls)
         elif self._held_back:
-            names = ", ".join(dict.fromkeys(self._held_back))
-            self._held_back = None
-            note = f"Your call to {names} was not run: the agent held it back. Go on another way, or answer."
-            await self.bus.emit(Feedback(content=note, reason="held_back", step=step), judge=False)
+            names, self._held_back = self._held_back, None
+            await self._say_held_back(names, step)
         else:
             await self._handle_text_answer(response)
 
@@ -573,14 +577,14 @@ class Run:
         if response.finish_reason == "length" and response.tool_calls:
             fields["tool_calls"] = _cut_short(response.tool_calls)
         if acting and self._act is not None:
-            calls = response.tool_calls
+            called = [c.name for c in response.tool_calls]  # now: a hook may empty the list in place
             response = self._act(response)
             if _pending(response):
                 response = await response
             if type(response) is not ModelResponse:
                 response = _hooked(response, ModelResponse, "act")
             # Every call dropped: the words around them are no answer (see _step).
-            self._held_back = [c.name for c in calls] if calls and not response.tool_calls else None
+            self._held_back = called if called and not response.tool_calls else None
         decision = bus.emit_now(response) or await bus.emit(response)
         if decision.action == "rewrite":
             response = decision.event  # type: ignore[assignment]
@@ -590,14 +594,20 @@ class Run:
             return None
         if response.finish_reason == "content_filter":  # a plan or reflection as much as an answer
             raise _Stop("failed", "the model server's content filter stopped the reply")
-        if budgeted and (not acting or response.tool_calls):  # an answer the budget already paid for is taken
+        # An answer the budget already paid for is taken (as text or a final_answer call);
+        # calls of other tools are not run.
+        if budgeted and (not acting or any(c.name != FINAL_ANSWER for c in response.tool_calls)):
             self._check_tokens()
         return response
 
-    def _check_tokens(self) -> None:
+    def _tokens_spent(self) -> bool:
         max_tokens = self.agent.max_tokens
-        if max_tokens is not None and (used := self.state.total_tokens - self._first_tokens) >= max_tokens:
-            raise _Stop("max_tokens", f"used {used} of {max_tokens} tokens")
+        return max_tokens is not None and self.state.total_tokens - self._first_tokens >= max_tokens
+
+    def _check_tokens(self) -> None:
+        if self._tokens_spent():
+            used = self.state.total_tokens - self._first_tokens
+            raise _Stop("max_tokens", f"used {used} of {self.agent.max_tokens} tokens")
 
     async def _stream(self, request: LLMRequest, step: int) -> ModelResponse:
         response: ModelResponse | None = None
@@ -620,6 +630,14 @@ class Run:
         return response
 
     # -- answers -----------------------------------------------------------
+
+    async def _say_held_back(self, names: list[str], step: int) -> None:
+        if names:
+            note = f"Your call to {', '.join(dict.fromkeys(names))} was not run: the agent held it back."
+        else:
+            note = "Your tool calls were not run: the agent held them back."
+        note += " Go on another way, or answer."
+        await self.bus.emit(Feedback(content=note, reason="held_back", step=step), judge=False)
 
     async def _handle_text_answer(self, response: ModelResponse) -> None:
         step = self.state.step
@@ -648,6 +666,7 @@ class Run:
             agent.reflect_before_answer
             and not self._final_reflected
             and self.state.step - self._first_step < agent.max_steps  # a step is left to answer after it
+            and not self._tokens_spent()  # nor is there when the token budget is
         ):
             self._final_reflected = True
             await self._reflect("final")
@@ -754,6 +773,8 @@ class Run:
 
     @staticmethod
     def _parse_error_text(call: ToolCallRequest) -> str:
+        if call.parse_error == CUT_SHORT:
+            return f"Your call to {call.name} was cut off at the output limit and was not run. Make it again, shorter."
         raw = (call.raw_arguments or "")[:300]
         return (
             f"Could not read your tool call: {call.parse_error}.\nYou wrote: {raw}\n"

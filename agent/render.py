@@ -101,12 +101,14 @@ class ConsoleRenderer:
         self._status: Any = None
         self._error_shown = False
         self._answered = False
+        self._raw: Any = None  # the event being shown, as it was
 
     def __call__(self, event: Event) -> None:
         handler = getattr(self, f"_on_{event.type}", None)
         if handler is not None:
             self._stop_spinner()
             # A file or a pipe gets the answer exactly; a terminal sees control characters as escapes.
+            self._raw = event
             exact = event.type == "final_answer" and not self.out.is_terminal
             handler(event if exact else for_terminal(event))
 
@@ -183,9 +185,8 @@ class ConsoleRenderer:
     def _on_run_finished(self, e: Any) -> None:
         if e.status == "completed" and not self._answered and e.answer is not None:
             # A resumed run whose answer was recorded before the crash: this stream did not show it.
-            self._print_answer(
-                e.answer if isinstance(e.answer, str) else json.dumps(e.answer, ensure_ascii=False)
-            )
+            answer = e.answer if self.out.is_terminal else self._raw.answer  # a pipe gets it exactly
+            self._print_answer(answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False))
         style = "green" if e.status == "completed" else "red"
         tokens = e.usage.prompt_tokens + e.usage.completion_tokens
         line = f"{e.status} · {e.steps} steps · {tokens} tokens"

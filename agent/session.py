@@ -76,8 +76,9 @@ class Session:
         self._hold = True
         if self._run is not None:
             self._run.hold_log = True
-            if self._run.log is not None:
-                self._run.log.open()
+            log = self._run.log
+            if log is not None and log.failed is None:  # a failed log is refused at the next message
+                log.open()
         return self
 
     def close(self) -> None:

@@ -142,7 +142,9 @@ class Tool(ABC):
         repeat or let through a side effect (resume, a guard that fails)."""
         if self._effects_declared is not None:
             return self._effects_declared
-        return any("effects" in vars(c) for c in type(self).__mro__ if c is not Tool)
+        return "effects" in vars(self) or any(
+            "effects" in vars(c) for c in type(self).__mro__ if c is not Tool
+        )
 
     @property
     def safe_to_rerun(self) -> bool:
@@ -234,9 +236,8 @@ def _check_effects(effects: Any, what: str) -> None:
         raise ValueError(f"{what}: unknown effects {sorted(unknown)}; use {sorted(EFFECTS)}")
 
 
-_TOOL_NAME = re.compile(
-    r"[\w-]{1,64}"
-)  # letters of any script: local models take `météo`; OpenAI's API wants ASCII
+# Letters of any script: local models take `météo`; OpenAI's API wants ASCII.
+_TOOL_NAME = re.compile(r"[\w-]{1,64}")
 
 
 class FunctionTool(Tool):

@@ -333,3 +333,22 @@ def test_retry_warnings_are_notes_in_the_chat_not_stray_log_lines(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "⚠" in out.stdout and "retrying" in out.stdout and "is unreachable" in out.stdout
     assert "retrying" not in out.stderr
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_reply_left_unsettled_shows_only_when_the_user_interrupted(interrupted):
+    import io
+
+    from rich.console import Console
+
+    from agent.chat import ChatView
+    from agent.events import ModelDelta, ModelRequest, ModelResponse
+
+    screen = io.StringIO()
+    view = ChatView(Console(file=screen, width=100), lambda: "")
+    view.begin()
+    view(ModelRequest(purpose="act", messages=1))
+    view(ModelDelta(content="WORDS A GUARD REFUSED"))
+    view(ModelResponse(content="WORDS A GUARD REFUSED"))  # an answer; its final_answer never came
+    view.end(interrupted=interrupted)
+    assert ("WORDS A GUARD REFUSED" in screen.getvalue()) is interrupted

@@ -314,3 +314,31 @@ async def test_the_event_stream_can_be_awaited_and_warns_when_never_used(run_dir
     with pytest.warns(RuntimeWarning, match=r"Agent.run\(...\) was neither iterated nor awaited"):
         agent.run("never read")  # the smolagents habit, from sync code: nothing runs
         gc.collect()
+
+
+async def test_a_slow_reader_does_not_eat_a_tools_time_and_leaving_at_the_end_keeps_the_episode(run_dir):
+    from agent.events import MemoryWrite
+    from agent.tool import tool_context
+    from memory import EpisodicMemory
+    from memory.embedders import HashingEmbedder
+
+    @tool(timeout=0.5, effects={"writes"})
+    async def note(text: str) -> str:
+        """Take a note."""
+        await tool_context().emit(MemoryWrite(memory="notes", text=text))
+        return "noted"
+
+    episodes = EpisodicMemory(run_dir / "episodes.db", HashingEmbedder(64))
+    agent = Agent(
+        ScriptedLLM([call("note", text="x"), "done"]), tools=[note], memory=episodes, run_dir=run_dir
+    )
+    stream = agent.run("take a note")
+    async for event in stream:
+        if event.type in ("tool_call", "memory_write"):
+            await asyncio.sleep(0.8)  # longer than the tool may take: reading is not the tool's time
+        if event.type == "run_finished":
+            break  # the run is over: its episode is still recorded
+    await stream.aclose()
+    results = [e.content for e in agent._last.state.events if e.type == "tool_result"]
+    assert results == ["noted"]
+    assert episodes.count() == 1

@@ -633,7 +633,9 @@ def test_an_on_event_that_raises_is_logged_and_the_run_ends_once(run_dir, caplog
     with caplog.at_level("ERROR", logger="agent"):
         result = Watching(llm, tools=[add], run_dir=run_dir).run_sync("add")
     assert result.ok and result.answer == "3"
-    assert [t for t in seen if t != "model_delta"] == [e.type for e in result.events]  # every event, each once
+    assert [t for t in seen if t != "model_delta"] == [
+        e.type for e in result.events
+    ]  # every event, each once
     assert "model_delta" in seen  # the live stream too
     assert [e.type for e in result.events].count("run_finished") == 1
     assert "Watching.on_event raised on a run_finished event" in caplog.text
@@ -785,6 +787,24 @@ def test_an_act_hook_that_drops_every_call_is_no_answer(run_dir):
     note = next(e for e in result.events if e.type == "feedback")
     assert note.reason == "held_back" and "delete_all was not run" in note.content
     assert "delete_all was not run" in llm.requests[1].messages[-1].content
+
+    # A crash before the note: resumed, the reply is still no answer.
+    lines = open(result.log_path).read().splitlines()
+    cut = next(i for i, line in enumerate(lines) if '"type":"feedback"' in line)
+    with open(result.log_path, "w") as f:
+        f.write("\n".join(lines[:cut]) + "\n")
+    again = Careful(ScriptedLLM(["Nothing was deleted."]), tools=[delete_all], run_dir=run_dir)
+    resumed = again.resume_sync(result.run_id)
+    assert resumed.ok and resumed.answer == "Nothing was deleted."
+
+    # A hook that empties the list in place is noticed too.
+    class Clearing(Agent):
+        def act(self, response):
+            response.tool_calls.clear()
+            return response
+
+    llm = ScriptedLLM(["I will delete. " + call("delete_all", path="/"), "Held back."])
+    assert Clearing(llm, tools=[delete_all], run_dir=run_dir).run_sync("tidy up").answer == "Held back."
 
 
 def test_generator_tools_are_refused_and_dataclass_results_are_json(run_dir):

@@ -903,3 +903,14 @@ async def test_a_server_that_refuses_reasoning_effort_is_asked_again_without_it(
     _, response = await collect(llm, user())
     assert response.content == "Rome"
     assert ["reasoning_effort" in body for body in server.requests] == [True, False, False]
+
+
+async def test_a_broken_call_is_no_answer_even_when_the_server_split_the_reasoning(
+    server: FakeServer, make_llm
+) -> None:
+    broken = 'Checking. <tool_call>{"name": "add", "arguments": {"a": 1, "b": }}</tool_call>'
+    events = [chunk({"reasoning_content": "Add them."}), chunk({"content": broken}), chunk(finish="stop")]
+    server.queue(Reply(events=events))
+    _, response = await collect(make_llm(), user_with_tools())
+    assert len(response.tool_calls) == 1 and response.tool_calls[0].parse_error is not None
+    assert response.content == "Checking." and response.finish_reason == "tool_calls"

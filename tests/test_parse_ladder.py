@@ -587,7 +587,9 @@ def test_comment_markers_inside_strings_are_text():
     assert call_.arguments == {"url": "http://x.y/*z*/"}
 
 
-@pytest.mark.parametrize("tag", ["<think>", "</think>", "</tool_call>", "<tool_call>"])
+@pytest.mark.parametrize(
+    "tag", ["<think>", "</think>", "</tool_call>", "<tool_call>", "<tool_call>'; b='<think>x</think>"]
+)
 def test_a_tag_inside_a_calls_arguments_is_text(tag):
     code = f's = "{tag}"\nprint(s)'
     text = "<tool_call>" + json.dumps({"name": "python", "arguments": {"code": code}}) + "</tool_call>"

@@ -75,6 +75,10 @@ def test_an_answer_that_crosses_the_token_budget_is_taken_and_a_next_call_is_not
     answer = "a long answer of forty characters, more!"
     llm = ScriptedLLM([answer])
     assert Agent(llm, max_tokens=5, run_dir=run_dir).run_sync("say a lot").answer == answer
+    # ... through the final_answer call too, and with no reflection the budget cannot pay for
+    llm = ScriptedLLM([call("final_answer", answer=answer)])
+    agent = Agent(llm, max_tokens=5, reflect_before_answer=True, run_dir=run_dir)
+    assert agent.run_sync("say a lot").answer == answer and len(llm.requests) == 1
     # A reply cut at the output limit is no answer, and asking for a shorter one would cross the budget.
     cut = ScriptedLLM([{"content": answer, "finish_reason": "length", "usage": {"completion_tokens": 10}}])
     result = Agent(cut, max_tokens=5, run_dir=run_dir).run_sync("say a lot")

@@ -7,7 +7,7 @@ from typing import Annotated
 import pytest
 from pydantic import BaseModel, Field
 
-from agent import Agent, AgentError, tool
+from agent import Agent, AgentError, Tool, tool
 from agent.llm import ScriptedLLM
 from agent.testing import call
 
@@ -425,3 +425,34 @@ def test_the_table_of_built_in_options_matches_the_factories_and_typos_are_refus
         with pytest.raises(AgentError, match=r"mean nothing to the built-in tools; they take one flat dict"):
             Agent(ScriptedLLM(["x"]), tools=["files"], tool_options=options, run_dir=None)
     Agent(ScriptedLLM(["x"]), tools=["files"], tool_options={"allow_network": True}, run_dir=None)  # python's: fine
+
+
+def test_built_in_tools_declare_their_effects_and_the_readers_are_rerun_after_a_crash(tmp_path):
+    from agent import Agent
+    from agent.llm import ScriptedLLM
+
+    class Configured(Tool):
+        name = "configured"
+        description = "Effects chosen when made."
+
+        class Args(BaseModel):
+            pass
+
+        def __init__(self):
+            self.effects = frozenset({"reads"})
+
+        async def run(self, args):
+            return "ok"
+
+    agent = Agent(ScriptedLLM([]), tools=["files", "web"], workspace=tmp_path, run_dir=None, guards=None)
+    assert all(t.effects_declared for t in agent.tool_list), [
+        t.name for t in agent.tool_list if not t.effects_declared
+    ]
+    readers = {t.name for t in agent.tool_list if t.safe_to_rerun}
+    assert {
+        "read_file",
+        "list_files",
+        "search_files",
+        "find_in_page",
+    } <= readers and "write_file" not in readers
+    assert Configured().effects_declared and Configured().safe_to_rerun

@@ -497,7 +497,7 @@ class FileTools:
 
     # -- the tools ------------------------------------------------------------
 
-    @tool
+    @tool(effects={"reads"})
     def read_file(self, path: str, start_line: int | None = None, end_line: int | None = None) -> str:
         """Read a text file in the workspace, with numbered lines.
 
@@ -619,7 +619,7 @@ class FileTools:
         where = f"line {first}" if first == last else f"lines {first}-{last}"
         return f"Edited {rel}: replaced 1 occurrence; the new text is at {where}."
 
-    @tool
+    @tool(effects={"reads"})
     def list_files(self, path: str = ".", pattern: str | None = None, recursive: bool = False) -> str:
         """List files and directories in the workspace, with sizes.
 
@@ -693,7 +693,7 @@ class FileTools:
             return f"{rel}  {_size(lst.st_size)}"
         return f"{rel}  ({_describe_mode(lst.st_mode)})"
 
-    @tool
+    @tool(effects={"reads"})
     def search_files(
         self,
         pattern: str,

@@ -1234,7 +1234,7 @@ class WebTools:
 
     # -- find_in_page ---------------------------------------------------------
 
-    @tool
+    @tool(effects={"reads"})
     def find_in_page(self, pattern: str, regex: bool = False) -> str:
         """Find text in the open page; shows each match with its line number so you can cite lines like L12-L15.
 

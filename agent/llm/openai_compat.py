@@ -67,6 +67,9 @@ class PromptTooLongError(LLMHTTPError, ContextLengthError):
     """The server refused the request because the prompt does not fit its context window."""
 
 
+# A call the model tried to write (a tag opening JSON), not prose that names a format's markers.
+_CALL_ATTEMPT = re.compile(r"<tool_call>\s*\{")
+
 # How vLLM, SGLang, llama.cpp, TGI and OpenAI say a prompt is too long.
 _TOO_LONG = re.compile(
     r"context[ _-]?(?:length|size|window)|maximum context|max_model_len|exceed_context|"
@@ -917,7 +920,8 @@ class OpenAICompatLLM:
             # A server that split off the reasoning itself has its parsers: the text is its
             # answer, which may well talk about <think> or [TOOL_CALLS]; only a readable call
             # in it (a server with no tool parser) is taken.
-            if not thinking or any(c.parse_error is None for c in parsed.tool_calls):
+            readable = any(c.parse_error is None for c in parsed.tool_calls)
+            if not thinking or readable or _CALL_ATTEMPT.search(content):
                 content = parsed.content
                 thinking = "\n".join(t for t in (thinking, parsed.thinking) if t)
                 calls = parsed.tool_calls

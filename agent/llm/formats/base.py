@@ -57,14 +57,24 @@ def json_end(text: str, pos: int) -> int:
         return -1
 
 
-def _in_call(text: str, at: int) -> int:
-    """If `at` is inside the JSON of a `<tool_call>` that reads whole, where that JSON
-    ends; else -1. A `<think>` in code a call writes is not thinking."""
-    start = text.rfind(_CALL_OPEN, 0, at)
-    if start < 0:
-        return -1
-    end = json_end(text, start + len(_CALL_OPEN))
-    return end if end > at else -1
+def _call_spans(text: str) -> list[tuple[int, int]]:
+    """Where the JSON of each `<tool_call>` that reads whole lies, from the start: a
+    `<tool_call>` inside one of them is text, not a call."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while (start := text.find(_CALL_OPEN, pos)) >= 0:
+        end = json_end(text, start + len(_CALL_OPEN))
+        if end < 0:
+            pos = start + len(_CALL_OPEN)
+            continue
+        spans.append((start, end))
+        pos = end
+    return spans
+
+
+def _in_call(spans: list[tuple[int, int]], at: int) -> int:
+    """Where the call JSON holding `at` ends, or -1. A `<think>` in code a call writes is not thinking."""
+    return next((end for start, end in spans if start < at < end), -1)
 
 
 def split_thinking(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> tuple[str, str]:
@@ -73,10 +83,11 @@ def split_thinking(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK
         return "", text
     thinking_parts: list[str] = []
     rest_parts: list[str] = []
+    spans = _call_spans(text) if _CALL_OPEN in text else []
     pos = 0
     while True:
         start = text.find(open_tag, pos)
-        while start >= 0 and _CALL_OPEN in text and (inside := _in_call(text, start)) >= 0:
+        while start >= 0 and spans and (inside := _in_call(spans, start)) >= 0:
             start = text.find(open_tag, inside)
         if start < 0:
             rest_parts.append(text[pos:])
@@ -90,7 +101,7 @@ def split_thinking(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK
         pos = end + len(close_tag)
     # Some templates open the think block in the prompt, so only a close appears.
     rest = "".join(rest_parts)
-    if not thinking_parts and close_tag in rest and _in_call(rest, rest.find(close_tag)) < 0:
+    if not thinking_parts and close_tag in rest and _in_call(_call_spans(rest), rest.find(close_tag)) < 0:
         head, _, rest = rest.partition(close_tag)
         thinking_parts.append(head)
     return "\n".join(p.strip() for p in thinking_parts).strip(), rest
