@@ -267,6 +267,7 @@ class Run:
         )
         self._should_stop, self._act, self._observe = _hooks(agent)
         self._held_back: list[str] | None = None  # the calls an `act` hook dropped from the last reply
+        self._answers_written: dict[str, ToolCallRequest] = {}  # final_answer calls before a guard's rewrite
         bus.subscribe(self.state.apply)
 
     # -- public control -------------------------------------------------
@@ -587,6 +588,9 @@ class Run:
             self._held_back = called if called and not response.tool_calls else None
         decision = bus.emit_now(response) or await bus.emit(response)
         if decision.action == "rewrite":
+            # An answer given through final_answer as the model wrote it: should the redacted
+            # one no longer fit the answer schema, it is taken and judged again as the answer.
+            self._answers_written = {c.id: c for c in response.tool_calls if c.name == FINAL_ANSWER}
             response = decision.event  # type: ignore[assignment]
         elif decision.action in _REFUSED and await self._refused(
             decision, step, "Your last reply was blocked."
@@ -766,7 +770,13 @@ class Run:
         try:
             args = tool.validate(call.arguments or {})
         except ValidationError as e:
-            return call.name, format_validation_error(call.name, e), call.id, "invalid_arguments"
+            written = self._answers_written.get(call.id) if tool is self.final_tool else None
+            try:  # the answer as written fits: its final_answer event is judged (and redacted) in turn
+                args = tool.validate(written.arguments or {}) if written is not None else None
+            except ValidationError:
+                args = None
+            if args is None:
+                return call.name, format_validation_error(call.name, e), call.id, "invalid_arguments"
         if self._retries:
             self._retries.pop(call.name, None)
         return _Prepared(call, tool, args)

@@ -20,10 +20,10 @@ def text_of(event: Any) -> str:
     if kind == "model_response":
         # The reply, its thinking and an answer given through the final_answer tool (which
         # never becomes a tool_call event); what it passes to other tools is the tool_call stage's.
-        answers = [_flatten(c.arguments) for c in event.tool_calls if c.name == FINAL_ANSWER]
+        answers = [_call_text(c) for c in event.tool_calls if c.name == FINAL_ANSWER]
         return "\n".join(p for p in (event.content, event.thinking, *answers) if p)
-    if kind == "memory_write":  # the text and what is stored with it (tags, labels)
-        return "\n".join(p for p in (event.text, _flatten(event.metadata)) if p)
+    if kind == "memory_write":  # the text and what is stored with it (tags, labels; keys too)
+        return "\n".join(p for p in (event.text, _flatten(event.metadata, keys=True)) if p)
     if kind == "memory_read":
         return "\n".join(_hit_text(h) for h in event.hits)
     if kind == "tool_call":
@@ -40,24 +40,39 @@ def _hit_text(hit: Any) -> str:
     return str(hit)
 
 
-def _flatten(value: Any) -> str:
+def _call_text(call: Any) -> str:
+    """A call's arguments, or the text of those that could not be read."""
+    return _flatten(call.arguments) if call.arguments is not None else call.raw_arguments or ""
+
+
+def _flatten(value: Any, *, keys: bool = False) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, dict):
-        return "\n".join(_flatten(v) for v in value.values())
+        parts = [_flatten(v, keys=keys) for v in value.values()]
+        return "\n".join([*(k for k in value if isinstance(k, str)), *parts] if keys else parts)
     if isinstance(value, (list, tuple)):
-        return "\n".join(_flatten(v) for v in value)
+        return "\n".join(_flatten(v, keys=keys) for v in value)
     return ""
 
 
-def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+def _map_strings(value: Any, fn: Callable[[str], str], *, keys: bool = False) -> Any:
     if isinstance(value, str):
         return fn(value)
     if isinstance(value, dict):
-        return {k: _map_strings(v, fn) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_map_strings(v, fn) for v in value]
+        return {
+            (fn(k) if keys and isinstance(k, str) else k): _map_strings(v, fn, keys=keys)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_strings(v, fn, keys=keys) for v in value)
     return value
+
+
+def _map_call(call: Any, fn: Callable[[str], str]) -> Any:
+    if call.arguments is None:  # unreadable: its text is what the log and the next prompt keep
+        return call.model_copy(update={"raw_arguments": fn(call.raw_arguments or "")})
+    return call.model_copy(update={"arguments": _map_strings(call.arguments, fn)})
 
 
 def map_text(event: Any, fn: Callable[[str], str]) -> Any:
@@ -76,16 +91,13 @@ def map_text(event: Any, fn: Callable[[str], str]) -> Any:
         }
         if any(c.name == FINAL_ANSWER for c in event.tool_calls):
             mapped["tool_calls"] = [
-                c.model_copy(update={"arguments": _map_strings(c.arguments, fn)})
-                if c.name == FINAL_ANSWER
-                else c
-                for c in event.tool_calls
+                _map_call(c, fn) if c.name == FINAL_ANSWER else c for c in event.tool_calls
             ]
         return mapped
     if kind == "final_answer":
         return {"content": fn(event.content or ""), "data": _map_strings(event.data, fn)}
     if kind == "memory_write":
-        return {"text": fn(event.text or ""), "metadata": _map_strings(dict(event.metadata), fn)}
+        return {"text": fn(event.text or ""), "metadata": _map_strings(dict(event.metadata), fn, keys=True)}
     if kind == "memory_read":
         return _map_strings(list(event.hits), fn)
     if kind == "tool_call":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import ipaddress
 import logging
 import re
 import tomllib
@@ -96,6 +97,13 @@ class PathsPolicy(_Model):
     arguments: list[str] = Field(default_factory=lambda: ["path"])
 
 
+def _ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).version == 6
+    except ValueError:
+        return False
+
+
 class NetworkPolicy(_Model):
     allow: list[str] = Field(default_factory=list)
     deny: list[str] = Field(default_factory=list)
@@ -105,7 +113,8 @@ class NetworkPolicy(_Model):
     @classmethod
     def _hosts(cls, hosts: list[str]) -> list[str]:
         for host in hosts:
-            if "/" in host:  # a URL would match no host: an allow list of them blocks every call
+            # A URL or a port matches no host: an allow list of them blocks every call.
+            if "/" in host or (":" in host and not _ipv6(host)):
                 raise ValueError(
                     f"{host!r} is not a host name: give hosts such as docs.python.org or *.python.org"
                 )
@@ -218,6 +227,11 @@ KNOWN_CATEGORIES = (
     "approval_required",
     "policy_violation",
     "llama_guard",
+    # the written policy's (guards/policies/default.md), given by the policy model
+    "exfiltration",
+    "dangerous_action",
+    "unrequested_action",
+    "harmful_content",
 )
 
 

@@ -156,13 +156,21 @@ def _summary(names: list[str]) -> str:
 
 # -- secrets ------------------------------------------------------------------
 
-# A line that assigns a secret-named setting (`export API_KEY=`, `db_password: `): the name
-# ends in the keyword or goes on only after `_` (`tokens`, `tokenizer` name no secret), and
-# no part of it crosses a line (`^\s*` did, and took quadratic time on blank lines).
+# A line that assigns a secret-named setting (`export API_KEY=`, `db_password: `). The name
+# is matched once, in linear time: a lookahead finds the keyword in it, then the whole name
+# is taken without giving any back (a long line of `TOKEN_TOKEN_...` took quadratic time to
+# try every split, and `^\s*` ran across blank lines). Nothing crosses a line end.
 _SECRET_NAME = (
-    r"^[ \t]*(?:export[ \t]+)?[A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY)"
-    r"[0-9]*(?:_[A-Z0-9_]*)?[ \t]*[=:][ \t]*"
+    r"^[^\S\n]*(?:export[^\S\n]+)?"
+    r"(?=[A-Z0-9_]*?(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY))[A-Z0-9_]++"
 )
+# Config style (`KEY=value`, `key: value`): the value runs to white space. Code style
+# (`key = value`, spaces around `=`): a value that is a name called or indexed is code
+# (`tokens = tokenizer(text)`), as is a dotted reference (see `_not_code`).
+_CONFIG_VALUE = r"(?:=|:[^\S\n]*)([^\s\"']{6,})"
+_CODE_VALUE = r"[^\S\n]+=[^\S\n]*([^\s\"'()\[\]{},;]{6,}+)(?![(\[])"
+_QUOTED = r"[^\S\n]*[=:][^\S\n]*"
+
 SECRET_PATTERNS: tuple[Pattern, ...] = (
     _p(
         "private_key",
@@ -214,19 +222,25 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(  # a quoted value may hold spaces: all of it, up to the closing quote
         "password_assignment",
-        r"(?im)" + _SECRET_NAME + r"\"([^\"\n]{6,})\"",
+        r"(?im)" + _SECRET_NAME + _QUOTED + r"\"([^\"\n]{6,})\"",
         "a secret assigned in a config or .env file",
         group=1,
     ),
     _p(
         "password_assignment",
-        r"(?im)" + _SECRET_NAME + r"'([^'\n]{6,})'",
+        r"(?im)" + _SECRET_NAME + _QUOTED + r"'([^'\n]{6,})'",
         "a secret assigned in a config or .env file",
         group=1,
     ),
     _p(  # unquoted: up to white space (a # inside a value is part of it)
         "password_assignment",
-        r"(?im)" + _SECRET_NAME + r"([^\s\"'()\[\]{},;]{6,})",
+        r"(?im)" + _SECRET_NAME + _CONFIG_VALUE,
+        "a secret assigned in a config or .env file",
+        group=1,
+    ),
+    _p(
+        "password_assignment",
+        r"(?im)" + _SECRET_NAME + _CODE_VALUE,
         "a secret assigned in a config or .env file",
         group=1,
     ),
@@ -247,6 +261,8 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
 
 def _not_placeholder(value: str) -> bool:
     v = value.strip("\"'").lower()
+    if v.replace(".", "", 1).isdigit():  # a number (max_token_count: 1000000), not a credential
+        return False
     if v.startswith(("[redacted", "${", "$(", "<", "os.", "env(", "getenv", "process.env", "{{")):
         return False
     return v not in {
@@ -265,13 +281,19 @@ _CODE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 
 
 def _not_code(value: str) -> bool:
-    """An unquoted value that is no reference in code (`settings.API_KEY`, `getpass.getpass(`)."""
+    """An unquoted value assigned code-style that is no reference in code (`settings.API_KEY`)."""
     return _not_placeholder(value) and _CODE_NAME.fullmatch(value) is None
 
 
 # Assignments and fields often hold placeholders; only those need the check.
 SECRET_PATTERNS = tuple(
-    Pattern(p.name, p.regex, p.label, p.group, _not_code if "'()" in p.regex.pattern else _not_placeholder)
+    Pattern(
+        p.name,
+        p.regex,
+        p.label,
+        p.group,
+        _not_code if p.regex.pattern.endswith(_CODE_VALUE) else _not_placeholder,
+    )
     if p.name in ("password_assignment", "password_field", "url_password")
     else p
     for p in SECRET_PATTERNS
@@ -358,7 +380,9 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "rmtree_root",
-        r"\brmtree\(\s*(?:path\s*=\s*)?(?:[rbuf]?[\"'](?:/|~/?|/" + _SYS_DIRS + r"(?:/[^\"'/]*)?/?)[\"']"
+        r"\brmtree\(\s*(?:[^()]*?\bpath\s*=\s*)?(?:[rbuf]?[\"'](?:/|~/?|/"
+        + _SYS_DIRS
+        + r"(?:/[^\"'/]*)?/?)[\"']"
         r"|os\.path\.expanduser\(\s*[\"']~/?[\"']\s*\)|(?:pathlib\.)?Path\.home\(\)|Path\(\s*[\"']/[\"']\s*\)"
         r"|os\.environ\[\s*[\"']HOME[\"']\s*\]|os\.getenv\(\s*[\"']HOME[\"']\s*\)|os\.path\.expanduser\(\s*[\"']~)",
         "deleting the filesystem root or a home directory (shutil.rmtree)",
@@ -496,7 +520,7 @@ INJECTION_PATTERNS: tuple[Pattern, ...] = (
         "fake_chat_tags",
         r"<\|(?:im_start|start_header_id)\|>\s*(?:system|developer|assistant|user)\b|<\|(?:system|developer)\|>|<\|channel\|>"
         r"|\[/?INST\]|<</?SYS>>|<start_of_turn>\s*(?:system|user|model)\b|</?system(?:[-_](?:prompt|message|instructions?))?>"
-        r"|\[system\]\(#|^[ \t]*#{2,}[ \t]*(?:system|instruction)s?[ \t]*(?:prompt)?[ \t]*:?[ \t]*$|\bBEGIN\s+SYSTEM\s+PROMPT\b|\bEND\s+SYSTEM\s+PROMPT\b",
+        r"|\[system\]\(#|^[^\S\n]*#{2,}[^\S\n]*(?:system|instruction)s?[^\S\n]*(?:prompt)?[^\S\n]*:?[^\S\n]*$|\bBEGIN\s+SYSTEM\s+PROMPT\b|\bEND\s+SYSTEM\s+PROMPT\b",
         "a fake chat or system tag",
         flags=re.I | re.M,
     ),
@@ -902,22 +926,14 @@ class PathPolicyGuard(_RuleBase):
         return self._verdict()
 
 
-DEFAULT_HOST_DENY = (
-    "169.254.169.254",
-    "metadata.google.internal",
-    "metadata.azure.com",
-    "100.100.100.200",
-    "*.internal",
-    "localhost",
-    "127.*",
-    "0.0.0.0",
-    "[::1]",
-    "::1",
-    "::",  # every address, as 0.0.0.0
-    "169.254.*",  # link-local: cloud metadata lives here
-    "169.254.169.254.*",  # and names that resolve to it (169.254.169.254.nip.io)
-    "fd00:ec2::254",  # AWS metadata over IPv6
-)
+def _default_host_deny() -> tuple[str, ...]:
+    """The default policy's deny list: one list, in guards/default_policy.toml."""
+    from .policy_file import load_policy
+
+    return tuple(load_policy().network.deny)
+
+
+DEFAULT_HOST_DENY = _default_host_deny()
 
 
 _IPV4_SPELLING = re.compile(r"^(0x[0-9a-f]+|\d+)(\.(0x[0-9a-f]+|\d+)){0,3}$")

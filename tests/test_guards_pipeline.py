@@ -605,22 +605,64 @@ def test_default_guards_stop_a_fork_bomb_before_the_sandbox_sees_it(run_dir):
 
 
 def test_policy_typos_are_refused_or_warned_about(tmp_path, caplog):
-    with pytest.raises(ValueError, match="not a host name"):
-        load_policy(policy_file(tmp_path, '[network]\nallow = ["https://docs.python.org"]\n'))
+    for host in ("https://docs.python.org", "docs.python.org:443"):
+        with pytest.raises(ValueError, match="not a host name"):
+            load_policy(policy_file(tmp_path, f'[network]\nallow = ["{host}"]\n'))
+    load_policy(policy_file(tmp_path, '[network]\ndeny = ["fd00::1"]\nallow = []\n'))  # IPv6 is a host
     typos = 'halt_categories = ["dangerous-code"]\n[approval]\ntools = ["pyhton"]\nask_categories = ["path-policy"]\n'
     with caplog.at_level("WARNING", logger="guards"):
         GuardPipeline.from_policy(policy_file(tmp_path, typos), tools=[make_python([])], classifier=False)
     assert "did you mean 'dangerous_code'" in caplog.text and "did you mean 'path_policy'" in caplog.text
     assert "'pyhton', which is no tool of this agent (did you mean 'python'?)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="guards"):  # the written policy's own categories are known
+        load_policy(policy_file(tmp_path, 'halt_categories = ["exfiltration", "dangerous_action"]\n'))
+    assert "no built-in guard gives" not in caplog.text
 
 
 def test_the_metadata_addresses_are_denied_however_they_are_reached():
+    from agent.events import ToolCall
     from guards.rules import NetworkPolicyGuard
 
-    for url in (
+    urls = (
         "http://[::]/",
         "http://[fd00:ec2::254]/latest",
         "http://169.254.169.254.nip.io/",
-        "http://169.254.1.1/",
-    ):
+        "http://169.254.170.2/v2/",
+    )
+    pipeline = default_pipeline()
+    for url in urls:
         assert "deny list" in (NetworkPolicyGuard().problem(url) or ""), url
+        outcome = asyncio.run(
+            pipeline.evaluate(ToolCall(call_id="c", name="open_url", arguments={"url": url}))
+        )
+        assert outcome.action == "block", url  # the default policy's list, not only the guard's default
+
+
+def test_a_typed_answer_whose_field_holds_a_secret_is_taken_redacted(run_dir):
+    from pydantic import BaseModel, Field
+
+    from agent import read_events
+
+    class Out(BaseModel):
+        key: str = Field(pattern="^sk-")
+
+    llm = ScriptedLLM([call("final_answer", key=SECRET)])
+    result = Agent(llm, answer_schema=Out, guards=[default_pipeline()], run_dir=run_dir).run_sync("the key?")
+    assert result.ok and SECRET not in str(result.answer)
+    assert not [e for e in read_events(result.log_path) if SECRET in e.model_dump_json()]
+
+
+def test_unreadable_answers_tuples_and_keys_are_judged_too():
+    from agent.events import MemoryWrite, ModelResponse
+    from agent.types import ToolCallRequest
+
+    pipeline = default_pipeline()
+    unreadable = ToolCallRequest(
+        name="final_answer", raw_arguments=f'{{"answer": "key {SECRET}', parse_error="x"
+    )
+    reply = asyncio.run(pipeline.evaluate(ModelResponse(tool_calls=[unreadable])))
+    assert reply.action == "redact" and SECRET not in reply.event.model_dump_json()
+    write = MemoryWrite(memory="m", text="hi", metadata={"tags": ("x", SECRET), SECRET: 1})
+    stored = asyncio.run(pipeline.evaluate(write))
+    assert stored.action == "redact" and SECRET not in str(stored.event.metadata)
