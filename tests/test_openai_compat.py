@@ -207,7 +207,8 @@ async def test_streamed_content_arrives_in_order_with_usage(server: FakeServer, 
     )
     llm = make_llm()
     deltas, response = await collect(llm, user())
-    assert [d.content for d in deltas] == ["Hel", "lo, ", "wor", "ld!"]
+    # As it came (white space at a piece's end waits for the next: a reply's ends are trimmed).
+    assert [d.content for d in deltas] == ["Hel", "lo,", " wor", "ld!"]
     assert response.content == "Hello, world!"
     assert response.tool_calls == []
     assert response.finish_reason == "stop"
@@ -914,3 +915,21 @@ async def test_a_broken_call_is_no_answer_even_when_the_server_split_the_reasoni
     _, response = await collect(make_llm(), user_with_tools())
     assert len(response.tool_calls) == 1 and response.tool_calls[0].parse_error is not None
     assert response.content == "Checking." and response.finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("tools", [True, False])
+async def test_a_parserless_servers_markup_is_split_while_it_streams(
+    server: FakeServer, make_llm, tools
+) -> None:
+    call_text = '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'
+    pieces = ["<thi", "nk>secret plan</think>", "Sure. <tool_", call_text.removeprefix("<tool_")]
+    server.queue(text_stream(*pieces))
+    deltas, response = await collect(make_llm(), user_with_tools() if tools else user())
+    shown = "".join(d.content for d in deltas)
+    assert "think>" not in shown and "secret plan" not in shown
+    assert "".join(d.thinking for d in deltas) == response.thinking == "secret plan"
+    assert shown == response.content  # the deltas add up to the reply
+    if tools:
+        assert shown == "Sure." and response.tool_calls[0].name == "add"
+    else:  # no tools offered: the call is the text it is
+        assert shown == "Sure. " + call_text and response.tool_calls == []

@@ -38,7 +38,7 @@ from ..events import ModelDelta, ModelResponse
 from ..types import Message, ToolCallRequest, Usage, new_call_id
 from .base import ContextLengthError, LLMError, LLMRequest
 from .formats import split_all_thinking
-from .parse import has_markup, loads_lenient, parse_output, parse_text_only
+from .parse import has_markup, loads_lenient, parse_output, parse_text_only, stream_splitter
 
 log = logging.getLogger(__name__)
 
@@ -777,6 +777,11 @@ class OpenAICompatLLM:
         acc = _Accumulator()
         done = False
         pending: list[str] = []
+        # A server without a reasoning or tool parser leaves <think> and call markup in the
+        # text: the deltas are split as the final reply will be (thinking apart, calls held
+        # back), as the in-process backend streams. Once the server shows it parses (a
+        # reasoning field, structured calls), its text is passed on as it comes.
+        splitter: Any = stream_splitter(calls=bool(request.tools) and request.tool_choice != "none")
 
         def events_from(line: str) -> list[dict[str, Any]]:
             """Feed one line; return the events it completes (usually 0 or 1)."""
@@ -841,13 +846,21 @@ class OpenAICompatLLM:
                         thinking = _string(reasoning, "delta.reasoning")
                         content, more = _content(delta.get("content"), "delta.content")
                         thinking += more
+                        calls = _array(delta.get("tool_calls"), "delta.tool_calls")
                         if thinking:
                             acc.thinking.append(thinking)
                         if content:
                             acc.content.append(content)
-                        if thinking or content:
+                        if splitter is not None and (thinking or calls):  # the server parses
+                            for piece in splitter.finish():
+                                yield piece
+                            splitter = None
+                        if splitter is not None:
+                            for piece in splitter.feed(content):
+                                yield piece
+                        elif thinking or content:
                             yield ModelDelta(content=content, thinking=thinking)
-                        for tc in _array(delta.get("tool_calls"), "delta.tool_calls"):
+                        for tc in calls:
                             acc.add_tool_call_delta(_object(tc, "delta.tool_calls[]"))
                         if choice.get("finish_reason"):
                             acc.finish_reason = _string(choice["finish_reason"], "finish_reason")
@@ -857,6 +870,9 @@ class OpenAICompatLLM:
             raise _Retry(
                 LLMStreamError(f"{self.name}: the stream from {self.url} ended before the answer did")
             )
+        if splitter is not None:
+            for piece in splitter.finish():
+                yield piece
         if not (acc.content or acc.thinking or acc.calls or acc.finish_reason):
             raise LLMStreamError(
                 f"{self.name}: the stream from {self.url} ended with no answer "
