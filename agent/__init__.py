@@ -24,7 +24,7 @@ from .tool import FunctionTool, Tool, ToolError, tool
 from .types import Effort, Message, ToolCallRequest, Usage
 
 if TYPE_CHECKING:
-    from .agent import Agent, RunResult
+    from .agent import Agent, EventStream, RunResult
     from .runlog import RunLog, read_events
     from .state import RunState
 
@@ -37,6 +37,7 @@ __all__ = [
     "Decision",
     "Effort",
     "Event",
+    "EventStream",
     "FunctionTool",
     "Message",
     "RunLog",
@@ -59,6 +60,7 @@ __all__ = [
 # tools`, `memory` or `guards`) stays cheap.
 _LAZY = {
     "Agent": ".agent",
+    "EventStream": ".agent",
     "RunResult": ".agent",
     "RunLog": ".runlog",
     "read_events": ".runlog",
