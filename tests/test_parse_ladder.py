@@ -62,7 +62,7 @@ def calls(parsed):
 def test_corpus_is_big_and_covers_every_format():
     formats = {e["format"] for e in CORPUS}
     assert len(CORPUS) >= 80
-    assert {"harmony", "hermes", "llama3", "mistral", "json", "text"} <= formats
+    assert {"harmony", "hermes", "llama3", "mistral", "deepseek", "json", "text"} <= formats
     assert len({e["id"] for e in CORPUS}) == len(CORPUS)
     assert sum(any(c.get("parse_error") for c in e["expected"]["tool_calls"]) for e in CORPUS) >= 15
 

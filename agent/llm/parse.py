@@ -64,6 +64,9 @@ MARKUP = (
     "[THINK]",
     "[/THINK]",
     "<|python_tag|>",
+    "<｜tool▁calls▁begin｜>",  # DeepSeek
+    "<|tool_call|>",  # Phi-4
+    "<｜tool▁call▁begin｜>",
 )
 
 

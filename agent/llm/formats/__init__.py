@@ -6,9 +6,11 @@ special tokens) through a ladder of formats:
 1. the tokenizer's own response schema, when a `ResponseSchemaFormat` is given;
 2. harmony (gpt-oss): `<|channel|>analysis<|message|>...`, calls `to=functions.NAME`;
 3. Hermes / Qwen: `<tool_call>{...}</tool_call>`;
-4. Llama 3: a JSON call as the whole message, optionally after `<|python_tag|>`;
+4. Llama 3: a JSON call as the whole message, optionally after `<|python_tag|>`,
+   or a list of Python-style calls (Llama 3.2 / 4: `[f(a=1), g(b=2)]`);
 5. Mistral: `[TOOL_CALLS] [{...}]` or `[TOOL_CALLS]name[ARGS]{...}`;
-6. a bare or fenced JSON call, leniently repaired.
+6. DeepSeek V3 / R1 / V3.1: `<｜tool▁calls▁begin｜>...`;
+7. a bare or fenced JSON call, leniently repaired.
 
 Thinking (`<think>`, `[THINK]`, harmony's analysis channel) is taken out
 first, so calls written while thinking are never read. A format is chosen by
@@ -31,6 +33,7 @@ from .base import (
     split_thinking,
 )
 from .base import strip_end_tokens as strip_end_tokens
+from .deepseek import DeepSeekFormat
 from .fallback import JsonFallbackFormat
 from .harmony import HarmonyFormat, HarmonyReader
 from .hermes import CALL_CLOSE, CALL_OPEN, HermesFormat, single_call
@@ -43,12 +46,15 @@ HARMONY = HarmonyFormat()
 HERMES = HermesFormat()
 LLAMA3 = Llama3Format()
 MISTRAL = MistralFormat()
+DEEPSEEK = DeepSeekFormat()
 JSON_FALLBACK = JsonFallbackFormat()
 
 #: The ladder after harmony, in order; harmony is tried on the raw text first.
-LADDER: tuple[ChatFormat, ...] = (HERMES, LLAMA3, MISTRAL)
+LADDER: tuple[ChatFormat, ...] = (HERMES, LLAMA3, MISTRAL, DEEPSEEK)
 
-FORMATS: dict[str, ChatFormat] = {f.name: f for f in (HARMONY, HERMES, LLAMA3, MISTRAL, JSON_FALLBACK)}
+FORMATS: dict[str, ChatFormat] = {
+    f.name: f for f in (HARMONY, HERMES, LLAMA3, MISTRAL, DEEPSEEK, JSON_FALLBACK)
+}
 ALIASES = {
     "gpt-oss": "harmony",
     "gpt_oss": "harmony",
@@ -56,11 +62,14 @@ ALIASES = {
     "llama": "llama3",
     "llama-3": "llama3",
     "llama3_json": "llama3",
+    "deepseek-v3": "deepseek",
+    "deepseek-r1": "deepseek",
 }
 
 __all__ = [
     "CALL_CLOSE",
     "CALL_OPEN",
+    "DEEPSEEK",
     "FORMATS",
     "HARMONY",
     "HERMES",
@@ -151,7 +160,11 @@ def parse_text_only(text: str, family: str | ChatFormat | None = None) -> Parsed
         return parsed.model_copy(update={"tool_calls": []}) if parsed.tool_calls else parsed
     thinking, rest = split_all_thinking(text)
     return trusted(
-        ParsedOutput, content=strip_end_tokens(rest).strip(), thinking=thinking.strip(), tool_calls=[], format="text"
+        ParsedOutput,
+        content=strip_end_tokens(rest).strip(),
+        thinking=thinking.strip(),
+        tool_calls=[],
+        format="text",
     )
 
 
@@ -188,7 +201,9 @@ def parse_ladder(text: str, fmt: ChatFormat | None) -> ParsedOutput:
     return output(content, thinking, calls, name)
 
 
-def stream_splitter(family: str | ChatFormat | None = None, *, in_thinking: bool = False, calls: bool = True) -> Any:
+def stream_splitter(
+    family: str | ChatFormat | None = None, *, in_thinking: bool = False, calls: bool = True
+) -> Any:
     """A splitter with `feed(text) -> [ModelDelta]` and `finish()` for streaming
     text of this format (harmony has its own; every other format shares the tag one).
     With `calls=False` (no tools offered) call markup streams as the text it is."""

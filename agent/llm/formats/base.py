@@ -22,6 +22,8 @@ END_TOKENS = (
     "<|end_of_text|>",
     "<end_of_turn>",
     "</s>",
+    "<｜end▁of▁sentence｜>",  # DeepSeek
+    "<|end|>",  # Phi
 )
 
 

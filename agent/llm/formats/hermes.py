@@ -14,6 +14,8 @@ from .base import ChatFormat, ParsedOutput, json_end
 from .jsonfix import call_error, calls_from_json_text, loads_lenient
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+# Phi-4-mini writes the same JSON (often a list of calls) between its own tokens.
+PHI_CALL_OPEN, PHI_CALL_CLOSE = "<|tool_call|>", "<|/tool_call|>"
 
 _scan_json = json.JSONDecoder().scan_once
 _XML_FUNCTION = re.compile(r"\s*<function=([^>\n]*)>(.*?)(?:</function>\s*)?\Z", re.DOTALL)
@@ -86,9 +88,11 @@ class HermesFormat(ChatFormat):
     template_markers = (CALL_OPEN,)
 
     def detect_text(self, text: str) -> bool:
-        return CALL_OPEN in text
+        return CALL_OPEN in text or PHI_CALL_OPEN in text
 
     def parse_calls(self, text: str) -> tuple[str, list[ToolCallRequest]]:
+        if PHI_CALL_OPEN in text:
+            text = text.replace(PHI_CALL_OPEN, CALL_OPEN).replace(PHI_CALL_CLOSE, CALL_CLOSE)
         calls: list[ToolCallRequest] = []
         content_parts: list[str] = []
         pos = 0

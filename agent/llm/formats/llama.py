@@ -3,6 +3,7 @@
     {"name": "get_weather", "parameters": {"city": "Paris"}}
     <|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}
     {"name": "a", "parameters": {}}; {"name": "b", "parameters": {}}
+    [get_weather(city="Paris"), get_time(zone="CET")]        (Llama 3.2 and 4)
 
 After `<|python_tag|>` the built-in tools' Python style is read too:
 `brave_search.call(query="...")` is a call to `brave_search`.
@@ -18,6 +19,8 @@ from .base import ChatFormat
 from .jsonfix import ARGS_KEY, call_error, call_sequence
 
 PYTHON_TAG = "<|python_tag|>"
+# Llama 3.2 and 4 write calls as a Python list of calls, the whole message: [f(a=1), g(b="x")].
+_PYTHONIC_LIST = re.compile(r"\s*\[\s*[A-Za-z_][\w.]*\(.*\)\s*\]\s*", re.S)
 # The whole message is a JSON call: an object whose first key is "name" (after an
 # optional "type": "function"), or a list of such objects.
 _JSON_CALL_START = re.compile(
@@ -70,11 +73,17 @@ class Llama3Format(ChatFormat):
     def detect_text(self, text: str) -> bool:
         if PYTHON_TAG in text:
             return True
+        if _PYTHONIC_LIST.fullmatch(text) and _python_calls(text):
+            return True
         return bool(_JSON_CALL_START.match(text) and ARGS_KEY.search(text))
 
     def parse_calls(self, text: str) -> tuple[str, list[ToolCallRequest]]:
         before, tag, body = text.partition(PYTHON_TAG)
         if not tag:
+            if _PYTHONIC_LIST.fullmatch(text):
+                python = _python_calls(text)
+                if python is not None:
+                    return "", python
             calls, after = call_sequence(text)
             return after.strip(), calls
         calls, after = call_sequence(body)

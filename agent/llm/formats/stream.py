@@ -9,18 +9,24 @@ from collections.abc import Sequence
 
 from ...events import ModelDelta
 from .base import THINK_CLOSE, THINK_TAGS
+from .deepseek import CALLS_BEGIN
 from .harmony import HarmonyReader, partial_marker_len
-from .hermes import CALL_CLOSE, CALL_OPEN
+from .hermes import CALL_CLOSE, CALL_OPEN, PHI_CALL_CLOSE, PHI_CALL_OPEN
 from .llama import PYTHON_TAG
 from .mistral import TOOL_CALLS
 
 #: Call markers and what closes them (None: the call runs to the end of the turn).
 HIDDEN_TAGS: tuple[tuple[str, str | None], ...] = (
     (CALL_OPEN, CALL_CLOSE),
+    (PHI_CALL_OPEN, PHI_CALL_CLOSE),
     (TOOL_CALLS, None),
     (PYTHON_TAG, None),
+    (CALLS_BEGIN, None),
 )
-_LIST_OF_OBJECTS = re.compile(r"\[\s*\{")
+# A reply that may be calls as a whole: a list of JSON objects, or of Python-style calls
+# (Llama 3.2 / 4); and the start of one that may still become the latter.
+_LIST_OF_OBJECTS = re.compile(r"\[\s*(?:\{|[A-Za-z_][\w.]*\()")
+_MAYBE_CALL_LIST = re.compile(r"\[\s*[A-Za-z_][\w.]*")
 
 
 class _Trimmed:
@@ -107,6 +113,8 @@ class TagStreamSplitter:
                     head = self.buffer.lstrip()
                     if head.startswith("{") or _LIST_OF_OBJECTS.match(head):
                         self.state, self.held, self.buffer = "held", head, ""
+                        return out
+                    if _MAYBE_CALL_LIST.fullmatch(head):  # "[get_wea": wait for what follows the name
                         return out
             tags = self._tags()
             hits = [(i, t) for t in tags if (i := self.buffer.find(t)) >= 0]
