@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from rich.text import Text
 from .errors import AgentError
 from .events import ApprovalRequested, Event
 from .render import for_terminal, markdown, visible
-from .runlog import DEFAULT_RUN_DIR, find_run
+from .runlog import DEFAULT_RUN_DIR, find_run, first_event
 from .types import EFFORTS
 
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -848,13 +849,24 @@ class Chat:
         path = save_session(arg, run_id, self.run_dir)
         self._say(f"saved as {arg!r} ({path} → {run_id}); resume with: agent chat --resume {arg}")
 
+    def _about(self, run_id: str) -> str:
+        """When a saved session began and what it was asked first, for the /load list."""
+        try:
+            started = first_event(find_run(run_id, self.run_dir))
+        except AgentError:
+            return " (its log is gone)"
+        if started is None or started.type != "run_started":
+            return ""
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started.time))
+        return visible(f" · {when} · {_trim(started.task, lines=1, chars=60)!r}")
+
     def _cmd_load(self, arg: str) -> None:
         if not arg:
             saved = saved_sessions(self.run_dir)
             if not saved:
                 self._say("no saved sessions (use /save NAME)")
             for name, run_id in saved:
-                self._say(f"{name} → {run_id}")
+                self._say(f"{name} → {run_id}{self._about(run_id)}")
             return
         path = find_run(resolve_session(arg, self.run_dir), self.run_dir)
         if path.stem == self.session.run_id:  # this very session: nothing to switch

@@ -352,3 +352,11 @@ def test_a_reply_left_unsettled_shows_only_when_the_user_interrupted(interrupted
     view(ModelResponse(content="WORDS A GUARD REFUSED"))  # an answer; its final_answer never came
     view.end(interrupted=interrupted)
     assert ("WORDS A GUARD REFUSED" in screen.getvalue()) is interrupted
+
+
+def test_load_lists_saved_sessions_with_their_start_and_first_message(tmp_path):
+    script = write_script(tmp_path / "script.jsonl", ["Hi Ada."])
+    out = chat(tmp_path, "--model", f"scripted:{script}", input="I am Ada.\n/save ada\n/load\n")
+    assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.startswith("ada → "))
+    assert "'I am Ada.'" in line and time.strftime("%Y-%m-%d") in line
