@@ -581,7 +581,8 @@ class Agent:
             nonlocal ended
             queue.put_nowait(event)
             ended = ended or event.type == "run_finished"
-            if ended or tool_context() is not None:
+            inside = tool_context()  # in one of this run's tools (not a run inside another's tool)
+            if ended or (inside is not None and inside.run_id == run.run_id):
                 return
             current = asyncio.current_task()
             if current is None or not current.cancelling():

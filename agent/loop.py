@@ -429,7 +429,9 @@ class Run:
         if response.tool_calls and pending:
             await self._handle_calls([c for c in response.tool_calls if c.id in pending], resumed=True)
         elif not response.tool_calls and not follow_up and not self._after_response(response):
-            if response.finish_reason == "tool_calls":  # the model called, an act hook held every call back
+            if (
+                response.finish_reason == "tool_calls" and self._act is not None
+            ):  # an act hook held the calls back
                 await self._say_held_back([], response.step)
             else:
                 await self._handle_text_answer(response)
@@ -664,7 +666,7 @@ class Run:
             return
         await self._final(response.content, None, step)
 
-    async def _final(self, content: str, data: BaseModel | None, step: int) -> None:
+    async def _final(self, content: str, data: BaseModel | dict[str, Any] | None, step: int) -> None:
         agent = self.agent
         if (
             agent.reflect_before_answer
@@ -675,9 +677,8 @@ class Run:
             self._final_reflected = True
             await self._reflect("final")
             return
-        answer = trusted(
-            FinalAnswer, content=content, data=data.model_dump(mode="json") if data else None, step=step
-        )
+        recorded_data = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
+        answer = trusted(FinalAnswer, content=content, data=recorded_data, step=step)
         decision = self.bus.emit_now(answer) or await self.bus.emit(answer)
         if decision.action in _REFUSED and await self._refused(decision, step, "Your answer was blocked."):
             return
@@ -685,6 +686,8 @@ class Run:
             recorded = decision.event.data if decision.action == "rewrite" else None  # type: ignore[union-attr]
             if recorded is None:
                 self.state.answer = data
+            elif isinstance(data, dict):  # already the redacted dict its schema no longer holds
+                self.state.answer = recorded
             else:
                 try:
                     self.state.answer = type(data).model_validate(recorded)
@@ -723,7 +726,9 @@ class Run:
         if final is not None:
             call, args = final
             await self._tool_result(call.id, FINAL_ANSWER, "Final answer received.", step, error=None)
-            if self.agent.answer_schema is not None:
+            if isinstance(args, dict):  # a redacted answer its schema no longer holds
+                await self._final(json.dumps(args, ensure_ascii=False), args, step)
+            elif self.agent.answer_schema is not None:
                 await self._final(args.model_dump_json(), args, step)
             else:
                 await self._final(args.answer, None, step)  # type: ignore[attr-defined]
@@ -770,16 +775,24 @@ class Run:
         try:
             args = tool.validate(call.arguments or {})
         except ValidationError as e:
-            written = self._answers_written.get(call.id) if tool is self.final_tool else None
-            try:  # the answer as written fits: its final_answer event is judged (and redacted) in turn
-                args = tool.validate(written.arguments or {}) if written is not None else None
-            except ValidationError:
-                args = None
-            if args is None:
+            if not self._redacted_answer_fits(call, tool):
                 return call.name, format_validation_error(call.name, e), call.id, "invalid_arguments"
+            args = dict(call.arguments or {})  # the redacted answer, as recorded (no schema holds it now)
         if self._retries:
             self._retries.pop(call.name, None)
         return _Prepared(call, tool, args)
+
+    def _redacted_answer_fits(self, call: ToolCallRequest, tool: Tool) -> bool:
+        """Whether a final_answer call a guard redacted (so its schema no longer holds) was
+        a valid answer as the model wrote it: then the redacted one is the answer."""
+        written = self._answers_written.get(call.id) if tool is self.final_tool else None
+        if written is None:
+            return False
+        try:
+            tool.validate(written.arguments or {})
+        except ValidationError:
+            return False
+        return True
 
     @staticmethod
     def _parse_error_text(call: ToolCallRequest) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import ipaddress
 import logging
 import re
 import tomllib
@@ -97,11 +96,7 @@ class PathsPolicy(_Model):
     arguments: list[str] = Field(default_factory=lambda: ["path"])
 
 
-def _ipv6(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).version == 6
-    except ValueError:
-        return False
+_HOST_PORT = re.compile(r"[^:\[\]]+:\d+|\[[^\]]*\]:\d+")  # docs.python.org:443, [::1]:8080 (IPv6 has colons)
 
 
 class NetworkPolicy(_Model):
@@ -114,7 +109,7 @@ class NetworkPolicy(_Model):
     def _hosts(cls, hosts: list[str]) -> list[str]:
         for host in hosts:
             # A URL or a port matches no host: an allow list of them blocks every call.
-            if "/" in host or (":" in host and not _ipv6(host)):
+            if "/" in host or _HOST_PORT.fullmatch(host):
                 raise ValueError(
                     f"{host!r} is not a host name: give hosts such as docs.python.org or *.python.org"
                 )

@@ -156,18 +156,24 @@ def _summary(names: list[str]) -> str:
 
 # -- secrets ------------------------------------------------------------------
 
-# A line that assigns a secret-named setting (`export API_KEY=`, `db_password: `). The name
-# is matched once, in linear time: a lookahead finds the keyword in it, then the whole name
-# is taken without giving any back (a long line of `TOKEN_TOKEN_...` took quadratic time to
-# try every split, and `^\s*` ran across blank lines). Nothing crosses a line end.
-_SECRET_NAME = (
-    r"^[^\S\n]*(?:export[^\S\n]+)?"
-    r"(?=[A-Z0-9_]*?(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY))[A-Z0-9_]++"
+# A line that assigns a secret-named setting (`export API_KEY=`, `db_password: `). Case
+# tells a name apart: after the keyword comes nothing, digits, `_more`, or a camelCase
+# `More` (`secretAccessKey`), and an upper-case keyword may take `S` or `KEY` (`API_TOKENS`,
+# `SECRETKEY`); so `tokens`, `tokenizer`, `secretary` and `passwordless` name no secret.
+# The name is matched once, in linear time: a lookahead checks its shape, then it is
+# taken whole without giving any back. Nothing crosses a line end.
+_LOWER_KEY = r"(?:password|passwd|secret|token|api_?key|access_?key|private_?key)(?:key)?"
+_CAMEL_KEY = r"(?:Password|Passwd|Secret|Token|Api_?Key|Access_?Key|Private_?Key|apiKey|accessKey|privateKey)"
+_UPPER_KEY = r"(?:PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY)(?:S|KEY)?"
+_NAME_SHAPE = (
+    r"[A-Za-z0-9_]*?(?:" + _LOWER_KEY + "|" + _CAMEL_KEY + r")[0-9]*(?:_\w*|[A-Z]\w*)?(?!\w)"
+    r"|[A-Za-z0-9_]*?" + _UPPER_KEY + r"[0-9]*(?:_\w*)?(?!\w)"
 )
+_SECRET_NAME = r"^[^\S\n]*+(?:export[^\S\n]++)?(?=" + _NAME_SHAPE + r")\w++"
 # Config style (`KEY=value`, `key: value`): the value runs to white space. Code style
-# (`key = value`, spaces around `=`): a value that is a name called or indexed is code
-# (`tokens = tokenizer(text)`), as is a dotted reference (see `_not_code`).
-_CONFIG_VALUE = r"(?:=|:[^\S\n]*)([^\s\"']{6,})"
+# (`key = value`, spaces before `=`): a value that is a name called or indexed is code
+# (`token = get_token(user)`), as is a dotted reference (see `_not_code`).
+_CONFIG_VALUE = r"(?:=[^\S\n]*|[^\S\n]*:[^\S\n]*)([^\s\"']{6,})"
 _CODE_VALUE = r"[^\S\n]+=[^\S\n]*([^\s\"'()\[\]{},;]{6,}+)(?![(\[])"
 _QUOTED = r"[^\S\n]*[=:][^\S\n]*"
 
@@ -222,25 +228,25 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(  # a quoted value may hold spaces: all of it, up to the closing quote
         "password_assignment",
-        r"(?im)" + _SECRET_NAME + _QUOTED + r"\"([^\"\n]{6,})\"",
+        r"(?m)" + _SECRET_NAME + _QUOTED + r"\"([^\"\n]{6,})\"",
         "a secret assigned in a config or .env file",
         group=1,
     ),
     _p(
         "password_assignment",
-        r"(?im)" + _SECRET_NAME + _QUOTED + r"'([^'\n]{6,})'",
+        r"(?m)" + _SECRET_NAME + _QUOTED + r"'([^'\n]{6,})'",
         "a secret assigned in a config or .env file",
         group=1,
     ),
     _p(  # unquoted: up to white space (a # inside a value is part of it)
         "password_assignment",
-        r"(?im)" + _SECRET_NAME + _CONFIG_VALUE,
+        r"(?m)" + _SECRET_NAME + _CONFIG_VALUE,
         "a secret assigned in a config or .env file",
         group=1,
     ),
     _p(
         "password_assignment",
-        r"(?im)" + _SECRET_NAME + _CODE_VALUE,
+        r"(?m)" + _SECRET_NAME + _CODE_VALUE,
         "a secret assigned in a config or .env file",
         group=1,
     ),
@@ -261,8 +267,6 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
 
 def _not_placeholder(value: str) -> bool:
     v = value.strip("\"'").lower()
-    if v.replace(".", "", 1).isdigit():  # a number (max_token_count: 1000000), not a credential
-        return False
     if v.startswith(("[redacted", "${", "$(", "<", "os.", "env(", "getenv", "process.env", "{{")):
         return False
     return v not in {
@@ -285,6 +289,13 @@ def _not_code(value: str) -> bool:
     return _not_placeholder(value) and _CODE_NAME.fullmatch(value) is None
 
 
+def _not_argument(value: str) -> bool:
+    """A config-style value that is no keyword argument in code (`api_key=settings.API_KEY,`)."""
+    if value.endswith((",", ")")) and _CODE_NAME.fullmatch(value.rstrip(",)")):
+        return False
+    return _not_placeholder(value)
+
+
 # Assignments and fields often hold placeholders; only those need the check.
 SECRET_PATTERNS = tuple(
     Pattern(
@@ -292,7 +303,11 @@ SECRET_PATTERNS = tuple(
         p.regex,
         p.label,
         p.group,
-        _not_code if p.regex.pattern.endswith(_CODE_VALUE) else _not_placeholder,
+        _not_code
+        if p.regex.pattern.endswith(_CODE_VALUE)
+        else _not_argument
+        if p.regex.pattern.endswith(_CONFIG_VALUE)
+        else _not_placeholder,
     )
     if p.name in ("password_assignment", "password_field", "url_password")
     else p
@@ -520,7 +535,7 @@ INJECTION_PATTERNS: tuple[Pattern, ...] = (
         "fake_chat_tags",
         r"<\|(?:im_start|start_header_id)\|>\s*(?:system|developer|assistant|user)\b|<\|(?:system|developer)\|>|<\|channel\|>"
         r"|\[/?INST\]|<</?SYS>>|<start_of_turn>\s*(?:system|user|model)\b|</?system(?:[-_](?:prompt|message|instructions?))?>"
-        r"|\[system\]\(#|^[^\S\n]*#{2,}[^\S\n]*(?:system|instruction)s?[^\S\n]*(?:prompt)?[^\S\n]*:?[^\S\n]*$|\bBEGIN\s+SYSTEM\s+PROMPT\b|\bEND\s+SYSTEM\s+PROMPT\b",
+        r"|\[system\]\(#|^[^\S\n]*+#{2,}+[^\S\n]*+(?:system|instruction)s?(?:[^\S\n]++prompt)?[^\S\n]*+:?[^\S\n]*+$|\bBEGIN\s+SYSTEM\s+PROMPT\b|\bEND\s+SYSTEM\s+PROMPT\b",
         "a fake chat or system tag",
         flags=re.I | re.M,
     ),
@@ -613,6 +628,8 @@ _NEEDLES: dict[str, tuple[str, ...]] = {
         "apikey",
         "access_key",
         "private_key",
+        "accesskey",
+        "privatekey",
     ),
     "password_field": ("password", "passwd", "secret", "api", "token", "private"),
     "email": ("@",),

@@ -342,3 +342,29 @@ async def test_a_slow_reader_does_not_eat_a_tools_time_and_leaving_at_the_end_ke
     results = [e.content for e in agent._last.state.events if e.type == "tool_result"]
     assert results == ["noted"]
     assert episodes.count() == 1
+
+
+async def test_a_run_read_inside_a_tool_stops_when_that_tool_stops_reading(run_dir):
+    ran: list[str] = []
+
+    @tool(effects={"writes"})
+    async def danger(x: str) -> str:
+        """Do something irreversible."""
+        ran.append(x)
+        return "done"
+
+    inner = Agent(ScriptedLLM([call("danger", x="inner"), "inner done"]), tools=[danger], run_dir=run_dir)
+
+    @tool(effects={"writes"})
+    async def delegate(task: str) -> str:
+        """Hand a task to a helper agent, and stop it at its first call."""
+        stream = inner.run(task)
+        async for event in stream:
+            if event.type == "tool_call":
+                break
+        await stream.aclose()
+        return "stopped the helper"
+
+    outer = Agent(ScriptedLLM([call("delegate", task="go"), "ok"]), tools=[delegate], run_dir=run_dir)
+    assert (await outer.arun("delegate")).ok
+    assert ran == []  # the helper's call it was stopped at never ran

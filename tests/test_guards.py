@@ -116,7 +116,12 @@ def test_structured_secrets_keep_their_context():
         "TOKEN_" * 5000,  # nor a long name tried at every split
         "api_key = load_api_key()",
         "password = hash_password(raw)",
-        "max_token_count: 1000000",
+        "tokenizer: meta-llama/Llama-3.1-8B-Instruct",
+        "TOKENIZERS_PARALLELISM=falsey",
+        "    max_tokens=self.max_tokens,",
+        "    api_key=settings.API_KEY,",
+        "secretary_name: Jonathan",
+        "passwordless: enabled",
     ],
 )
 def test_no_secret_in_ordinary_text(text):
@@ -342,6 +347,7 @@ NOT_INJECTIONS = [
     "The AI team meets on Mondays. Instructions for the AI team: bring laptops.",
     "If you are an AI researcher, you will like this paper.",
     "## System requirements\n\nPython 3.11 or newer.",
+    "## system" + " " * 3000 + "x",  # runs of white space are read once (they were cubic)
     "Don't tell anyone about the surprise party!",
     "Prompt injection is a class of attacks on LLM applications.",
 ]
@@ -601,6 +607,10 @@ def test_denied_hosts_are_denied_however_they_are_spelled(url):
         ("SMTP_PASSWORD=Tr0ub4dor.Fall", "SMTP_PASSWORD="),  # config style: a dotted value is a value
         ("DB_PASSWORD=Tr0ub4dor(word)!x", "DB_PASSWORD="),
         ("secretAccessKey: ghijkl123abc", "secretAccessKey: "),
+        ("MINIO_ACCESSKEY=ghijkl123abc", "MINIO_ACCESSKEY="),
+        ("DB_PASSWORD= ghijkl123abc", "DB_PASSWORD= "),
+        ("db_password : ghijkl123abc", "db_password : "),
+        ("API_TOKENS=ghijkl123abc", "API_TOKENS="),
         ("SECRET_KEY=django-insecure-Tr0ub4dor.def(ghi)", "SECRET_KEY="),
     ],
 )

@@ -608,7 +608,7 @@ def test_policy_typos_are_refused_or_warned_about(tmp_path, caplog):
     for host in ("https://docs.python.org", "docs.python.org:443"):
         with pytest.raises(ValueError, match="not a host name"):
             load_policy(policy_file(tmp_path, f'[network]\nallow = ["{host}"]\n'))
-    load_policy(policy_file(tmp_path, '[network]\ndeny = ["fd00::1"]\nallow = []\n'))  # IPv6 is a host
+    load_policy(policy_file(tmp_path, '[network]\ndeny = ["fd00::1", "fe80::*"]\nallow = []\n'))  # IPv6 hosts
     typos = 'halt_categories = ["dangerous-code"]\n[approval]\ntools = ["pyhton"]\nask_categories = ["path-policy"]\n'
     with caplog.at_level("WARNING", logger="guards"):
         GuardPipeline.from_policy(policy_file(tmp_path, typos), tools=[make_python([])], classifier=False)
@@ -666,3 +666,36 @@ def test_unreadable_answers_tuples_and_keys_are_judged_too():
     write = MemoryWrite(memory="m", text="hi", metadata={"tags": ("x", SECRET), SECRET: 1})
     stored = asyncio.run(pipeline.evaluate(write))
     assert stored.action == "redact" and SECRET not in str(stored.event.metadata)
+
+
+def test_a_redaction_of_the_reply_alone_is_not_undone_by_a_typed_answer(run_dir):
+    from pydantic import BaseModel, Field
+
+    from agent import read_events
+
+    class RedactReply:
+        name = "redact_reply"
+
+        def applies(self, stage):
+            return stage == "model_output"
+
+        async def check(self, event, stage):
+            calls = [c for c in event.tool_calls if SECRET in str(c.arguments)]
+            if not calls:
+                return Verdict()
+            hidden = [c.model_copy(update={"arguments": {"key": "[hidden]"}}) for c in event.tool_calls]
+            return Verdict(
+                action="redact",
+                content={"content": event.content, "thinking": event.thinking, "tool_calls": hidden},
+            )
+
+    class Out(BaseModel):
+        key: str = Field(pattern="^sk-")
+
+    pipeline = GuardPipeline(guards=[RedactReply()], rules=False, classifier=False)
+    llm = ScriptedLLM([call("final_answer", key=SECRET)])
+    result = Agent(llm, answer_schema=Out, guards=[pipeline], run_dir=run_dir).run_sync("the key?")
+    assert result.ok and result.answer == {
+        "key": "[hidden]"
+    }  # the redacted answer, which no schema holds now
+    assert not [e for e in read_events(result.log_path) if SECRET in e.model_dump_json()]

@@ -933,3 +933,18 @@ async def test_a_parserless_servers_markup_is_split_while_it_streams(
         assert shown == "Sure." and response.tool_calls[0].name == "add"
     else:  # no tools offered: the call is the text it is
         assert shown == "Sure. " + call_text and response.tool_calls == []
+
+
+async def test_streamed_text_around_the_servers_own_parsing_adds_up(server: FakeServer, make_llm) -> None:
+    # Text, then a reasoning field (the server parses after all): no white space is lost.
+    events = [chunk({"content": "Hello "}), chunk({"reasoning_content": "hmm"}), chunk({"content": "world"})]
+    server.queue(Reply(events=[*events, chunk(finish="stop")]))
+    deltas, response = await collect(make_llm(), user_with_tools())
+    assert "".join(d.content for d in deltas) == response.content == "Hello world"
+    # A JSON block in an answer streams as it comes (a server with a tool parser sends calls at the end).
+    block = ["Here:\n", "```json\n", '{"a": 1,\n', ' "b": 2}\n', "```\n", "Done."]
+    server.queue(text_stream(*block))
+    deltas, response = await collect(make_llm(), user_with_tools())
+    assert (
+        len([d for d in deltas if d.content]) >= 4 and "".join(d.content for d in deltas) == response.content
+    )

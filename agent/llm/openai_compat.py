@@ -190,6 +190,18 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
+def _flushed(splitter: Any, *, more: bool) -> list[ModelDelta]:
+    """What a stream splitter still holds. When `more` text follows (the server turned
+    out to parse, and its text now comes as it is), the white space it held back too:
+    the deltas add up to the reply, whose ends are trimmed."""
+    pieces = splitter.finish()
+    pending = getattr(getattr(splitter, "content", None), "pending", "")
+    if more and pending:
+        pieces.append(ModelDelta(content=pending))
+        splitter.content.pending = ""
+    return pieces
+
+
 def _content(value: Any, where: str) -> tuple[str, str]:
     """A message's content as (text, thinking): a string, or a list of typed parts as
     Mistral's API sends them (`text` parts, `thinking` parts holding text parts)."""
@@ -781,7 +793,10 @@ class OpenAICompatLLM:
         # text: the deltas are split as the final reply will be (thinking apart, calls held
         # back), as the in-process backend streams. Once the server shows it parses (a
         # reasoning field, structured calls), its text is passed on as it comes.
-        splitter: Any = stream_splitter(calls=bool(request.tools) and request.tool_choice != "none")
+        # JSON is not held back: a server with a tool parser sends its calls only at the end,
+        # and an answer's ```json block would stop streaming until then.
+        may_call = bool(request.tools) and request.tool_choice != "none"
+        splitter: Any = stream_splitter(calls=may_call, hold_json=False)
 
         def events_from(line: str) -> list[dict[str, Any]]:
             """Feed one line; return the events it completes (usually 0 or 1)."""
@@ -852,7 +867,7 @@ class OpenAICompatLLM:
                         if content:
                             acc.content.append(content)
                         if splitter is not None and (thinking or calls):  # the server parses
-                            for piece in splitter.finish():
+                            for piece in _flushed(splitter, more=True):
                                 yield piece
                             splitter = None
                         if splitter is not None:
@@ -871,7 +886,7 @@ class OpenAICompatLLM:
                 LLMStreamError(f"{self.name}: the stream from {self.url} ended before the answer did")
             )
         if splitter is not None:
-            for piece in splitter.finish():
+            for piece in _flushed(splitter, more=False):
                 yield piece
         if not (acc.content or acc.thinking or acc.calls or acc.finish_reason):
             raise LLMStreamError(
@@ -951,7 +966,7 @@ class OpenAICompatLLM:
                 thinking = "\n".join(t for t in (thinking, found) if t)
         return ModelResponse(
             purpose=request.purpose,
-            content=content,
+            content=content.strip(),  # as the streamed deltas give it
             thinking=thinking,
             tool_calls=calls,
             usage=usage or Usage(),

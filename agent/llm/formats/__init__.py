@@ -202,11 +202,16 @@ def parse_ladder(text: str, fmt: ChatFormat | None) -> ParsedOutput:
 
 
 def stream_splitter(
-    family: str | ChatFormat | None = None, *, in_thinking: bool = False, calls: bool = True
+    family: str | ChatFormat | None = None,
+    *,
+    in_thinking: bool = False,
+    calls: bool = True,
+    hold_json: bool = True,
 ) -> Any:
     """A splitter with `feed(text) -> [ModelDelta]` and `finish()` for streaming
     text of this format (harmony has its own; every other format shares the tag one).
-    With `calls=False` (no tools offered) call markup streams as the text it is."""
+    With `calls=False` (no tools offered) call markup streams as the text it is; with
+    `hold_json=False` a reply that may be a bare JSON call streams as it comes."""
     from .stream import HarmonyStreamSplitter, TagStreamSplitter
 
     fmt = get_format(family)
@@ -216,4 +221,4 @@ def stream_splitter(
         return HarmonyStreamSplitter(in_thinking=in_thinking)
     if not calls:
         return TagStreamSplitter(in_thinking=in_thinking, hidden_tags=(), hold_json=False)
-    return TagStreamSplitter(in_thinking=in_thinking)
+    return TagStreamSplitter(in_thinking=in_thinking, hold_json=hold_json)
