@@ -360,3 +360,44 @@ def test_load_lists_saved_sessions_with_their_start_and_first_message(tmp_path):
     assert out.returncode == 0, out.stderr
     line = next(line for line in out.stdout.splitlines() if line.startswith("ada → "))
     assert "'I am Ada.'" in line and time.strftime("%Y-%m-%d") in line
+
+
+@needs_tmux
+def test_an_unusable_history_file_is_a_note_not_a_traceback_at_every_prompt(tmp_path, terminals):
+    (tmp_path / ".agent" / "chat_history").mkdir(parents=True)  # a folder where the history file goes
+    script = write_script(tmp_path / "script.jsonl", ["Hello there."])
+    term = terminals(tmp_path, "--model", f"scripted:{script}")
+    screen = term.wait_for("Ctrl-D leaves")
+    assert "no input history" in screen
+    term.type("hi")
+    screen = term.wait_for("Hello there.")
+    assert "Traceback" not in screen and "Press ENTER" not in screen
+
+
+def test_a_failed_load_keeps_the_current_session_locked(tmp_path):
+    from agent.runlog import is_live
+
+    script = write_script(tmp_path / "script.jsonl", ["First."])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "chat", "--model", f"scripted:{script}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        process.stdin.write("hi\n/load no-such-session\n")
+        process.stdin.flush()
+        seen = ""
+        while "no run 'no-such-session'" not in seen:  # the failed /load has been handled
+            line = process.stdout.readline()
+            assert line, (seen, process.stderr.read())
+            seen += line
+        (log,) = (tmp_path / ".agent" / "runs").glob("*.jsonl")
+        assert is_live(log)  # still this chat's: another cannot take the session up
+    finally:
+        process.stdin.close()
+        process.wait(timeout=30)
+    assert not is_live(log) and process.returncode == 0
