@@ -12,11 +12,9 @@ Thinking is `<think>...</think>`, taken out before this runs.
 
 from __future__ import annotations
 
-import json
-
 from ...types import ToolCallRequest
 from .base import ChatFormat
-from .jsonfix import call_error, call_from_parts, loads_lenient, unfence
+from .jsonfix import call_error, call_from_text, unfence
 
 CALLS_BEGIN = "<｜tool▁calls▁begin｜>"
 CALLS_END = "<｜tool▁calls▁end｜>"
@@ -37,11 +35,7 @@ def _call(block: str) -> ToolCallRequest:
     name, raw = name.strip(), unfence(raw.strip())
     if not name:
         return call_error("", raw, "the call has no tool name")
-    try:
-        args = loads_lenient(raw) if raw else {}
-    except json.JSONDecodeError as e:
-        return call_error(name, raw, f"the arguments are not valid JSON ({e.msg} at character {e.pos})")
-    return call_from_parts(name, args, raw)
+    return call_from_text(name, raw)
 
 
 class DeepSeekFormat(ChatFormat):

@@ -23,13 +23,12 @@ the stream splitter.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 
 from ...types import ToolCallRequest
 from .base import ChatFormat, ParsedOutput, output
-from .jsonfix import call_error, call_from_parts, loads_lenient
+from .jsonfix import call_error, call_from_text
 
 MARKERS = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|call|>", "<|return|>")
 _MARKER = re.compile(r"<\|(start|end|message|channel|constrain|call|return)\|>")
@@ -224,15 +223,7 @@ def _join(parts: list[str]) -> str:
 def _call(name: str, body: str) -> ToolCallRequest:
     if not name:
         return call_error("", body.strip(), "the tool call has no recipient name")
-    if not body.strip():
-        return ToolCallRequest(name=name, arguments={})
-    try:
-        args = loads_lenient(body)
-    except json.JSONDecodeError as e:
-        return call_error(
-            name, body.strip(), f"the arguments are not valid JSON ({e.msg} at character {e.pos})"
-        )
-    return call_from_parts(name, args, body.strip())
+    return call_from_text(name, body.strip())
 
 
 class HarmonyFormat(ChatFormat):

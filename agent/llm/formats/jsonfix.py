@@ -201,6 +201,17 @@ def call_from_parts(name: str, args: Any, raw: str = "") -> ToolCallRequest:
     return ToolCallRequest(name=name, arguments=args)
 
 
+def call_from_text(name: str, raw: str) -> ToolCallRequest:
+    """A call from a name and the text of its arguments (blank: no arguments)."""
+    if not raw.strip():
+        return call_from_parts(name, {}, raw)
+    try:
+        args = loads_lenient(raw)
+    except json.JSONDecodeError as e:
+        return call_error(name, raw, f"the arguments are not valid JSON ({e.msg} at character {e.pos})")
+    return call_from_parts(name, args, raw)
+
+
 def call_from_obj(obj: Any, raw: str) -> ToolCallRequest:
     """A call from a decoded `{"name": ..., "arguments": {...}}` object
     (`parameters` for `arguments`, and the OpenAI `{"function": {...}}` shape, work too)."""

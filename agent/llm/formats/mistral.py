@@ -9,11 +9,9 @@ Thinking is `[THINK]...[/THINK]` (Magistral), taken out before this runs.
 
 from __future__ import annotations
 
-import json
-
 from ...types import ToolCallRequest
 from .base import ChatFormat
-from .jsonfix import call_error, call_from_parts, call_sequence, loads_lenient, skip_space, value_end
+from .jsonfix import call_error, call_from_text, call_sequence, skip_space, value_end
 
 TOOL_CALLS, ARGS, CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 
@@ -29,13 +27,7 @@ def _named_call(head: str, args_text: str) -> tuple[ToolCallRequest, str]:
     raw, after = args_text[start:end], args_text[end:]
     if not name:
         return call_error("", raw, f"the call has no tool name before {ARGS}"), after
-    try:
-        args = loads_lenient(raw) if raw.strip() else {}
-    except json.JSONDecodeError as e:
-        return call_error(
-            name, raw, f"the arguments are not valid JSON ({e.msg} at character {e.pos})"
-        ), after
-    return call_from_parts(name, args, raw), after
+    return call_from_text(name, raw), after
 
 
 class MistralFormat(ChatFormat):
