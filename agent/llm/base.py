@@ -45,6 +45,12 @@ class LLMRequest(BaseModel):
     stop: list[str] = Field(default_factory=list)
     purpose: Literal["act", "plan", "reflect"] = "act"
 
+    @property
+    def may_call(self) -> bool:
+        """Whether the reply may call tools: some are offered, and tool_choice is not "none".
+        Otherwise a call-like text in it is the text the model wrote."""
+        return bool(self.tools) and self.tool_choice != "none"
+
 
 @runtime_checkable
 class LLM(Protocol):

@@ -795,8 +795,7 @@ class OpenAICompatLLM:
         # reasoning field, structured calls), its text is passed on as it comes.
         # JSON is not held back: a server with a tool parser sends its calls only at the end,
         # and an answer's ```json block would stop streaming until then.
-        may_call = bool(request.tools) and request.tool_choice != "none"
-        splitter: Any = stream_splitter(calls=may_call, hold_json=False)
+        splitter: Any = stream_splitter(calls=request.may_call, hold_json=False)
 
         def events_from(line: str) -> list[dict[str, Any]]:
             """Feed one line; return the events it completes (usually 0 or 1)."""
@@ -943,7 +942,7 @@ class OpenAICompatLLM:
         finish_reason: str | None,
         request: LLMRequest,
     ) -> ModelResponse:
-        may_call = bool(request.tools) and request.tool_choice != "none"
+        may_call = request.may_call
         if not calls and has_markup(content) and not (thinking and not may_call):
             # A server without a tool/reasoning parser: read the raw text ourselves. When no
             # tools were offered, only thinking is split off: a call-like text is the text.

@@ -122,7 +122,7 @@ class ScriptedLLM:
         if isinstance(item, dict) and "delay" in item:
             item = dict(item)
             delay = float(item.pop("delay") or 0.0)
-        response = self._to_response(item, calls=bool(request.tools) and request.tool_choice != "none")
+        response = self._to_response(item, calls=request.may_call)
         if delay:
             await asyncio.sleep(delay)
         for field in ("thinking", "content"):

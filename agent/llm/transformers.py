@@ -627,7 +627,7 @@ class TransformersLLM:
         opened_thinking = prompt.rstrip().endswith(THINK_OPEN)
         output_format = format_for_tokenizer(self.tokenizer)  # None: detect from the text
         # No tools offered (or tool_choice "none"): text that looks like a call is the model's text.
-        calls = bool(request.tools) and request.tool_choice != "none"
+        calls = request.may_call
         splitter = stream_splitter(output_format, in_thinking=opened_thinking, calls=calls)
         try:
             while True:
@@ -717,8 +717,7 @@ class TransformersLLM:
         )
         if (
             self.constrain_required_calls
-            and request.tools
-            and request.tool_choice != "none"
+            and request.may_call
             and hermes_calls
             and constrain.available()
         ):
