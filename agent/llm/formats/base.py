@@ -42,7 +42,7 @@ def output(content: str, thinking: str, calls: list[ToolCallRequest], format: st
     return ParsedOutput(content=content, thinking=thinking, tool_calls=calls, format=format)
 
 
-_CALL_OPEN = "<tool_call>"  # Hermes' (see hermes.py, which imports this module)
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"  # Hermes' (hermes.py); here for the thinking split
 _scan_json = json.JSONDecoder().scan_once
 
 
@@ -64,10 +64,10 @@ def _call_spans(text: str) -> list[tuple[int, int]]:
     `<tool_call>` inside one of them is text, not a call."""
     spans: list[tuple[int, int]] = []
     pos = 0
-    while (start := text.find(_CALL_OPEN, pos)) >= 0:
-        end = json_end(text, start + len(_CALL_OPEN))
+    while (start := text.find(CALL_OPEN, pos)) >= 0:
+        end = json_end(text, start + len(CALL_OPEN))
         if end < 0:
-            pos = start + len(_CALL_OPEN)
+            pos = start + len(CALL_OPEN)
             continue
         spans.append((start, end))
         pos = end
@@ -85,7 +85,7 @@ def split_thinking(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK
         return "", text
     thinking_parts: list[str] = []
     rest_parts: list[str] = []
-    spans = _call_spans(text) if _CALL_OPEN in text else []
+    spans = _call_spans(text) if CALL_OPEN in text else []
     pos = 0
     while True:
         start = text.find(open_tag, pos)

@@ -10,14 +10,12 @@ import json
 import re
 
 from ...types import ToolCallRequest, trusted
-from .base import ChatFormat, ParsedOutput, json_end
+from .base import CALL_CLOSE, CALL_OPEN, ChatFormat, ParsedOutput, _scan_json, json_end
 from .jsonfix import call_error, calls_from_json_text, loads_lenient
 
-CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 # Phi-4-mini writes the same JSON (often a list of calls) between its own tokens.
 PHI_CALL_OPEN, PHI_CALL_CLOSE = "<|tool_call|>", "<|/tool_call|>"
 
-_scan_json = json.JSONDecoder().scan_once
 _XML_FUNCTION = re.compile(r"\s*<function=([^>\n]*)>(.*?)(?:</function>\s*)?\Z", re.DOTALL)
 _XML_PARAM = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.DOTALL)
 
