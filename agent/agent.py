@@ -22,7 +22,7 @@ from .llm.base import LLM
 from .loop import FINAL_ANSWER, Approver, Run, bind_tools
 from .runlog import DEFAULT_RUN_DIR, RunLog, find_run, new_run_id, read_events, trim_torn_tail
 from .state import RunState
-from .tool import Tool, tool_context
+from .tool import Tool
 from .types import EFFORTS, Effort, Usage, trusted
 
 if TYPE_CHECKING:
@@ -572,28 +572,23 @@ class Agent:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         ended = False  # run_finished is handed over: what follows (an episode's record) is the run's own
 
-        async def hand_over(event: Event) -> None:
-            # The run goes on once the caller asks for the next event, so a caller that
-            # stops reading (breaks out of its loop) stops the run before anything more
-            # happens: no tool call it has seen runs, however fast the model. It does not
-            # wait inside a tool (the tool's timeout would count the caller's reading), after
-            # the run's end, or while the run is being stopped (it records its end unhindered).
+        def hand_over(event: Event) -> None:
             nonlocal ended
             queue.put_nowait(event)
             ended = ended or event.type == "run_finished"
-            inside = tool_context()  # in one of this run's tools (not a run inside another's tool)
-            if ended or (inside is not None and inside.run_id == run.run_id):
-                return
-            current = asyncio.current_task()
-            if current is None or not current.cancelling():
-                await queue.join()
 
         run.bus.subscribe(hand_over)
+        # The run goes on past its safe points (before a model call, before a tool runs) once
+        # the caller has asked for the event after the last one: a caller that stops reading
+        # (breaks out of its loop) stops the run there, and no tool call it has seen runs,
+        # however fast the model.
+        run.reader = queue.join
 
         async def work() -> None:
             try:
                 await self._execute(run, task, follow_up, cancels)
             finally:
+                run.reader = None
                 run.bus.unsubscribe(hand_over)
                 queue.put_nowait(None)
 

@@ -261,6 +261,8 @@ class Run:
         self._finished = False
         self.log: RunLog | None = None
         self.hold_log = False  # a session keeps its log open (and locked) between messages
+        # While a caller reads the run's events (`Agent.run`): waits until it has read them all.
+        self.reader: Callable[[], Awaitable[Any]] | None = None
         self._budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
         self._output_limit: int | None = (
             OUTPUT_LIMIT  # characters of a tool result; None once a budget is made
@@ -571,6 +573,8 @@ class Run:
         )
         # emit_now(...) or await emit(...): a coroutine only when the bus needs one.
         bus.emit_now(started, judge=False) or await bus.emit(started, judge=False)
+        if self.reader is not None:  # a safe point: the caller may have stopped reading
+            await self.reader()
         stream = self._stream(request, step)
         deadline = self._deadline
         response = await stream if deadline is None else await self._with_deadline(stream, deadline)
@@ -835,6 +839,8 @@ class Run:
         arguments = args.__pydantic_serializer__.to_python(args, mode="json")  # model_dump(mode="json")
         event = trusted(ToolCall, call_id=call.id, name=call.name, arguments=arguments, step=step)
         decision = self.bus.emit_now(event) or await self.bus.emit(event)
+        if self.reader is not None:  # a safe point: a caller that stopped at this call stops it
+            await self.reader()
         if decision.action == "halt":
             raise _Stop("halted", decision.feedback or "halted by a guard")
         if decision.action == "block":
