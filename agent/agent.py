@@ -625,12 +625,7 @@ class Agent:
         events, steps, usage = state.events, state.step, state.usage
         if since is not None:
             first, step, used = since
-            events, steps = events[first:], steps - step
-            usage = Usage(
-                prompt_tokens=usage.prompt_tokens - used.prompt_tokens,
-                completion_tokens=usage.completion_tokens - used.completion_tokens,
-                thinking_tokens=usage.thinking_tokens - used.thinking_tokens,
-            )
+            events, steps, usage = events[first:], steps - step, usage - used
         # Values of our own types: built without validating a list of every event.
         return trusted(
             RunResult,

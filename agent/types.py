@@ -119,6 +119,14 @@ class Usage(BaseModel):
             thinking_tokens=self.thinking_tokens + other.thinking_tokens,
         )
 
+    def __sub__(self, other: Usage) -> Usage:
+        return trusted(
+            Usage,
+            prompt_tokens=self.prompt_tokens - other.prompt_tokens,
+            completion_tokens=self.completion_tokens - other.completion_tokens,
+            thinking_tokens=self.thinking_tokens - other.thinking_tokens,
+        )
+
 
 class ToolCallRequest(BaseModel):
     """A tool call as the model wrote it.

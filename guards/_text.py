@@ -6,10 +6,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from agent.loop import FINAL_ANSWER
+
 # Events whose text lives in `content` alone.
 _CONTENT_TYPES = ("user_message", "tool_result")
 _HIT_TEXT_KEYS = ("text", "content", "document", "snippet")
-FINAL_ANSWER = "final_answer"  # the answer tool's name (agent.loop's), kept here: guards import no loop
 
 
 def text_of(event: Any) -> str:

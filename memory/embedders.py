@@ -256,11 +256,6 @@ class TransformersEmbedder:
             self._fingerprint = _fingerprint(str(folder) if folder else self._source(), settings)
         return self._fingerprint
 
-    @property
-    def identity(self) -> str:
-        """`name@fingerprint`: the embedding cache's key for this model's vectors."""
-        return f"{self.name}@{self.fingerprint}"
-
     def _read_dim(self) -> int:
         source = self._source()
         config = Path(source) / "config.json"
