@@ -262,7 +262,6 @@ class BatchRunner:
         progress.failed = sum(1 for r in finished.values() if not r.ok)
         self._notify(progress, None)
         gate = asyncio.Semaphore(self.concurrency)
-        self.output.parent.mkdir(parents=True, exist_ok=True)
 
         async def one(task: BatchTask) -> BatchResult:
             async with gate:

@@ -851,10 +851,10 @@ class Chat:
 
     def _about(self, run_id: str) -> str:
         """When a saved session began and what it was asked first, for the /load list."""
-        try:
-            started = first_event(find_run(run_id, self.run_dir))
-        except AgentError:
+        path = self.run_dir / f"{run_id}.jsonl"  # a saved name holds the whole run id: no folder listing
+        if not path.is_file():
             return " (its log is gone)"
+        started = first_event(path)
         if started is None or started.type != "run_started":
             return ""
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started.time))

@@ -356,14 +356,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     writable_dir(args.run_dir, "--run-dir")
     # The run and its tools are looked up first: a wrong id fails before a model loads. Only
     # the first line is read; the resume reads (and checks) the whole log.
-    started = first_event(find_run(args.run, args.run_dir))
+    path = find_run(args.run, args.run_dir)  # resolved once: `last` must name one run throughout
+    started = first_event(path)
     if args.tools is None:  # the built-in tools the run was started with
         args.tools = ",".join(
             builtins_for(started.tools if started and started.type == "run_started" else [])
         )
     _warn_if_unguarded(args)
     agent = _agent_from(args)
-    return _exit_code(asyncio.run(_drive(agent, agent.resume(args.run), _renderer(args))))
+    return _exit_code(asyncio.run(_drive(agent, agent.resume(path), _renderer(args))))
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
