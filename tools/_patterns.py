@@ -20,7 +20,9 @@ class Pattern:
     """A compiled pattern whose matching, all calls together, may take `budget` seconds
     (only the time spent matching counts, not what the caller does between calls)."""
 
-    def __init__(self, source: str, *, ignore_case: bool = False, multiline: bool = False, budget: float) -> None:
+    def __init__(
+        self, source: str, *, ignore_case: bool = False, multiline: bool = False, budget: float, shown: str = ""
+    ) -> None:
         import regex  # 8 ms to import: only when a pattern is used, not with the tools
 
         flags = regex.VERSION0 | (regex.IGNORECASE if ignore_case else 0) | (regex.MULTILINE if multiline else 0)
@@ -30,37 +32,43 @@ class Pattern:
             raise ToolError(f"Invalid regular expression {source!r}: {e}.") from None
         self.budget = budget
         self._left = budget
+        self.shown = shown or source  # the pattern as the model wrote it, for the error
 
     def search(self, text: str) -> Any:
+        """The first match in `text`; a ToolError (`too_slow`) once the budget is spent."""
         if self._left <= 0:
-            raise TimeoutError
+            raise self.too_slow()
         started = time.perf_counter()
         try:
             return self._rx.search(text, timeout=self._left, concurrent=True)
+        except TimeoutError:
+            raise self.too_slow() from None
         finally:
             self._left -= time.perf_counter() - started
 
     def finditer(self, text: str) -> Iterator[Any]:
         """The matches in `text`, one at a time; the time spent finding each counts."""
         if self._left <= 0:
-            raise TimeoutError
+            raise self.too_slow()
         matches = self._rx.finditer(text, timeout=self._left, concurrent=True)
         while True:
             if self._left <= 0:
-                raise TimeoutError
+                raise self.too_slow()
             started = time.perf_counter()
             try:
                 match = next(matches)
             except StopIteration:
                 return
+            except TimeoutError:
+                raise self.too_slow() from None
             finally:
                 self._left -= time.perf_counter() - started
             yield match
 
-    def too_slow(self, pattern: str) -> ToolError:
+    def too_slow(self) -> ToolError:
         """What the model is told when the budget ran out."""
         return ToolError(
-            f"The pattern {pattern!r} took over {self.budget:g} s to match and was stopped; it backtracks "
+            f"The pattern {self.shown!r} took over {self.budget:g} s to match and was stopped; it backtracks "
             "too much (nested repeats such as (a|aa)+ or (x+)+). Simplify it, or search for plain text."
         )
 

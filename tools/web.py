@@ -1250,11 +1250,10 @@ class WebTools:
         # Plain text matches across the line wrapping of a paragraph: any run of spaces and line breaks
         # between its words matches any other. A regex sees lines (^ and $ at each), and \s spans them.
         source = pattern if regex else r"\s+".join(escape(word) for word in pattern.split())
-        rx = Pattern(source or escape(pattern), ignore_case=True, multiline=True, budget=REGEX_BUDGET)
-        try:
-            spans = _find_spans(rx, page.lines, "\n" if regex else " ")
-        except TimeoutError:
-            raise rx.too_slow(pattern) from None
+        rx = Pattern(
+            source or escape(pattern), ignore_case=True, multiline=True, budget=REGEX_BUDGET, shown=pattern
+        )
+        spans = _find_spans(rx, page.lines, "\n" if regex else " ")
         if not spans:
             return f"No matches for {pattern!r} in {page.url} ({len(page.lines)} lines)."
         hits = sorted(spans)
