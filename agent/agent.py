@@ -512,7 +512,7 @@ class Agent:
             run.bus.intercept(bind(run.bus, approver=self.approver) if bind else guard)
         if self.run_dir is not None:
             run.log = RunLog(log_path or os.path.join(self.run_dir, f"{run.run_id}.jsonl"))
-            run.bus.subscribe(run.log)
+            run.bus.subscribe(run.log, is_async=False)
         else:
             run.log = None
         observer = self._observer()
@@ -577,7 +577,7 @@ class Agent:
             queue.put_nowait(event)
             ended = ended or event.type == "run_finished"
 
-        run.bus.subscribe(hand_over)
+        run.bus.subscribe(hand_over, is_async=False)
         # The run goes on past its safe points (before a model call, before a tool runs) once
         # the caller has asked for the event after the last one: a caller that stops reading
         # (breaks out of its loop) stops the run there, and no tool call it has seen runs,

@@ -68,9 +68,13 @@ class Bus:
         """Sequence number of the last delivered event."""
         return self._seq
 
-    def subscribe(self, fn: Subscriber) -> None:
-        self._subscribers.append((fn, inspect.iscoroutinefunction(fn)))
-        self._sync_only = not any(a for _, a in self._subscribers)
+    def subscribe(self, fn: Subscriber, *, is_async: bool | None = None) -> None:
+        """Deliver every event to `fn` from now on; `is_async` says whether it is a
+        coroutine function (found out when not given)."""
+        if is_async is None:
+            is_async = inspect.iscoroutinefunction(fn)
+        self._subscribers.append((fn, is_async))
+        self._sync_only = self._sync_only and not is_async
 
     def unsubscribe(self, fn: Subscriber) -> None:
         self._subscribers = [(f, a) for f, a in self._subscribers if f is not fn]

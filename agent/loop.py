@@ -270,7 +270,7 @@ class Run:
         self._should_stop, self._act, self._observe = _hooks(agent)
         self._held_back: list[str] | None = None  # the calls an `act` hook dropped from the last reply
         self._answers_written: dict[str, ToolCallRequest] = {}  # final_answer calls before a guard's rewrite
-        bus.subscribe(self.state.apply)
+        bus.subscribe(self.state.apply, is_async=False)
 
     # -- public control -------------------------------------------------
 

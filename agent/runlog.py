@@ -23,9 +23,16 @@ except ImportError:  # pragma: no cover - Windows
 DEFAULT_RUN_DIR = Path(".agent") / "runs"
 
 
+_stamp: tuple[int, str] = (-1, "")  # the last second's "YYYYmmdd-HHMMSS": strftime reads the time zone
+
+
 def new_run_id() -> str:
     """Sortable by start time, unique enough for concurrent batch runs."""
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+    global _stamp
+    now = int(time.time())
+    if now != _stamp[0]:
+        _stamp = (now, time.strftime("%Y%m%d-%H%M%S", time.localtime(now)))
+    return f"{_stamp[1]}-{secrets.token_hex(3)}"
 
 
 class RunLog:

@@ -360,7 +360,9 @@ def test_a_tool_class_that_writes_is_not_rerun_on_resume_unless_it_says_so(tmp_p
 
     for tool_class in (SendEmail, Resend):
         sent.clear()
-        first = Agent(ScriptedLLM([call(tool_class.name, to="ada"), "done"]), tools=[tool_class()], run_dir=runs)
+        first = Agent(
+            ScriptedLLM([call(tool_class.name, to="ada"), "done"]), tools=[tool_class()], run_dir=runs
+        )
         done = first.run_sync("mail ada")
         _cut_before(done.log_path, "tool_result")  # the process died inside the call
         result = Agent(ScriptedLLM(["ok"]), tools=[tool_class()], run_dir=runs).resume_sync(done.run_id)
@@ -400,3 +402,16 @@ def test_a_typed_answer_recorded_before_a_crash_comes_back_typed(tmp_path):
     _cut_before(done.log_path, "run_finished")
     result = Agent(ScriptedLLM([]), answer_schema=Total, run_dir=runs).resume_sync(done.run_id)
     assert result.ok and result.answer == Total(total=3)
+
+
+def test_run_ids_sort_by_start_time_and_differ_within_a_second(monkeypatch):
+    from agent import runlog
+
+    clock = [1_800_000_000.2]
+    monkeypatch.setattr(runlog.time, "time", lambda: clock[0])
+    first, second = runlog.new_run_id(), runlog.new_run_id()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(1_800_000_000))
+    assert first.startswith(stamp + "-") and second.startswith(stamp + "-") and first != second
+    clock[0] += 1  # the next second: a new stamp, not the cached one
+    later = runlog.new_run_id()
+    assert later[: len(stamp)] == time.strftime("%Y%m%d-%H%M%S", time.localtime(1_800_000_001)) > stamp
