@@ -30,7 +30,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from agent.tool import Tool, ToolError, tool, tool_context
 
@@ -200,14 +200,10 @@ class Workspace:
     def stream_lines(self, path: str) -> tuple[Path, Iterator[str]]:
         """The lines of a large text file (up to MAX_STREAM_BYTES), read as they are taken,
         numbered as `text_lines` numbers them."""
-        real, _ = self.regular_file(path, limit=MAX_STREAM_BYTES)
-        fd = self._open_file(real, path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        f = os.fdopen(fd, "rb")
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or _is_binary(f.read(8192)):
+        real, f = self._open_regular(path, MAX_STREAM_BYTES)
+        if _is_binary(f.read(8192)):
             f.close()
-            raise ToolError(
-                f"Refused: {path!r} looks like a binary file (it contains NUL bytes); these tools only handle text."
-            )
+            raise _binary(path)
         f.seek(0)
 
         def lines() -> Iterator[str]:
@@ -290,24 +286,33 @@ class Workspace:
 
     def read_bytes(self, path: str) -> tuple[Path, bytes]:
         """The bytes of a regular file, read without following a swapped-in symlink."""
-        real, _ = self.regular_file(path)
-        fd = self._open_file(real, path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):  # changed since it was checked
-                raise ToolError(f"Refused: {path!r} is {_describe_mode(st.st_mode)}, not a regular file.")
-            self._check_size(path, st.st_size)
+        real, f = self._open_regular(path)
+        with f:
             data = f.read(self.max_read_bytes + 1)
         self._check_size(path, len(data))
         return real, data
+
+    def _open_regular(self, path: str, limit: int | None = None) -> tuple[Path, BinaryIO]:
+        """`regular_file`, opened for reading without following a swapped-in symlink, and
+        checked again once open (a FIFO swapped in would block a plain read)."""
+        real, _ = self.regular_file(path, limit=limit)
+        fd = self._open_file(real, path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        f = os.fdopen(fd, "rb")
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # changed since it was checked
+                raise ToolError(f"Refused: {path!r} is {_describe_mode(st.st_mode)}, not a regular file.")
+            self._check_size(path, st.st_size, limit)
+        except BaseException:
+            f.close()
+            raise
+        return real, f
 
     def read_text(self, path: str) -> tuple[Path, str]:
         """The text of a file; binary files are refused. Undecodable bytes survive a round trip."""
         real, data = self.read_bytes(path)
         if _is_binary(data):
-            raise ToolError(
-                f"Refused: {path!r} looks like a binary file (it contains NUL bytes); these tools only handle text."
-            )
+            raise _binary(path)
         return real, data.decode("utf-8", errors="surrogateescape")
 
     # -- writing -------------------------------------------------------------
@@ -390,6 +395,12 @@ def _has_raw_bytes(text: str) -> bool:
 
 def _is_binary(data: bytes) -> bool:
     return b"\x00" in data[:8192]
+
+
+def _binary(path: str) -> ToolError:
+    return ToolError(
+        f"Refused: {path!r} looks like a binary file (it contains NUL bytes); these tools only handle text."
+    )
 
 
 def _atomic_write(parent: int, name: str, data: bytes, mode: int | None) -> None:
