@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agent.builtins import OPTIONS as BUILTIN_OPTIONS
 from agent.threads import run_blocking
 from agent.tool import Tool, ToolError, tool_context
 
@@ -452,10 +453,7 @@ def _write_new_output(workspace: str, stem: str, ext: str, payload: bytes) -> st
         os.close(root)
 
 
-OPTIONS = (
-    "workspace", "allow_network", "timeout", "isolation", "limits", "run_as", "max_output",
-    "interrupt_grace", "pool", "prefetch",
-)  # fmt: skip
+OPTIONS = BUILTIN_OPTIONS["python"]
 
 
 def make_tools(**options: Any) -> list[Tool]:

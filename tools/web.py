@@ -45,6 +45,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from pydantic import BaseModel
 
+from agent.builtins import OPTIONS as BUILTIN_OPTIONS
 from agent.tool import Tool, ToolError, tool
 
 from ._patterns import Pattern, escape
@@ -1311,12 +1312,8 @@ def format_results(outcome: SearchOutcome) -> str:
     return "\n".join(lines)
 
 
-OPTIONS = frozenset(
-    {
-        "searxng_url", "allowed_hosts", "cache", "cache_ttl", "window", "max_page_bytes",
-        "max_redirects", "timeout", "retries", "backoff",
-    }
-)  # fmt: skip
+# The `tool_options` make_tools passes on to WebTools (its own parameters aside).
+OPTIONS = BUILTIN_OPTIONS["web"] - {"search_backends", "cache_dir", "allow_private", "docs_dir"}
 
 
 def make_tools(
