@@ -435,10 +435,17 @@ def model_text(text: str, limit: int | None = OUTPUT_LIMIT) -> str:
             )
             text = text.decode("utf-8", "backslashreplace")
     if limit is not None and len(text) > limit:
-        head, tail = limit * 2 // 3, limit // 3
-        cut = len(text) - head - tail
-        text = f"{text[:head]}\n[... {cut} characters cut here; ask for a narrower result]\n{text[-tail:]}"
+        text = keep_ends(text, limit, "characters cut here; ask for a narrower result]")
     return text
+
+
+def keep_ends(text: str, limit: int, note: str) -> str:
+    """`text` cut to about `limit` characters: two thirds from its head, a third from its
+    tail, and between them a line `[... N <note>` saying how many characters were left out."""
+    head, tail = limit * 2 // 3, limit // 3
+    if len(text) <= head + tail:
+        return text
+    return f"{text[:head]}\n[... {len(text) - head - tail:,} {note}\n{text[len(text) - tail :]}"
 
 
 def _escaped_bytes_only(text: str) -> bool:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from agent.builtins import OPTIONS as BUILTIN_OPTIONS
 from agent.threads import run_blocking
-from agent.tool import Tool, ToolError, tool_context
+from agent.tool import Tool, ToolError, keep_ends, tool_context
 
 from . import sandbox as sb
 
@@ -366,8 +366,7 @@ class PythonTool(Tool):
             return "(no output)"
         limit = self.max_output
         if len(text) > limit + limit // 2:  # streams were capped as they came; values, displays, tracebacks here
-            head, tail = text[: limit * 2 // 3], text[-(limit // 3) :]
-            text = f"{head}\n[... {len(text) - len(head) - len(tail):,} characters of output cut ...]\n{tail}"
+            text = keep_ends(text, limit, "characters of output cut ...]")
         return text
 
     def _rich(self, out: sb.Output, workspace: str) -> list[str]:
