@@ -587,6 +587,34 @@ def test_local_docs_backend(tmp_path):
     assert "only http and https" in refused(no_docs.open_url, url=(docs / "cooking.md").as_uri())
 
 
+def test_open_url_takes_exactly_the_local_searchs_documents_without_walking_its_folder(tmp_path):
+    docs = tmp_path / "docs"
+    (docs / "guide" / ".hidden").mkdir(parents=True)
+    (docs / "guide" / "a.md").write_text("# A\n")
+    (docs / "guide" / ".hidden" / "b.md").write_text("# B\n")
+    (docs / ".dot.md").write_text("# dot file, shown\n")
+    (docs / "big.txt").write_text("x" * 300)
+    (docs / "notes.TXT").write_text("upper-case extension\n")
+    (docs / "image.png").write_bytes(b"png")
+    (tmp_path / "outside.md").write_text("# outside\n")
+    (docs / "link.md").symlink_to(tmp_path / "outside.md")
+    (docs / "linked").symlink_to(docs / "guide", target_is_directory=True)
+    os.mkfifo(docs / "pipe.md")
+    local = LocalDocsBackend(docs, max_file_bytes=200)
+    candidates = [p for p in docs.rglob("*")] + [
+        docs / "linked" / "a.md",
+        tmp_path / "outside.md",
+        docs / "missing.md",
+        docs,
+        Path("/etc/passwd"),
+    ]
+    assert (
+        {p for p in candidates if local.holds(p)}
+        == local.documents()
+        == {docs / "guide" / "a.md", docs / ".dot.md", docs / "notes.TXT"}
+    )
+
+
 # -- registry, effects, lazy import, an agent run ----------------------------------------
 
 
@@ -685,7 +713,9 @@ def test_a_server_that_connects_but_never_answers_is_told_apart_from_one_that_ca
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)  # accepts (the kernel completes the handshake), never answers
-    web = WebTools(search_backends=[FakeBackend("unused")], allow_private=True, cache_dir=tmp_path, timeout=0.5)
+    web = WebTools(
+        search_backends=[FakeBackend("unused")], allow_private=True, cache_dir=tmp_path, timeout=0.5
+    )
     try:
         message = refused(web.open_url, url=f"http://127.0.0.1:{listener.getsockname()[1]}/slow")
     finally:
@@ -712,4 +742,6 @@ def test_second_review_edge_cases_of_page_text_and_local_documents(tmp_path):
     web = WebTools(search_backends=[local], cache=False)
     assert "Title: Guide" in web.open_url(url=(docs / "guide.md").as_uri())
     for name in (".hidden/secret.md", "pipe.md"):
-        assert "not a document of the local search folder" in refused(web.open_url, url=(docs / name).as_uri())
+        assert "not a document of the local search folder" in refused(
+            web.open_url, url=(docs / name).as_uri()
+        )

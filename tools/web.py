@@ -403,6 +403,26 @@ class LocalDocsBackend:
         regular files only, no links, nothing under a hidden folder."""
         return {path for path, _, _ in self._files()}
 
+    def holds(self, path: Path) -> bool:
+        """Whether `path` (absolute, normalized) is one of `documents()`, found without
+        walking the folder."""
+        try:
+            parts = path.relative_to(self.root).parts
+        except ValueError:
+            return False
+        if not parts or any(p.startswith(".") for p in parts[:-1]) or path.suffix.lower() not in self.EXTENSIONS:
+            return False
+        here = self.root
+        for part in parts:  # a link on the way is no document: the walk follows none
+            here = here / part
+            try:
+                st = os.lstat(here)
+            except OSError:
+                return False
+            if stat.S_ISLNK(st.st_mode):
+                return False
+        return stat.S_ISREG(st.st_mode) and st.st_size <= self.max_file_bytes
+
     def _files(self) -> list[tuple[Path, float, int]]:
         found = []
         if not self.root.is_dir():
@@ -1192,7 +1212,7 @@ class WebTools:
             path = Path(os.path.normpath(urllib.request.url2pathname(urlsplit(url).path)))
         except ValueError as e:
             raise ToolError(f"Cannot open {url}: {e}.") from None
-        if path not in local.documents():
+        if not local.holds(path):
             raise ToolError(f"Refused: {url} is not a document of the local search folder.")
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
