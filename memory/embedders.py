@@ -226,6 +226,7 @@ class TransformersEmbedder:
         self._tokenizer: Any = None
         self._dim: int | None = None
         self._fingerprint: str | None = None
+        self._found: tuple[Path | None, str, int | None] | None = None  # see _settings
         self._threads: int | None = None
         self._load_lock = threading.Lock()
 
@@ -250,16 +251,23 @@ class TransformersEmbedder:
         (`run-a/final`, `run-b/final`) differ; the same files under another path, or a
         setting passed that the folder gives anyway, do not."""
         if self._fingerprint is None:
-            folder = _local_folder(self._source())
-            pooling, max_length = _settings_in_effect(folder, *self._asked)
+            folder, pooling, max_length = self._settings()
             settings = json.dumps([pooling, max_length, self.query_prefix, self.document_prefix])
             self._fingerprint = _fingerprint(str(folder) if folder else self._source(), settings)
         return self._fingerprint
 
+    def _settings(self) -> tuple[Path | None, str, int | None]:
+        """The model's folder (None when there is none), and the pooling and input length in
+        effect as given or as the folder sets them; read from the folder once."""
+        if self._found is None:
+            folder = _local_folder(self._source())
+            self._found = (folder, *_settings_in_effect(folder, *self._asked))
+        return self._found
+
     def _read_dim(self) -> int:
-        source = self._source()
-        config = Path(source) / "config.json"
-        if config.exists():
+        folder = self._settings()[0]
+        config = folder / "config.json" if folder is not None else None
+        if config is not None and config.exists():
             data = json.loads(config.read_text())
             for key in ("hidden_size", "d_model", "dim", "n_embd"):
                 if isinstance(data.get(key), int):
@@ -305,7 +313,7 @@ class TransformersEmbedder:
                 if bars:
                     hf_logging.enable_progress_bar()
             model.eval().to(self.device)
-            pooling, max_length = _settings_in_effect(_local_folder(source), self._pooling, self._max_length)
+            _, pooling, max_length = self._settings()
             max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
             self._pooling, self._max_length = pooling, max_length
             self._tokenizer = tokenizer

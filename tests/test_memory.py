@@ -921,7 +921,7 @@ def test_the_change_log_and_crashed_saves_do_not_grow_without_end(tmp_path):
     mem.close()
 
 
-def test_a_memory_knows_its_model_by_its_files_not_its_folder_name(tmp_path):
+def test_a_memory_knows_its_model_by_its_files_not_its_folder_name(tmp_path, monkeypatch):
     """Two checkpoints both called `final` are two models; the default model's own files
     under another path are the same one."""
     import sqlite3
@@ -948,6 +948,14 @@ def test_a_memory_knows_its_model_by_its_files_not_its_folder_name(tmp_path):
     assert a.name == b.name == "final" and a.fingerprint != b.fingerprint
     assert a.fingerprint == TransformersEmbedder().fingerprint  # the default's files
     assert a.fingerprint == TransformersEmbedder(run_a, pooling="mean", max_length=256).fingerprint  # its own settings
+    # the folder and its settings are looked up once, for the fingerprint and the dimension alike
+    from memory import embedders
+
+    looked_up = []
+    find = embedders._local_folder
+    monkeypatch.setattr(embedders, "_local_folder", lambda source: looked_up.append(source) or find(source))
+    fresh = TransformersEmbedder(run_b)
+    assert (fresh.fingerprint, fresh.dim, looked_up) == (b.fingerprint, 384, [str(run_b)])
     one = np.zeros(384, dtype=np.float32)
     one[0] = 1.0
     mem = VectorMemory(tmp_path / "m.db", a)
