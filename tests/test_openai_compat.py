@@ -435,6 +435,25 @@ async def test_tool_call_text_is_parsed_without_structured_calls(server: FakeSer
     assert response.finish_reason == "tool_calls"
 
 
+async def test_raw_harmony_from_a_server_that_parses_nothing_streams_split(
+    server: FakeServer, make_llm
+) -> None:
+    # llama.cpp serving gpt-oss with --reasoning-format none: the channels are in the text.
+    text = (
+        "<|channel|>analysis<|message|>Need the weather; call the tool.<|end|>"
+        "<|start|>assistant<|channel|>commentary to=functions.add <|constrain|>json<|message|>"
+        '{"a": 2, "b": 3}<|call|>'
+    )
+    server.queue(text_stream(*[text[i : i + 5] for i in range(0, len(text), 5)]))
+    deltas, response = await collect(make_llm(), user_with_tools())
+    assert "".join(d.thinking for d in deltas) == response.thinking == "Need the weather; call the tool."
+    assert not any("<|" in d.content + d.thinking for d in deltas)  # no markup shown live, no call text
+    assert [(c.name, c.arguments) for c in response.tool_calls] == [("add", {"a": 2, "b": 3})]
+    server.queue(text_stream("<|chan", "nel|>final<|message|>It is ", "4.<|return|>"))
+    deltas, response = await collect(make_llm(), user())
+    assert "".join(d.content for d in deltas) == response.content == "It is 4."
+
+
 @pytest.mark.parametrize("stream", [True, False])
 async def test_think_text_goes_to_thinking_beside_structured_calls(
     server: FakeServer, make_llm, stream

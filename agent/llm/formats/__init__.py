@@ -155,8 +155,9 @@ def parse_text_only(text: str, family: str | ChatFormat | None = None) -> Parsed
     fmt = get_format(family)
     if isinstance(fmt, ResponseSchemaFormat):
         fmt = fmt.fallback
-    if fmt is HARMONY:  # its channels say what is thinking; a call there has no text of its own to keep
-        parsed = parse_output(text, fmt)
+    if fmt is HARMONY or (fmt is None and HARMONY.opens(text)):
+        # Its channels say what is thinking; a call there has no text of its own to keep.
+        parsed = parse_output(text, HARMONY)
         return parsed.model_copy(update={"tool_calls": []}) if parsed.tool_calls else parsed
     thinking, rest = split_all_thinking(text)
     return trusted(
@@ -211,14 +212,16 @@ def stream_splitter(
     """A splitter with `feed(text) -> [ModelDelta]` and `finish()` for streaming
     text of this format (harmony has its own; every other format shares the tag one).
     With `calls=False` (no tools offered) call markup streams as the text it is; with
-    `hold_json=False` a reply that may be a bare JSON call streams as it comes."""
-    from .stream import HarmonyStreamSplitter, TagStreamSplitter
+    `hold_json=False` a reply that may be a bare JSON call streams as it comes. With no
+    family, a reply that opens with harmony markup is split as harmony."""
+    from .stream import AutoStreamSplitter, HarmonyStreamSplitter, TagStreamSplitter
 
     fmt = get_format(family)
     if isinstance(fmt, ResponseSchemaFormat):
         fmt = fmt.fallback
     if fmt is HARMONY:
         return HarmonyStreamSplitter(in_thinking=in_thinking)
+    options: dict[str, Any] = {"in_thinking": in_thinking, "hold_json": hold_json}
     if not calls:
-        return TagStreamSplitter(in_thinking=in_thinking, hidden_tags=(), hold_json=False)
-    return TagStreamSplitter(in_thinking=in_thinking, hold_json=hold_json)
+        options.update(hidden_tags=(), hold_json=False)
+    return TagStreamSplitter(**options) if fmt is not None or in_thinking else AutoStreamSplitter(**options)

@@ -53,6 +53,10 @@ def partial_marker_len(text: str, markers: tuple[str, ...] = MARKERS) -> int:
     return best
 
 
+#: How raw harmony output begins.
+OPENERS = ("<|channel|>", "<|start|>", "<|message|>")
+
+
 class _Header:
     __slots__ = ("parts",)
 
@@ -237,6 +241,11 @@ class HarmonyFormat(ChatFormat):
 
     def detect_text(self, text: str) -> bool:
         return "<|channel|>" in text or "<|message|>" in text
+
+    @staticmethod
+    def opens(text: str) -> bool:
+        """Whether `text` begins as raw harmony output does (a server that parses nothing)."""
+        return text.lstrip().startswith(OPENERS)
 
     def parse(self, text: str) -> ParsedOutput:
         reader = HarmonyReader()

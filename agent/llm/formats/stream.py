@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from ...events import ModelDelta
 from .base import THINK_CLOSE, THINK_TAGS
 from .deepseek import CALLS_BEGIN
-from .harmony import HarmonyReader, partial_marker_len
+from .harmony import OPENERS as HARMONY_OPENERS
+from .harmony import HarmonyFormat, HarmonyReader, partial_marker_len
 from .hermes import CALL_CLOSE, CALL_OPEN, PHI_CALL_CLOSE, PHI_CALL_OPEN
 from .llama import PYTHON_TAG
 from .mistral import TOOL_CALLS
@@ -204,3 +206,39 @@ class HarmonyStreamSplitter:
     def finish(self) -> list[ModelDelta]:
         self.reader.finish()
         return self._take()
+
+
+class AutoStreamSplitter:
+    """For text whose format is not known beforehand (a server that parses nothing):
+    harmony when the reply opens with harmony markup, the tag splitter otherwise. The
+    first characters are held only while they may still become that markup."""
+
+    def __init__(self, **tag_options: Any) -> None:
+        self.tag_options = tag_options
+        self.inner: TagStreamSplitter | HarmonyStreamSplitter | None = None
+        self.head = ""
+
+    @property
+    def content(self) -> _Trimmed | None:
+        """The content the inner splitter holds back (see `_Trimmed`), once it is chosen."""
+        return getattr(self.inner, "content", None)
+
+    def _choose(self) -> list[ModelDelta]:
+        """Pick the splitter by the text held so far, and feed it that text."""
+        head, self.head = self.head, ""
+        options: dict[str, Any] = self.tag_options
+        self.inner = HarmonyStreamSplitter() if HarmonyFormat.opens(head) else TagStreamSplitter(**options)
+        return self.inner.feed(head)
+
+    def feed(self, text: str) -> list[ModelDelta]:
+        if self.inner is not None:
+            return self.inner.feed(text)
+        self.head += text
+        start = self.head.lstrip()
+        if not start or any(opener.startswith(start) for opener in HARMONY_OPENERS):
+            return []  # "", "<", "<|cha": wait for what it becomes
+        return self._choose()
+
+    def finish(self) -> list[ModelDelta]:
+        out = self._choose() if self.inner is None else []
+        return out + self.inner.finish()  # type: ignore[union-attr]
