@@ -109,6 +109,28 @@ def _read(code: str, out: list[str], depth: int) -> None:
         _read(inner, out, depth + 1)
 
 
+def without_comments(code: str) -> str | None:
+    """Python code with its comments taken out (they never run), or None when it holds
+    none or is not plain Python: a shell command, or IPython's `!` and `%` lines, where
+    the shell reads `#` its own way (`ls#; reboot now` runs the reboot)."""
+    if "#" not in code or len(code) > MAX_CODE:
+        return None
+    try:
+        ast.parse(code)
+        comments = [
+            t for t in tokenize.generate_tokens(io.StringIO(code).readline) if t.type == tokenize.COMMENT
+        ]
+    except (SyntaxError, ValueError, RecursionError, MemoryError, tokenize.TokenError):
+        return None
+    if not comments:
+        return None
+    lines = code.split("\n")  # as StringIO.readline splits it, so the tokens' rows and columns fit
+    for token in reversed(comments):
+        (row, start), (_, end) = token.start, token.end
+        lines[row - 1] = lines[row - 1][:start] + lines[row - 1][end:]
+    return "\n".join(lines)
+
+
 def _adjacent_strings(code: str) -> bool:
     """Whether two string literals stand side by side (implicit concatenation)."""
     if code.count("'") + code.count('"') < 4:

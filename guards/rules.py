@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from agent.guard import Stage, Verdict
 
-from ._pycode import readings
+from ._pycode import readings, without_comments
 from ._text import current_content, map_text, text_of, with_content
 
 UNTRUSTED_STAGES: frozenset[str] = frozenset({"tool_result", "memory_read", "memory_write"})
@@ -813,11 +813,15 @@ class DangerousCodeGuard(_RuleBase):
             _p(k, v, f"the policy pattern {k!r}", flags=re.M) for k, v in (extra or {}).items()
         ]
 
-    def scan(self, code: str) -> list[tuple[Pattern, re.Match[str]]]:
+    #: Tools whose code is Python: its comments are not scanned (`# reboot now to apply`).
+    python_tools: frozenset[str] = frozenset({"python"})
+
+    def scan(self, code: str, *, python: bool = False) -> list[tuple[Pattern, re.Match[str]]]:
         """The patterns the code matches, as written or, for Python, with the strings it
         builds at run time spelled out (`'r' + 'm -rf /'`, a path in a variable, exec of
-        decoded text: see `guards._pycode`)."""
-        found = _find(self.patterns, code)
+        decoded text: see `guards._pycode`). With `python`, code that is plain Python is
+        read without its comments."""
+        found = _find(self.patterns, (without_comments(code) if python else None) or code)
         if found:
             return found
         for reading in readings(code):
@@ -833,7 +837,7 @@ class DangerousCodeGuard(_RuleBase):
             code = event.arguments.get(arg)
             if not isinstance(code, str):
                 continue
-            found = self.scan(code)
+            found = self.scan(code, python=event.name in self.python_tools)
             if found:
                 pat, m = found[0]
                 snippet = m.group(0).strip()[:60]

@@ -277,6 +277,22 @@ def test_reading_code_computes_nothing_unbounded():
     assert readings("print('hello')") == []  # nothing to spell out
 
 
+def test_comments_in_python_are_not_scanned_but_shell_and_ipython_lines_are():
+    assert (
+        _python_verdict("x = 1  # reboot now to apply the change\n# rm -rf / would be bad").action == "allow"
+    )
+    blocked = [
+        'os.system("shutdown now")  # tidy up',  # the call runs; its comment does not excuse it
+        "s = '# shutdown now'\nos.system(s)",  # a '#' inside a string is no comment
+        "!ls#; shutdown now",  # IPython's shell line: the shell runs what follows 'ls#;'
+        "files = !ls  # reboot now",
+        "%%bash\nreboot now # later",
+    ]
+    assert [_python_verdict(code).action for code in blocked] == ["block"] * len(blocked)
+    shell = ToolCall(call_id="c", name="shell", arguments={"command": "x#; shutdown now"})
+    assert run(DangerousCodeGuard().check(shell, "tool_call")).action == "block"
+
+
 def test_code_guard_reads_shell_commands_and_extra_patterns():
     guard = DangerousCodeGuard(extra={"no_sudo": r"\bsudo\b"})
     shell = ToolCall(call_id="c", name="shell", arguments={"command": "sudo apt-get install x"})
