@@ -6,16 +6,22 @@ The run log is the session file: `agent chat --resume` and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from .errors import AgentError
 from .events import Event
 from .types import Usage
 
 if TYPE_CHECKING:
     from .agent import Agent, RunResult
     from .loop import Run
+
+
+# How long a message waits for the stream of its task's last turn, left by a `break`, to close.
+_CLOSING_GRACE = 2.0
 
 
 class Session:
@@ -25,6 +31,9 @@ class Session:
         self.agent = agent
         self._run = run
         self._hold = False
+        self._busy = False  # a message is being answered
+        self._owner: asyncio.Task[Any] | None = None  # the task that sent it
+        self._waiting: list[asyncio.Future[None]] = []  # messages sent meanwhile, in order
 
     @property
     def run_id(self) -> str | None:
@@ -40,31 +49,76 @@ class Session:
         return list(self._run.state.events) if self._run is not None else []
 
     async def send(self, message: str) -> AsyncIterator[Event]:
-        """Add a user message and run until the agent answers, yielding events."""
+        """Add a user message and run until the agent answers, yielding events. A message
+        sent while another is being answered waits for that turn to end."""
         from .agent import check_text
 
         check_text(message, "the message")
-        if self._run is None:
-            self._run = self.agent._new_run()
-            self._run.hold_log = self._hold
-            events = self.agent._iterate(self._run, message)
-        else:
-            events = self.agent._iterate(self._run, None, follow_up=message)
-        async with contextlib.aclosing(events):  # leaving the stream ends the turn at once
-            async for event in events:
-                yield event
+        await self._take_turn()
+        try:
+            async with contextlib.aclosing(self._events(message)) as events:  # leaving it ends the turn
+                async for event in events:
+                    yield event
+        finally:
+            self._end_turn()
 
     async def asend(self, message: str) -> RunResult:
         """`send` to the end; the result is this turn's: its outcome, steps, tokens and events."""
-        run = self._run
-        # A copy of the events even for the first turn: later turns must not change a result.
-        since = (
-            (len(run.state.events), run.state.step, run.state.usage) if run is not None else (0, 0, Usage())
-        )
-        async for _ in self.send(message):
-            pass
+        from .agent import check_text
+
+        check_text(message, "the message")
+        await self._take_turn()
+        try:
+            run = self._run
+            # A copy of the events even for the first turn: later turns must not change a result.
+            since = (
+                (len(run.state.events), run.state.step, run.state.usage)
+                if run is not None
+                else (0, 0, Usage())
+            )
+            async with contextlib.aclosing(self._events(message)) as events:
+                async for _ in events:
+                    pass
+        finally:
+            self._end_turn()
         assert self._run is not None
         return self.agent._result(self._run, since)
+
+    def _events(self, message: str) -> AsyncIterator[Event]:
+        if self._run is None:
+            self._run = self.agent._new_run()
+            self._run.hold_log = self._hold
+            return self.agent._iterate(self._run, message)
+        return self.agent._iterate(self._run, None, follow_up=message)
+
+    async def _take_turn(self) -> None:
+        """Wait until no message is being answered, then take the turn: messages sent at
+        once (a double submit, `gather`) are answered one after the other, in order."""
+        me = asyncio.current_task()
+        left = _CLOSING_GRACE
+        while self._busy:
+            if me is not None and me is self._owner:
+                # This task's last turn: its stream was left (a `break`) and is closing, which
+                # takes a moment; or the message is sent from inside it and would wait for itself.
+                if left <= 0:
+                    raise AgentError(
+                        "this session is still answering a message sent from this same task: send the next "
+                        "one after that turn has ended (after its `async for`), not from inside it"
+                    )
+                await asyncio.sleep(0.005)
+                left -= 0.005
+                continue
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.append(turn)
+            await turn
+        self._busy, self._owner = True, me
+
+    def _end_turn(self) -> None:
+        self._busy, self._owner = False, None
+        waiting, self._waiting = self._waiting, []
+        for turn in waiting:
+            if not turn.done():
+                turn.set_result(None)
 
     def send_sync(self, message: str) -> RunResult:
         return self.agent._sync(self.asend(message))

@@ -1,8 +1,11 @@
 """Sessions: a conversation is one run that each message continues."""
 
+import asyncio
+
+import pytest
 from helpers import call
 
-from agent import Agent, read_events, tool
+from agent import Agent, AgentError, read_events, tool
 from agent.llm import ScriptedLLM
 
 
@@ -150,3 +153,19 @@ def test_a_session_holds_its_log_between_messages_until_closed(run_dir):
     chat.close()
     other = Agent(ScriptedLLM(["Taken up."]), run_dir=run_dir).session(chat.run_id)
     assert other.send_sync("Me now.").answer == "Taken up."
+
+
+async def test_messages_sent_at_once_are_answered_one_after_the_other(run_dir):
+    session = Agent(ScriptedLLM(["one", "two", "three", "four"], delay=0.02), run_dir=run_dir).session()
+    first, second = await asyncio.gather(session.asend("A"), session.asend("B"))  # a double submit
+    assert (first.answer, second.answer) == ("one", "two")
+    assert [e.content for e in second.events if e.type == "user_message"] == ["B"]  # each turn its own
+    async for event in session.send("C"):  # a stream left part way: the next message waits for it to close
+        if event.type == "model_request":
+            break
+    assert (await session.asend("D")).answer == "three"
+    with pytest.raises(AgentError, match="from inside it"):  # one that would wait for itself is refused
+        async for _ in session.send("E"):
+            await session.asend("F")
+    user_messages = [e.content for e in session.history if e.type == "user_message"]
+    assert user_messages == ["A", "B", "C", "D", "E"]
