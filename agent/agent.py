@@ -278,7 +278,7 @@ class Agent:
             from guards import default_pipeline
 
             guards = [default_pipeline(tools=self.tool_list)]
-        self.guards: list[Any] = list(guards or [])
+        self.guards: list[Any] = self._interceptors(list(guards or []))
         self.approver = approver
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._runs: list[Run] = []
@@ -289,6 +289,27 @@ class Agent:
         # thread's, kept so tools that hold async resources (kernels, HTTP
         # clients) keep working from one run_sync to the next.
         self._loop: sync.LoopHandle | None = None
+
+    def _interceptors(self, guards: list[Any]) -> list[Any]:
+        """The guards as the bus takes them: a pipeline (anything with `bind`) or an
+        interceptor function stays as it is; guards written to the `Guard` protocol (a
+        `name` and an async `check`) run in a pipeline of their own, with none of the
+        default rules, as `GuardPipeline(guards=[...])` would run them."""
+        bare = [g for g in guards if not hasattr(g, "bind") and hasattr(g, "check")]
+        for g in guards:
+            if not (hasattr(g, "bind") or hasattr(g, "check") or callable(g)):
+                raise AgentError(
+                    f"guards holds {g!r:.60}, which is no guard: give a GuardPipeline, an object with an "
+                    "async check(event, stage) (the guards.Guard protocol), or an async interceptor function"
+                )
+        if not bare:
+            return guards
+        from guards import GuardPipeline
+
+        pipeline = GuardPipeline(guards=bare, rules=[], classifier=False, tools=self.tool_list)
+        at = guards.index(bare[0])
+        kept = [g for g in guards if not any(g is b for b in bare)]
+        return [*kept[:at], pipeline, *kept[at:]]
 
     def _check_settings(self) -> None:
         """Numbers a typo would only break mid-run (`max_steps="5"`): refused when the agent is made."""

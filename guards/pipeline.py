@@ -135,6 +135,11 @@ class GuardPipeline:
         tools: Sequence[Any] = (),
         approver: Approver | None = None,
     ) -> None:
+        if policy is not None and not isinstance(policy, Policy):
+            raise TypeError(
+                f"GuardPipeline's first argument is a Policy (guards.load_policy(path)), not "
+                f"{type(policy).__name__}; give your own guards as GuardPipeline(guards=[...])"
+            )
         self.policy = policy or load_policy()
         self.rules = build_rules(self.policy) if rules is None else (rules or None)
         if classifier is None:

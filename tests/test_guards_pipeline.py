@@ -8,7 +8,7 @@ import sys
 import pytest
 from helpers import call
 
-from agent import Agent, tool
+from agent import Agent, AgentError, tool
 from agent.events import MemoryWrite
 from agent.guard import Verdict
 from agent.llm import ScriptedLLM
@@ -427,6 +427,27 @@ class Broken:
         if self.error:
             raise self.error
         return Verdict()
+
+
+def test_a_guard_of_your_own_goes_in_the_list_as_it_is(run_dir):
+    class NoRm:  # the guards.Guard protocol: a name and an async check
+        name = "no_rm"
+
+        async def check(self, event, stage):
+            if stage == "tool_call" and "rm " in event.arguments.get("code", ""):
+                return Verdict(action="block", guard=self.name, stage=stage, feedback="no deleting")
+            return Verdict(guard=self.name, stage=stage)
+
+    ran = []
+    llm = ScriptedLLM([call("python", code="print('ok')"), call("python", code="!rm x"), "done"])
+    result = Agent(llm, tools=[make_python(ran)], guards=[NoRm()], run_dir=run_dir).run_sync("x")
+    assert result.status == "completed" and ran == ["print('ok')"]
+    assert [v.guard for v in verdicts(result, "block")] == ["no_rm"]
+    assert "no deleting" in llm.requests[2].messages[-1].content  # what the model was told
+    with pytest.raises(AgentError, match="which is no guard"):
+        Agent(llm, guards=["strict"], run_dir=run_dir)
+    with pytest.raises(TypeError, match=r"GuardPipeline\(guards=\[...\]\)"):
+        GuardPipeline([NoRm()])
 
 
 def test_a_failing_guard_fails_closed_for_side_effecting_calls(run_dir, caplog):
