@@ -903,6 +903,12 @@ class Run:
             text = f"Tool '{call.name}' raised {type(e).__name__}: {e}"
             await self._tool_result(call.id, call.name, text, step, error="exception", started=started)
             return
+        except SystemExit as e:  # sys.exit() in a tool (argparse on bad arguments): not the program's end
+            text = f"Tool '{call.name}' tried to exit the program (SystemExit: {e.code}); it did not finish."
+            await self._tool_result(call.id, call.name, text, step, error="exception", started=started)
+            return
+        except KeyboardInterrupt:  # raised by the tool itself, not by a signal: the run stops, recorded
+            raise _Stop("cancelled", f"the tool '{call.name}' raised KeyboardInterrupt") from None
         finally:
             _context.reset(token)
         await self._tool_result(call.id, call.name, content, step, error=None, started=started)

@@ -424,6 +424,30 @@ def test_tool_error_class_shows_plain_message(run_dir):
     assert error.content == "Error: no entry named 'zz'"
 
 
+@pytest.mark.parametrize("blocking", [True, False])
+def test_a_tool_that_exits_or_interrupts_ends_its_call_or_the_run_not_the_program(run_dir, blocking):
+    import argparse
+
+    @tool(blocking=blocking)
+    def cli(args: str) -> str:
+        """Run a command-line program in process."""
+        parser = argparse.ArgumentParser(prog="cli")
+        parser.add_argument("--n", type=int)
+        return str(parser.parse_args(args.split()).n)  # sys.exit(2) on a bad --n
+
+    @tool(blocking=blocking)
+    def wait() -> str:
+        """Wait for the user."""
+        raise KeyboardInterrupt
+
+    llm = ScriptedLLM([call("cli", args="--n x"), call("cli", args="--n 3"), call("wait"), "unreached"])
+    result = Agent(llm, tools=[cli, wait], run_dir=run_dir).run_sync("go")
+    results = [e.content for e in result.events if e.type == "tool_result"]
+    assert results == ["Tool 'cli' tried to exit the program (SystemExit: 2); it did not finish.", "3"]
+    assert (result.status, result.error) == ("cancelled", "the tool 'wait' raised KeyboardInterrupt")
+    assert read_events(result.log_path)[-1].type == "run_finished"
+
+
 def test_class_based_tool_keeps_state(run_dir):
     class Counter(Tool):
         name = "count"
