@@ -14,6 +14,7 @@ import inspect
 import re
 import sys
 import typing
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -257,14 +258,25 @@ class FunctionTool(Tool):
         blocking: bool = True,
         namespace: dict[str, Any] | None = None,
     ) -> None:
+        if isinstance(fn, staticmethod):
+            fn = fn.__func__
+        if isinstance(fn, classmethod):
+            raise TypeError(
+                f"@tool cannot make a tool of the classmethod {fn.__func__.__qualname__}; make it a plain "
+                "function or an instance method (a class-level value it needs can be read from the class)"
+            )
+        name = name or getattr(fn, "__name__", None)
+        if not name:
+            raise TypeError(f"{fn!r:.60} has no __name__ to name the tool by: pass one, tool(fn, name=...)")
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(
-                f"tool {name or fn.__name__!r} is a generator; a tool returns its result "
+                f"tool {name!r} is a generator; a tool returns its result "
                 "(collect what it yields into a list or a string and return that)"
             )
         self.fn = fn
-        self.name = name or fn.__name__
-        summary, param_docs = _parse_docstring(inspect.getdoc(fn) or "")
+        self.name = name
+        described = fn.func if isinstance(fn, functools.partial) else fn  # not partial's own docstring
+        summary, param_docs = _parse_docstring(inspect.getdoc(described) or "")
         self.description = description or summary or self.name
         self.effects = frozenset(effects) if effects is not None else frozenset({"reads"})
         self._effects_declared = effects is not None
@@ -280,6 +292,9 @@ class FunctionTool(Tool):
             fn, self.name, param_docs, skip_first=self._takes_self, namespace=namespace
         )
         self._is_async = inspect.iscoroutinefunction(fn)
+        # Parameters before a `/`: passed by position (a keyword would be refused).
+        kinds = [p.kind for p in inspect.signature(fn).parameters.values()][int(self._takes_self) :]
+        self._positional = kinds.count(inspect.Parameter.POSITIONAL_ONLY)
 
     def __get__(self, obj: Any, owner: type | None = None) -> FunctionTool:
         # A @tool-decorated method: each instance gets a copy bound to itself.
@@ -295,7 +310,11 @@ class FunctionTool(Tool):
     async def run(self, args: BaseModel) -> Any:
         # `Args` is made by `_args_model`: its instance dict holds exactly the parameters.
         kwargs = args.__dict__
-        call_args = (self._bound,) if self._takes_self else ()
+        call_args: tuple[Any, ...] = (self._bound,) if self._takes_self else ()
+        if self._positional:
+            values = list(kwargs.values())  # in the signature's order, as `_args_model` made them
+            call_args += tuple(values[: self._positional])
+            kwargs = dict(zip(list(kwargs)[self._positional :], values[self._positional :], strict=True))
         if self._is_async:
             return await self.fn(*call_args, **kwargs)
         if not self.blocking:
@@ -600,6 +619,11 @@ def _args_model(
             continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise TypeError(f"tool {name!r}: *args and **kwargs cannot be described to a model")
+        if pname.startswith("_") or pname == "model_config":
+            raise TypeError(
+                f"tool {name!r}: a parameter cannot be named {pname!r} (pydantic, which checks the "
+                "arguments, keeps such names for itself); rename it"
+            )
         annotation = hints.get(pname, Any)
         doc = {} if _described(annotation) or pname not in docs else {"description": docs[pname]}
         if isinstance(param.default, FieldInfo):  # `n: int = Field(1, ge=1)`: the user's field, as given
@@ -612,4 +636,8 @@ def _args_model(
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[pname] = (annotation, Field(default, **doc))
     model_name = "".join(part.title() for part in re.split(r"[_\W]+", name) if part) + "Args"
-    return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload]
+    with warnings.catch_warnings():
+        # A parameter named `json`, `copy`, `schema`...: the arguments are read from the
+        # instance's dict, never as attributes, so BaseModel's methods of those names are no matter.
+        warnings.filterwarnings("ignore", r"Field name .* shadows an attribute in parent", UserWarning)
+        return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload]

@@ -392,7 +392,9 @@ def test_a_tool_class_without_args_takes_the_model_its_run_is_annotated_with():
             return f"{args.host} up"
 
     assert Ping.Args is _Ping
-    agent = Agent(ScriptedLLM([call("ping", host=7), call("ping", host="a"), "ok"]), tools=[Ping], run_dir=None)
+    agent = Agent(
+        ScriptedLLM([call("ping", host=7), call("ping", host="a"), "ok"]), tools=[Ping], run_dir=None
+    )
     invalid, answer = _results(agent)
     assert "host" in invalid and answer == "a up"
 
@@ -403,7 +405,9 @@ def test_the_table_of_built_in_tool_names_matches_what_each_factory_makes(tmp_pa
     assert set(TOOL_NAMES) == set(REGISTRY)
     for name, made in TOOL_NAMES.items():
         assert tuple(t.name for t in builtin_tools([name], workspace=tmp_path)) == made
-    assert builtins_for(["read_file", "python", "final_answer", "my_own"]) == ["python"]  # a lone read_file: a script's
+    assert builtins_for(["read_file", "python", "final_answer", "my_own"]) == [
+        "python"
+    ]  # a lone read_file: a script's
     assert builtins_for([*TOOL_NAMES["files"], "web_search"]) == ["files"]
 
 
@@ -426,7 +430,9 @@ def test_the_table_of_built_in_options_matches_the_factories_and_typos_are_refus
     for options in ({"allow_netwrok": True}, {"web": {"allow_private": True}}):
         with pytest.raises(AgentError, match=r"mean nothing to the built-in tools; they take one flat dict"):
             Agent(ScriptedLLM(["x"]), tools=["files"], tool_options=options, run_dir=None)
-    Agent(ScriptedLLM(["x"]), tools=["files"], tool_options={"allow_network": True}, run_dir=None)  # python's: fine
+    Agent(
+        ScriptedLLM(["x"]), tools=["files"], tool_options={"allow_network": True}, run_dir=None
+    )  # python's: fine
 
 
 def test_built_in_tools_declare_their_effects_and_the_readers_are_rerun_after_a_crash(tmp_path):
@@ -458,3 +464,58 @@ def test_built_in_tools_declare_their_effects_and_the_readers_are_rerun_after_a_
         "find_in_page",
     } <= readers and "write_file" not in readers
     assert Configured().effects_declared and Configured().safe_to_rerun
+
+
+def test_unusual_signatures_work_or_are_refused_with_the_fix_named(run_dir):
+    import functools
+
+    @tool
+    def scale(x: float, /, factor: float = 2.0) -> float:
+        """Scale x."""
+        return x * factor
+
+    @tool
+    def render(json: str, copy: bool = False, schema: str = "") -> str:  # names BaseModel has methods for
+        """Render."""
+        return f"{json}|{copy}|{schema}"
+
+    def power(base: int, exp: int) -> int:
+        """Raise base to exp."""
+        return base**exp
+
+    class Shelf:
+        @tool
+        @staticmethod
+        def shelve(item: str) -> str:
+            """Shelve an item."""
+            return f"shelved {item}"
+
+    square = tool(functools.partial(power, exp=2), name="square")
+    assert square.description == "Raise base to exp."  # the function's docstring, not partial's
+    assert set(render.schema()["function"]["parameters"]["properties"]) == {"json", "copy", "schema"}
+    llm = ScriptedLLM(
+        [
+            call("scale", x=3, factor=4),
+            call("render", json="{}", copy=True),
+            call("square", base=5),
+            call("shelve", item="x"),
+            "done",
+        ]
+    )
+    result = Agent(llm, tools=[scale, render, square, Shelf.shelve], run_dir=run_dir).run_sync("go")
+    assert [e.content for e in result.events if e.type == "tool_result"] == [
+        "12.0",
+        "{}|True|",
+        "25",
+        "shelved x",
+    ]
+    with pytest.raises(TypeError, match=r"no __name__ to name the tool by: pass one, tool\(fn, name=...\)"):
+        tool(functools.partial(power, exp=2))
+    with pytest.raises(TypeError, match="cannot make a tool of the classmethod"):
+        tool(classmethod(power))
+    with pytest.raises(TypeError, match="cannot be named '_token'.*rename it"):
+
+        @tool
+        def fetch(_token: str) -> str:
+            """Fetch."""
+            return ""
