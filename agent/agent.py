@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 Strategy = Literal["react", "plan-act-reflect"]
 _log = logging.getLogger("agent")
+_warned_unapproved: set[tuple[str, ...]] = set()  # tools that need approval, in agents without an approver
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a capable assistant that solves tasks step by step. Use the tools when they help; "
@@ -280,6 +281,17 @@ class Agent:
             guards = [default_pipeline(tools=self.tool_list)]
         self.guards: list[Any] = self._interceptors(list(guards or []))
         self.approver = approver
+        gated = tuple(t.name for t in self.tool_list if t.needs_approval)
+        if (
+            gated and approver is None and gated not in _warned_unapproved
+        ):  # once a process (a batch makes many)
+            _warned_unapproved.add(gated)
+            _log.warning(
+                "%s need%s approval and this agent has no approver=: every call to %s will be refused",
+                ", ".join(gated),
+                "s" if len(gated) == 1 else "",
+                "it" if len(gated) == 1 else "them",
+            )
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._runs: list[Run] = []
         # cancel() calls so far: a run asked for before one, and not yet started, is cancelled.

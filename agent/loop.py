@@ -859,15 +859,11 @@ class Run:
                 text = f"Blocked: a guard changed the arguments (a redacted secret?) and they are no longer valid: {why}"
                 await self._tool_result(call.id, call.name, text, step, error="blocked")
                 return
-        if tool.needs_approval and not await self._approved(call.id, call.name, arguments, step):
-            await self._tool_result(
-                call.id,
-                call.name,
-                f"The user refused to run {call.name}. Do not retry it; try another way.",
-                step,
-                error="refused",
-            )
-            return
+        if tool.needs_approval:
+            refusal = await self._refusal(call.id, call.name, arguments, step)
+            if refusal is not None:
+                await self._tool_result(call.id, call.name, refusal, step, error="refused")
+                return
         started = time.monotonic()
         timeout = tool.timeout
         if self._deadline is not None:
@@ -913,21 +909,28 @@ class Run:
             _context.reset(token)
         await self._tool_result(call.id, call.name, content, step, error=None, started=started)
 
-    async def _approved(self, call_id: str, name: str, arguments: dict[str, Any], step: int) -> bool:
+    async def _refusal(self, call_id: str, name: str, arguments: dict[str, Any], step: int) -> str | None:
+        """Ask the approver about a call: None when it is approved, else what the model is told."""
         request = ApprovalRequested(call_id=call_id, name=name, arguments=arguments, step=step)
         await self.bus.deliver(request)
         approver = self.agent.approver
+        after = " Do not retry it; try another way, or say what could not be done."
         if approver is None:
             approved, by, note = False, "policy", "no approver is configured"
+            refusal = (
+                f"{name} needs a person's approval and this agent has no approver, so it was not run.{after}"
+            )
         else:
             try:
                 answer = approver(request)
                 approved = bool(await answer if inspect.isawaitable(answer) else answer)
                 by, note = "approver", ""
+                refusal = f"The user refused to run {name}.{after}"
             except Exception as e:  # an approver that fails has not approved: the call is refused
                 approved, by, note = False, "policy", f"the approver failed: {type(e).__name__}: {e}"
+                refusal = f"{name} was not run: asking for approval failed.{after}"
         await self.bus.deliver(ApprovalGiven(call_id=call_id, approved=approved, by=by, note=note, step=step))
-        return approved
+        return None if approved else refusal
 
     async def _tool_result(
         self,

@@ -225,15 +225,22 @@ def test_an_approver_that_fails_refuses_and_the_run_goes_on(run_dir):
     assert not given.approved and "approval service down" in given.note
 
 
-def test_approval_without_approver_refuses(run_dir):
+def test_approval_without_approver_refuses_and_says_so(run_dir, caplog):
     @tool(effects={"writes"}, needs_approval=True)
-    def deploy() -> str:
+    def deploy_now() -> str:
         """Deploy."""
         raise AssertionError("must not run")
 
-    result = Agent(ScriptedLLM([call("deploy"), "ok"]), tools=[deploy], run_dir=run_dir).run_sync("deploy")
+    llm = ScriptedLLM([call("deploy_now"), "ok"])
+    result = Agent(llm, tools=[deploy_now], run_dir=run_dir).run_sync("deploy")
     given = next(e for e in result.events if e.type == "approval_given")
     assert not given.approved and given.by == "policy"
+    assert "has no approver, so it was not run" in llm.requests[1].messages[-1].content  # no "user refused"
+    assert caplog.messages == [
+        "deploy_now needs approval and this agent has no approver=: every call to it will be refused"
+    ]
+    Agent(ScriptedLLM(["ok"]), tools=[deploy_now], run_dir=run_dir)  # said once, not for every agent made
+    assert len(caplog.messages) == 1
 
 
 def test_run_sync_inside_a_loop_gives_a_clear_error(run_dir):
