@@ -454,3 +454,48 @@ def test_no_kernel_outlives_its_host(level, how):
         if host.poll() is None:
             host.kill()
             host.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="grants are made for the kernel's user when running as root")
+def test_the_kernel_user_gets_the_workspace_but_nothing_private_in_it_and_only_while_we_run():
+    import shutil
+    import tempfile
+
+    base = tempfile.mkdtemp(dir="/tmp")  # outside pytest's folders, which nobody cannot enter
+    os.chmod(base, 0o711)
+    try:
+        ws = Path(base) / "ws"
+        (ws / "src").mkdir(parents=True)
+        (ws / "data.csv").write_text("a,b\n")
+        (ws / "src" / "main.py").write_text("print(1)\n")
+        for path, text, mode in [
+            (".env", "TOKEN=x\n", 0o600),
+            ("notes.txt", "mine\n", 0o600),
+            ("shared.txt", "ours\n", 0o644),
+        ]:
+            (ws / path).write_text(text)
+            (ws / path).chmod(mode)
+        (ws / ".ssh").mkdir(mode=0o700)
+        (ws / ".ssh" / "id_rsa").write_text("KEY\n")
+        (ws / "private").mkdir(mode=0o700)
+        (ws / "private" / "plan.txt").write_text("plan\n")
+        (ws / "private" / "plan.txt").chmod(0o644)
+        modes = {p: p.stat().st_mode for p in ws.rglob("*")}
+
+        def as_nobody(command: str) -> bool:
+            return subprocess.run(["/bin/sh", "-c", command], user=65534, capture_output=True).returncode == 0
+
+        if not sb.grant_access(str(ws), 65534):
+            pytest.skip("no POSIX ACLs on /tmp here")
+        try:
+            assert as_nobody(f"echo more >> {ws}/data.csv && echo new > {ws}/src/new.py && cat {ws}/shared.txt")
+            for private in (".env", "notes.txt", ".ssh/id_rsa", "private/plan.txt"):
+                assert not as_nobody(f"cat {ws}/{private}"), private
+            assert (ws / "notes.txt").stat().st_mode == modes[ws / "notes.txt"]  # 0600 shows as 0600
+        finally:
+            sb.revoke_access(str(ws))
+        assert {p: p.stat().st_mode for p in modes} == modes  # as they were: no mask in the group bits
+        assert not as_nobody(f"echo more >> {ws}/data.csv")
+        assert not any("acl" in name for p in modes for name in os.listxattr(p))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

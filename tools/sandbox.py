@@ -34,6 +34,7 @@ import queue
 import re
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -477,6 +478,13 @@ def _acl_read(path: str, name: str, mode: int) -> dict[tuple[int, int], int]:
     return entries
 
 
+def _acl_write(path: str, name: str, entries: dict[tuple[int, int], int]) -> None:
+    data = struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", tag, p, ident) for (tag, ident), p in sorted(entries.items())
+    )
+    os.setxattr(path, name, data, follow_symlinks=False)
+
+
 def _acl_grant_one(path: str, uid: int, is_dir: bool) -> None:
     mode = os.lstat(path).st_mode
     names = ["system.posix_acl_access"] + (["system.posix_acl_default"] if is_dir else [])
@@ -489,37 +497,91 @@ def _acl_grant_one(path: str, uid: int, is_dir: bool) -> None:
             if tag in (_ACL_USER, _ACL_GROUP, _ACL_GROUP_OBJ):
                 group_class |= p
         entries[(_ACL_MASK, _ACL_UNDEF)] = group_class
-        data = struct.pack("<I", 2) + b"".join(
-            struct.pack("<HHI", tag, p, ident) for (tag, ident), p in sorted(entries.items())
-        )
-        os.setxattr(path, name, data, follow_symlinks=False)
+        _acl_write(path, name, entries)
+
+
+def _acl_revoke_one(path: str, uid: int, is_dir: bool, mode: int) -> None:
+    """Take `uid`'s entries out again; with no other named entry left, the ACLs go and the
+    mode is as it was (the mask had shown as its group bits)."""
+    st = os.lstat(path)
+    for name in ["system.posix_acl_access"] + (["system.posix_acl_default"] if is_dir else []):
+        entries = _acl_read(path, name, st.st_mode)
+        if entries.pop((_ACL_USER, uid), None) is None:
+            continue
+        if any(tag in (_ACL_USER, _ACL_GROUP) for tag, _ in entries):
+            _acl_write(path, name, entries)
+            continue
+        os.removexattr(path, name, follow_symlinks=False)
+        now, before = stat.S_IMODE(st.st_mode), stat.S_IMODE(mode)
+        if name == "system.posix_acl_access" and now != before and now & ~0o070 == before & ~0o070:
+            os.chmod(path, before)  # only the mask's group bits changed it: nobody chmod-ed it since
 
 
 _granted: set[tuple[str, int]] = set()
+# What grant_access changed, to undo at exit: (path, uid, is a directory, mode before).
+_grants: list[tuple[str, int, bool, int]] = []
+
+
+def _private(name: str, mode: int) -> bool:
+    """Not for the kernel's user: hidden entries (`.ssh`, `.env`, `.git`, ...) and what its
+    owner keeps from others (a key file at 0600, a folder at 0700)."""
+    return name.startswith(".") or not mode & (0o001 if stat.S_ISDIR(mode) else 0o004)
 
 
 def grant_access(workspace: str, uid: int, max_entries: int = 20_000) -> bool:
-    """Let `uid` read and write the workspace (and, by default ACLs, what is later created in it)."""
+    """Let `uid` read and write the workspace (and, by default ACLs, what is later created
+    in it), but nothing private in it (see `_private`); undone when the process exits."""
     if (workspace, uid) in _granted:
         return True
     try:
-        _acl_grant_one(workspace, uid, True)
+        _grant(workspace, uid, True)
     except OSError:
         return False
     _granted.add((workspace, uid))
     count = 0
     for root, dirs, files in os.walk(workspace):
+        shared = []
         for name in dirs + files:
             count += 1
             if count > max_entries:
                 return True
             path = os.path.join(root, name)
             try:
-                if not os.path.islink(path):
-                    _acl_grant_one(path, uid, name in dirs)
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode) or _private(name, st.st_mode):
+                    continue
+                _grant(path, uid, stat.S_ISDIR(st.st_mode))
             except OSError:
-                pass
+                continue
+            if name in dirs:
+                shared.append(name)
+        dirs[:] = shared  # nothing below a private folder
     return True
+
+
+def _grant(path: str, uid: int, is_dir: bool) -> None:
+    mode = os.lstat(path).st_mode
+    _acl_grant_one(path, uid, is_dir)
+    _grants.append((path, uid, is_dir, mode))
+
+
+@atexit.register
+def revoke_access(workspace: str | None = None) -> None:
+    """Undo what grant_access did, for one workspace or all (at exit; a killed process
+    leaves it)."""
+    inside = os.path.join(workspace, "") if workspace is not None else ""
+    kept = []
+    for grant in reversed(_grants):
+        path, uid, is_dir, mode = grant
+        if workspace is not None and path != workspace and not path.startswith(inside):
+            kept.append(grant)
+            continue
+        try:
+            _acl_revoke_one(path, uid, is_dir, mode)
+        except OSError:
+            pass
+    _grants[:] = reversed(kept)
+    _granted.difference_update({g for g in _granted if workspace is None or g[0] == workspace})
 
 
 def _user_ids(name: str | None) -> tuple[int, int] | None:
