@@ -144,7 +144,9 @@ def test_a_file_too_large_to_read_whole_is_read_and_searched_in_parts(ws):
         "12346| line 12346 of the log",
         "[the file goes on; read_file with start_line=12347 to continue]",
     ]
-    assert "past the end of 'big.log', which has 150000 lines" in refused(ft.read_file, path="big.log", start_line=150_001)
+    assert "past the end of 'big.log', which has 150000 lines" in refused(
+        ft.read_file, path="big.log", start_line=150_001
+    )
     assert ft.search_files(pattern="line 123456 ", glob="*.log") == "big.log:123456: line 123456 of the log"
     msg = refused(ft.edit_file, path="big.log", old="line 7 ", new="x")  # an edit needs the whole file
     assert "over the 2,000,000-byte limit for reading it whole" in msg and "start_line and end_line" in msg
@@ -202,14 +204,22 @@ def test_write_file_is_atomic_and_creates_parents(ft, ws):
 
 
 def test_failed_write_leaves_the_old_content_and_no_temp_file(ft, ws, monkeypatch):
-    def boom(src, dst, **kwargs):
+    def boom(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(files.os, "replace", boom)
-    with pytest.raises(OSError):
-        ft.write_file(path="notes.txt", content="half-written")
+    # the model is told what failed, not the name of a temporary file it never asked for
+    assert (
+        refused(ft.write_file, path="notes.txt", content="half-written")
+        == "Cannot write 'notes.txt': disk full."
+    )
     assert (ws / "notes.txt").read_text() == "alpha\nbeta\ngamma\n"
     assert sorted(p.name for p in ws.iterdir()) == ["notes.txt", "src"]
+    monkeypatch.setattr(files.os, "mkdir", boom)
+    assert (
+        refused(ft.write_file, path="new/a.txt", content="x")
+        == "Cannot create the folder for 'new/a.txt': disk full."
+    )
 
 
 def test_write_size_limit(ws):
@@ -235,7 +245,9 @@ def test_edit_file_unique_missing_and_multiple(ft, ws):
         assert "names a folder, not a file" in refused(ft.write_file, path=folder, content="x")
     assert not (ws / "newdir").exists() and (ws / "src").is_dir()
     (ws / "run.txt").write_text("aaa\n")
-    assert "occurs 2 times" in refused(ft.edit_file, path="run.txt", old="aa", new="b")  # overlapping: ambiguous
+    assert "occurs 2 times" in refused(
+        ft.edit_file, path="run.txt", old="aa", new="b"
+    )  # overlapping: ambiguous
 
 
 def test_edit_file_keeps_line_endings_and_says_where_the_change_is(ft, ws):
@@ -245,7 +257,9 @@ def test_edit_file_keeps_line_endings_and_says_where_the_change_is(ft, ws):
     assert out.endswith("the new text is at lines 2-3.")
     (ws / "lines.txt").write_text("l1\nl2\nl3\nl4\n")
     assert ft.edit_file(path="lines.txt", old="\nl3", new="\nL3").endswith("the new text is at line 3.")
-    assert ft.edit_file(path="lines.txt", old="l2\n", new="").endswith("removed the text (it began on line 2).")
+    assert ft.edit_file(path="lines.txt", old="l2\n", new="").endswith(
+        "removed the text (it began on line 2)."
+    )
     assert (ws / "lines.txt").read_text() == "l1\nL3\nl4\n"
 
 
@@ -333,7 +347,9 @@ def test_agent_escape_attempt_gets_an_error_then_succeeds(ws, run_dir):
         ]
     )
     # guards=None: this checks the tool's own confinement (the default guards would block the escape first)
-    result = Agent(llm, tools=make_tools(workspace=ws), run_dir=run_dir, guards=None).run_sync("What is on line 2?")
+    result = Agent(llm, tools=make_tools(workspace=ws), run_dir=run_dir, guards=None).run_sync(
+        "What is on line 2?"
+    )
     assert result.status == "completed" and result.answer == "The second line is beta."
     first, second = [e for e in result.events if e.type == "tool_result"]
     assert first.is_error and first.error_kind == "exception"
@@ -385,6 +401,34 @@ def test_new_files_get_the_mode_any_new_file_gets(ws, ft):
     assert stat.S_IMODE(os.stat(ws / "made_by_tool.txt").st_mode) == 0o640
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another owner needs root")
+def test_an_edit_keeps_the_files_owner_and_acl(ws, ft):
+    path = ws / "theirs.txt"
+    path.write_text("hello\n")
+    os.chown(path, 1000, 1000)
+    os.chmod(path, 0o640)
+    try:  # a named user's entry, as the sandbox gives its kernel user: u::rw-, u:65534:rw-, g::r--, m::rw-, o::---
+        entries = [
+            (1, 6, 0xFFFFFFFF),
+            (2, 6, 65534),
+            (4, 4, 0xFFFFFFFF),
+            (16, 6, 0xFFFFFFFF),
+            (32, 0, 0xFFFFFFFF),
+        ]
+        acl = (2).to_bytes(4, "little") + b"".join(
+            t.to_bytes(2, "little") + p.to_bytes(2, "little") + i.to_bytes(4, "little") for t, p, i in entries
+        )
+        os.setxattr(path, "system.posix_acl_access", acl)
+    except OSError:
+        acl = None  # no ACLs on this filesystem: the owner and mode are still checked
+    before = os.stat(path)
+    assert "Edited" in ft.edit_file(path="theirs.txt", old="hello", new="bye")
+    after = os.stat(path)
+    assert (after.st_uid, after.st_gid, after.st_mode) == (before.st_uid, before.st_gid, before.st_mode)
+    if acl is not None:
+        assert os.getxattr(path, "system.posix_acl_access") == acl
+
+
 def test_edit_file_matches_lines_of_a_crlf_file_as_read_file_shows_them(ws, ft):
     (ws / "win.py").write_bytes(b"def a():\r\n    return 1\r\n\r\nprint(a())\r\n")
     out = ft.edit_file(path="win.py", old="def a():\n    return 1", new="def a():\n    return 2")
@@ -402,7 +446,9 @@ def test_every_files_tool_numbers_lines_alike(ws, ft):
 
 
 def test_a_missing_workspace_is_made_and_a_file_in_its_place_refused(tmp_path):
-    tools = FileTools(tmp_path / "new" / "work")  # as Agent(tools=["files"], workspace="work") in a fresh folder
+    tools = FileTools(
+        tmp_path / "new" / "work"
+    )  # as Agent(tools=["files"], workspace="work") in a fresh folder
     assert "Created notes.txt" in tools.write_file(path="notes.txt", content="hi\n")
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ValueError, match="is not a directory"):

@@ -249,6 +249,8 @@ class Workspace:
                         os.mkdir(part, dir_fd=fd)
                     except FileExistsError:
                         pass
+                    except OSError as e:  # read-only, full, not permitted
+                        raise ToolError(f"Cannot create the folder for {path!r}: {e.strerror or e}.") from None
                 try:
                     child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=fd)
                 except OSError as e:
@@ -325,24 +327,24 @@ class Workspace:
                 f"Refused: the content is {len(data):,} bytes, over the {self.max_write_bytes:,}-byte limit."
             )
         real = self.resolve(path, must_exist=False)
-        mode: int | None = None
+        old: os.stat_result | None = None
         try:
-            st = os.stat(real)
+            old = os.stat(real)
         except FileNotFoundError:
-            created = True
+            pass
         else:
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(old.st_mode):
                 raise ToolError(
-                    f"Refused: {path!r} is {_describe_mode(st.st_mode)}; only regular files can be written."
+                    f"Refused: {path!r} is {_describe_mode(old.st_mode)}; only regular files can be written."
                 )
-            created = False
-            mode = stat.S_IMODE(st.st_mode)
         parent = self._walk_to(real.parent, path, create=True)
         try:
-            _atomic_write(parent, real.name, data, mode)
+            _atomic_write(parent, real.name, data, old)
+        except OSError as e:
+            raise ToolError(f"Cannot write {path!r}: {e.strerror or e}.") from None
         finally:
             os.close(parent)
-        return real, created
+        return real, old is None
 
 
 class TooLarge(ToolError):
@@ -403,13 +405,13 @@ def _binary(path: str) -> ToolError:
     )
 
 
-def _atomic_write(parent: int, name: str, data: bytes, mode: int | None) -> None:
+def _atomic_write(parent: int, name: str, data: bytes, old: os.stat_result | None) -> None:
     """Write to a temp file in the directory `parent` (a descriptor), then rename it over `name`.
 
     A new file is created with mode 0o666 and left to the umask, or to the
     directory's default ACL, as any new file there is: the python tool's
-    kernel keeps the access such an ACL gives it. A file that existed keeps
-    its mode.
+    kernel keeps the access such an ACL gives it. A file that existed (`old`)
+    keeps its mode, its owner (as far as this process may give it) and its ACL.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     for _ in range(100):
@@ -425,8 +427,9 @@ def _atomic_write(parent: int, name: str, data: bytes, mode: int | None) -> None
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            if mode is not None:
-                os.fchmod(f.fileno(), mode)
+            if old is not None:
+                _keep_owner_and_acl(f.fileno(), parent, name, old)
+                os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode))  # after the ACL: the mode sets its mask
             os.fsync(f.fileno())
         os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
     except BaseException:
@@ -435,6 +438,33 @@ def _atomic_write(parent: int, name: str, data: bytes, mode: int | None) -> None
         except FileNotFoundError:
             pass
         raise
+
+
+def _keep_owner_and_acl(fd: int, parent: int, name: str, old: os.stat_result) -> None:
+    """Give the new file `fd` the owner and access ACL of the one it replaces (an edit by a
+    root agent must not take a file from its owner, nor from the sandbox's user)."""
+    if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+        try:
+            os.fchown(fd, old.st_uid, old.st_gid)
+        except PermissionError:  # not root: the group only, if it is one of ours
+            try:
+                os.fchown(fd, -1, old.st_gid)
+            except PermissionError:
+                pass
+    try:
+        src = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), dir_fd=parent)
+    except OSError:
+        return
+    try:
+        acl = os.getxattr(src, "system.posix_acl_access")
+    except OSError:  # none, or no ACLs here
+        return
+    finally:
+        os.close(src)
+    try:
+        os.setxattr(fd, "system.posix_acl_access", acl)
+    except OSError:
+        pass
 
 
 def _clip(line: str, limit: int = MAX_LINE_CHARS) -> str:
