@@ -281,17 +281,8 @@ class Agent:
             guards = [default_pipeline(tools=self.tool_list)]
         self.guards: list[Any] = self._interceptors(list(guards or []))
         self.approver = approver
-        gated = tuple(t.name for t in self.tool_list if t.needs_approval)
-        if (
-            gated and approver is None and gated not in _warned_unapproved
-        ):  # once a process (a batch makes many)
-            _warned_unapproved.add(gated)
-            _log.warning(
-                "%s need%s approval and this agent has no approver=: every call to %s will be refused",
-                ", ".join(gated),
-                "s" if len(gated) == 1 else "",
-                "it" if len(gated) == 1 else "them",
-            )
+        # Said at the first run, not here: an approver may be set after the agent is made (as chat does).
+        self._gated = tuple(t.name for t in self.tool_list if t.needs_approval)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._runs: list[Run] = []
         # cancel() calls so far: a run asked for before one, and not yet started, is cancelled.
@@ -485,6 +476,8 @@ class Agent:
     # -- internals -----------------------------------------------------------
 
     def _new_run(self) -> Run:
+        if self._gated and self.approver is None:
+            _say_unapproved(self._gated)
         run_id = new_run_id()
         try:
             return self._wire(Run(self, run_id=run_id, bus=Bus(run_id)))
@@ -687,6 +680,21 @@ class Agent:
             if self._last is None:
                 raise
             return self._result(self._last)
+
+
+def _say_unapproved(gated: tuple[str, ...]) -> None:
+    """Warn, once a process (a batch makes many agents), that calls to these tools will be refused."""
+    if gated in _warned_unapproved:
+        return
+    _warned_unapproved.add(gated)
+    one = len(gated) == 1
+    _log.warning(
+        "%s need%s approval and no one is set to give it (approver=; --yes or a terminal on the command "
+        "line): every call to %s is refused",
+        ", ".join(gated),
+        "s" if one else "",
+        "it" if one else "them",
+    )
 
 
 def check_text(text: Any, what: str) -> None:

@@ -237,9 +237,19 @@ def test_approval_without_approver_refuses_and_says_so(run_dir, caplog):
     assert not given.approved and given.by == "policy"
     assert "has no approver, so it was not run" in llm.requests[1].messages[-1].content  # no "user refused"
     assert caplog.messages == [
-        "deploy_now needs approval and this agent has no approver=: every call to it will be refused"
+        "deploy_now needs approval and no one is set to give it (approver=; --yes or a terminal on the "
+        "command line): every call to it is refused"
     ]
-    Agent(ScriptedLLM(["ok"]), tools=[deploy_now], run_dir=run_dir)  # said once, not for every agent made
+    Agent(ScriptedLLM(["ok"]), tools=[deploy_now], run_dir=run_dir).run_sync("x")  # once, not for every agent
+
+    @tool(effects={"writes"}, needs_approval=True)
+    def deploy_later() -> str:
+        """Deploy later."""
+        return "queued"
+
+    later = Agent(ScriptedLLM(["ok"]), tools=[deploy_later], run_dir=run_dir)
+    later.approver = lambda request: True  # set after the agent is made, as `agent chat` does: no warning
+    later.run_sync("x")
     assert len(caplog.messages) == 1
 
 
