@@ -62,10 +62,30 @@ def for_terminal(event: M) -> M:
     return event.model_copy(update=changes) if changes else event
 
 
+class _ModelMarkdown(Markdown):
+    """Markdown that shows what looks like HTML instead of dropping it: rich leaves out
+    HTML tags, so `std::vector<int>` read `std::vector`, and a `<details>` block vanished."""
+
+    def __init__(self, markup: str, **options: Any) -> None:
+        super().__init__(markup, **options)
+        self._show_html(self.parsed)
+
+    @classmethod
+    def _show_html(cls, tokens: Any) -> None:
+        for token in tokens:
+            if token.type == "html_inline" and token.content not in ("<kbd>", "</kbd>"):
+                token.type = "text"  # the tag, as written
+            elif token.type == "html_block":
+                token.type, token.info = "code_block", ""  # the block, as written
+            if token.children:
+                cls._show_html(token.children)
+
+
 def markdown(text: str) -> Markdown:
     """Model text as Markdown for a terminal. A link shows its address: an OSC 8 hyperlink
-    hides it on terminals that do not support them, and from a copy of the text."""
-    return Markdown(text, hyperlinks=False)
+    hides it on terminals that do not support them, and from a copy of the text. Text that
+    looks like HTML is shown as written."""
+    return _ModelMarkdown(text, hyperlinks=False)
 
 
 def _short(value: Any, limit: int = 300) -> str:

@@ -567,6 +567,22 @@ def test_a_link_in_an_answer_shows_its_address():
     assert "https://docs.example.com/x" in screen.getvalue() and "\x1b]8;" not in screen.getvalue()
 
 
+def test_text_that_looks_like_html_is_shown_as_written():
+    import io
+
+    from rich.console import Console
+
+    from agent.render import markdown
+
+    screen = io.StringIO()
+    answer = "Use std::vector<int> and List<String>.\n\n<details>\nthe block\n</details>\n\nPress <kbd>Ctrl</kbd>."
+    Console(file=screen, width=100).print(markdown(answer))
+    shown = screen.getvalue()
+    assert "std::vector<int> and List<String>." in shown
+    assert "<details>" in shown and "the block" in shown and "</details>" in shown
+    assert "Press Ctrl." in shown  # the one tag rich styles itself
+
+
 async def test_an_interrupted_stream_shows_each_event_once(tmp_path):
     import asyncio
 
