@@ -391,6 +391,27 @@ async def test_unreadable_arguments_go_back_as_valid_json(server: FakeServer, ma
     assert observation["tool_call_id"] == "call_1" and "You wrote: a=2, b=3" in observation["content"]
 
 
+async def test_user_messages_in_a_row_go_to_the_server_as_one(server: FakeServer, make_llm, tmp_path) -> None:
+    # A plan note after the task, or a message after a cancelled turn, would be two user turns in
+    # a row, which chat templates that need the roles to alternate (Mistral, Gemma) refuse.
+    from agent import Agent
+
+    bad = Reply(status=400, json_body={"error": {"message": "bad request"}})
+    server.queue(text_stream("1. count"), text_stream("one"), bad, text_stream("two"))
+    agent = Agent(make_llm(), strategy="plan-act-reflect", guards=None, run_dir=tmp_path / "runs")
+    session = agent.session()
+    assert (await session.asend("count")).answer == "one"
+    roles = [[m["role"] for m in body["messages"]] for body in server.requests]
+    assert roles[0] == ["system", "user"]  # the task and the instruction to plan, as one
+    assert roles[1] == ["system", "user"]  # the task and the plan note
+    assert server.requests[1]["messages"][1]["content"].startswith("count\n\n")
+    assert (await session.asend("and then?")).status == "failed"  # a turn that got no answer
+    assert (await session.asend("again")).answer == "two"
+    last = server.requests[-1]["messages"]
+    assert [m["role"] for m in last] == ["system", "user", "assistant", "user"]
+    assert last[-1]["content"] == "and then?\n\nagain"
+
+
 async def test_extra_body_none_removes_a_field(server: FakeServer, make_llm) -> None:
     server.queue(text_stream("ok"))
     await complete(make_llm(extra_body={"reasoning_effort": None}), user())

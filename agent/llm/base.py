@@ -74,3 +74,20 @@ async def complete(llm: LLM, request: LLMRequest) -> ModelResponse:
     if response is None:
         raise LLMError(f"{llm.name}: the stream ended without a response")
     return response
+
+
+def joined_turns(messages: list[Message]) -> list[Message]:
+    """`messages` with user messages that follow one another joined into one, a blank line
+    between. Chat templates that need user and assistant turns to alternate (Mistral's,
+    Gemma's) refuse two in a row, which a plan note after the task, a message after an
+    interrupted or failed turn, or a summary after the task make."""
+    if not any(a.role == b.role == "user" for a, b in zip(messages, messages[1:], strict=False)):
+        return messages
+    out: list[Message] = []
+    for message in messages:
+        last = out[-1] if out else None
+        if last is not None and last.role == message.role == "user" and last.name == message.name:
+            out[-1] = Message(role="user", content=f"{last.content}\n\n{message.content}", name=last.name)
+        else:
+            out.append(message)
+    return out

@@ -36,7 +36,7 @@ import httpx
 
 from ..events import ModelDelta, ModelResponse
 from ..types import Message, ToolCallRequest, Usage, new_call_id
-from .base import ContextLengthError, LLMError, LLMRequest
+from .base import ContextLengthError, LLMError, LLMRequest, joined_turns
 from .formats import split_all_thinking
 from .parse import has_markup, loads_lenient, parse_output, parse_text_only, stream_splitter
 
@@ -589,7 +589,7 @@ class OpenAICompatLLM:
         """The JSON body for one request."""
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [message_to_wire(m) for m in request.messages],
+            "messages": [message_to_wire(m) for m in joined_turns(request.messages)],
         }
         if request.tools:
             body["tools"] = request.tools

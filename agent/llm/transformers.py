@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import ModelDelta, ModelResponse
 from ..types import Effort, Message, Usage
-from .base import ContextLengthError, LLMError, LLMRequest, ModelNotFoundError
+from .base import ContextLengthError, LLMError, LLMRequest, ModelNotFoundError, joined_turns
 from .parse import (
     CALL_OPEN,
     THINK_OPEN,
@@ -170,7 +170,7 @@ class TemplateChatFormat:
     def render(self, request: LLMRequest) -> str:
         tools = request.tools if request.tool_choice != "none" else []
         required = request.tool_choice == "required"
-        messages = self.template_messages(request.messages, tools, tools_required=required)
+        messages = self.template_messages(joined_turns(request.messages), tools, tools_required=required)
         if self.harmony and not self.uses_reasoning_effort:  # harmony reads `Reasoning: ...` from the system
             messages = harmony_reasoning(messages, request.effort)
         kwargs: dict[str, Any] = self.effort_options(request.effort)
