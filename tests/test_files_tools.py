@@ -293,6 +293,11 @@ def test_search_files(ft, ws, monkeypatch):
     assert ft.search_files(pattern="a", glob="*.py", path="src").splitlines()[0].startswith("src/app.py:1:")
     assert ft.search_files(pattern="gamma", path="notes.txt") == "notes.txt:3: gamma"
     assert ft.search_files(pattern="main", glob="src/*.py").startswith("src/app.py:1:")  # a glob with a path
+    # `**/` is any folders, none included: the top of the workspace too
+    assert ft.search_files(pattern="beta", glob="**/*.txt") == "notes.txt:2: beta"
+    assert ft.search_files(pattern="main", glob="**/src/**/*.py").startswith("src/app.py:1:")
+    listed = ft.list_files(pattern="**/*.py", recursive=True) + ft.list_files(pattern="**/*.txt", recursive=True)
+    assert "app.py" in listed and "notes.txt" in listed
     assert ft.search_files(pattern="nowhere") == "No matches for 'nowhere' in the workspace."
     assert "Invalid regular expression" in refused(ft.search_files, pattern="(", regex=True)
     monkeypatch.setattr(files, "MAX_SEARCH_MATCHES", 2)

@@ -395,6 +395,17 @@ def _has_raw_bytes(text: str) -> bool:
     return not text.isascii() and any("\udc80" <= c <= "\udcff" for c in text)
 
 
+def _glob(rel: str, name: str, pattern: str) -> bool:
+    """Whether a file matches a glob: by its name, or by its path from the workspace root when
+    the pattern holds a '/'. `**/` stands for any folders, none included: `**/*.py` matches
+    `app.py` as well as `src/app.py`."""
+    if "/" not in pattern:
+        return fnmatch.fnmatch(name, pattern)
+    if fnmatch.fnmatch(rel, pattern):
+        return True
+    return "**/" in pattern and _glob(rel, name, pattern.replace("**/", "", 1))
+
+
 def _is_binary(data: bytes) -> bool:
     return b"\x00" in data[:8192]
 
@@ -678,9 +689,7 @@ class FileTools:
         skipped: set[str] = set()
 
         def matches(rel: str, name: str) -> bool:
-            if pattern is None:
-                return True
-            return fnmatch.fnmatch(rel if "/" in pattern else name, pattern)
+            return pattern is None or _glob(rel, name, pattern)
 
         for dirpath, dirnames, filenames in ws.walk(real, path):
             dirnames.sort()
@@ -815,7 +824,7 @@ class FileTools:
             for name in sorted(filenames):
                 full = Path(dirpath) / name
                 # as list_files: a glob with a '/' is matched against the path from the workspace root
-                if glob is not None and not fnmatch.fnmatch(ws.relative(full) if "/" in glob else name, glob):
+                if glob is not None and not _glob(ws.relative(full), name, glob):
                     continue
                 if os.path.islink(full) and not ws._inside(Path(os.path.realpath(full))):
                     continue
