@@ -118,6 +118,8 @@ class ConsoleRenderer:
         self.verbose = verbose
         self.out = out or Console()
         self.err = err or Console(stderr=True)
+        if not self.err.is_terminal:  # a log file or CI: one line per line, for grep, not wrapped at 80
+            self.err.soft_wrap = True
         self._status: Any = None
         self._error_shown = False
         self._answered = False

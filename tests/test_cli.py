@@ -49,6 +49,16 @@ def test_run_prints_the_answer_on_stdout(tmp_path, script):
     assert len(list((tmp_path / ".agent" / "runs").glob("*.jsonl"))) == 1
 
 
+def test_progress_written_to_a_file_keeps_its_lines_whole(tmp_path, script):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "40"}
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "x", "--model", f"scripted:{script}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    header = out.stderr.splitlines()[0]
+    assert header.startswith("run ") and header.endswith("· react · effort medium"), out.stderr
+
+
 def test_json_mode_prints_only_events(tmp_path, script):
     out = agent("run", "x", "--model", f"scripted:{script}", "--json", cwd=tmp_path)
     assert out.returncode == 0
