@@ -10,6 +10,7 @@ result, not a retry.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import math
 import os
@@ -60,6 +61,7 @@ class BatchResult(BaseModel):
         return self.status == "completed"
 
 
+_TASK_KEYS = tuple(BatchTask.model_fields)
 _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false"}
 _JSON_KINDS[type(None)] = "null"
 
@@ -91,6 +93,13 @@ def read_tasks(path: str | Path) -> list[BatchTask]:
         except ValidationError as e:
             problems = [f"{'.'.join(map(str, err['loc'])) or 'task'}: {err['msg']}" for err in e.errors()[:3]]
             raise AgentError(f"{path}:{number}: not a valid task ({'; '.join(problems)})") from None
+        for key in task.model_extra or {}:  # kept as the task's own data, unless it is a known key misspelt
+            near = difflib.get_close_matches(key, _TASK_KEYS, n=1, cutoff=0.75)
+            if near:
+                raise AgentError(
+                    f"{path}:{number}: unknown key {key!r}: did you mean {near[0]!r}? "
+                    f"(a task's keys are {', '.join(_TASK_KEYS)}; others are kept as its data)"
+                )
         if task.id in seen:
             raise AgentError(f"{path}:{number}: task id {task.id!r} appears twice")
         seen.add(task.id)
@@ -580,7 +589,10 @@ def run_cli(args: Any) -> int:
             rate=f"{p.tokens / elapsed:.0f}",
         )
         if result is not None and (not err.is_terminal or not result.ok):
-            mark = "ok" if result.ok else result.status + (f": {result.error}" if result.error else "")
+            if result.ok:
+                mark = "ok" if result.correct is not False else "answered, not the expected answer"
+            else:
+                mark = result.status + (f": {result.error}" if result.error else "")
             # Not markup: an id or error may hold "[/...]", which rich would read as a closing tag.
             line = f"[{p.done}/{p.total}] {result.id}: {mark}"
             err.print(line, markup=False, highlight=False, soft_wrap=True)

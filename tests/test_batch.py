@@ -145,6 +145,11 @@ def test_tasks_file_errors_name_the_line(tmp_path):
         read_tasks(path)
     path.write_text('{"id": 7, "prompt": "x", "effort": "high", "tools": []}\n')
     assert read_tasks(path)[0].id == "7"
+    path.write_text('{"id": "b", "prompt": "Capital of France?", "expectd": "Paris"}\n')  # a typo would go ungraded
+    with pytest.raises(AgentError, match=r"tasks.jsonl:1: unknown key 'expectd': did you mean 'expected'\?"):
+        read_tasks(path)
+    path.write_text('{"id": "b", "prompt": "x", "topic": "geography", "source": "quiz"}\n')  # the task's own data
+    assert read_tasks(path)[0].model_extra == {"topic": "geography", "source": "quiz"}
 
 
 def test_ray_executor_runs_the_same_file(tmp_path):
@@ -300,11 +305,13 @@ def test_a_second_batch_on_the_same_results_file_is_refused_while_the_first_runs
 def test_ids_and_errors_are_shown_as_written_and_a_bom_is_no_error(tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     rows = [{"id": "x[/y]", "prompt": "x"}, {"id": ":thumbs_up:", "prompt": "y"}, {"id": "z", "prompt": "z"}]
+    rows.append({"id": "graded", "prompt": "w", "expected": "something else"})  # the model says "ok"
     tasks.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
     out = _batch_cli(tmp_path, "tasks.jsonl", "-o", "out[/x].jsonl")
     assert out.returncode == 0, out.stderr
-    assert "[1/3]" in out.stderr and "x[/y]: ok" in out.stderr and ":thumbs_up:: ok" in out.stderr
-    assert "out[/x].jsonl" in out.stderr and len(read_results(tmp_path / "out[/x].jsonl")) == 3
+    assert "[1/4]" in out.stderr and "x[/y]: ok" in out.stderr and ":thumbs_up:: ok" in out.stderr
+    assert "graded: answered, not the expected answer" in out.stderr
+    assert "out[/x].jsonl" in out.stderr and len(read_results(tmp_path / "out[/x].jsonl")) == 4
 
 
 def test_two_batches_starting_together_on_a_new_results_file_meet_and_one_is_refused(tmp_path):
