@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import os
@@ -61,14 +60,16 @@ class RunResult(BaseModel):
         return self.status == "completed"
 
 
-class EventStream:
+class EventStream(Coroutine[Any, Any, Any]):
     """The events of one run, as `Agent.run` and `Agent.resume` give them.
 
     `async for event in stream` reads them as they happen (the run goes on only as
     they are read; leaving the loop and closing the stream ends the run);
-    `await stream` runs to the end and returns the `RunResult`. A stream that is
-    neither read nor awaited warns when it is dropped, as a coroutine never awaited
-    does: nothing ran.
+    `await stream` runs to the end and returns the `RunResult`, and so does
+    `asyncio.run(stream)`: the stream is a coroutine too. After `aclose()` (or a
+    loop left part way), awaiting it gives the result as the run ended. A stream
+    that is neither read nor awaited warns when it is dropped, as a coroutine never
+    awaited does: nothing ran.
     """
 
     def __init__(
@@ -78,6 +79,8 @@ class EventStream:
         self._result = result
         self._what = what
         self._used = False
+        self._closed = False  # aclose() ran: the generator is done with (its flags may not say so)
+        self._end: Generator[Any, None, RunResult] | None = None  # `await`'s, once it began
 
     def __aiter__(self) -> EventStream:
         self._used = True
@@ -85,21 +88,41 @@ class EventStream:
 
     async def __anext__(self) -> Event:
         self._used = True
+        if self._closed:
+            raise StopAsyncIteration
         return await self._events.__anext__()
 
     async def aclose(self) -> None:
         """End the run now (it is recorded as cancelled) if it has not ended."""
         self._used = True
-        await self._events.aclose()
+        if not self._closed:
+            self._closed = True
+            await self._events.aclose()
 
     def __await__(self) -> Generator[Any, None, RunResult]:
-        self._used = True
-        return self._to_the_end().__await__()
+        if self._end is None:
+            self._used = True
+            self._end = self._to_the_end().__await__()
+        return self._end
+
+    # As a coroutine (asyncio.run, create_task): the same run to the end as `await`.
+    def send(self, value: Any) -> Any:
+        return self.__await__().send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self.__await__().throw(*args)
+
+    def close(self) -> None:
+        if self._end is not None:
+            self._end.close()
 
     async def _to_the_end(self) -> RunResult:
-        async with contextlib.aclosing(self._events) as events:
-            async for _ in events:
-                pass
+        if not self._closed:
+            try:
+                async for _ in self._events:
+                    pass
+            finally:
+                await self.aclose()
         return self._result()
 
     def __del__(self) -> None:

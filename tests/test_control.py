@@ -121,6 +121,9 @@ async def test_leaving_the_event_stream_cancels_the_run_and_says_why(run_dir):
     end = agent._last.state.events[-1]
     assert end.type == "run_finished" and end.status == "cancelled"
     assert end.error == "the caller stopped reading the run's events"
+    result = await stream  # the result, as the run ended
+    assert (result.status, result.error) == ("cancelled", end.error)
+    assert [e async for e in stream] == []
 
 
 async def test_the_event_stream_goes_on_only_as_the_caller_reads_it(run_dir):
@@ -331,6 +334,12 @@ async def test_the_event_stream_can_be_awaited_and_warns_when_never_used(run_dir
     with pytest.warns(RuntimeWarning, match=r"Agent.run\(...\) was neither iterated nor awaited"):
         agent.run("never read")  # the smolagents habit, from sync code: nothing runs
         gc.collect()
+    task = asyncio.create_task(Agent(ScriptedLLM(["as a task"]), run_dir=run_dir).run("go"))  # a coroutine too
+    assert (await task).answer == "as a task"
+
+
+def test_asyncio_run_takes_the_event_stream(run_dir):
+    assert asyncio.run(Agent(ScriptedLLM(["done"]), run_dir=run_dir).run("go")).answer == "done"
 
 
 async def test_a_slow_reader_does_not_eat_a_tools_time_and_leaving_at_the_end_keeps_the_episode(run_dir):
