@@ -362,6 +362,13 @@ class Agent:
             not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0
         ):
             raise AgentError(f"max_seconds must be a positive number of seconds, not {seconds!r}")
+        window = self.context_window
+        if window is not None and not hasattr(window, "fit") and (
+            not isinstance(window, int) or isinstance(window, bool) or window < 1
+        ):
+            raise AgentError(
+                f"context_window must be a number of tokens (context_window=8192) or a ContextBudget, not {window!r}"
+            )
         if not isinstance(self.reflect_before_answer, bool):
             raise AgentError(
                 f"reflect_before_answer must be True or False, not {self.reflect_before_answer!r}"

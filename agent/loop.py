@@ -134,12 +134,12 @@ async def _maybe_await(value: Any) -> Any:
     return await value if _pending(value) else value
 
 
-def _hooked(value: Any, kind: type, hook: str) -> Any:
+def _hooked(value: Any, kind: type, hook: str, agent: Any) -> Any:
     """A hook's return value, checked: a hook that forgets to return its argument fails clearly."""
     if not isinstance(value, kind):
         raise TypeError(
-            f"Agent.{hook}() must return the {kind.__name__} it was given (or a changed one), "
-            f"not {type(value).__name__}"
+            f"{type(agent).__name__}.{hook}() must return the {kind.__name__} it was given (or a changed "
+            f"one), not {type(value).__name__}"
         )
     return value
 
@@ -589,7 +589,7 @@ class Run:
             if _pending(response):
                 response = await response
             if type(response) is not ModelResponse:
-                response = _hooked(response, ModelResponse, "act")
+                response = _hooked(response, ModelResponse, "act", self.agent)
             # Every call dropped: the words around them are no answer (see _step).
             self._held_back = called if called and not response.tool_calls else None
         decision = bus.emit_now(response) or await bus.emit(response)
@@ -959,7 +959,7 @@ class Run:
             if _pending(result):
                 result = await result
             if type(result) is not ToolResult:
-                result = _hooked(result, ToolResult, "observe")
+                result = _hooked(result, ToolResult, "observe", self.agent)
         decision = self.bus.emit_now(result) or await self.bus.emit(result)
         if decision.action == "halt":
             raise _Stop("halted", decision.feedback or "halted by a guard")
@@ -996,7 +996,7 @@ class Run:
             plan = await _maybe_await(
                 self.agent.plan(Plan(content=content, reason=reason, step=self.state.step))
             )
-            await self._emit_note(_hooked(plan, Plan, "plan"))
+            await self._emit_note(_hooked(plan, Plan, "plan", self.agent))
 
     async def _reflect(self, reason: Literal["error", "loop", "final", "stuck"]) -> None:
         response = await self._call_model(
@@ -1006,7 +1006,7 @@ class Run:
             content = response.content.strip() or response.thinking.strip() or "(no reflection)"
             reflection = Reflection(content=content, reason=reason, step=self.state.step)
             await self._emit_note(
-                _hooked(await _maybe_await(self.agent.reflect(reflection)), Reflection, "reflect")
+                _hooked(await _maybe_await(self.agent.reflect(reflection)), Reflection, "reflect", self.agent)
             )
 
     async def _emit_note(self, note: Plan | Reflection) -> None:

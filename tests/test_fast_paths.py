@@ -523,3 +523,15 @@ async def test_a_sync_method_inside_an_event_loop_is_refused_with_the_async_form
     with pytest.raises(AgentError, match="cannot run inside an event loop.*await agent.arun"):
         agent.run_sync("task")
     assert (await agent.arun("task")).answer == "done"  # the refused call left nothing behind
+
+
+def test_every_package_says_it_carries_type_hints():
+    import importlib.resources
+    import tomllib
+    from pathlib import Path
+
+    data = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    shipped = data["tool"]["setuptools"]["package-data"]
+    for package in ("agent", "tools", "memory", "guards"):
+        assert importlib.resources.files(package).joinpath("py.typed").is_file(), package
+        assert "py.typed" in shipped[package], package  # and the wheel takes it along

@@ -409,7 +409,7 @@ def test_a_hook_that_forgets_to_return_fails_with_a_clear_message(run_dir, hook)
     )
     result = agent.run_sync("1+1")
     assert result.status == "failed"
-    assert f"Agent.{hook}() must return the" in result.error and "not NoneType" in result.error
+    assert f"Forgetful.{hook}() must return the" in result.error and "not NoneType" in result.error
 
 
 def test_tool_error_class_shows_plain_message(run_dir):
@@ -756,6 +756,8 @@ def test_turns_are_the_same_only_with_the_same_json_arguments():
         ({"reflect_before_answer": "yes"}, "reflect_before_answer must be True or False"),
         ({"approver": True}, "approver must be a function"),
         ({"guards": lambda event: None}, "guards must be a list"),
+        ({"context_window": "8k"}, "context_window must be a number of tokens"),
+        ({"context_window": True}, "context_window must be a number of tokens"),
     ],
 )
 def test_settings_a_typo_would_break_mid_run_are_refused_when_the_agent_is_made(run_dir, setting, match):
