@@ -152,17 +152,21 @@ def _split_memory(memory: Any) -> tuple[Any, Any, list[Tool]]:
                 raise AgentError("memory= holds two episodic memories; an agent records its runs in one")
             episodic = item
         elif hasattr(item, "search") and hasattr(item, "add"):
-            from memory.tools import memory_tools
-
             if vector is not None:
                 raise AgentError(
                     "memory= holds two vector memories, and both would be the memory_search and memory_save "
                     "tools; pass the second as tools=memory_tools(second, prefix='notes') (notes_search, ...)"
                 )
             vector = item
-            tools.extend(memory_tools(item))
         else:
             raise AgentError(f"memory={item!r} is neither a VectorMemory nor an EpisodicMemory")
+    if vector is not None:
+        from memory.tools import memory_tools
+
+        # One store for notes and episodes: the model's searches find notes, not past runs' records
+        # (those come as lessons, chosen for the task).
+        shared = episodic is not None and getattr(episodic, "memory", None) is vector
+        tools.extend(memory_tools(vector, where={"kind": {"$ne": "episode"}} if shared else None))
     return vector, episodic, tools
 
 

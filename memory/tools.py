@@ -157,6 +157,12 @@ class MemorySave(Tool):
         return f"Saved to memory as id {record_id}."
 
 
-def memory_tools(memory: VectorMemory, *, prefix: str = "memory") -> list[Tool]:
-    """`memory_search` and `memory_save` bound to `memory` (names `<prefix>_search`, `<prefix>_save`)."""
-    return [MemorySearch(memory, name=f"{prefix}_search"), MemorySave(memory, name=f"{prefix}_save")]
+def memory_tools(
+    memory: VectorMemory, *, prefix: str = "memory", where: dict[str, Any] | None = None
+) -> list[Tool]:
+    """`memory_search` and `memory_save` bound to `memory` (names `<prefix>_search`, `<prefix>_save`);
+    `where` limits what the search finds (a metadata filter)."""
+    return [
+        MemorySearch(memory, name=f"{prefix}_search", where=where),
+        MemorySave(memory, name=f"{prefix}_save"),
+    ]

@@ -221,7 +221,7 @@ class VectorMemory:
         min_score: float | None = None,
     ) -> list[Hit]:
         """The k records nearest in meaning to `query` (cosine score, best first)."""
-        _check_text(query, "search takes a query string")
+        _check_text(query, "search takes a query string", "the query")
         k = _check_search(k, min_score)
         if k <= 0:
             return []
@@ -266,7 +266,7 @@ class VectorMemory:
 
     def recent(self, limit: int = 10, where: Where | None = None) -> list[Record]:
         """The newest records by time."""
-        limit = _check_search(limit, None)
+        limit = _check_search(limit, None, "limit")
         if limit <= 0:
             return []
         return self.store.recent(limit, where)
@@ -289,9 +289,11 @@ class VectorMemory:
         self.close()
 
 
-def _check_text(text: Any, must: str = "texts must be strings") -> None:
+def _check_text(text: Any, must: str = "texts must be strings", what: str = "a text to store") -> None:
     if not isinstance(text, str):
         raise VectorMemoryError(f"{must}, not {type(text).__name__}")
+    if not text.strip():  # no meaning to store or to look for: any record would match at random
+        raise VectorMemoryError(f"{what} cannot be empty ({text!r}): there is nothing to embed")
     if has_lone_surrogate(text):
         raise VectorMemoryError(f"text {text[:40]!r}... holds a lone surrogate, which cannot be stored as UTF-8")
 
@@ -305,9 +307,9 @@ def _check_time(when: Any, now: float) -> float:
     return float(when)
 
 
-def _check_search(k: Any, min_score: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise VectorMemoryError(f"k must be an int, not {k!r}")
+def _check_search(k: Any, min_score: Any, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+        raise VectorMemoryError(f"{name} must be a whole number, 0 or more, not {k!r}")
     if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, numbers.Real)):
         raise VectorMemoryError(f"min_score must be a number, not {min_score!r}")
     return int(k)

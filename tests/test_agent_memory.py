@@ -66,3 +66,16 @@ def test_memory_tools_refuse_arguments_they_do_not_take(tmp_path):
     assert [e.error_kind for e in errors] == ["invalid_arguments", "invalid_arguments"]
     assert "where" in errors[0].content and "pin" in errors[1].content
     assert notes.count() == 0
+
+
+def test_notes_and_episodes_in_one_store_keep_the_models_searches_to_the_notes(tmp_path):
+    store = VectorMemory(tmp_path / "one.db", HashingEmbedder())
+    store.add("The weather service needs the city name in English.", {"tags": ["weather"]})
+    episodes = EpisodicMemory(store)
+    first = Agent(ScriptedLLM(["Sunny in Paris."]), memory=[store, episodes], run_dir=tmp_path / "runs")
+    first.run_sync("What's the weather in Paris?")  # recorded as an episode in the same store
+    assert any(r.metadata.get("kind") == "episode" for r in store.records(store.ids()))
+    llm = ScriptedLLM([call("memory_search", query="weather in Paris"), "done"])
+    Agent(llm, memory=[store, episodes], run_dir=tmp_path / "runs").run_sync("weather?")
+    found = llm.requests[-1].messages[-1].content
+    assert "city name in English" in found and "What's the weather in Paris?" not in found

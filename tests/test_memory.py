@@ -867,7 +867,12 @@ def test_bad_items_store_nothing_and_bad_queries_are_clear_errors(tmp_path):
         (lambda: mem.add("x", vector=np.full(mem.embedder.dim, np.nan, dtype=np.float32)), "NaN"),
         (lambda: mem.update(1, text="\ud800"), "lone surrogate"),
         (lambda: mem.search(None), "query string, not NoneType"),
-        (lambda: mem.search("x", k="3"), "k must be an int"),
+        (lambda: mem.search("x", k="3"), "k must be a whole number"),
+        (lambda: mem.search("x", k=-1), "k must be a whole number, 0 or more, not -1"),
+        (lambda: mem.recent(-1), "limit must be a whole number"),
+        (lambda: mem.search("  "), "the query cannot be empty"),
+        (lambda: mem.add(""), "a text to store cannot be empty"),
+        (lambda: mem.add_many(["a", "\n"]), "a text to store cannot be empty"),
         (lambda: mem.search("x", min_score="0.5"), "min_score must be a number"),
         (lambda: mem.search_vector(np.ones(3, dtype=np.float32)), "must be 256 finite numbers"),
         (lambda: mem.add("x", {1: "a"}), "metadata keys must be strings"),
@@ -882,7 +887,7 @@ def test_bad_items_store_nothing_and_bad_queries_are_clear_errors(tmp_path):
     numpy_numbers = mem.search("a", k=np.int64(2), min_score=np.float32(-1.0))  # NumPy numbers are numbers
     assert len(numpy_numbers) == 2 and mem.recent(np.int64(1))[0].text == "c"
     assert mem.get(mem.add("d", time=np.float64(1.5e9))).time == 1.5e9
-    assert mem.recent(-1) == [] and mem.delete(set(ids[:2])) == 2 and mem.delete(range(ids[2], ids[2] + 1)) == 1
+    assert mem.recent(0) == [] and mem.delete(set(ids[:2])) == 2 and mem.delete(range(ids[2], ids[2] + 1)) == 1
     shown = format_hits([{"id": 1, "text": "t", "metadata": {"tags": "ops"}, "time": "soon"}])
     assert shown == "1. [id 1; tags: ops] t"
     save = memory_tools(mem)[1]
