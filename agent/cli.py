@@ -351,6 +351,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from .builtins import builtins_for
+    from .render import visible
     from .runlog import find_run, first_event
 
     writable_dir(args.run_dir, "--run-dir")
@@ -364,6 +365,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
         )
     _warn_if_unguarded(args)
     agent = _agent_from(args)
+    was = started.model if started is not None and started.type == "run_started" else ""
+    now = getattr(agent.model, "name", type(agent.model).__name__)
+    if was and was != now:
+        _print_note(
+            f"the run was started with the model {visible(was)}; it goes on with {visible(now)} "
+            "(--model and --base-url choose)"
+        )
     return _exit_code(asyncio.run(_drive(agent, agent.resume(path), _renderer(args))))
 
 

@@ -124,6 +124,7 @@ def test_resume_from_the_cli(tmp_path):
     out = agent("resume", "last", "--model", f"scripted:{second}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "done after resume"
+    assert "note: the run was started with the model scripted:" in out.stderr  # another model: said so
 
 
 def test_guards_are_on_by_default_and_the_cli_says_when_off(tmp_path):
