@@ -305,10 +305,10 @@ def _warn_if_unguarded(args: argparse.Namespace) -> None:
         )
 
 
-def _renderer(args: argparse.Namespace) -> Any:
+def _renderer(args: argparse.Namespace, *, messages: bool = False) -> Any:
     from .render import ConsoleRenderer, JsonLinesRenderer
 
-    return JsonLinesRenderer() if args.json else ConsoleRenderer(verbose=args.verbose)
+    return JsonLinesRenderer() if args.json else ConsoleRenderer(verbose=args.verbose, messages=messages)
 
 
 async def _drive(agent: Any, events: Any, renderer: Any) -> Any:
@@ -395,7 +395,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     events = read_events(path)
     if not events:
         raise AgentError(f"run log {path} is empty; nothing to replay")
-    renderer = _renderer(args)
+    renderer = _renderer(args, messages=True)  # the task and each message of a session, as they were said
     for event in events:
         renderer(event)
     if events[-1].type != "run_finished" and not args.json:

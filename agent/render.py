@@ -113,9 +113,15 @@ class ConsoleRenderer:
     """
 
     def __init__(
-        self, *, verbose: bool = False, out: Console | None = None, err: Console | None = None
+        self,
+        *,
+        verbose: bool = False,
+        out: Console | None = None,
+        err: Console | None = None,
+        messages: bool = False,
     ) -> None:
         self.verbose = verbose
+        self.messages = messages  # show what the user said (a replay; a live run's user just typed it)
         self.out = out or Console()
         self.err = err or Console(stderr=True)
         if not self.err.is_terminal:  # a log file or CI: one line per line, for grep, not wrapped at 80
@@ -143,8 +149,13 @@ class ConsoleRenderer:
             self._status = None
 
     def _on_run_started(self, e: Any) -> None:
-        what = "resumed" if e.resumed else "run"
+        # In a replay a later start is a session's next message as often as a resume after a crash.
+        what = "run" if not e.resumed else "continued" if self.messages else "resumed"
         self.err.print(Text(f"{what} {e.run_id} · {e.model} · {e.strategy} · effort {e.effort}", style="dim"))
+
+    def _on_user_message(self, e: Any) -> None:
+        if self.messages:
+            self.err.print(Text.assemble(("› ", "bold"), (e.content, "bold")), soft_wrap=True)
 
     def _on_model_request(self, e: Any) -> None:
         if self.err.is_terminal:

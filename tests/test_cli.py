@@ -68,13 +68,34 @@ def test_json_mode_prints_only_events(tmp_path, script):
 
 
 def test_replay_renders_a_past_run(tmp_path, script):
-    agent("run", "x", "--model", f"scripted:{script}", cwd=tmp_path)
+    agent("run", "What is 17 * 23?", "--model", f"scripted:{script}", cwd=tmp_path)
     out = agent("replay", "last", cwd=tmp_path)
     assert out.returncode == 0 and "It is **391**." in out.stdout
+    assert "› What is 17 * 23?" in out.stderr  # the task, as it was asked
     out = agent("replay", "last", "--json", cwd=tmp_path)
     assert [json.loads(line)["type"] for line in out.stdout.splitlines()][-1] == "run_finished"
     out = agent("runs", cwd=tmp_path)
     assert "completed" in out.stdout
+
+
+def test_replaying_a_session_shows_each_message_and_its_answer(tmp_path):
+    from agent import Agent
+    from agent.llm import ScriptedLLM
+
+    session = Agent(
+        ScriptedLLM(["Paris.", "About 2.1 million."]), run_dir=tmp_path / ".agent" / "runs"
+    ).session()
+    session.send_sync("Capital of France?")
+    session.send_sync("And its population?")
+    out = agent("replay", "last", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert [line for line in lines if line.startswith("›")] == [
+        "› Capital of France?",
+        "› And its population?",
+    ]
+    assert sum(line.startswith("continued ") for line in lines) == 1 and "resumed" not in out.stderr
+    assert out.stdout.split() == ["Paris.", "About", "2.1", "million."]
 
 
 @pytest.mark.parametrize(
@@ -586,7 +607,9 @@ def test_text_that_looks_like_html_is_shown_as_written():
     from agent.render import markdown
 
     screen = io.StringIO()
-    answer = "Use std::vector<int> and List<String>.\n\n<details>\nthe block\n</details>\n\nPress <kbd>Ctrl</kbd>."
+    answer = (
+        "Use std::vector<int> and List<String>.\n\n<details>\nthe block\n</details>\n\nPress <kbd>Ctrl</kbd>."
+    )
     Console(file=screen, width=100).print(markdown(answer))
     shown = screen.getvalue()
     assert "std::vector<int> and List<String>." in shown
