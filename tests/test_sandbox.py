@@ -199,8 +199,16 @@ async def test_secret_environment_variables_are_not_passed(py):
         "SENTRY_DSN": "https://abc@o1.ingest.sentry.io/1",
         "GH_PAT": "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB",
         "DEPLOY_WITH": "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB",
+        "REDIS_URL": "redis://:hunter2@redis:6379/0",  # a password without a user
+        "STORAGE": "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=c2VjcmV0==;",
+        "SQLSERVER": "Server=db;Database=app;User Id=sa;Password=Secret1;",
     }
-    plain = {"HOMEPAGE": "https://example.com/a:b", "PATH_EXTRA": "/opt/x:/opt/y"}
+    plain = {
+        "HOMEPAGE": "https://example.com/a:b",
+        "PATH_EXTRA": "/opt/x:/opt/y",
+        "HTTP_PROXY": "http://proxy.internal:3128",
+        "PS1": "user@host:~$ ",
+    }
     import unittest.mock
 
     with unittest.mock.patch.dict(os.environ, {**secrets, **plain}):

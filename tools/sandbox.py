@@ -55,10 +55,15 @@ ISOLATION_LEVELS = ("bubblewrap", "netns", "none")
 # those whose values do: a URL with a password in it (DATABASE_URL, SENTRY_DSN) or a
 # token in a well-known format (GitHub, OpenAI-style, Slack, AWS, Google).
 SECRET_ENV = re.compile(
-    r"KEY|TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|PRIVATE|AUTH|COOKIE|SESSION|DSN|(?:^|_)PAT(?:$|_)", re.I
+    r"KEY|TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|PRIVATE|AUTH|COOKIE|SESSION|DSN|CONN(?:ECTION)?_?STR"
+    r"|(?:^|_)PAT(?:$|_)",
+    re.I,
 )
 SECRET_VALUE = re.compile(
-    r"://[^/\s:@]+:[^/\s@]+@|\b(?:gh[pousr]_|github_pat_|sk-|xox[abprs]-|AKIA|ASIA|AIza)[A-Za-z0-9_\-]{12,}"
+    # a URL with a password (the user may be empty: redis://:pw@host), a key of a known service,
+    # a connection string's key or password (Azure's AccountKey=, ODBC's Pwd=)
+    r"://[^/\s:@]*:[^/\s@]+@|\b(?:gh[pousr]_|github_pat_|sk-|xox[abprs]-|AKIA|ASIA|AIza)[A-Za-z0-9_\-]{12,}"
+    r"|(?i:\b(?:AccountKey|SharedAccessKey|SharedAccessSignature|Password|Pwd)=[^;\s]+)"
 )
 
 
