@@ -136,6 +136,12 @@ async def test_output_is_capped(py):
         py.max_output = 10_000
 
 
+async def test_output_cleared_by_the_cell_leaves_no_note_of_what_was_cut_from_it(py):
+    code = "from IPython.display import clear_output\nfor i in range(3000): print('line', i)\nclear_output()\nprint('final')"
+    out = await run(py, code)
+    assert out.splitlines()[-1] == "final" and "cut" not in out
+
+
 async def test_output_of_child_processes_keeps_its_place(py):
     # written to the file descriptors, not through sys.stdout: read from a pipe by another thread
     code = (

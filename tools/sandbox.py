@@ -936,9 +936,10 @@ class _Collector:
         self.outputs.append(out)
 
     def clear(self) -> None:
+        """`clear_output()`: what was shown is gone, the note of what was cut from it too."""
         self.outputs.clear()
         self.tail.clear()
-        self.kept = self.tail_len = 0
+        self.kept = self.tail_len = self.cut = 0
 
 
 # ---------------------------------------------------------------------------
