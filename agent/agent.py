@@ -367,9 +367,11 @@ class Agent:
         ):
             raise AgentError(f"max_seconds must be a positive number of seconds, not {seconds!r}")
         window = self.context_window
-        if window is not None and not hasattr(window, "fit") and (
-            not isinstance(window, int) or isinstance(window, bool) or window < 1
-        ):
+        if (
+            window is not None
+            and not hasattr(window, "fit")
+            and (not isinstance(window, int) or isinstance(window, bool))
+        ):  # (a number too small is refused with the reason when the budget is made)
             raise AgentError(
                 f"context_window must be a number of tokens (context_window=8192) or a ContextBudget, not {window!r}"
             )

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("run", parents=[model_flags, run_flags], help="run one task and print the answer")
-    p.add_argument("task", help="what the agent should do")
+    p.add_argument("task", help="what the agent should do; - reads it from stdin (a long or prepared task)")
     p.add_argument("--tools", default="", help="comma-separated built-in tools to enable")
     p.add_argument("--system", help="system prompt")
 
@@ -343,10 +343,28 @@ def _exit_code(last: Any) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     writable_dir(args.run_dir, "--run-dir")
+    if args.task == "-":  # read before a model loads: a task that cannot be read fails at once
+        args.task = _stdin_task()
     _warn_if_unguarded(args)
     extra = {"system_prompt": args.system} if args.system else {}
     agent = _agent_from(args, **extra)
     return _exit_code(asyncio.run(_drive(agent, agent.run(args.task), _renderer(args))))
+
+
+def _stdin_task() -> str:
+    """The task from stdin, for `agent run -`: any length (an argument is capped by the system)."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise AgentError("`agent run -` reads the task from stdin; pipe it in (agent run - < task.txt)")
+    data = sys.stdin.buffer.read()
+    try:
+        task = data.decode("utf-8-sig").strip()
+    except UnicodeDecodeError as e:
+        raise AgentError(
+            f"the task on stdin is not UTF-8 text (byte 0x{data[e.start]:02x} at {e.start})"
+        ) from None
+    if not task:
+        raise AgentError("the task on stdin is empty")
+    return task
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -88,6 +88,10 @@ def markdown(text: str) -> Markdown:
     return _ModelMarkdown(text, hyperlinks=False)
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
+
+
 def _short(value: Any, limit: int = 300) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     text = text.strip()
@@ -222,7 +226,7 @@ class ConsoleRenderer:
             self._print_answer(answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False))
         style = "green" if e.status == "completed" else "red"
         tokens = e.usage.prompt_tokens + e.usage.completion_tokens
-        line = f"{e.status} · {e.steps} steps · {tokens} tokens"
+        line = f"{e.status} · {_count(e.steps, 'step')} · {_count(tokens, 'token')}"
         if e.error and e.status != "completed" and not self._error_shown:
             line += f" · {e.error}"
         self.err.print(Text(line, style=style), soft_wrap=True)

@@ -146,6 +146,17 @@ def test_resume_from_the_cli(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "done after resume"
     assert "note: the run was started with the model scripted:" in out.stderr  # another model: said so
+    task = tmp_path / "task.txt"
+    task.write_text("A task too long for an argument " * 8000)  # 256 kB: over the 128 kB an argument may hold
+    with open(task) as stdin:
+        out = subprocess.run(
+            [sys.executable, "-m", "agent", "run", "-", "--model", f"scripted:{second}", "--json"],
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=stdin,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    asked = [json.loads(line) for line in out.stdout.splitlines() if '"user_message"' in line]
+    assert asked[0]["content"] == task.read_text().strip()
 
 
 def test_guards_are_on_by_default_and_the_cli_says_when_off(tmp_path):
