@@ -390,9 +390,11 @@ class Agent:
         """How a run fits its prompts to the context window; None sends the whole history.
 
         Called once per run before its first model call (on a worker thread
-        when it may load the model). Tool results cut short are saved under
-        `.agent/observations/` in the workspace, or in the current directory
-        when the run is logged there, where the `read_file` tool finds them.
+        when it may load the model). When the agent has the `read_file` tool,
+        tool results cut short are saved under `.agent/observations/` in the
+        workspace, or in the current directory when the run is logged there,
+        and the cut points the model at them; without it, the cut only says
+        what was left out.
         """
         from memory.context import OBSERVATIONS_DIR, ContextBudget
 
@@ -403,7 +405,7 @@ class Agent:
             root = self.workspace
             if root is None and self.run_dir is not None:
                 root = Path.cwd()
-            if root is not None:
+            if root is not None and any(t.name == "read_file" for t in self.tool_list):
                 budget.spill_dir, budget.read_root = root / OBSERVATIONS_DIR, root
         return budget
 

@@ -310,6 +310,13 @@ def test_a_run_with_a_budget_keeps_a_long_result_whole(tmp_path):
     assert "line 3000 " in shown and len(shown) < len(full)  # the prompt has the tail, cut in the middle
     [spilled] = (tmp_path / ".agent" / "observations").iterdir()
     assert spilled.read_text() == full
+    # without read_file to follow it, the cut points nowhere and nothing is saved
+    llm = ScriptedLLM([call("dump"), "Done."])
+    alone = tmp_path / "alone"
+    Agent(llm, tools=[dump], workspace=alone, context_window=4096, run_dir=tmp_path / "runs").run_sync("Dump it.")
+    shown = llm.requests[1].messages[-1].content
+    assert "left out to fit the context window ...]" in shown and "read_file" not in shown
+    assert not (alone / ".agent").exists()
 
 
 def test_a_cut_single_line_result_can_be_read_back_in_full(tmp_path):
