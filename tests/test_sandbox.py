@@ -376,6 +376,24 @@ def test_python_and_files_without_a_workspace_share_the_current_directory(tmp_pa
     assert outputs[1].splitlines()[-1] == "from the files tool", outputs
 
 
+def test_one_python_tool_shared_by_agents_with_their_own_workspaces_keeps_them_apart(tmp_path, run_dir, pool):
+    tool = PythonTool(pool=pool, prefetch=False)
+    a, b = tmp_path / "a", tmp_path / "b"
+
+    def agent(workspace, code):
+        llm = ScriptedLLM([call("python", code=code), "ok"])
+        result = Agent(llm, tools=[tool], workspace=workspace, run_dir=run_dir, guards=None).run_sync("go")
+        return [e.content for e in result.events if e.type == "tool_result"][0].splitlines()[-1]
+
+    try:
+        assert agent(a, "import os; mine = 'A'; open('note.txt', 'w').write('a'); print(os.getcwd())") == str(a)
+        assert agent(b, "import os; print(os.getcwd(), 'mine' in globals())") == f"{b} False"
+        assert agent(a, "print(mine)") == "A"  # a's session came back as it was
+    finally:
+        tool.close()
+    assert (a / "note.txt").exists() and not (b / "note.txt").exists()
+
+
 def test_terminal_clean_up_keeps_what_a_terminal_would_show():
     assert sb.strip_ansi("1/10 files\r2/10 files\r10/10 files copied\r") == "10/10 files copied"  # ends in \r
     assert sb.strip_ansi("line1\r\nline2\r") == "line1\nline2"

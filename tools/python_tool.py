@@ -101,6 +101,10 @@ class PythonTool(Tool):
         self.current_dir_default = current_dir_default
         self._pool = pool
         self._kernel: sb.Kernel | None = None
+        self._key: str | None = None  # the workspace `_kernel` was asked for
+        # Kernels of the other workspaces this tool has run in (one tool shared by agents with
+        # workspaces of their own): each keeps its variables and its folder.
+        self._parked: dict[str | None, sb.Kernel] = {}
         self._lock = threading.Lock()
         self._notes: list[str] = []
         self._announced = False
@@ -235,6 +239,9 @@ class PythonTool(Tool):
             kernel, self._kernel = self._kernel, None
             if kernel is not None:
                 kernel.kill()
+            parked, self._parked = self._parked, {}
+            for other in parked.values():
+                other.kill()
             if self._prefetched:
                 self._prefetched = False
                 self.pool.cancel_prefetch(self.config, self.isolation, self._workspace)
@@ -249,6 +256,14 @@ class PythonTool(Tool):
                 self._notes.append("The previous python call was cancelled before it ran.")
                 return ""
             notes, self._notes = self._notes, []
+            if workspace != self._key and (self._kernel is not None or self._parked):
+                # Another workspace than the last call's: its own kernel (never one folder's
+                # session, variables and files, for another's code).
+                if self._kernel is not None:
+                    self._parked[self._key] = self._kernel
+                self._kernel = self._parked.pop(workspace, None)
+                self._announced = self._kernel is not None
+            self._key = workspace
             kernel = self._kernel
             if kernel is not None and not kernel.alive():
                 reason = kernel.death_reason()
