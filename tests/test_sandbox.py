@@ -531,3 +531,19 @@ def test_the_kernel_user_gets_the_workspace_but_nothing_private_in_it_and_only_w
         assert not any("acl" in name for p in modes for name in os.listxattr(p))
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_saved_outputs_take_the_next_free_number_without_trying_each_from_one(tmp_path, monkeypatch):
+    from tools import python_tool
+
+    (tmp_path / "outputs").mkdir()
+    for n in range(1, 6):
+        (tmp_path / "outputs" / f"plot-{n}.png").write_bytes(b"old")
+    tried = []
+    real_open = os.open
+    monkeypatch.setattr(python_tool.os, "open", lambda name, *a, **k: tried.append(name) or real_open(name, *a, **k))
+    assert python_tool._write_new_output(str(tmp_path), "plot", "png", b"new") == "plot-6.png"
+    tried.clear()
+    (tmp_path / "outputs" / "plot-3.png").unlink()  # a number freed later is not taken again
+    assert python_tool._write_new_output(str(tmp_path), "plot", "png", b"new") == "plot-7.png"
+    assert [t for t in tried if t.startswith("plot-")] == ["plot-7.png"]  # straight there

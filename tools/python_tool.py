@@ -431,6 +431,9 @@ class PythonTool(Tool):
         return f"[{mime} saved to outputs/{name} ({shown})]"
 
 
+_taken: dict[tuple[str, str, str], int] = {}  # (workspace, stem, extension): the last number written
+
+
 def _write_new_output(workspace: str, stem: str, ext: str, payload: bytes) -> str:
     """Write `payload` to a new file `outputs/<stem>-<n>.<ext>` of the workspace; its name.
 
@@ -450,13 +453,17 @@ def _write_new_output(workspace: str, stem: str, ext: str, payload: bytes) -> st
             folder = os.open("outputs", os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=root)
         except OSError as e:
             raise OSError(e.errno, "outputs/ in the workspace is not a plain folder (a link?)") from None
+        key = (workspace, stem, ext)
         try:
-            for n in range(1, 100_000):
+            # From after the last number this process took there: a folder holding thousands of
+            # plots is not tried name by name from 1 for each new one (O_EXCL keeps it right).
+            for n in range(_taken.get(key, 0) + 1, 100_000):
                 name = f"{stem}-{n}.{ext}"
                 try:
                     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o644, dir_fd=folder)
                 except FileExistsError:
                     continue
+                _taken[key] = n
                 with os.fdopen(fd, "wb") as f:
                     f.write(payload)
                 return name
