@@ -38,6 +38,7 @@ from ..events import ModelDelta, ModelResponse
 from ..types import Message, ToolCallRequest, Usage, new_call_id
 from .base import ContextLengthError, LLMError, LLMRequest, joined_turns
 from .formats import split_all_thinking
+from .formats.jsonfix import json_problem
 from .parse import has_markup, loads_lenient, parse_output, parse_text_only, stream_splitter
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def decode_arguments(name: str, raw: str, call_id: str | None = None) -> ToolCal
                 id=call_id,
                 name=name,
                 raw_arguments=raw,
-                parse_error=f"the arguments are not valid JSON ({e.msg} at character {e.pos})",
+                parse_error=f"the arguments are not valid JSON ({json_problem(e)})",
             )
     if not isinstance(args, dict):
         return ToolCallRequest(

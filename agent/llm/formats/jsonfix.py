@@ -201,6 +201,13 @@ def call_from_parts(name: str, args: Any, raw: str = "") -> ToolCallRequest:
     return ToolCallRequest(name=name, arguments=args)
 
 
+def json_problem(e: json.JSONDecodeError) -> str:
+    """What is wrong with some JSON and where: "Expecting ',' delimiter at character 12"
+    (a message that ends in "at", such as "Unterminated string starting at", is not given another)."""
+    at = "" if e.msg.endswith(" at") else " at"
+    return f"{e.msg}{at} character {e.pos}"
+
+
 def call_from_text(name: str, raw: str) -> ToolCallRequest:
     """A call from a name and the text of its arguments (blank: no arguments)."""
     if not raw.strip():
@@ -208,7 +215,7 @@ def call_from_text(name: str, raw: str) -> ToolCallRequest:
     try:
         args = loads_lenient(raw)
     except json.JSONDecodeError as e:
-        return call_error(name, raw, f"the arguments are not valid JSON ({e.msg} at character {e.pos})")
+        return call_error(name, raw, f"the arguments are not valid JSON ({json_problem(e)})")
     return call_from_parts(name, args, raw)
 
 
@@ -238,7 +245,7 @@ def call_from_json(text: str) -> ToolCallRequest:
         return call_error(
             m.group(1) if m else "",
             text.strip(),
-            f"the tool call is not valid JSON ({e.msg} at character {e.pos})",
+            f"the tool call is not valid JSON ({json_problem(e)})",
         )
     return call_from_obj(obj, text)
 
@@ -278,7 +285,7 @@ def call_sequence(text: str) -> tuple[list[ToolCallRequest], str]:
                 call_error(
                     m.group(1) if m else "",
                     segment.strip(),
-                    f"the tool calls are not valid JSON ({e.msg} at character {e.pos})",
+                    f"the tool calls are not valid JSON ({json_problem(e)})",
                 )
             ], text[end:]
         if isinstance(items, list):
