@@ -67,11 +67,18 @@ def match_events(events: Sequence[Any], patterns: Sequence[Pattern]) -> None:
     position = 0
     for index, pattern in enumerate(patterns):
         kind, fields = _split(pattern)
+        start = position
         while position < len(events) and not _matches(events[position], kind, fields):
             position += 1
         if position == len(events):
             seen = ", ".join(e.type for e in events if e.type != "model_delta")
-            raise AssertionError(f"pattern {index} {pattern!r} not found in order; events were: {seen}")
+            message = f"pattern {index} {pattern!r} not found in order; events were: {seen}"
+            near = [e for e in events[start:] if kind is None or e.type == kind][:5]
+            if near and fields:  # the near misses: what the fields held where the pattern was looked for
+                message += f"\n{kind or 'events'} after the last match had:" + "".join(
+                    "\n  " + ", ".join(f"{name}={getattr(e, name, '<none>')!r}" for name in fields) for e in near
+                )
+            raise AssertionError(message)
         position += 1
 
 

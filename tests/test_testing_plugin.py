@@ -32,3 +32,6 @@ def test_matcher_reports_what_it_saw(scripted_llm, agent_run_dir):
     result = Agent(scripted_llm(["hi"]), run_dir=agent_run_dir).run_sync("hello")
     with pytest.raises(AssertionError, match="not found in order; events were: run_started, user_message"):
         match_events(result.events, ["final_answer", "run_started"])
+    with pytest.raises(AssertionError) as info:  # a near miss shows what the fields held
+        match_events(result.events, [("final_answer", {"content": "hello"})])
+    assert str(info.value).endswith("final_answer after the last match had:\n  content='hi'")
