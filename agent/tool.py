@@ -590,7 +590,7 @@ def _hints(fn: Callable[..., Any], name: str, namespace: dict[str, Any] | None) 
             except Exception as e:
                 raise TypeError(
                     f"tool {name!r}: the type of parameter {pname!r} ({param.annotation}) does not resolve "
-                    f"({type(e).__name__}: {e}); define it where the tool's module can see it"
+                    f"({type(e).__name__}: {e}); define it before the tool, where the tool's module can see it"
                 ) from None
         hints[pname] = annotation
     return hints
