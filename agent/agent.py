@@ -514,10 +514,10 @@ class Agent:
     # -- internals -----------------------------------------------------------
 
     def _new_run(self) -> Run:
-        if self._gated and self.approver is None:
-            _say_unapproved(self._gated)
         run_id = new_run_id()
         try:
+            if self._gated and self.approver is None:
+                _say_unapproved(self._gated)
             return self._wire(Run(self, run_id=run_id, bus=Bus(run_id)))
         except AttributeError:
             self._check_initialized()
