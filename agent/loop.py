@@ -64,6 +64,8 @@ CUT_OFF_PROMPT = (
     "Your reply was cut off at the output token limit before it ended, so it is not taken as the answer. "
     "Answer again, more briefly."
 )
+_EMPTY = "(empty reply)"  # the retry budget's key for replies with nothing in them
+EMPTY_PROMPT = "Your reply was empty, so there is no answer yet. Answer the task, or call one of the tools."
 _UNSET: Any = object()
 _REFUSED = ("block", "halt")  # guard verdicts that stop an event from taking effect
 Purpose = Literal["act", "plan", "reflect"]
@@ -511,8 +513,11 @@ class Run:
         response = await self._call_model("act", step=step, effort=effort)
         if response is None:
             return
-        if _CUT_OFF in self._retries and response.finish_reason != "length":
-            del self._retries[_CUT_OFF]  # the budget counts cut-off replies in a row
+        if self._retries:  # the budgets for cut-off and empty replies count them in a row
+            if _CUT_OFF in self._retries and response.finish_reason != "length":
+                del self._retries[_CUT_OFF]
+            if _EMPTY in self._retries and (response.tool_calls or response.content.strip()):
+                del self._retries[_EMPTY]
         if response.tool_calls:
             await self._handle_calls(response.tool_calls)
         elif self._held_back:
@@ -657,6 +662,13 @@ class Run:
             if used > self.agent.max_retries:
                 raise _Stop("failed", f"the model's reply was cut off at its output limit {used} times")
             await self.bus.emit(Feedback(content=CUT_OFF_PROMPT, reason="cut_off", step=step), judge=False)
+            return
+        if not response.content.strip():  # said nothing (or only thought): no answer to take
+            used = self._retries.get(_EMPTY, 0) + 1
+            self._retries[_EMPTY] = used
+            if used > self.agent.max_retries:
+                raise _Stop("failed", f"the model's reply was empty {used} times")
+            await self.bus.emit(Feedback(content=EMPTY_PROMPT, reason="empty", step=step), judge=False)
             return
         if self.agent.answer_schema is not None:
             schema = json.dumps(self.final_tool.schema()["function"]["parameters"])

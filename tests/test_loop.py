@@ -397,6 +397,16 @@ def test_cut_off_replies_count_against_the_budget_only_in_a_row(run_dir):
     assert result.status == "failed" and "cut off" in result.error
 
 
+def test_an_empty_reply_is_no_answer_and_is_asked_again_within_the_budget(run_dir):
+    silent = ModelResponse(content="  \n", thinking="Hmm.")  # a model that only thought
+    llm = ScriptedLLM([silent, "4"])
+    result = Agent(llm, run_dir=run_dir).run_sync("2+2?")
+    assert (result.status, result.answer) == ("completed", "4")
+    assert "Your reply was empty" in llm.requests[1].messages[-1].content
+    result = Agent(ScriptedLLM([silent] * 3), max_retries=2, run_dir=run_dir).run_sync("2+2?")
+    assert (result.status, result.error) == ("failed", "the model's reply was empty 3 times")
+
+
 @pytest.mark.parametrize("hook", ["act", "observe", "plan", "reflect"])
 def test_a_hook_that_forgets_to_return_fails_with_a_clear_message(run_dir, hook):
     def forgetful(self, event):
