@@ -654,21 +654,21 @@ class Run:
         note += " Go on another way, or answer."
         await self.bus.emit(Feedback(content=note, reason="held_back", step=step), judge=False)
 
+    async def _ask_again(self, key: str, prompt: str, reason: str, what: str, step: int) -> None:
+        """A reply that is no answer: ask again, until the budget for such replies in a row is spent."""
+        used = self._retries.get(key, 0) + 1
+        self._retries[key] = used
+        if used > self.agent.max_retries:
+            raise _Stop("failed", f"the model's reply was {what} {used} times")
+        await self.bus.emit(Feedback(content=prompt, reason=reason, step=step), judge=False)
+
     async def _handle_text_answer(self, response: ModelResponse) -> None:
         step = self.state.step
         if response.finish_reason == "length":  # cut off: not an answer; ask for a shorter one
-            used = self._retries.get(_CUT_OFF, 0) + 1
-            self._retries[_CUT_OFF] = used
-            if used > self.agent.max_retries:
-                raise _Stop("failed", f"the model's reply was cut off at its output limit {used} times")
-            await self.bus.emit(Feedback(content=CUT_OFF_PROMPT, reason="cut_off", step=step), judge=False)
+            await self._ask_again(_CUT_OFF, CUT_OFF_PROMPT, "cut_off", "cut off at its output limit", step)
             return
         if not response.content.strip():  # said nothing (or only thought): no answer to take
-            used = self._retries.get(_EMPTY, 0) + 1
-            self._retries[_EMPTY] = used
-            if used > self.agent.max_retries:
-                raise _Stop("failed", f"the model's reply was empty {used} times")
-            await self.bus.emit(Feedback(content=EMPTY_PROMPT, reason="empty", step=step), judge=False)
+            await self._ask_again(_EMPTY, EMPTY_PROMPT, "empty", "empty", step)
             return
         if self.agent.answer_schema is not None:
             schema = json.dumps(self.final_tool.schema()["function"]["parameters"])
