@@ -810,13 +810,14 @@ class Run:
             return False
         return True
 
-    @staticmethod
-    def _parse_error_text(call: ToolCallRequest) -> str:
+    def _parse_error_text(self, call: ToolCallRequest) -> str:
         if call.parse_error == CUT_SHORT:
             return f"Your call to {call.name} was cut off at the output limit and was not run. Make it again, shorter."
         raw = (call.raw_arguments or "")[:300]
-        return (
-            f"Could not read your tool call: {call.parse_error}.\nYou wrote: {raw}\n"
+        text = f"Could not read your tool call: {call.parse_error}.\nYou wrote: {raw}\n"
+        if call.name in self.tools or call.name == FINAL_ANSWER:  # the call was read, its arguments were not
+            return text + f"Call {call.name} again with its arguments as one valid JSON object."
+        return text + (
             'Write the call as <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call> with valid JSON.'
         )
 

@@ -158,7 +158,12 @@ def test_a_concurrent_call_that_ends_the_run_stops_the_others_before_it_ends(run
         (
             '<tool_call>{"name": "add", "arguments": {"a": 1, "b": }</tool_call>',
             "invalid_json",
-            "not valid JSON",
+            "Call add again with its arguments as one valid JSON object.",  # the call was read, not its JSON
+        ),
+        (
+            "<tool_call>add a=1 b=2</tool_call>",
+            "invalid_json",
+            'Write the call as <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call> with valid JSON.',
         ),
         (call("multiply", a=1, b=2), "unknown_tool", "Available tools: add"),
         (call("add", a="one", b=2), "invalid_arguments", "a: Input should be a valid integer"),
