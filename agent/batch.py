@@ -10,11 +10,14 @@ result, not a retry.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import difflib
 import json
+import logging
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -273,6 +276,7 @@ class BatchRunner:
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(task: BatchTask) -> BatchResult:
+            BATCH_TASK.set(task.id)  # this task's own context: what it logs can say whose it is
             async with gate:
                 progress.running += 1
                 self._notify(progress, None)
@@ -523,6 +527,26 @@ def _run_in_worker(spec: dict[str, Any], task: dict[str, Any]) -> tuple[dict[str
     return result.model_dump(mode="json"), infrastructure
 
 
+BATCH_TASK: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_task", default=None)
+
+
+class _TaskTagged(logging.StreamHandler):  # type: ignore[type-arg]
+    """Warnings and errors on stderr, each after the id of the task it came from: `[t17] ...`."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setLevel(logging.WARNING)
+
+    def format(self, record: logging.LogRecord) -> str:
+        task = BATCH_TASK.get()
+        text = super().format(record)
+        return f"[{task}] {text}" if task is not None else text
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # as it is now: the progress bar puts its own in while it shows
+        super().emit(record)
+
+
 def run_cli(args: Any) -> int:
     """`agent batch TASKS -o RESULTS`: progress on stderr, a summary at the end."""
     from rich.console import Console
@@ -609,6 +633,8 @@ def run_cli(args: Any) -> int:
         runner = RayBatchRunner(spec, args.output, address=args.ray_address, **options)
     else:
         runner = BatchRunner(spec.build, args.output, **options)
+    tagged = _TaskTagged()  # warnings (a model server's retries) say which task they are about
+    logging.getLogger().addHandler(tagged)
     try:
         with bar:
             results = asyncio.run(runner.run(tasks))
@@ -623,6 +649,8 @@ def run_cli(args: Any) -> int:
             soft_wrap=True,
         )
         raise
+    finally:
+        logging.getLogger().removeHandler(tagged)
     summary = summarize(results)
     table = Table("status", "tasks", title=Text(str(args.output)))
     for status, count in sorted(summary["statuses"].items()):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from agent import Agent, AgentError
+from agent import Agent, AgentError, tool
 from agent.batch import AgentSpec, BatchRunner, BatchTask, RayBatchRunner, read_results, read_tasks
 from agent.llm import LLMError, ScriptedLLM
 
@@ -123,7 +123,9 @@ def test_http_errors_are_retried_only_when_asking_again_may_help(tmp_path, statu
         return Agent(Refusing([]), run_dir=tmp_path / "runs")
 
     out = tmp_path / "results.jsonl"
-    [result] = asyncio.run(BatchRunner(make, out, retries=2, backoff=0.01).run([BatchTask(id="t", prompt="x")]))
+    [result] = asyncio.run(
+        BatchRunner(make, out, retries=2, backoff=0.01).run([BatchTask(id="t", prompt="x")])
+    )
     assert result.status == "failed" and f"HTTP {status}" in result.error
     assert result.attempts == attempts
 
@@ -133,22 +135,28 @@ def test_tasks_file_errors_name_the_line(tmp_path):
     path.write_text('{"id": 1, "prompt": "ok"}\n{"prompt": "no id"}\n')
     with pytest.raises(AgentError, match=r"tasks.jsonl:2: not a valid task \(id: Field required\)$"):
         read_tasks(path)
-    path.write_text('[1, 2]\n')
+    path.write_text("[1, 2]\n")
     with pytest.raises(AgentError, match=r"tasks.jsonl:1: each line is one JSON object .*, not an array$"):
         read_tasks(path)
     path.write_text('{"id": "a", "prompt": 5}\n')
     with pytest.raises(AgentError) as info:
         read_tasks(path)
-    assert "prompt: Input should be a valid string" in str(info.value) and "pydantic.dev" not in str(info.value)
+    assert "prompt: Input should be a valid string" in str(info.value) and "pydantic.dev" not in str(
+        info.value
+    )
     path.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')
     with pytest.raises(AgentError, match="appears twice"):
         read_tasks(path)
     path.write_text('{"id": 7, "prompt": "x", "effort": "high", "tools": []}\n')
     assert read_tasks(path)[0].id == "7"
-    path.write_text('{"id": "b", "prompt": "Capital of France?", "expectd": "Paris"}\n')  # a typo would go ungraded
+    path.write_text(
+        '{"id": "b", "prompt": "Capital of France?", "expectd": "Paris"}\n'
+    )  # a typo would go ungraded
     with pytest.raises(AgentError, match=r"tasks.jsonl:1: unknown key 'expectd': did you mean 'expected'\?"):
         read_tasks(path)
-    path.write_text('{"id": "b", "prompt": "x", "topic": "geography", "source": "quiz"}\n')  # the task's own data
+    path.write_text(
+        '{"id": "b", "prompt": "x", "topic": "geography", "source": "quiz"}\n'
+    )  # the task's own data
     assert read_tasks(path)[0].model_extra == {"topic": "geography", "source": "quiz"}
 
 
@@ -180,7 +188,9 @@ def test_cli_batch_killed_mid_run_then_resumed(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     tasks_file = tmp_path / "tasks.jsonl"
-    tasks_file.write_text("".join(json.dumps({"id": f"t{i}", "prompt": f"q{i}", "expected": "ok"}) + "\n" for i in range(12)))
+    tasks_file.write_text(
+        "".join(json.dumps({"id": f"t{i}", "prompt": f"q{i}", "expected": "ok"}) + "\n" for i in range(12))
+    )
     slow = tmp_path / "slow.jsonl"
     slow.write_text(json.dumps({"content": "ok", "delay": 0.4}) + "\n")
     out = tmp_path / "results.jsonl"
@@ -196,7 +206,9 @@ def test_cli_batch_killed_mid_run_then_resumed(tmp_path):
     proc.wait()
     partial = [json.loads(line)["id"] for line in out.read_text().splitlines() if line.strip()]
     assert 3 <= len(partial) < 12
-    done = subprocess.run(cmd + ["--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        cmd + ["--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert sorted(ids) == sorted(f"t{i}" for i in range(12)) and len(ids) == 12
@@ -342,3 +354,35 @@ def _start_batch(out, barrier, results):
 
     time.sleep(1.0)  # hold it while the other tries
     runner.close()
+
+
+def test_what_a_task_logs_during_a_batch_says_which_task_it_is(tmp_path, monkeypatch):
+    import io
+    import logging
+
+    from agent import batch
+    from agent.testing import call
+
+    @tool
+    def fetch() -> str:
+        """Fetch."""
+        logging.getLogger("agent.llm").warning("HTTP 500 from the server; retrying in 0.50 s (1/3)")
+        return "ok"
+
+    def make(task):
+        return Agent(
+            ScriptedLLM([call("fetch"), "done"], delay=0.01), tools=[fetch], run_dir=tmp_path / "runs"
+        )
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(batch.sys, "stderr", stderr)
+    tagged = batch._TaskTagged()
+    logging.getLogger().addHandler(tagged)
+    try:
+        asyncio.run(BatchRunner(make, tmp_path / "out.jsonl", concurrency=2).run(tasks(2)))
+    finally:
+        logging.getLogger().removeHandler(tagged)
+    assert sorted(stderr.getvalue().splitlines()) == [
+        "[t0] HTTP 500 from the server; retrying in 0.50 s (1/3)",
+        "[t1] HTTP 500 from the server; retrying in 0.50 s (1/3)",
+    ]
