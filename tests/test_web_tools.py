@@ -613,6 +613,10 @@ def test_open_url_takes_exactly_the_local_searchs_documents_without_walking_its_
         == local.documents()
         == {docs / "guide" / "a.md", docs / ".dot.md", docs / "notes.TXT"}
     )
+    odd = docs / os.fsdecode(b"caf\xe9.md")  # a name that is not UTF-8
+    odd.write_text("# Caf\n")
+    found = WebTools(search_backends=["local"], docs_dir=docs, cache=False).open_url(url=odd.as_uri())
+    assert "Title: Caf" in found
 
 
 # -- registry, effects, lazy import, an agent run ----------------------------------------

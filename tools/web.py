@@ -32,7 +32,6 @@ import stat
 import textwrap
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
@@ -40,7 +39,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 from pydantic import BaseModel
@@ -1209,7 +1208,8 @@ class WebTools:
                 "Refused: only http and https URLs can be opened (file:// only for results of the local search)."
             )
         try:
-            path = Path(os.path.normpath(urllib.request.url2pathname(urlsplit(url).path)))
+            # %FF of a file name that is not UTF-8 is the byte it stands for, as Path.as_uri() wrote it
+            path = Path(os.path.normpath(unquote(urlsplit(url).path, errors="surrogateescape")))
         except ValueError as e:
             raise ToolError(f"Cannot open {url}: {e}.") from None
         if not local.holds(path):
