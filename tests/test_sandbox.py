@@ -547,3 +547,18 @@ def test_saved_outputs_take_the_next_free_number_without_trying_each_from_one(tm
     (tmp_path / "outputs" / "plot-3.png").unlink()  # a number freed later is not taken again
     assert python_tool._write_new_output(str(tmp_path), "plot", "png", b"new") == "plot-7.png"
     assert [t for t in tried if t.startswith("plot-")] == ["plot-7.png"]  # straight there
+
+
+def test_a_workspace_is_kept_warm_for_a_second_session_not_for_one_kernels_restart(tmp_path):
+    pool = sb.KernelPool(size=1)
+    config, isolation, where = sb.SandboxConfig(), BEST, str(tmp_path)
+    slot = lambda: pool._slots[pool.key(config, isolation, where)]  # noqa: E731
+    session, other = object(), object()
+    try:
+        pool.acquire(config, isolation, where, owner=session).kill()
+        pool.acquire(config, isolation, where, owner=session).kill()  # the same session, after a restart
+        assert slot().uses == 1
+        pool.acquire(config, isolation, where, owner=other).kill()
+        assert slot().uses == 2  # a second session: worth keeping a spare for
+    finally:
+        pool.shutdown()

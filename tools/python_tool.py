@@ -218,7 +218,7 @@ class PythonTool(Tool):
         prefetched = self._prefetched and workspace == self._prefetch_target
         self._prefetched = False
         try:
-            return self.pool.acquire(self.config, self.isolation, workspace, prefetched=prefetched)
+            return self.pool.acquire(self.config, self.isolation, workspace, prefetched=prefetched, owner=self)
         except sb.SandboxError as e:
             raise ToolError(f"The Python sandbox is not available: {e}") from None
 

@@ -1539,7 +1539,8 @@ class _Slot:
     starting: int = 0
     waiters: int = 0
     prefetched: int = 0
-    uses: int = 0
+    uses: int = 0  # sessions that asked for a kernel here (one asking again after a restart counts once)
+    last_owner: int | None = None
     error: str = ""
     filling: bool = False
 
@@ -1680,8 +1681,11 @@ class KernelPool:
         *,
         prefetched: bool = False,
         timeout: float | None = None,
+        owner: object | None = None,
     ) -> Kernel:
-        """A ready kernel for these settings (blocking), moved to `workspace`."""
+        """A ready kernel for these settings (blocking), moved to `workspace`. `owner` (the
+        session asking): a workspace is kept warm once a second session uses it, not when one
+        session gets a fresh kernel after its first died."""
         if self.closed:
             raise SandboxError("the kernel pool is shut down")
         key = self.key(config, isolation, workspace)
@@ -1690,7 +1694,9 @@ class KernelPool:
         kernel: Kernel | None = None
         with self._cond:
             slot = self._slot(key)
-            slot.uses += 1
+            if owner is None or id(owner) != slot.last_owner:
+                slot.uses += 1
+            slot.last_owner = id(owner) if owner is not None else None
             if prefetched and slot.prefetched:
                 slot.prefetched -= 1
             slot.waiters += 1
