@@ -18,6 +18,7 @@ from agent import Agent
 from agent.llm import ScriptedLLM
 from agent.tool import ToolError
 from tools import sandbox as sb
+from tools.files import FileTools
 from tools.python_tool import PythonTool, make_tools
 
 pytest.importorskip("jupyter_client")
@@ -501,9 +502,10 @@ def test_the_kernel_user_gets_the_workspace_but_nothing_private_in_it_and_only_w
         (ws / "data.csv").write_text("a,b\n")
         (ws / "src" / "main.py").write_text("print(1)\n")
         for path, text, mode in [
-            (".env", "TOKEN=x\n", 0o600),
+            (".env", "TOKEN=x\n", 0o644),  # hidden: kept from the kernel's user though anyone may read it
             ("notes.txt", "mine\n", 0o600),
             ("shared.txt", "ours\n", 0o644),
+            ("report.txt", "draft\n", 0o640),
         ]:
             (ws / path).write_text(text)
             (ws / path).chmod(mode)
@@ -515,7 +517,10 @@ def test_the_kernel_user_gets_the_workspace_but_nothing_private_in_it_and_only_w
         modes = {p: p.stat().st_mode for p in ws.rglob("*")}
 
         def as_nobody(command: str) -> bool:
-            return subprocess.run(["/bin/sh", "-c", command], user=65534, capture_output=True).returncode == 0
+            run = subprocess.run(
+                ["/bin/sh", "-c", command], user=65534, group=65534, extra_groups=[], capture_output=True
+            )
+            return run.returncode == 0
 
         if not sb.grant_access(str(ws), 65534):
             pytest.skip("no POSIX ACLs on /tmp here")
@@ -524,11 +529,24 @@ def test_the_kernel_user_gets_the_workspace_but_nothing_private_in_it_and_only_w
             for private in (".env", "notes.txt", ".ssh/id_rsa", "private/plan.txt"):
                 assert not as_nobody(f"cat {ws}/{private}"), private
             assert (ws / "notes.txt").stat().st_mode == modes[ws / "notes.txt"]  # 0600 shows as 0600
+            # an edit by the agent's own files tools keeps a file as private as it was
+            files = FileTools(ws)
+            files.edit_file(path="report.txt", old="draft", new="final")
+            files.edit_file(path=".env", old="x", new="y")
+            files.write_file(path="src/made.txt", content="new\n")  # a new file: the folder's default
+            (ws / "plain.txt").write_text("kept\n")  # private, with no ACL of its own (made by another program)
+            os.removexattr(ws / "plain.txt", "system.posix_acl_access")
+            os.chmod(ws / "plain.txt", 0o640)
+            files.edit_file(path="plain.txt", old="kept", new="still kept")  # not opened by the folder's ACL
+            assert not as_nobody(f"cat {ws}/plain.txt") and (ws / "plain.txt").stat().st_mode & 0o777 == 0o640
+            assert not as_nobody(f"cat {ws}/report.txt") and not as_nobody(f"cat {ws}/.env")
+            assert as_nobody(f"echo more >> {ws}/src/made.txt")
         finally:
             sb.revoke_access(str(ws))
         assert {p: p.stat().st_mode for p in modes} == modes  # as they were: no mask in the group bits
-        assert not as_nobody(f"echo more >> {ws}/data.csv")
-        assert not any("acl" in name for p in modes for name in os.listxattr(p))
+        for path in ("data.csv", "src/new.py", "src/made.txt", ".env", "report.txt"):
+            assert not any("acl" in name for name in os.listxattr(ws / path)), path  # later files too
+        assert not as_nobody(f"echo more >> {ws}/data.csv") and not as_nobody(f"echo more >> {ws}/src/made.txt")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -452,9 +452,10 @@ def _atomic_write(parent: int, name: str, data: bytes, old: os.stat_result | Non
 
 
 def _keep_owner_and_acl(fd: int, parent: int, name: str, old: os.stat_result) -> None:
-    """Give the new file `fd` the owner and access ACL of the one it replaces (an edit by a
-    root agent must not take a file from its owner, nor from the sandbox's user)."""
-    if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+    """Give the new file `fd` the owner and access ACL of the one it replaces, and no other
+    (an edit by a root agent must not take a file from its owner, nor open it to the
+    sandbox's user through the folder's default ACL)."""
+    if hasattr(os, "fchown") and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
         try:
             os.fchown(fd, old.st_uid, old.st_gid)
         except PermissionError:  # not root: the group only, if it is one of ours
@@ -462,18 +463,22 @@ def _keep_owner_and_acl(fd: int, parent: int, name: str, old: os.stat_result) ->
                 os.fchown(fd, -1, old.st_gid)
             except PermissionError:
                 pass
+    if not hasattr(os, "getxattr"):  # no POSIX ACLs here (macOS, Windows)
+        return
+    acl = None
     try:
         src = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), dir_fd=parent)
-    except OSError:
-        return
+        try:
+            acl = os.getxattr(src, "system.posix_acl_access")
+        finally:
+            os.close(src)
+    except OSError:  # none, or no ACLs on this filesystem
+        pass
     try:
-        acl = os.getxattr(src, "system.posix_acl_access")
-    except OSError:  # none, or no ACLs here
-        return
-    finally:
-        os.close(src)
-    try:
-        os.setxattr(fd, "system.posix_acl_access", acl)
+        if acl is not None:
+            os.setxattr(fd, "system.posix_acl_access", acl)
+        else:  # what the new file took from the folder's default ACL: the old one had none
+            os.removexattr(fd, "system.posix_acl_access")
     except OSError:
         pass
 

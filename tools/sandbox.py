@@ -44,6 +44,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -490,13 +491,14 @@ def _acl_write(path: str, name: str, entries: dict[tuple[int, int], int]) -> Non
     os.setxattr(path, name, data, follow_symlinks=False)
 
 
-def _acl_grant_one(path: str, uid: int, is_dir: bool) -> None:
+def _acl_grant_one(path: str, uid: int, is_dir: bool, perm: int | None = None) -> None:
+    """Give `uid` an entry in the path's ACL (and a directory's default ACL): read and write
+    (and search, for a directory), or `perm` (0: a denial that the other bits do not undo)."""
     mode = os.lstat(path).st_mode
     names = ["system.posix_acl_access"] + (["system.posix_acl_default"] if is_dir else [])
     for name in names:
         entries = _acl_read(path, name, mode)
-        perm = 7 if is_dir else (6 | ((mode >> 6) & 1))
-        entries[(_ACL_USER, uid)] = perm
+        entries[(_ACL_USER, uid)] = perm if perm is not None else 7 if is_dir else (6 | ((mode >> 6) & 1))
         group_class = 0
         for (tag, _), p in entries.items():
             if tag in (_ACL_USER, _ACL_GROUP, _ACL_GROUP_OBJ):
@@ -505,9 +507,9 @@ def _acl_grant_one(path: str, uid: int, is_dir: bool) -> None:
         _acl_write(path, name, entries)
 
 
-def _acl_revoke_one(path: str, uid: int, is_dir: bool, mode: int) -> None:
-    """Take `uid`'s entries out again; with no other named entry left, the ACLs go and the
-    mode is as it was (the mask had shown as its group bits)."""
+def _acl_revoke_one(path: str, uid: int, is_dir: bool) -> None:
+    """Take `uid`'s entries out; with no other named entry left, the ACL goes and the mode's
+    group bits are the owning group's again (the mask had shown as them)."""
     st = os.lstat(path)
     for name in ["system.posix_acl_access"] + (["system.posix_acl_default"] if is_dir else []):
         entries = _acl_read(path, name, st.st_mode)
@@ -517,76 +519,93 @@ def _acl_revoke_one(path: str, uid: int, is_dir: bool, mode: int) -> None:
             _acl_write(path, name, entries)
             continue
         os.removexattr(path, name, follow_symlinks=False)
-        now, before = stat.S_IMODE(st.st_mode), stat.S_IMODE(mode)
-        if name == "system.posix_acl_access" and now != before and now & ~0o070 == before & ~0o070:
-            os.chmod(path, before)  # only the mask's group bits changed it: nobody chmod-ed it since
+        if name == "system.posix_acl_access":
+            group = entries.get((_ACL_GROUP_OBJ, _ACL_UNDEF), (st.st_mode >> 3) & 7)
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o070 | group << 3)
 
 
-_granted: set[tuple[str, int]] = set()
-# What grant_access changed, to undo at exit: (path, uid, is a directory, mode before).
-_grants: list[tuple[str, int, bool, int]] = []
+_granted: set[tuple[str, int]] = set()  # (workspace, uid): undone when the process exits
 
 
 def _private(name: str, mode: int) -> bool:
-    """Not for the kernel's user: hidden entries (`.ssh`, `.env`, `.git`, ...) and what its
+    """Not for the kernel's user: hidden entries (`.env`, `.ssh`, `.git`, ...) and what its
     owner keeps from others (a key file at 0600, a folder at 0700)."""
     return name.startswith(".") or not mode & (0o001 if stat.S_ISDIR(mode) else 0o004)
 
 
-def grant_access(workspace: str, uid: int, max_entries: int = 20_000) -> bool:
-    """Let `uid` read and write the workspace (and, by default ACLs, what is later created
-    in it), but nothing private in it (see `_private`); undone when the process exits."""
-    if (workspace, uid) in _granted:
-        return True
-    try:
-        _grant(workspace, uid, True)
-    except OSError:
-        return False
-    _granted.add((workspace, uid))
+def _denied(name: str, mode: int) -> bool:
+    """A private entry the kernel's user must not read even where its mode lets anyone: a
+    hidden file (`.env` at 0644). Hidden folders are only not shared: a project's `.venv`,
+    which the kernel may run from, must stay readable, and a key folder is 0700 anyway."""
+    return name.startswith(".") and not stat.S_ISDIR(mode)
+
+
+def _entries(workspace: str, max_entries: int) -> Iterator[tuple[str, str, os.stat_result, list[str]]]:
+    """(path, name, lstat, the walk's list of folders to enter) of what is below `workspace`,
+    links left out, at most `max_entries`; a caller may take a folder out of the list."""
     count = 0
     for root, dirs, files in os.walk(workspace):
-        shared = []
         for name in dirs + files:
             count += 1
             if count > max_entries:
-                return True
+                return
             path = os.path.join(root, name)
             try:
                 st = os.lstat(path)
-                if stat.S_ISLNK(st.st_mode) or _private(name, st.st_mode):
-                    continue
-                _grant(path, uid, stat.S_ISDIR(st.st_mode))
             except OSError:
                 continue
+            if not stat.S_ISLNK(st.st_mode):
+                yield path, name, st, dirs
+
+
+def grant_access(workspace: str, uid: int, max_entries: int = 20_000) -> bool:
+    """Let `uid` read and write the workspace (and, by default ACLs, what is later created
+    in it), but nothing private in it (see `_private`); a hidden file gets an entry that
+    denies it even what its mode lets anyone do. Undone when the process exits
+    (`revoke_access`).
+
+    Folders it may write, it may also rename entries in, private ones included: keep what
+    the kernel must not touch out of the workspace."""
+    if (workspace, uid) in _granted:
+        return True
+    try:
+        _acl_grant_one(workspace, uid, True)
+    except OSError:
+        return False
+    _granted.add((workspace, uid))
+    for path, name, st, dirs in _entries(workspace, max_entries):
+        if _private(name, st.st_mode):
             if name in dirs:
-                shared.append(name)
-        dirs[:] = shared  # nothing below a private folder
+                dirs.remove(name)  # nothing below a private folder is shared
+            if not _denied(name, st.st_mode):
+                continue
+        try:
+            _acl_grant_one(path, uid, stat.S_ISDIR(st.st_mode), 0 if _denied(name, st.st_mode) else None)
+        except OSError:
+            continue
     return True
-
-
-def _grant(path: str, uid: int, is_dir: bool) -> None:
-    mode = os.lstat(path).st_mode
-    _acl_grant_one(path, uid, is_dir)
-    _grants.append((path, uid, is_dir, mode))
 
 
 @atexit.register
 def revoke_access(workspace: str | None = None) -> None:
     """Undo what grant_access did, for one workspace or all (at exit; a killed process
-    leaves it)."""
-    inside = os.path.join(workspace, "") if workspace is not None else ""
-    kept = []
-    for grant in reversed(_grants):
-        path, uid, is_dir, mode = grant
-        if workspace is not None and path != workspace and not path.startswith(inside):
-            kept.append(grant)
+    leaves it). Entries that files made since then took from a folder's default ACL go
+    too. Another process that shares the workspace loses its kernel's access as well."""
+    for root, uid in list(_granted):
+        if workspace is not None and root != workspace:
             continue
+        _granted.discard((root, uid))
+        for path, name, st, dirs in _entries(root, 40_000):
+            try:
+                _acl_revoke_one(path, uid, stat.S_ISDIR(st.st_mode))
+            except OSError:
+                pass
+            if name in dirs and _private(name, st.st_mode):
+                dirs.remove(name)  # denied: nothing below it was made by the kernel's user
         try:
-            _acl_revoke_one(path, uid, is_dir, mode)
+            _acl_revoke_one(root, uid, True)
         except OSError:
             pass
-    _grants[:] = reversed(kept)
-    _granted.difference_update({g for g in _granted if workspace is None or g[0] == workspace})
 
 
 def _user_ids(name: str | None) -> tuple[int, int] | None:
