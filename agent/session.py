@@ -93,32 +93,41 @@ class Session:
 
     async def _take_turn(self) -> None:
         """Wait until no message is being answered, then take the turn: messages sent at
-        once (a double submit, `gather`) are answered one after the other, in order."""
+        once (a double submit, `gather`) are answered one after the other, in the order sent."""
         me = asyncio.current_task()
         left = _CLOSING_GRACE
-        while self._busy:
-            if me is not None and me is self._owner:
-                # This task's last turn: its stream was left (a `break`) and is closing, which
-                # takes a moment; or the message is sent from inside it and would wait for itself.
-                if left <= 0:
-                    raise AgentError(
-                        "this session is still answering a message sent from this same task: send the next "
-                        "one after that turn has ended (after its `async for`), not from inside it"
-                    )
-                await asyncio.sleep(0.005)
-                left -= 0.005
-                continue
+        while self._busy and me is not None and me is self._owner:
+            # This task's last turn: its stream was left (a `break`) and is closing, which
+            # takes a moment; or the message is sent from inside it and would wait for itself.
+            if left <= 0:
+                raise AgentError(
+                    "this session is still answering a message sent from this same task: send the next "
+                    "one after that turn has ended (after its `async for`), not from inside it"
+                )
+            await asyncio.sleep(0.005)
+            left -= 0.005
+        if self._busy or self._waiting:
             turn = asyncio.get_running_loop().create_future()
             self._waiting.append(turn)
-            await turn
+            try:
+                await turn  # `_end_turn` hands the turn over: `_busy` stays set for this task
+            except BaseException:
+                if turn.done() and not turn.cancelled():
+                    self._end_turn()  # handed the turn, but leaving: the next in line has it
+                elif turn in self._waiting:
+                    self._waiting.remove(turn)
+                raise
         self._busy, self._owner = True, me
 
     def _end_turn(self) -> None:
-        self._busy, self._owner = False, None
-        waiting, self._waiting = self._waiting, []
-        for turn in waiting:
+        """The turn goes to the first message waiting for it, or the session is free."""
+        self._owner = None
+        while self._waiting:
+            turn = self._waiting.pop(0)
             if not turn.done():
                 turn.set_result(None)
+                return
+        self._busy = False
 
     def send_sync(self, message: str) -> RunResult:
         return self.agent._sync(self.asend(message))

@@ -169,3 +169,21 @@ async def test_messages_sent_at_once_are_answered_one_after_the_other(run_dir):
             await session.asend("F")
     user_messages = [e.content for e in session.history if e.type == "user_message"]
     assert user_messages == ["A", "B", "C", "D", "E"]
+
+
+async def test_a_message_waiting_its_turn_is_answered_before_the_next_one_of_a_busy_sender(run_dir):
+    session = Agent(ScriptedLLM([f"r{i}" for i in range(5)], delay=0.02), run_dir=run_dir).session()
+    answered = []
+
+    async def chatty():
+        for i in range(3):
+            await session.asend(f"A{i}")
+            answered.append(f"A{i}")
+
+    async def once():
+        await asyncio.sleep(0.01)  # sent while A0 is being answered
+        await session.asend("B")
+        answered.append("B")
+
+    await asyncio.gather(chatty(), once())
+    assert answered == ["A0", "B", "A1", "A2"]
