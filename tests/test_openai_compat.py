@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 
 from agent.events import ModelDelta, ModelResponse
-from agent.llm.base import LLMError, LLMRequest, complete
+from agent.llm.base import ContextLengthError, LLMError, LLMRequest, complete
 from agent.llm.openai_compat import (
     LLMConnectionError,
     LLMHTTPError,
     LLMResponseError,
     LLMStreamError,
     OpenAICompatLLM,
+    PromptTooLongError,
 )
 from agent.types import Message, ToolCallRequest
 
@@ -456,6 +457,23 @@ async def test_tool_call_text_is_parsed_without_structured_calls(server: FakeSer
     assert response.finish_reason == "tool_calls"
 
 
+async def test_a_server_that_parses_reasoning_but_not_calls_streams_no_call_markup(
+    server: FakeServer, make_llm
+) -> None:
+    # vLLM with --reasoning-parser and no tool parser: the calls are still text in the content.
+    events = [
+        chunk({"reasoning_content": "I need the sum."}),
+        chunk({"content": "\n\n<tool_"}),
+        chunk({"content": 'call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'}),
+        chunk(finish="stop"),
+    ]
+    server.queue(Reply(events=events))
+    deltas, response = await collect(make_llm(), user_with_tools())
+    assert "".join(d.thinking for d in deltas) == response.thinking == "I need the sum."
+    assert "".join(d.content for d in deltas) == response.content == ""
+    assert [(c.name, c.arguments) for c in response.tool_calls] == [("add", {"a": 1, "b": 2})]
+
+
 async def test_raw_harmony_from_a_server_that_parses_nothing_streams_split(
     server: FakeServer, make_llm
 ) -> None:
@@ -635,8 +653,14 @@ async def test_a_connection_dropped_after_the_finish_keeps_the_answer(server: Fa
     ],
 )
 async def test_error_event_in_stream(server: FakeServer, make_llm, event) -> None:
+    # A prompt too long, said in the stream (SGLang, older vLLM): the loop's context error, not retried.
     server.queue(Reply(events=[event]))
-    with pytest.raises(LLMStreamError, match="error in the stream: context length exceeded"):
+    with pytest.raises(PromptTooLongError, match="error in the stream: context length exceeded") as info:
+        await complete(make_llm(), user())
+    assert isinstance(info.value, ContextLengthError) and not info.value.retryable
+    assert len(server.requests) == 1
+    server.queue(Reply(events=[{"error": {"message": "the engine died"}}]))
+    with pytest.raises(LLMStreamError, match="error in the stream: the engine died"):
         await complete(make_llm(), user())
 
 
@@ -644,7 +668,7 @@ async def test_llama_cpp_error_field_in_stream(server: FakeServer, make_llm) -> 
     # llama.cpp before PR #16109 reports a failure as an `error:` field, then ends the stream normally.
     error = {"code": 400, "message": "the request exceeds the available context size", "type": "x"}
     server.queue(Reply(raw=[f"error: {json.dumps(error)}\n\n".encode(), b"data: [DONE]\n\n"]))
-    with pytest.raises(LLMStreamError, match="error in the stream: the request exceeds the available"):
+    with pytest.raises(PromptTooLongError, match="error in the stream: the request exceeds the available"):
         await complete(make_llm(), user())
     assert len(server.requests) == 1
 

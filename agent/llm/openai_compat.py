@@ -866,11 +866,13 @@ class OpenAICompatLLM:
                             acc.thinking.append(thinking)
                         if content:
                             acc.content.append(content)
-                        if splitter is not None and (thinking or calls):  # the server parses
+                        if splitter is not None and calls:  # the server parses calls (and so all of it)
                             for piece in _flushed(splitter, more=True):
                                 yield piece
                             splitter = None
                         if splitter is not None:
+                            if thinking:  # a reasoning parser without a tool parser: calls are still text
+                                yield ModelDelta(thinking=thinking)
                             for piece in splitter.feed(content):
                                 yield piece
                         elif thinking or content:
@@ -902,10 +904,13 @@ class OpenAICompatLLM:
             request,
         )
 
-    def _stream_error(self, body: Any) -> LLMStreamError:
-        return LLMStreamError(
-            f"{self.name}: the server at {self.url} reported an error in the stream: {_error_message(body)}"
-        )
+    def _stream_error(self, body: Any) -> LLMError:
+        server = _error_message(body)
+        message = f"{self.name}: the server at {self.url} reported an error in the stream: {server}"
+        if _TOO_LONG.search(server):  # SGLang and older vLLM answer 200, then say so in the stream
+            message += " (the prompt does not fit the model's context window)"
+            return PromptTooLongError(message, status_code=400, url=self.url, server_message=server)
+        return LLMStreamError(message)
 
     def _from_message(self, data: Any, request: LLMRequest) -> ModelResponse:
         if isinstance(data, dict) and "error" in data and not data.get("choices"):
