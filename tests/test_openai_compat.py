@@ -1012,3 +1012,36 @@ async def test_streamed_text_around_the_servers_own_parsing_adds_up(server: Fake
     assert (
         len([d for d in deltas if d.content]) >= 4 and "".join(d.content for d in deltas) == response.content
     )
+
+
+async def test_a_streamed_reply_leaves_its_connection_for_the_next_request() -> None:
+    # An HTTP/1.1 server that ends each stream's body after [DONE], as vLLM and llama.cpp do.
+    connections: list[int] = []
+
+    class KeepAlive(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            connections.append(self.client_address[1])
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for data in (sse(chunk({"content": "hi"})), sse(chunk(finish="stop")), b"data: [DONE]\n\n"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.write(b"0\r\n\r\n")
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        llm = OpenAICompatLLM(model="m", base_url=f"http://127.0.0.1:{httpd.server_port}/v1")
+        for _ in range(3):
+            assert (await complete(llm, user())).content == "hi"
+        await llm.aclose()
+    finally:
+        httpd.shutdown()
+    assert len(connections) == 3 and len(set(connections)) == 1  # one connection, not one per step

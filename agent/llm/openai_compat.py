@@ -191,6 +191,18 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
+async def _drain(rest: AsyncIterator[str], seconds: float = 0.5) -> None:
+    """Read what follows `[DONE]` (the body's end), so the connection goes back to the pool
+    for the next request instead of being closed; a server that sends more, or never ends
+    the body, only costs the connection."""
+    try:
+        async with asyncio.timeout(seconds):
+            async for _ in rest:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass
+
+
 def _flushed(splitter: Any, *, more: bool) -> list[ModelDelta]:
     """What a stream splitter still holds. When `more` text follows (the server turned
     out to parse, and its text now comes as it is), the white space it held back too:
@@ -882,6 +894,7 @@ class OpenAICompatLLM:
                         if choice.get("finish_reason"):
                             acc.finish_reason = _string(choice["finish_reason"], "finish_reason")
                 if done:
+                    await _drain(stream_lines)
                     break
         if not done and acc.finish_reason is None:
             raise _Retry(
