@@ -955,6 +955,22 @@ async def test_parallel_calls_that_reuse_index_0_stay_apart(server: FakeServer, 
     server.queue(Reply(events=[*events, chunk(finish="tool_calls")]))
     _, response = await collect(make_llm(), user_with_tools())
     assert [(c.id, c.arguments) for c in response.tool_calls] == [("c1", {"a": 1}), ("c2", {"a": 2})]
+    # without ids: a name with arguments once the call at that index is whole starts the next one,
+    # a name repeated alone does not
+    first = {"index": 0, "function": {"name": "add", "arguments": '{"a": 1}'}}
+    again = {"index": 0, "function": {"name": "add"}}
+    second = {"index": 0, "function": {"name": "add", "arguments": '{"a": 2}'}}
+    events = [
+        chunk({"tool_calls": [first, again]}),
+        chunk({"tool_calls": [second]}),
+        chunk(finish="tool_calls"),
+    ]
+    server.queue(Reply(events=events))
+    _, response = await collect(make_llm(), user_with_tools())
+    assert [(c.name, c.arguments, c.parse_error) for c in response.tool_calls] == [
+        ("add", {"a": 1}, None),
+        ("add", {"a": 2}, None),
+    ]
 
 
 async def test_a_server_that_refuses_reasoning_effort_is_asked_again_without_it(

@@ -392,9 +392,15 @@ class _Accumulator:
             new_name = name and not tc.get("id") and self.calls and _whole(self.calls[max(self.calls)])
             index = len(self.calls) if not self.calls or new_id or new_name else max(self.calls)
         else:
-            # A new id at an index in use starts a new call: Ollama numbers every call 0.
+            # A new id at an index in use starts a new call: Ollama numbers every call 0; so does
+            # a name with arguments and no id once the call at that index is whole (a name
+            # repeated alone, as some servers do chunk after chunk, is the same call).
             key = self._slots.get(index)
-            if key is None or (tc.get("id") and self.calls[key]["id"] not in (None, tc["id"])):
+            if (
+                key is None
+                or (tc.get("id") and self.calls[key]["id"] not in (None, tc["id"]))
+                or (name and fn.get("arguments") and not tc.get("id") and _whole(self.calls[key]))
+            ):
                 key = self._slots[index] = max(self.calls, default=-1) + 1
             index = key
         slot = self.calls.setdefault(index, {"id": None, "name": "", "arguments": []})
