@@ -973,6 +973,22 @@ async def test_parallel_calls_that_reuse_index_0_stay_apart(server: FakeServer, 
     ]
 
 
+async def test_a_server_that_refuses_tool_choice_required_is_asked_again_with_auto(
+    server: FakeServer, make_llm
+) -> None:
+    refusal = Reply(
+        status=400, json_body={"error": {"message": 'tool_choice = "required" is not supported!'}}
+    )
+    server.queue(refusal, text_stream("first"), text_stream("second"))
+    llm = make_llm()
+    required = LLMRequest(
+        messages=[Message(role="user", content="x")], tools=[ADD_SCHEMA], tool_choice="required"
+    )
+    assert (await complete(llm, required)).content == "first"
+    assert (await complete(llm, required)).content == "second"
+    assert [body["tool_choice"] for body in server.requests] == ["required", "auto", "auto"]
+
+
 async def test_a_server_that_refuses_reasoning_effort_is_asked_again_without_it(
     server: FakeServer, make_llm
 ) -> None:

@@ -477,6 +477,7 @@ class OpenAICompatLLM:
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._budget_said = False
         self._effort_refused = False  # the server refused reasoning_effort for this model: not sent again
+        self._required_refused = False  # the server refused tool_choice "required": "auto" from then on
 
     def __repr__(self) -> str:
         return f"OpenAICompatLLM(model={self.model!r}, base_url={self.base_url!r})"
@@ -612,7 +613,8 @@ class OpenAICompatLLM:
         }
         if request.tools:
             body["tools"] = request.tools
-            body["tool_choice"] = request.tool_choice
+            refused = request.tool_choice == "required" and self._required_refused
+            body["tool_choice"] = "auto" if refused else request.tool_choice
         if not self._effort_refused:
             body["reasoning_effort"] = request.effort
         if request.max_new_tokens is not None:
@@ -699,12 +701,18 @@ class OpenAICompatLLM:
                         yield item
                 return
             except LLMHTTPError as e:
-                if not self._refuses_effort(e, body):
+                if self._refuses_effort(e, body):
+                    # Ollama with a model that does not think: "... does not support thinking".
+                    log.warning("%s; sending requests without reasoning_effort from now on", e)
+                    self._effort_refused = True
+                    body.pop("reasoning_effort")
+                elif self._refuses_required(e, body):
+                    # vLLM before 0.8.3: 'tool_choice = "required" is not supported!'
+                    log.warning('%s; sending tool_choice "auto" instead of "required" from now on', e)
+                    self._required_refused = True
+                    body["tool_choice"] = "auto"
+                else:
                     raise
-                # Ollama with a model that does not think: "... does not support thinking".
-                log.warning("%s; sending requests without reasoning_effort from now on", e)
-                self._effort_refused = True
-                body.pop("reasoning_effort")
             except _Retry as r:
                 error = r.error
                 if yielded:  # never repeat text the caller has already seen
@@ -718,6 +726,15 @@ class OpenAICompatLLM:
                 attempt += 1
                 if delay > 0:
                     await asyncio.sleep(delay)
+
+    def _refuses_required(self, error: LLMHTTPError, body: dict[str, Any]) -> bool:
+        """A 400 that blames the tool_choice "required" we sent (the last retry of a bad call)."""
+        return (
+            error.status_code in (400, 422)
+            and body.get("tool_choice") == "required"
+            and "tool_choice" not in self.extra_body
+            and re.search(r"(?i)tool_choice|required", error.server_message) is not None
+        )
 
     def _refuses_effort(self, error: LLMHTTPError, body: dict[str, Any]) -> bool:
         """A 400 that blames the reasoning_effort we sent, not one the user asked for in extra_body."""
