@@ -973,6 +973,21 @@ async def test_parallel_calls_that_reuse_index_0_stay_apart(server: FakeServer, 
     ]
 
 
+async def test_a_fastapi_422_names_the_field_and_a_refused_reasoning_effort_is_dropped(
+    server: FakeServer, make_llm
+) -> None:
+    detail = [
+        {
+            "type": "extra_forbidden",
+            "loc": ["body", "reasoning_effort"],
+            "msg": "Extra inputs are not permitted",
+        }
+    ]
+    server.queue(Reply(status=422, json_body={"detail": detail}), text_stream("ok"))
+    assert (await complete(make_llm(), user())).content == "ok"
+    assert ["reasoning_effort" in body for body in server.requests] == [True, False]
+
+
 async def test_a_server_that_refuses_tool_choice_required_is_asked_again_with_auto(
     server: FakeServer, make_llm
 ) -> None:

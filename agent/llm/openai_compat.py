@@ -270,12 +270,20 @@ def _error_message(body: Any) -> str:
         err = body.get("error", body.get("detail", body.get("message")))
         if isinstance(err, dict):
             err = err.get("message") or err.get("msg") or json.dumps(err)
-        if isinstance(err, list):
-            err = "; ".join(str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in err)
+        if isinstance(err, list):  # FastAPI's 422: each problem with where it is (body.reasoning_effort)
+            err = "; ".join(_problem(e) for e in err)
         if err:
             return str(err)[:500]
         return json.dumps(body)[:500]
     return str(body)[:500]
+
+
+def _problem(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    where = item.get("loc")
+    place = ".".join(map(str, where)) + ": " if isinstance(where, list) and where else ""
+    return f"{place}{item.get('msg', item)}"
 
 
 def _model_entry(listing: Any, model: str) -> dict[str, Any]:
