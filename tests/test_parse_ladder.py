@@ -605,3 +605,11 @@ def test_a_json_mistake_is_told_once_with_its_place():
 
     assert call_from_text("f", '{"a": "no end').parse_error.endswith("(Unterminated string starting at character 6)")
     assert call_from_text("f", '{"a": 1 "b": 2}').parse_error.endswith("(Expecting ',' delimiter at character 8)")
+
+
+def test_json_data_in_prose_that_no_call_could_take_stays_text():
+    text = 'The API returns JSON like {"name": "Bob", "arguments": ["a", "b"]} for each user.'
+    parsed = parse_output(text)
+    assert (parsed.content, parsed.tool_calls) == (text, [])
+    parsed = parse_output('I will call {"name": "add", "arguments": {"a": 1}} now.')  # a call: taken
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [("add", {"a": 1})]

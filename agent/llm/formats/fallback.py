@@ -22,14 +22,16 @@ _TOP_OPEN = re.compile(r"\{|\[(?=\s*\{)")
 _CODE_LANGS = frozenset({"", "json", "json5", "tool_call", "tool_code", "javascript", "js"})
 
 
-def _is_call(obj: object) -> bool:
+def _is_call(obj: object, *, inline: bool = False) -> bool:
+    """Whether a JSON value has a call's shape. Written `inline` in running text it must also
+    have arguments a call could take (an object, or one encoded as a string): prose that
+    shows data with a "name" and an "arguments" list is text, not a call to mend."""
     if isinstance(obj, list):
-        return bool(obj) and all(_is_call(item) for item in obj)
-    return (
-        isinstance(obj, dict)
-        and isinstance(obj.get("name"), str)
-        and ("arguments" in obj or "parameters" in obj)
-    )
+        return bool(obj) and all(_is_call(item, inline=inline) for item in obj)
+    if not (isinstance(obj, dict) and isinstance(obj.get("name"), str)):
+        return False
+    key = "arguments" if "arguments" in obj else "parameters" if "parameters" in obj else None
+    return key is not None and (not inline or isinstance(obj[key], (dict, str)))
 
 
 class JsonFallbackFormat(ChatFormat):
@@ -85,7 +87,7 @@ class JsonFallbackFormat(ChatFormat):
                 obj = loads_lenient(raw)
             except json.JSONDecodeError:
                 continue
-            if not _is_call(obj):
+            if not _is_call(obj, inline=True):
                 continue
             kept.append(text[pos:start])
             calls.extend(call_from_obj(o, json.dumps(o)) for o in (obj if isinstance(obj, list) else [obj]))
