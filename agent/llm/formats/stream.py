@@ -51,6 +51,22 @@ class _Trimmed:
         return kept
 
 
+def _in_json_string(text: str) -> bool:
+    """Whether `text`, the start of a JSON object, ends inside one of its strings."""
+    start = text.find("{")
+    if start < 0 or text[:start].strip():
+        return False
+    inside = escaped = False
+    for ch in text[start:]:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and inside:
+            escaped = True
+        elif ch == '"':
+            inside = not inside
+    return inside
+
+
 class TagStreamSplitter:
     """Splits text that marks thinking and calls with tags (`<think>`,
     `<tool_call>`, `[TOOL_CALLS]`, `<|python_tag|>`...).
@@ -79,6 +95,7 @@ class TagStreamSplitter:
         self.content = _Trimmed()
         self.thinking = _Trimmed()
         self.thinking_blocks = 0
+        self.call = ""  # the held call so far: a close tag inside its JSON strings is its text
 
     def _tags(self) -> tuple[str, ...]:
         if self.state == "content":
@@ -88,7 +105,9 @@ class TagStreamSplitter:
     def _emit(self, text: str, out: list[ModelDelta]) -> None:
         if not text:
             return
-        if self.state == "content":
+        if self.state == "call":
+            self.call += text
+        elif self.state == "content":
             piece = self.content.push(text)
             if piece:
                 self.shown += piece
@@ -137,8 +156,12 @@ class TagStreamSplitter:
             index, tag = min(hits)
             self._emit(self.buffer[:index], out)
             self.buffer = self.buffer[index + len(tag) :]
+            if self.state == "call" and _in_json_string(self.call):  # `"s = '</tool_call>'"`
+                self.call += tag
+                continue
             if self.state == "content":
                 self.state, self.close = self.opens[tag]
+                self.call = ""
             else:
                 if self.state == "thinking" and self.thinking.started:
                     self.thinking_blocks += 1
