@@ -605,8 +605,12 @@ def test_a_tag_inside_a_calls_arguments_is_text(tag):
 def test_a_json_mistake_is_told_once_with_its_place():
     from agent.llm.formats.jsonfix import call_from_text
 
-    assert call_from_text("f", '{"a": "no end').parse_error.endswith("(Unterminated string starting at character 6)")
-    assert call_from_text("f", '{"a": 1 "b": 2}').parse_error.endswith("(Expecting ',' delimiter at character 8)")
+    assert call_from_text("f", '{"a": "no end').parse_error.endswith(
+        "(Unterminated string starting at character 6)"
+    )
+    assert call_from_text("f", '{"a": 1 "b": 2}').parse_error.endswith(
+        "(Expecting ',' delimiter at character 8)"
+    )
 
 
 def test_json_data_in_prose_that_no_call_could_take_stays_text():
