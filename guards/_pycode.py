@@ -32,6 +32,11 @@ from typing import Any
 MAX_CODE = 200_000  # characters of code read; longer code is scanned as written only
 MAX_VALUE = 20_000  # characters of one folded value
 MAX_DEPTH = 3  # exec of exec of exec ...
+# Nodes and characters of values put in for names, in one reading: for one value; for all
+# values but small ones, ten times that; for the small ones (a path, a command), their own.
+MAX_COPIED = 20_000
+SMALL_VALUE = 64
+MAX_COPIED_SMALL = 500_000
 
 _DECODERS = {
     "b64decode": base64.b64decode,
@@ -198,6 +203,14 @@ def _name_node(dotted: str, like: ast.AST) -> ast.AST:
     return ast.copy_location(node, like)
 
 
+def _weight(node: ast.AST) -> int:
+    """A value's size, as put in for a name: its nodes and the characters of its texts."""
+    return sum(
+        1 + (len(sub.value) if isinstance(sub, ast.Constant) and isinstance(sub.value, (str, bytes)) else 0)
+        for sub in ast.walk(node)
+    )
+
+
 class _Folder(ast.NodeTransformer):
     """Folds constant expressions in source order, with names bound to constants and aliases."""
 
@@ -205,6 +218,13 @@ class _Folder(ast.NodeTransformer):
         self.scopes: list[dict[str, ast.AST]] = [{}]
         self.executed: list[str | bytes] = []
         self.changed = False
+        # How much has been copied in for names: a list bound once and printed a thousand
+        # times must not make a reading a thousand lists long (nor take seconds to make).
+        # Each value has its own allowance, and big values share one: padding code with
+        # uses of a big value does not stop a short one ('/') from being spelled out.
+        self.copied = self.copied_small = 0
+        self._weights: dict[int, int] = {}
+        self._per_value: dict[int, int] = {}
 
     # -- names -------------------------------------------------------------------
 
@@ -247,6 +267,20 @@ class _Folder(ast.NodeTransformer):
         if isinstance(node.ctx, ast.Load):
             bound = self._lookup(node.id)
             if bound is not None:
+                key = id(bound)
+                weight = self._weights.get(key)
+                if weight is None:
+                    weight = self._weights[key] = _weight(bound)
+                this = self._per_value.get(key, 0) + weight
+                small = weight <= SMALL_VALUE
+                total = (self.copied_small if small else self.copied) + weight
+                if this > MAX_COPIED or total > (MAX_COPIED_SMALL if small else MAX_COPIED * 10):
+                    return node  # enough spelled out: the rest stays by name
+                self._per_value[key] = this
+                if small:
+                    self.copied_small = total
+                else:
+                    self.copied = total
                 self.changed = True
                 return ast.copy_location(copy.deepcopy(bound), node)
         return node

@@ -415,7 +415,7 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     _p("mkfs", r"\bmkfs(?:\.\w+)?\s+(?:-\S+\s+)*/dev/", "formatting a disk (mkfs)"),
     _p(
         "dd_disk",
-        r"\bdd\s+[^\n]*\bof=/dev/(?:sd|nvme|hd|disk|xvd|vd|mmcblk)",
+        r"\bdd\s+[^\n]{0,400}\bof=/dev/(?:sd|nvme|hd|disk|xvd|vd|mmcblk)",
         "overwriting a raw disk device (dd of=/dev/...)",
     ),
     _p("write_disk", r">\s*/dev/(?:sd[a-z]|nvme\d|hd[a-z]|disk\d|xvd[a-z])", "writing to a raw disk device"),
@@ -427,8 +427,8 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "pipe_to_shell",
-        r"\b(?:curl|wget|fetch|iwr|Invoke-WebRequest)\b[^\n|;]*\|\s*(?:sudo\s+)?(?:ba|z|k|da|fi)?sh\b|"
-        r"\b(?:curl|wget)\b[^\n|;]*\|\s*(?:sudo\s+)?python[0-9.]*\b|\b(?:ba)?sh\s+-c\s+[\"']?\$\((?:curl|wget)\b|"
+        r"\b(?:curl|wget|fetch|iwr|Invoke-WebRequest)\b[^\n|;]{0,400}\|\s*(?:sudo\s+)?(?:ba|z|k|da|fi)?sh\b|"
+        r"\b(?:curl|wget)\b[^\n|;]{0,400}\|\s*(?:sudo\s+)?python[0-9.]*\b|\b(?:ba)?sh\s+-c\s+[\"']?\$\((?:curl|wget)\b|"
         r"\b(?:ba)?sh\s+<\(\s*(?:curl|wget)\b|\biex\s*\(?\s*(?:\(?New-Object\s+Net\.WebClient\)?|iwr|irm)",
         "downloading a script and running it unseen (curl | sh)",
     ),
@@ -459,7 +459,7 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "reverse_shell",
-        r"/dev/tcp/|\bnc(?:at)?\b[^\n]*\s-[a-z]*[ec]\s+/bin/|\bncat\b[^\n]*--(?:exec|sh-exec)|\bsocat\b[^\n]*exec:"
+        r"/dev/tcp/|\bnc(?:at)?\b[^\n]{0,400}\s-[a-z]*[ec]\s+/bin/|\bncat\b[^\n]{0,400}--(?:exec|sh-exec)|\bsocat\b[^\n]{0,400}exec:"
         r"|pty\.spawn\(\s*[\"']/bin/(?:ba)?sh|os\.dup2\(\s*\w+\.fileno\(\)",
         "a reverse shell",
     ),
@@ -485,7 +485,7 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "wipe_history",
-        r"\bhistory\s+-c\b|\bshred\b[^\n]*(?:\.bash_history|/var/log)|\brm\s+(?:-\w+\s+)*/var/log\b|\bcrontab\s+-r\b",
+        r"\bhistory\s+-c\b|\bshred\b[^\n]{0,400}(?:\.bash_history|/var/log)|\brm\s+(?:-\w+\s+)*/var/log\b|\bcrontab\s+-r\b",
         "erasing logs, shell history or cron jobs",
     ),
     _p(
@@ -497,7 +497,7 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "exfiltrate_secrets",
-        r"\b(?:requests|httpx|urllib\.request)\.\w+\([^\n]*(?:os\.environ|\.ssh|\.aws|\.env\b|/etc/shadow|id_rsa)",
+        r"\b(?:requests|httpx|urllib\.request)\.\w+\([^\n]{0,400}(?:os\.environ|\.ssh|\.aws|\.env\b|/etc/shadow|id_rsa)",
         "sending credentials or environment variables over the network",
     ),
     _p("crypto_miner", r"\bxmrig\b|\bminerd\b|stratum\+tcp://", "a cryptocurrency miner"),
@@ -591,7 +591,7 @@ INJECTION_PATTERNS: tuple[Pattern, ...] = (
     _p("hidden_unicode", r"[\U000E0000-\U000E007F]{2,}", "hidden Unicode tag characters (ASCII smuggling)"),
     _p(
         "exfil_markdown",
-        r"!\[[^\]]*\]\(\s*https?://[^)\s]*[?&][\w\-]+=(?:\{|\$|%7B|<|\[)[^)]*\)",
+        r"!\[[^\]\n]{0,400}\]\(\s*https?://[^)\s]{0,2000}[?&][\w\-]+=(?:\{|\$|%7B|<|\[)[^)]*\)",
         "a markdown image that would leak data in its URL",
         flags=re.I,
     ),

@@ -277,6 +277,16 @@ def test_reading_code_computes_nothing_unbounded():
     assert readings("print('hello')") == []  # nothing to spell out
 
 
+def test_a_big_value_used_many_times_is_spelled_out_a_few_times_and_a_short_one_still_is():
+    from guards._pycode import readings
+
+    padding = "X = [" + ", ".join(map(str, range(1000))) + "]\n" + "print(X)\n" * 2000
+    [reading] = readings(padding)
+    assert len(reading) < 200_000  # not two thousand copies of the list (about 9 MB)
+    code = padding + "p = '/'\nimport shutil\nshutil.rmtree(p)\n"  # padding does not hide it
+    assert _python_verdict(code).category == "dangerous_code.rmtree_root"
+
+
 def test_comments_in_python_are_not_scanned_but_shell_and_ipython_lines_are():
     assert (
         _python_verdict("x = 1  # reboot now to apply the change\n# rm -rf / would be bad").action == "allow"
