@@ -184,7 +184,12 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
         "a private key",
     ),
     _p("anthropic_key", r"\bsk-ant-(?:api|admin)\d\d-[A-Za-z0-9_\-]{20,}", "an Anthropic API key"),
-    _p("openai_key", r"\bsk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_\-]{20,}", "an OpenAI-style API key"),
+    _p(
+        "openai_key",
+        r"\bsk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_\-]{20,}",
+        "an OpenAI-style API key",
+        validate=lambda key: _has_digit(key),
+    ),
     _p("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,})", "a GitHub token"),
     _p("gitlab_token", r"\bglpat-[A-Za-z0-9_\-]{20,}", "a GitLab token"),
     _p("slack_token", r"\bxox[abposre]-[A-Za-z0-9\-]{10,}", "a Slack token"),
@@ -265,9 +270,17 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
 )
 
 
+_ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")  # GITHUB_TOKEN: the name of a variable
+
+
 def _not_placeholder(value: str) -> bool:
-    v = value.strip("\"'").lower()
-    if v.startswith(("[redacted", "${", "$(", "<", "os.", "env(", "getenv", "process.env", "{{")):
+    bare = value.strip("\"'")
+    if _ENV_NAME.fullmatch(bare):  # `TOKEN_ENV = "GITHUB_TOKEN"`, `OPENAI_API_KEY=YOUR_API_KEY`
+        return False
+    v = bare.lower()
+    if v.startswith(("[redacted", "${", "$(", "<", "os.", "env(", "getenv", "process.env", "{{", "your", "my-")):
+        return False
+    if v in ("required", "optional"):  # an API's documentation: `password: required`
         return False
     return v not in {
         "changeme",
@@ -284,16 +297,29 @@ def _not_placeholder(value: str) -> bool:
 _CODE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 
 
+# A name in code that no secret is spelled like: snake_case (`first_token`) or camelCase.
+_CODE_WORD = re.compile(r"[a-z_][a-z0-9]*(?:_[a-z0-9]+)+|[a-z]+(?:[A-Z][a-z0-9]+)+")
+# A keyword argument's value in a call: a name, a dotted name or a call, then `,` or `)`.
+_ARGUMENT = re.compile(r"[A-Za-z_][\w.]*(?:\(\))?[,)]+")
+
+
 def _not_code(value: str) -> bool:
-    """An unquoted value assigned code-style that is no reference in code (`settings.API_KEY`)."""
-    return _not_placeholder(value) and _CODE_NAME.fullmatch(value) is None
+    """An unquoted value assigned code-style that is no reference in code (`settings.API_KEY`,
+    `first_token`)."""
+    return _not_placeholder(value) and _CODE_NAME.fullmatch(value) is None and _CODE_WORD.fullmatch(value) is None
 
 
 def _not_argument(value: str) -> bool:
-    """A config-style value that is no keyword argument in code (`api_key=settings.API_KEY,`)."""
-    if value.endswith((",", ")")) and _CODE_NAME.fullmatch(value.rstrip(",)")):
+    """A config-style value that is no keyword argument in code (`api_key=api_key,`,
+    `pad_token_id=self._pad_token_id(),`)."""
+    if _ARGUMENT.fullmatch(value):
         return False
     return _not_placeholder(value)
+
+
+def _has_digit(value: str) -> bool:
+    """A generated key has digits somewhere: `sk-learn-compatible-estimator` is a name."""
+    return any(c.isdigit() for c in value)
 
 
 # Assignments and fields often hold placeholders; only those need the check.

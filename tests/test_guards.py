@@ -122,6 +122,16 @@ def test_structured_secrets_keep_their_context():
         "    api_key=settings.API_KEY,",
         "secretary_name: Jonathan",
         "passwordless: enabled",
+        # code passing a secret along by name, and names and placeholders of secrets
+        "    api_key=api_key,",
+        "    return_token_type_ids=False,",
+        "pad_token_id=self._pad_token_id(),",
+        "token = first_token",
+        'TOKEN_ENV = "GITHUB_TOKEN"',
+        "OPENAI_API_KEY=YOUR_API_KEY",
+        "API_KEY=your-api-key-here",
+        "password: required",
+        "sk-learn-compatible-estimator-wrapper",
     ],
 )
 def test_no_secret_in_ordinary_text(text):
