@@ -24,7 +24,7 @@ import re
 import threading
 import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -305,6 +305,8 @@ class ClassifierGuard:
     `stages` maps a stage to `{head: threshold}`; a score at or above the
     threshold gives `action` (block by default). Below it the verdict is
     "allow" but carries the score, so a pipeline can escalate unsure cases.
+    `local` thresholds replace the tool_result stage's for the results of
+    `local_tools` (tools that declare effects and no network).
     """
 
     name = "classifier"
@@ -315,10 +317,14 @@ class ClassifierGuard:
         *,
         stages: Mapping[str, Mapping[str, float]] | None = None,
         action: str = "block",
+        local: Mapping[str, float] | None = None,
+        local_tools: Iterable[str] = (),
     ) -> None:
         self.path = path
         self.stages = {k: dict(v) for k, v in (stages if stages is not None else DEFAULT_CLASSIFIER_STAGES).items()}
         self.action = action
+        self.local = dict(local or {})
+        self.local_tools = frozenset(local_tools)
         self._model: LinearModel | None = None
 
     @property
@@ -337,6 +343,8 @@ class ClassifierGuard:
         heads = self.stages.get(stage)
         if not heads:
             return Verdict(guard=self.name)
+        if stage == "tool_result" and self.local and event.name in self.local_tools:
+            heads = {**heads, **self.local}
         started = time.perf_counter()
         text = text_of(event)
         if stage == "model_output" and not text.strip():

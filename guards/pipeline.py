@@ -108,11 +108,23 @@ def build_rules(policy: Policy) -> Any:
     return RuleGuard(stages, rules=rules, stage_rules=per_stage)
 
 
-def build_classifier(policy: Policy) -> Any:
+def build_classifier(policy: Policy, tools: Sequence[Any] = ()) -> Any:
     from .classifier import ClassifierGuard
 
     stages = {name: dict(sp.classifier) for name, sp in policy.stages.items() if sp.classifier}
-    return ClassifierGuard(policy.classifier.model or None, stages=stages)
+    result = policy.stages.get("tool_result")
+    # Local: effects declared, none of them the network (a tool that declares none may fetch).
+    local = [
+        t.name
+        for t in tools
+        if getattr(t, "effects_declared", False) and "network" not in getattr(t, "effects", {"network"})
+    ]
+    return ClassifierGuard(
+        policy.classifier.model or None,
+        stages=stages,
+        local=dict(result.local) if result is not None else None,
+        local_tools=local,
+    )
 
 
 class GuardPipeline:
@@ -143,7 +155,7 @@ class GuardPipeline:
         self.policy = policy or load_policy()
         self.rules = build_rules(self.policy) if rules is None else (rules or None)
         if classifier is None:
-            classifier = build_classifier(self.policy) if self.policy.classifier.enabled else None
+            classifier = build_classifier(self.policy, tools) if self.policy.classifier.enabled else None
         self.classifier = classifier or None
         self.llm = llm or None
         self.guards = list(guards)

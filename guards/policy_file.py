@@ -37,6 +37,9 @@ class StagePolicy(_Model):
     classifier: dict[Literal["injection", "harm"], Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=dict
     )
+    # The thresholds for what tools that declare effects and no network give (tool_result):
+    # a workspace's own files and code output are scored too, but must be plainly an attack.
+    local: dict[Literal["injection", "harm"], Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
     llm: Literal["never", "escalate", "always"] = "escalate"
     on_error: Literal["open", "closed"] = "open"
     timeout: float = Field(5.0, gt=0)
