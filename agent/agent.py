@@ -80,7 +80,7 @@ class EventStream(Coroutine[Any, Any, Any]):
         self._what = what
         self._used = False
         self._closed = False  # aclose() ran: the generator is done with (its flags may not say so)
-        self._end: Generator[Any, None, RunResult] | None = None  # `await`'s, once it began
+        self._end: Generator[Any, None, RunResult] | None = None  # as a coroutine, once it began
 
     def __aiter__(self) -> EventStream:
         self._used = True
@@ -100,17 +100,20 @@ class EventStream(Coroutine[Any, Any, Any]):
             await self._events.aclose()
 
     def __await__(self) -> Generator[Any, None, RunResult]:
-        if self._end is None:
-            self._used = True
-            self._end = self._to_the_end().__await__()
-        return self._end
+        self._used = True
+        return self._to_the_end().__await__()  # a new one each time: awaited again, the result again
 
     # As a coroutine (asyncio.run, create_task): the same run to the end as `await`.
+    def _driver(self) -> Generator[Any, None, RunResult]:
+        if self._end is None:
+            self._end = self.__await__()
+        return self._end
+
     def send(self, value: Any) -> Any:
-        return self.__await__().send(value)
+        return self._driver().send(value)
 
     def throw(self, *args: Any) -> Any:
-        return self.__await__().throw(*args)
+        return self._driver().throw(*args)
 
     def close(self) -> None:
         if self._end is not None:

@@ -123,6 +123,7 @@ async def test_leaving_the_event_stream_cancels_the_run_and_says_why(run_dir):
     assert end.error == "the caller stopped reading the run's events"
     result = await stream  # the result, as the run ended
     assert (result.status, result.error) == ("cancelled", end.error)
+    assert (await stream).status == "cancelled"  # and again
     assert [e async for e in stream] == []
 
 
