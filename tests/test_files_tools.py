@@ -296,6 +296,10 @@ def test_search_files(ft, ws, monkeypatch):
     # `**/` is any folders, none included: the top of the workspace too
     assert ft.search_files(pattern="beta", glob="**/*.txt") == "notes.txt:2: beta"
     assert ft.search_files(pattern="main", glob="**/src/**/*.py").startswith("src/app.py:1:")
+    assert ft.search_files(pattern="main", glob="src/**/app.py").startswith("src/app.py:1:")
+    (ws / "pkg" / "tests").mkdir(parents=True)
+    (ws / "pkg" / "tests" / "t.py").write_text("main = 1\n")
+    assert "pkg/tests/t.py:1:" in ft.search_files(pattern="main", glob="**/tests/**/*.py")  # each **/ alike
     listed = ft.list_files(pattern="**/*.py", recursive=True) + ft.list_files(pattern="**/*.txt", recursive=True)
     assert "app.py" in listed and "notes.txt" in listed
     assert ft.search_files(pattern="nowhere") == "No matches for 'nowhere' in the workspace."

@@ -401,9 +401,18 @@ def _glob(rel: str, name: str, pattern: str) -> bool:
     `app.py` as well as `src/app.py`."""
     if "/" not in pattern:
         return fnmatch.fnmatch(name, pattern)
-    if fnmatch.fnmatch(rel, pattern):
-        return True
-    return "**/" in pattern and _glob(rel, name, pattern.replace("**/", "", 1))
+    return any(fnmatch.fnmatch(rel, form) for form in _folder_forms(pattern))
+
+
+def _folder_forms(pattern: str) -> Iterator[str]:
+    """`pattern` with each `**/` kept or dropped, every way (up to four of them: 16 forms)."""
+    at = pattern.find("**/")
+    if at < 0 or pattern.count("**/") > 4:
+        yield pattern
+        return
+    for rest in _folder_forms(pattern[at + 3 :]):
+        yield pattern[: at + 3] + rest
+        yield pattern[:at] + rest
 
 
 def _is_binary(data: bytes) -> bool:
