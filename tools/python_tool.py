@@ -21,6 +21,7 @@ import errno
 import os
 import re
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ class PythonTool(Tool):
         self._key: str | None = None  # the workspace `_kernel` was asked for
         # Kernels of the other workspaces this tool has run in (one tool shared by agents with
         # workspaces of their own): each keeps its variables and its folder.
-        self._parked: dict[str | None, sb.Kernel] = {}
+        self._parked: OrderedDict[str | None, tuple[sb.Kernel, list[str]]] = OrderedDict()  # with its notes
         self._lock = threading.Lock()
         self._notes: list[str] = []
         self._announced = False
@@ -239,8 +240,8 @@ class PythonTool(Tool):
             kernel, self._kernel = self._kernel, None
             if kernel is not None:
                 kernel.kill()
-            parked, self._parked = self._parked, {}
-            for other in parked.values():
+            parked, self._parked = self._parked, OrderedDict()
+            for other, _ in parked.values():
                 other.kill()
             if self._prefetched:
                 self._prefetched = False
@@ -255,15 +256,10 @@ class PythonTool(Tool):
             if cancel.is_set():  # cancelled while an earlier call was still stopping
                 self._notes.append("The previous python call was cancelled before it ran.")
                 return ""
-            notes, self._notes = self._notes, []
             if workspace != self._key and (self._kernel is not None or self._parked):
-                # Another workspace than the last call's: its own kernel (never one folder's
-                # session, variables and files, for another's code).
-                if self._kernel is not None:
-                    self._parked[self._key] = self._kernel
-                self._kernel = self._parked.pop(workspace, None)
-                self._announced = self._kernel is not None
+                self._switch(workspace)
             self._key = workspace
+            notes, self._notes = self._notes, []
             kernel = self._kernel
             if kernel is not None and not kernel.alive():
                 reason = kernel.death_reason()
@@ -301,6 +297,20 @@ class PythonTool(Tool):
             if result.status != "ok" or status:
                 raise ToolError(text)
             return text
+
+    def _switch(self, workspace: str | None) -> None:
+        """Another workspace than the last call's: its own kernel and notes (never one folder's
+        session, variables and files, for another's code). The least recently used of those
+        kept beyond `_PARKED` is ended."""
+        if self._kernel is not None:
+            self._parked[self._key] = (self._kernel, self._notes)
+            self._parked.move_to_end(self._key)
+        kernel, notes = self._parked.pop(workspace, (None, []))
+        self._kernel, self._notes = kernel, notes
+        self._announced = kernel is not None
+        while len(self._parked) > _PARKED:
+            _, (old, _) = self._parked.popitem(last=False)
+            old.kill()
 
     def _recover(self, result: sb.ExecResult, kernel: sb.Kernel, workspace: str | None) -> str:
         """Restart or replace the kernel when needed; a sentence for the model."""
@@ -473,6 +483,8 @@ def _write_new_output(workspace: str, stem: str, ext: str, payload: bytes) -> st
     finally:
         os.close(root)
 
+
+_PARKED = 4  # kernels of other workspaces one tool keeps (with their variables) beside its current one
 
 OPTIONS = BUILTIN_OPTIONS["python"]
 
