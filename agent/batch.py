@@ -97,11 +97,11 @@ def read_tasks(path: str | Path) -> list[BatchTask]:
             problems = [f"{'.'.join(map(str, err['loc'])) or 'task'}: {err['msg']}" for err in e.errors()[:3]]
             raise AgentError(f"{path}:{number}: not a valid task ({'; '.join(problems)})") from None
         for key in task.model_extra or {}:  # kept as the task's own data, unless it is a known key misspelt
-            near = difflib.get_close_matches(key, _TASK_KEYS, n=1, cutoff=0.75)
+            near = None if key.startswith("x_") else difflib.get_close_matches(key, _TASK_KEYS, n=1, cutoff=0.75)
             if near:
                 raise AgentError(
-                    f"{path}:{number}: unknown key {key!r}: did you mean {near[0]!r}? "
-                    f"(a task's keys are {', '.join(_TASK_KEYS)}; others are kept as its data)"
+                    f"{path}:{number}: unknown key {key!r}: did you mean {near[0]!r}? (a task's keys are "
+                    f"{', '.join(_TASK_KEYS)}; others are kept as its data: name it x_{key} to keep it so)"
                 )
         if task.id in seen:
             raise AgentError(f"{path}:{number}: task id {task.id!r} appears twice")
