@@ -415,7 +415,7 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "rm_rf_root",
-        r"\[\s*[\"']rm[\"']\s*,\s*(?:[\"']-[^\"']*[\"']\s*,\s*)*[\"']-[a-zA-Z]*[rR][a-zA-Z]*[\"']\s*,\s*(?:[\"']-[^\"']*[\"']\s*,\s*)*"
+        r"\[\s*(?:[\"']sudo[\"']\s*,\s*)?[\"'](?:/usr)?(?:/bin/)?rm[\"']\s*,\s*(?:[\"']-[^\"']*[\"']\s*,\s*)*[\"']-[a-zA-Z]*[rR][a-zA-Z]*[\"']\s*,\s*(?:[\"']-[^\"']*[\"']\s*,\s*)*"
         r"[\"']" + _ROOTISH + r"[\"']",
         "recursive delete of the filesystem root, a home directory or a system directory (rm -rf /)",
     ),
@@ -435,8 +435,26 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "overwrite_system_file",
-        r"open\(\s*[rbuf]?[\"']/etc/(?:passwd|shadow|sudoers|hosts|group|crontab)[\"']\s*,\s*[rbuf]?[\"'][wa+]",
+        r"open\(\s*[rbuf]?[\"']/etc/(?:passwd|shadow|sudoers|hosts|group|crontab)[\"']\s*,\s*[rbuf]?[\"'][wa+]"
+        r"|Path\(\s*[rbuf]?[\"']/etc/(?:passwd|shadow|sudoers|hosts|group|crontab)[\"']\s*\)\.write_(?:text|bytes)\("
+        r"|(?:^|[;&|(]\s*)>\s*/etc/(?:passwd|shadow|sudoers|hosts|group)\b",
         "overwriting a system file in /etc",
+        flags=re.M,
+    ),
+    _p(
+        "find_delete",
+        r"\bfind\s+(?:/|~/?|\$HOME/?|/(?:etc|usr|bin|boot|lib|var|home))(?=\s)[^\n]{0,200}?\s(?:-delete\b|-exec\s+rm\b)",
+        "deleting the filesystem, a home or a system directory with find (-delete, -exec rm)",
+    ),
+    _p(
+        "wipe_disk",
+        r"\b(?:shred|wipefs)\b[^\n]{0,200}/dev/(?:sd|nvme|hd|disk|xvd|vd|mmcblk)",
+        "wiping a raw disk device (shred, wipefs)",
+    ),
+    _p(
+        "move_system_dir",
+        r"\bmv\s+(?:-\w+\s+)*/(?:etc|bin|sbin|usr|boot|lib)/?\s+/dev/null\b",
+        "moving a system directory away (mv /etc /dev/null)",
     ),
     _p("mkfs", r"\bmkfs(?:\.\w+)?\s+(?:-\S+\s+)*/dev/", "formatting a disk (mkfs)"),
     _p(
@@ -491,12 +509,13 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "chmod_root",
-        r"\bchmod\s+(?:-R\s+)?0?777\s+/(?:\s|$|[\"'])|\bchown\s+-R\s+\S+\s+/(?:\s|$|[\"'])",
+        r"\bchmod\s+(?:-R\s+)?(?:0?777|0{3,4})\s+/(?:\s|$|[\"'])|\bchown\s+-R\s+\S+\s+/(?:\s|$|[\"'])",
         "opening permissions on the whole filesystem",
     ),
     _p(
         "system_power",
-        r"\b(?:shutdown|poweroff|reboot|halt)\s+(?:-[hrPf]\b|now\b)|\binit\s+0\b|\bsystemctl\s+(?:poweroff|reboot|halt)\b",
+        r"\b(?:shutdown|poweroff|reboot|halt)\s+(?:-[hrPf]\b|now\b)|\binit\s+0\b|\bsystemctl\s+(?:poweroff|reboot|halt)\b"
+        r"|\[\s*(?:[\"']sudo[\"']\s*,\s*)?[\"'](?:/s?bin/)?(?:shutdown|poweroff|reboot|halt)[\"']",
         "shutting down or rebooting the machine",
     ),
     _p(
@@ -524,6 +543,16 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     _p(
         "exfiltrate_secrets",
         r"\b(?:requests|httpx|urllib\.request)\.\w+\([^\n]{0,400}(?:os\.environ|\.ssh|\.aws|\.env\b|/etc/shadow|id_rsa)",
+        "sending credentials or environment variables over the network",
+    ),
+    _p(
+        "exfiltrate_secrets_shell",
+        r"\b(?:env|printenv)\s*\|\s*(?:curl|wget|nc|ncat|netcat|socat)\b"
+        r"|\bcurl\b[^\n]{0,300}\s(?:-d|--data(?:-binary|-raw|-urlencode)?|-F|--form|-T|--upload-file)\s+[\"']?"
+        r"(?:[\w-]+=)?@[^\s\"']*(?:\.env\b|\.ssh|\.aws|\.gnupg|\.netrc|id_rsa|id_ed25519|credentials)"
+        r"|\b(?:cat|tar|zip|gpg)\b(?>[^\n|]{0,200}?(?:\.env\b|\.ssh|\.aws|\.gnupg|\.netrc|id_rsa|credentials))[^\n|]{0,200}+"
+        r"\|\s*(?:curl|wget|nc|ncat|netcat|socat)\b"
+        r"|\b(?:scp|rsync)\b(?>[^\n]{0,200}?(?:\.ssh|\.aws|\.gnupg|\.env\b|id_rsa))\S*+\s++[\w.\-]+@[\w.\-]+:",
         "sending credentials or environment variables over the network",
     ),
     _p("crypto_miner", r"\bxmrig\b|\bminerd\b|stratum\+tcp://", "a cryptocurrency miner"),
@@ -692,6 +721,10 @@ _NEEDLES: dict[str, tuple[str, ...]] = {
     "wipe_history": ("history", "shred", "/var/log", "crontab"),
     "obfuscated_exec": ("exec", "eval"),
     "exfiltrate_secrets": ("requests", "httpx", "urllib"),
+    "exfiltrate_secrets_shell": ("env", "curl", "scp", "rsync"),
+    "find_delete": ("find",),
+    "wipe_disk": ("shred", "wipefs"),
+    "move_system_dir": ("mv",),
     "crypto_miner": ("xmrig", "minerd", "stratum"),
     "ignore_previous": (
         "ignore",
