@@ -988,6 +988,16 @@ async def test_a_fastapi_422_names_the_field_and_a_refused_reasoning_effort_is_d
     assert ["reasoning_effort" in body for body in server.requests] == [True, False]
 
 
+async def test_a_server_error_that_says_the_request_can_never_work_is_not_retried(
+    server: FakeServer, make_llm
+) -> None:
+    jinja = Reply(status=500, json_body={"error": {"message": "tools param requires --jinja flag"}})
+    server.queue(jinja)
+    with pytest.raises(LLMHTTPError, match="requires --jinja") as info:
+        await complete(make_llm(), user_with_tools())
+    assert not info.value.retryable and len(server.requests) == 1
+
+
 async def test_a_server_that_refuses_tool_choice_required_is_asked_again_with_auto(
     server: FakeServer, make_llm
 ) -> None:

@@ -60,8 +60,16 @@ class LLMHTTPError(LLMError):
 
     @property
     def retryable(self) -> bool:  # type: ignore[override]
-        """Server trouble and rate limits pass; a refused key, a wrong model or a bad request do not."""
-        return self.status_code in (408, 409, 425, 429) or self.status_code >= 500
+        """Server trouble and rate limits pass; a refused key, a wrong model or a bad request do not,
+        nor a server error that says the request can never work (llama.cpp answers 500 to tools
+        without --jinja)."""
+        if self.status_code >= 500:
+            return _PERMANENT.search(self.server_message) is None
+        return self.status_code in (408, 409, 425, 429)
+
+
+# A server error that asking again cannot mend: the server's setup or the request's shape.
+_PERMANENT = re.compile(r"--jinja|\bnot supported\b|\bunsupported\b", re.I)
 
 
 class PromptTooLongError(LLMHTTPError, ContextLengthError):
@@ -771,7 +779,7 @@ class OpenAICompatLLM:
                 if response.status_code >= 400:
                     content = await response.aread()
                     error = self._http_error(response.status_code, content)
-                    if response.status_code in RETRY_STATUSES:
+                    if response.status_code in RETRY_STATUSES and error.retryable:
                         raise _Retry(error, _retry_after(response.headers))
                     raise error
                 ctype = response.headers.get("content-type", "")
