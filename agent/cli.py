@@ -500,6 +500,8 @@ def _sigterm_as_ctrl_c(*, leave: bool) -> Iterator[list[bool]]:
     import signal
     import threading
 
+    from . import sync
+
     came: list[bool] = []
     in_main = threading.current_thread() is threading.main_thread()
     if not in_main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
@@ -508,6 +510,7 @@ def _sigterm_as_ctrl_c(*, leave: bool) -> Iterator[list[bool]]:
 
     def on_sigterm(signum: int, frame: Any) -> None:
         came.append(True)
+        sync.stop_reason = "stopped by SIGTERM (kill, timeout, docker stop)"
         ctrl_c = signal.getsignal(signal.SIGINT)
         if callable(ctrl_c) and not leave:  # asyncio's, the sync runner's, or Python's own
             ctrl_c(signal.SIGINT, frame)
@@ -519,6 +522,7 @@ def _sigterm_as_ctrl_c(*, leave: bool) -> Iterator[list[bool]]:
         yield came
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        sync.stop_reason = None
 
 
 def _run_command(args: argparse.Namespace) -> int:

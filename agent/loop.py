@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from . import sync
 from .bus import Bus, Decision
 from .events import (
     ApprovalGiven,
@@ -314,7 +315,8 @@ class Run:
         except asyncio.CancelledError:
             # Ctrl-C or a cancelled task: record it, then let cancellation go on.
             if not self._finished:
-                await self._finish("cancelled", self.stop_reason or "cancelled by the user")
+                why = self.stop_reason or sync.stop_reason or "cancelled by the user"
+                await self._finish("cancelled", why)
             raise
         except Exception as e:  # infrastructure fault: record it, and end the run once
             message = f"{type(e).__name__}: {e}"

@@ -31,6 +31,10 @@ except ImportError:  # pragma: no cover - other interpreters
 
 T = TypeVar("T")
 
+# Why runs are being stopped when it is not Ctrl-C: a host that turns another signal into one
+# (`agent`'s CLI on SIGTERM) says so here, and the runs it cancels record it.
+stop_reason: str | None = None
+
 
 class LoopHandle:
     """An event loop, closed when the last holder lets go of it."""

@@ -406,6 +406,8 @@ def test_ctrl_c_or_sigterm_stops_a_run_cleanly(tmp_path, command, sig):
     if command.startswith("run --json"):  # the stream shows how the run ended, as the log does
         end = json.loads(out.splitlines()[-1])
         assert end["type"] == "run_finished" and end["status"] == "cancelled", out
+        why = "stopped by SIGTERM (kill, timeout, docker stop)" if terminated else "cancelled by the user"
+        assert end["error"] == why
     elif command == "run":
         assert "cancelled" in err
     else:  # batch: how far it got, and how to go on
