@@ -270,7 +270,9 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
 )
 
 
-_ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")  # GITHUB_TOKEN: the name of a variable
+_LEAKING_QUERY = re.compile(r"[?&][\w\-]+=(?:\{|\$|%7B|<|\[)", re.I)  # ?d={...}: a slot for data
+# GITHUB_TOKEN, YOUR_API_KEY: the name of a variable that holds a secret, not one.
+_ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]*_(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD)")
 
 
 def _not_placeholder(value: str) -> bool:
@@ -278,7 +280,7 @@ def _not_placeholder(value: str) -> bool:
     if _ENV_NAME.fullmatch(bare):  # `TOKEN_ENV = "GITHUB_TOKEN"`, `OPENAI_API_KEY=YOUR_API_KEY`
         return False
     v = bare.lower()
-    if v.startswith(("[redacted", "${", "$(", "<", "os.", "env(", "getenv", "process.env", "{{", "your", "my-")):
+    if v.startswith(("[redacted", "${", "$(", "<", "os.", "env(", "getenv", "process.env", "{{", "your_", "your-", "yourapi")):
         return False
     if v in ("required", "optional"):  # an API's documentation: `password: required`
         return False
@@ -305,14 +307,18 @@ _ARGUMENT = re.compile(r"[A-Za-z_][\w.]*(?:\(\))?[,)]+")
 
 def _not_code(value: str) -> bool:
     """An unquoted value assigned code-style that is no reference in code (`settings.API_KEY`,
-    `first_token`)."""
-    return _not_placeholder(value) and _CODE_NAME.fullmatch(value) is None and _CODE_WORD.fullmatch(value) is None
+    `first_token`). A name with digits may be a password (`hunter2_secret99`): kept as one."""
+    if _CODE_WORD.fullmatch(value) and not _has_digit(value):
+        return False
+    return _not_placeholder(value) and _CODE_NAME.fullmatch(value) is None
 
 
 def _not_argument(value: str) -> bool:
     """A config-style value that is no keyword argument in code (`api_key=api_key,`,
-    `pad_token_id=self._pad_token_id(),`)."""
-    if _ARGUMENT.fullmatch(value):
+    `pad_token_id=self._pad_token_id(),`); with digits it may be a password (`Tr0ub4dor3,`)."""
+    if _ARGUMENT.fullmatch(value) and not _has_digit(value):
+        return False
+    if value.endswith((",", ")")) and _CODE_NAME.fullmatch(value.rstrip(",)")):
         return False
     return _not_placeholder(value)
 
@@ -415,7 +421,9 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "rm_rf_root",
-        r"\[\s*(?:[\"']sudo[\"']\s*,\s*)?[\"'](?:/usr)?(?:/bin/)?rm[\"']\s*,\s*(?:[\"']-[^\"']*[\"']\s*,\s*)*[\"']-[a-zA-Z]*[rR][a-zA-Z]*[\"']\s*,\s*(?:[\"']-[^\"']*[\"']\s*,\s*)*"
+        # the flags looked at once (is one of them -r?), then taken without giving any back
+        r"\[\s*(?:[\"']sudo[\"']\s*,\s*)?[\"'](?:/usr)?(?:/bin/)?rm[\"']\s*,\s*"
+        r"(?=(?:[\"']-[^\"']*[\"']\s*,\s*)*?[\"']-[a-zA-Z]*[rR][a-zA-Z]*[\"'])(?:[\"']-[^\"']*[\"']\s*,\s*)*+"
         r"[\"']" + _ROOTISH + r"[\"']",
         "recursive delete of the filesystem root, a home directory or a system directory (rm -rf /)",
     ),
@@ -646,9 +654,13 @@ INJECTION_PATTERNS: tuple[Pattern, ...] = (
     _p("hidden_unicode", r"[\U000E0000-\U000E007F]{2,}", "hidden Unicode tag characters (ASCII smuggling)"),
     _p(
         "exfil_markdown",
-        r"!\[[^\]\n]{0,400}\]\(\s*https?://[^)\s]{0,2000}[?&][\w\-]+=(?:\{|\$|%7B|<|\[)[^)]*\)",
+        # The image's URL taken once, whole (possessive: no backtracking into it); whether it
+        # carries a placeholder for data is the validator's question, asked once per image.
+        r"!\[[^\]\n]{0,400}+\]\(\s*(https?://[^)\s]{0,2000}+[^)\n]{0,2000}+)\)",
         "a markdown image that would leak data in its URL",
         flags=re.I,
+        group=1,
+        validate=lambda url: _LEAKING_QUERY.search(url) is not None,
     ),
 )
 

@@ -99,6 +99,23 @@ def test_structured_secrets_keep_their_context():
 @pytest.mark.parametrize(
     "text",
     [
+        "PASSWORD=PROD_DB_PASS_2024",  # upper case, but no variable's name
+        '"password": "MY_PROD_PW_2024"',
+        "password=yourock2024!",
+        'password: "my-s3cr3t-passw0rd"',
+        "password = hunter2_secret99",  # shaped like a name in code, with digits
+        "password = correctHorse9Battery",
+        "password=Tr0ub4dor3, host=db",  # before a comma, as a keyword argument's value would be
+        "DB_PASSWORD=Hunter2Secret)",
+    ],
+)
+def test_secrets_shaped_like_names_or_placeholders_are_still_redacted(text):
+    assert SecretRedactor().redact(text)[1], text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
         "password = os.environ['DB_PASSWORD']",
         "API_KEY=${API_KEY}",
         "the sky is blue; see https://example.com/docs?page=2",

@@ -959,9 +959,10 @@ async def test_parallel_calls_that_reuse_index_0_stay_apart(server: FakeServer, 
     # a name repeated alone does not
     first = {"index": 0, "function": {"name": "add", "arguments": '{"a": 1}'}}
     again = {"index": 0, "function": {"name": "add"}}
+    blank = {"index": 0, "function": {"name": "add", "arguments": "\n"}}  # the name again, and white space
     second = {"index": 0, "function": {"name": "add", "arguments": '{"a": 2}'}}
     events = [
-        chunk({"tool_calls": [first, again]}),
+        chunk({"tool_calls": [first, again, blank]}),
         chunk({"tool_calls": [second]}),
         chunk(finish="tool_calls"),
     ]
@@ -1012,6 +1013,13 @@ async def test_a_server_that_refuses_tool_choice_required_is_asked_again_with_au
     assert (await complete(llm, required)).content == "first"
     assert (await complete(llm, required)).content == "second"
     assert [body["tool_choice"] for body in server.requests] == ["required", "auto", "auto"]
+    # FastAPI's "Field required" about something else is no refusal of tool_choice
+    detail = [{"type": "missing", "loc": ["body", "messages", 1, "content"], "msg": "Field required"}]
+    server.queue(Reply(status=422, json_body={"detail": detail}))
+    fresh = make_llm()
+    with pytest.raises(LLMHTTPError, match="Field required"):
+        await complete(fresh, required)
+    assert server.requests[-1]["tool_choice"] == "required" and not fresh._required_refused
 
 
 async def test_a_server_that_refuses_reasoning_effort_is_asked_again_without_it(

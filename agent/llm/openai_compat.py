@@ -415,7 +415,12 @@ class _Accumulator:
             if (
                 key is None
                 or (tc.get("id") and self.calls[key]["id"] not in (None, tc["id"]))
-                or (name and fn.get("arguments") and not tc.get("id") and _whole(self.calls[key]))
+                or (
+                    name
+                    and str(fn.get("arguments") or "").lstrip().startswith("{")  # a call's arguments begin
+                    and not tc.get("id")
+                    and _whole(self.calls[key])
+                )
             ):
                 key = self._slots[index] = max(self.calls, default=-1) + 1
             index = key
@@ -749,7 +754,7 @@ class OpenAICompatLLM:
             error.status_code in (400, 422)
             and body.get("tool_choice") == "required"
             and "tool_choice" not in self.extra_body
-            and re.search(r"(?i)tool_choice|required", error.server_message) is not None
+            and re.search(r"(?i)tool_choice", error.server_message) is not None  # not FastAPI's "Field required"
         )
 
     def _refuses_effort(self, error: LLMHTTPError, body: dict[str, Any]) -> bool:
