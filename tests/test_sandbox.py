@@ -514,6 +514,9 @@ def test_the_kernel_user_gets_the_workspace_but_nothing_private_in_it_and_only_w
         (ws / "private").mkdir(mode=0o700)
         (ws / "private" / "plan.txt").write_text("plan\n")
         (ws / "private" / "plan.txt").chmod(0o644)
+        (ws / ".secrets").mkdir(mode=0o755)  # a hidden folder anyone may enter
+        (ws / ".secrets" / "prod.key").write_text("KEY\n")
+        (ws / ".secrets" / "prod.key").chmod(0o644)
         modes = {p: p.stat().st_mode for p in ws.rglob("*")}
 
         def as_nobody(command: str) -> bool:
@@ -526,7 +529,7 @@ def test_the_kernel_user_gets_the_workspace_but_nothing_private_in_it_and_only_w
             pytest.skip("no POSIX ACLs on /tmp here")
         try:
             assert as_nobody(f"echo more >> {ws}/data.csv && echo new > {ws}/src/new.py && cat {ws}/shared.txt")
-            for private in (".env", "notes.txt", ".ssh/id_rsa", "private/plan.txt"):
+            for private in (".env", "notes.txt", ".ssh/id_rsa", "private/plan.txt", ".secrets/prod.key"):
                 assert not as_nobody(f"cat {ws}/{private}"), private
             assert (ws / "notes.txt").stat().st_mode == modes[ws / "notes.txt"]  # 0600 shows as 0600
             # an edit by the agent's own files tools keeps a file as private as it was
@@ -534,6 +537,8 @@ def test_the_kernel_user_gets_the_workspace_but_nothing_private_in_it_and_only_w
             files.edit_file(path="report.txt", old="draft", new="final")
             files.edit_file(path=".env", old="x", new="y")
             files.write_file(path="src/made.txt", content="new\n")  # a new file: the folder's default
+            files.write_file(path=".env.local", content="TOKEN=z\n")  # a new hidden one: private
+            assert not as_nobody(f"cat {ws}/.env.local")
             (ws / "plain.txt").write_text("kept\n")  # private, with no ACL of its own (made by another program)
             os.removexattr(ws / "plain.txt", "system.posix_acl_access")
             os.chmod(ws / "plain.txt", 0o640)
@@ -544,7 +549,7 @@ def test_the_kernel_user_gets_the_workspace_but_nothing_private_in_it_and_only_w
         finally:
             sb.revoke_access(str(ws))
         assert {p: p.stat().st_mode for p in modes} == modes  # as they were: no mask in the group bits
-        for path in ("data.csv", "src/new.py", "src/made.txt", ".env", "report.txt"):
+        for path in ("data.csv", "src/new.py", "src/made.txt", ".env", "report.txt", ".secrets"):
             assert not any("acl" in name for name in os.listxattr(ws / path)), path  # later files too
         assert not as_nobody(f"echo more >> {ws}/data.csv") and not as_nobody(f"echo more >> {ws}/src/made.txt")
     finally:

@@ -430,14 +430,17 @@ def _atomic_write(parent: int, name: str, data: bytes, old: os.stat_result | Non
 
     A new file is created with mode 0o666 and left to the umask, or to the
     directory's default ACL, as any new file there is: the python tool's
-    kernel keeps the access such an ACL gives it. A file that existed (`old`)
-    keeps its mode, its owner (as far as this process may give it) and its ACL.
+    kernel keeps the access such an ACL gives it. A new hidden file (`.env`) is
+    private: 0600, with no entry from the folder's ACL. A file that existed
+    (`old`) keeps its mode, its owner (as far as this process may give it) and
+    its ACL; its new text is written while only its owner may read it.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    private = old is not None or name.startswith(".")  # no one else reads it while it is written
     for _ in range(100):
         tmp = f".{name}.{secrets.token_hex(4)}.tmp"
         try:
-            fd = os.open(tmp, flags, 0o666, dir_fd=parent)
+            fd = os.open(tmp, flags, 0o600 if private else 0o666, dir_fd=parent)
             break
         except FileExistsError:
             continue
@@ -450,6 +453,8 @@ def _atomic_write(parent: int, name: str, data: bytes, old: os.stat_result | Non
             if old is not None:
                 _keep_owner_and_acl(f.fileno(), parent, name, old)
                 os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode))  # after the ACL: the mode sets its mask
+            elif private:  # a new hidden file: nothing from the folder's default ACL
+                _drop_acl(f.fileno())
             os.fsync(f.fileno())
         os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
     except BaseException:
@@ -483,13 +488,21 @@ def _keep_owner_and_acl(fd: int, parent: int, name: str, old: os.stat_result) ->
             os.close(src)
     except OSError:  # none, or no ACLs on this filesystem
         pass
+    if acl is None:  # what the new file took from the folder's default ACL: the old one had none
+        _drop_acl(fd)
+        return
     try:
-        if acl is not None:
-            os.setxattr(fd, "system.posix_acl_access", acl)
-        else:  # what the new file took from the folder's default ACL: the old one had none
-            os.removexattr(fd, "system.posix_acl_access")
+        os.setxattr(fd, "system.posix_acl_access", acl)
     except OSError:
         pass
+
+
+def _drop_acl(fd: int) -> None:
+    if hasattr(os, "removexattr"):
+        try:
+            os.removexattr(fd, "system.posix_acl_access")
+        except OSError:  # none, or no ACLs here
+            pass
 
 
 def _clip(line: str, limit: int = MAX_LINE_CHARS) -> str:

@@ -519,8 +519,8 @@ def _acl_revoke_one(path: str, uid: int, is_dir: bool) -> None:
             _acl_write(path, name, entries)
             continue
         os.removexattr(path, name, follow_symlinks=False)
-        if name == "system.posix_acl_access":
-            group = entries.get((_ACL_GROUP_OBJ, _ACL_UNDEF), (st.st_mode >> 3) & 7)
+        if name == "system.posix_acl_access":  # the owning group's access as it was in effect
+            group = entries.get((_ACL_GROUP_OBJ, _ACL_UNDEF), 7) & entries.get((_ACL_MASK, _ACL_UNDEF), 7)
             os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o070 | group << 3)
 
 
@@ -533,11 +533,21 @@ def _private(name: str, mode: int) -> bool:
     return name.startswith(".") or not mode & (0o001 if stat.S_ISDIR(mode) else 0o004)
 
 
-def _denied(name: str, mode: int) -> bool:
+def _denied(path: str, name: str, mode: int) -> bool:
     """A private entry the kernel's user must not read even where its mode lets anyone: a
-    hidden file (`.env` at 0644). Hidden folders are only not shared: a project's `.venv`,
-    which the kernel may run from, must stay readable, and a key folder is 0700 anyway."""
-    return name.startswith(".") and not stat.S_ISDIR(mode)
+    hidden file (`.env` at 0644) or folder (`.git`, whose config may hold a token), but not
+    the folder the kernel's Python runs from (a project's `.venv`)."""
+    if not name.startswith("."):
+        return False
+    if not stat.S_ISDIR(mode):
+        return True
+    real = os.path.realpath(path)
+    return not any(needed == real or needed.startswith(real + os.sep) for needed in _runtime())
+
+
+def _runtime() -> set[str]:
+    """Where the kernel's Python is: it must stay readable to the kernel's user."""
+    return {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))}
 
 
 def _entries(workspace: str, max_entries: int) -> Iterator[tuple[str, str, os.stat_result, list[str]]]:
@@ -560,9 +570,9 @@ def _entries(workspace: str, max_entries: int) -> Iterator[tuple[str, str, os.st
 
 def grant_access(workspace: str, uid: int, max_entries: int = 20_000) -> bool:
     """Let `uid` read and write the workspace (and, by default ACLs, what is later created
-    in it), but nothing private in it (see `_private`); a hidden file gets an entry that
-    denies it even what its mode lets anyone do. Undone when the process exits
-    (`revoke_access`).
+    in it), but nothing private in it (see `_private`); a hidden file or folder gets an
+    entry that denies it even what its mode lets anyone do (see `_denied`). Undone when
+    the process exits (`revoke_access`).
 
     Folders it may write, it may also rename entries in, private ones included: keep what
     the kernel must not touch out of the workspace."""
@@ -574,13 +584,15 @@ def grant_access(workspace: str, uid: int, max_entries: int = 20_000) -> bool:
         return False
     _granted.add((workspace, uid))
     for path, name, st, dirs in _entries(workspace, max_entries):
+        denied = False
         if _private(name, st.st_mode):
             if name in dirs:
                 dirs.remove(name)  # nothing below a private folder is shared
-            if not _denied(name, st.st_mode):
+            denied = _denied(path, name, st.st_mode)
+            if not denied:
                 continue
         try:
-            _acl_grant_one(path, uid, stat.S_ISDIR(st.st_mode), 0 if _denied(name, st.st_mode) else None)
+            _acl_grant_one(path, uid, stat.S_ISDIR(st.st_mode), 0 if denied else None)
         except OSError:
             continue
     return True
