@@ -553,6 +553,8 @@ def test_a_local_model_refuses_a_prompt_and_reply_that_do_not_fit_its_window():
         'Here:\n{"x": 1}',  # JSON that is no call stays
         'Line one\n\n{"x": [1, 2]}\n',
         '<think>hm</think>Sure.\n{"name": "f", "parameters": {"a": 1}}',
+        # a call whose JSON string never ends: the close tag ended it after all
+        '<tool_call>{"name": "f", "arguments": {"x": "abc}}</tool_call>\nHere is the answer.',
         # a close tag inside the call's code is the code's text, not the call's end
         '<tool_call>\n{"name": "python", "arguments": {"code": "s = \'</tool_call>\'\\nprint(s)"}}\n</tool_call> after',
     ],

@@ -170,6 +170,12 @@ class TagStreamSplitter:
 
     def finish(self) -> list[ModelDelta]:
         out: list[ModelDelta] = []
+        if self.state == "call" and self.close and self.close in self.call:
+            # A close tag taken for text inside the call's JSON, whose string then never ended (a
+            # broken call): the call ended there after all, and what followed is the reply's.
+            rest = self.call[self.call.index(self.close) + len(self.close) :] + self.buffer
+            self.state, self.close, self.call, self.buffer = "content", None, "", ""
+            out.extend(self.feed(rest))
         if self.state == "held":
             from . import parse_output
 
