@@ -105,7 +105,7 @@ class PythonTool(Tool):
         self._key: str | None = None  # the workspace `_kernel` was asked for
         # Kernels of the other workspaces this tool has run in (one tool shared by agents with
         # workspaces of their own): each keeps its variables and its folder.
-        self._parked: OrderedDict[str | None, tuple[sb.Kernel, list[str]]] = OrderedDict()  # with its notes
+        self._parked: OrderedDict[str | None, tuple[sb.Kernel | None, list[str]]] = OrderedDict()  # and notes
         self._lock = threading.Lock()
         self._notes: list[str] = []
         self._announced = False
@@ -242,7 +242,8 @@ class PythonTool(Tool):
                 kernel.kill()
             parked, self._parked = self._parked, OrderedDict()
             for other, _ in parked.values():
-                other.kill()
+                if other is not None:
+                    other.kill()
             if self._prefetched:
                 self._prefetched = False
                 self.pool.cancel_prefetch(self.config, self.isolation, self._workspace)
@@ -302,7 +303,7 @@ class PythonTool(Tool):
         """Another workspace than the last call's: its own kernel and notes (never one folder's
         session, variables and files, for another's code). The least recently used of those
         kept beyond `_PARKED` is ended."""
-        if self._kernel is not None:
+        if self._kernel is not None or self._notes:  # notes to tell even when its kernel is gone
             self._parked[self._key] = (self._kernel, self._notes)
             self._parked.move_to_end(self._key)
         kernel, notes = self._parked.pop(workspace, (None, []))
@@ -310,7 +311,8 @@ class PythonTool(Tool):
         self._announced = kernel is not None
         while len(self._parked) > _PARKED:
             _, (old, _) = self._parked.popitem(last=False)
-            old.kill()
+            if old is not None:
+                old.kill()
 
     def _recover(self, result: sb.ExecResult, kernel: sb.Kernel, workspace: str | None) -> str:
         """Restart or replace the kernel when needed; a sentence for the model."""
