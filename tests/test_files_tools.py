@@ -148,9 +148,9 @@ def test_a_file_too_large_to_read_whole_is_read_and_searched_in_parts(ws):
         ft.read_file, path="big.log", start_line=150_001
     )
     assert ft.search_files(pattern="line 123456 ", glob="*.log") == "big.log:123456: line 123456 of the log"
-    msg = refused(ft.edit_file, path="big.log", old="line 7 ", new="x")  # an edit needs the whole file
-    assert "over the 2,000,000-byte limit for reading it whole" in msg and "start_line and end_line" in msg
-    small = FileTools(ws, max_read_bytes=10)
+    # an edit reads the whole file: up to what write_file may write (5 MB), past the read limit
+    assert "Edited" in ft.edit_file(path="big.log", old="line 7 of", new="line seven of")
+    small = FileTools(ws, max_read_bytes=10, max_write_bytes=10)
     assert "10-byte limit" in refused(small.edit_file, path="notes.txt", old="alpha", new="x")
 
 
@@ -225,6 +225,17 @@ def test_failed_write_leaves_the_old_content_and_no_temp_file(ft, ws, monkeypatc
 def test_write_size_limit(ws):
     small = FileTools(ws, max_write_bytes=5)
     assert "5-byte limit" in refused(small.write_file, path="x.txt", content="123456")
+
+
+def test_a_file_too_long_to_read_whole_can_still_be_edited_up_to_the_write_limit(ws):
+    tools = FileTools(ws, max_read_bytes=100, max_write_bytes=1000)
+    tools.write_file(path="big.txt", content="line\n" * 100 + "the end\n")  # 508 bytes
+    assert "read in parts" in tools.read_file(path="big.txt")  # over the read limit: shown in parts
+    assert "Edited" in tools.edit_file(path="big.txt", old="the end", new="THE END")
+    assert (ws / "big.txt").read_text().endswith("THE END\n")
+    tools.write_file(path="big.txt", content="x" * 1000)
+    (ws / "big.txt").write_text("x" * 1001)  # over what write_file would write: refused, said so
+    assert "1,001 bytes, over the 1,000-byte limit" in refused(tools.edit_file, path="big.txt", old="x", new="y")
 
 
 # -- edit ----------------------------------------------------------------------

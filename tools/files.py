@@ -286,12 +286,13 @@ class Workspace:
         finally:
             os.close(top)
 
-    def read_bytes(self, path: str) -> tuple[Path, bytes]:
-        """The bytes of a regular file, read without following a swapped-in symlink."""
-        real, f = self._open_regular(path)
+    def read_bytes(self, path: str, *, limit: int | None = None) -> tuple[Path, bytes]:
+        """The bytes of a regular file (up to the read limit, or `limit`), read without
+        following a swapped-in symlink."""
+        real, f = self._open_regular(path, limit)
         with f:
-            data = f.read(self.max_read_bytes + 1)
-        self._check_size(path, len(data))
+            data = f.read((limit or self.max_read_bytes) + 1)
+        self._check_size(path, len(data), limit)
         return real, data
 
     def _open_regular(self, path: str, limit: int | None = None) -> tuple[Path, BinaryIO]:
@@ -310,9 +311,9 @@ class Workspace:
             raise
         return real, f
 
-    def read_text(self, path: str) -> tuple[Path, str]:
+    def read_text(self, path: str, *, limit: int | None = None) -> tuple[Path, str]:
         """The text of a file; binary files are refused. Undecodable bytes survive a round trip."""
-        real, data = self.read_bytes(path)
+        real, data = self.read_bytes(path, limit=limit)
         if _is_binary(data):
             raise _binary(path)
         return real, data.decode("utf-8", errors="surrogateescape")
@@ -661,7 +662,8 @@ class FileTools:
         if not old:
             raise ToolError("`old` is empty; give the exact text to replace.")
         ws = self.workspace
-        real, text = ws.read_text(path)
+        # Any file write_file may write, edit_file may edit (it reads whole what it changes).
+        real, text = ws.read_text(path, limit=max(ws.max_read_bytes, ws.max_write_bytes))
         raw_bytes = _has_raw_bytes(text)
         if raw_bytes:  # not UTF-8: the model saw (and writes) the other bytes as \xe9
             old, new = _unescaped(old), _unescaped(new)
