@@ -1075,7 +1075,9 @@ class Kernel:
             sys.executable,
             "-Xfrozen_modules=off",
             "-c",
-            _KERNEL_MAIN,
+            # Named, so that its frames (the stdout wrapper's, in a traceback of a print
+            # interrupted by the timeout) are told apart from code the model runs with exec.
+            f"exec(compile({_KERNEL_MAIN!r}, '<agent-sandbox>', 'exec'))",
             "-f",
             connection,
             *_KERNEL_ARGS,
@@ -1801,6 +1803,7 @@ def configure_pool(size: int | None = None, max_keys: int | None = None) -> Kern
 _ANSI = re.compile(ESCAPES + r"|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _INTERNAL = re.compile(
     r"[/\\](IPython|ipykernel|traitlets|zmq|tornado|jupyter_client|asyncio|runpy)[/\\]|<frozen |site-packages[/\\]ipykernel"
+    r"|<agent-sandbox>"
 )
 
 
