@@ -924,14 +924,49 @@ class Fetcher:
         return parsed, addresses
 
     def fetch(self, url: str) -> Fetched:
-        deadline = time.monotonic() + max(self.timeout * 4, self.timeout)
+        limit = max(self.timeout * 4, self.timeout)
+        deadline = time.monotonic() + limit
+        # httpx's timeouts are per read: a server that sends a byte now and then could hold the
+        # fetch (and its thread) for ever. At the deadline every socket it opened is shut, which
+        # ends whatever read is waiting.
+        sockets: list[socket.socket] = []
+        expired = threading.Event()
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            if event.endswith(("connect_tcp.complete", "start_tls.complete")):
+                stream = info.get("return_value")
+                sock = stream.get_extra_info("socket") if stream is not None else None
+                if sock is not None:
+                    sockets.append(sock)
+
+        def stop() -> None:
+            expired.set()
+            for sock in sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(limit, stop)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._fetch(url, deadline, trace)
+        except ToolError:
+            if expired.is_set():
+                raise ToolError(f"Timed out fetching {url}: no whole answer within {limit:g} s.") from None
+            raise
+        finally:
+            timer.cancel()
+
+    def _fetch(self, url: str, deadline: float, trace: Callable[[str, dict[str, Any]], None]) -> Fetched:
         redirects: list[str] = []
         current = url
         timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
         with httpx.Client(timeout=timeout, trust_env=False, follow_redirects=False) as client:
             while True:
                 parsed, addresses = self.check(current)
-                response = self._send(client, parsed, addresses)
+                response = self._send(client, parsed, addresses, trace)
                 try:
                     if response.status_code in _REDIRECTS and "location" in response.headers:
                         if len(redirects) >= self.max_redirects:
@@ -945,7 +980,13 @@ class Fetcher:
                 finally:
                     response.close()
 
-    def _send(self, client: httpx.Client, url: httpx.URL, addresses: list[str] | None) -> httpx.Response:
+    def _send(
+        self,
+        client: httpx.Client,
+        url: httpx.URL,
+        addresses: list[str] | None,
+        trace: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> httpx.Response:
         headers = {
             "User-Agent": self.user_agent,
             "Accept": "text/html,text/plain,text/markdown,application/json;q=0.9,*/*;q=0.1",
@@ -959,6 +1000,8 @@ class Fetcher:
             targets = [(url.copy_with(host=a.split("%")[0]), extensions) for a in addresses]
         last: Exception | None = None
         for target, extensions in targets:
+            if trace is not None:
+                extensions = {**extensions, "trace": trace}
             request = client.build_request("GET", target, headers=headers, extensions=extensions)
             try:
                 return client.send(request, stream=True)
@@ -968,7 +1011,8 @@ class Fetcher:
                 raise ToolError(f"Timed out connecting to {url} (limit {self.timeout:g} s).") from None
             except httpx.TimeoutException:  # connected; the server sent no answer in time
                 raise ToolError(
-                    f"{url} did not answer in time: connected, but no response came within {self.timeout:g} s."
+                    f"{url} did not answer in time: connected, but no response came within {self.timeout:g} s "
+                    "between bytes."
                 ) from None
             except httpx.HTTPError as e:
                 raise ToolError(f"Could not fetch {url}: {type(e).__name__}: {e}") from None
