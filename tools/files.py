@@ -439,7 +439,7 @@ def _atomic_write(parent: int, name: str, data: bytes, old: os.stat_result | Non
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     private = old is not None or name.startswith(".")  # no one else reads it while it is written
     for _ in range(100):
-        tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+        tmp = f".{name}.{secrets.token_hex(4)}.tmp"  # a shape tools.sandbox._WRITING knows
         try:
             fd = os.open(tmp, flags, 0o600 if private else 0o666, dir_fd=parent)
             break

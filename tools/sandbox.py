@@ -533,6 +533,11 @@ def _private(name: str, mode: int) -> bool:
     return name.startswith(".") or not mode & (0o001 if stat.S_ISDIR(mode) else 0o004)
 
 
+# The temporary name `tools.files` writes a file under before renaming it into place: hidden,
+# but no hidden file of the user's (denied, it would carry the denial to its real name).
+_WRITING = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
 def _denied(path: str, name: str, mode: int) -> bool:
     """A private entry the kernel's user must not read even where its mode lets anyone: a
     hidden file (`.env` at 0644) or folder (`.git`, whose config may hold a token), but not
@@ -584,6 +589,8 @@ def grant_access(workspace: str, uid: int, max_entries: int = 20_000) -> bool:
         return False
     _granted.add((workspace, uid))
     for path, name, st, dirs in _entries(workspace, max_entries):
+        if _WRITING.fullmatch(name):  # a file the files tools are writing: it becomes its own name
+            continue
         denied = False
         if _private(name, st.st_mode):
             if name in dirs:
