@@ -722,12 +722,13 @@ class OpenAICompatLLM:
                         yield item
                 return
             except LLMHTTPError as e:
-                if self._refuses_effort(e, body):
+                if self._blames(e, body, "reasoning_effort", r"(?i)think|reason"):
                     # Ollama with a model that does not think: "... does not support thinking".
                     log.warning("%s; sending requests without reasoning_effort from now on", e)
                     self._effort_refused = True
                     body.pop("reasoning_effort")
-                elif self._refuses_required(e, body):
+                # "tool_choice" named: FastAPI's "Field required" about another field is no refusal.
+                elif self._blames(e, body, "tool_choice", r"(?i)tool_choice", value="required"):
                     # vLLM before 0.8.3: 'tool_choice = "required" is not supported!'
                     log.warning('%s; sending tool_choice "auto" instead of "required" from now on', e)
                     self._required_refused = True
@@ -748,22 +749,17 @@ class OpenAICompatLLM:
                 if delay > 0:
                     await asyncio.sleep(delay)
 
-    def _refuses_required(self, error: LLMHTTPError, body: dict[str, Any]) -> bool:
-        """A 400 that blames the tool_choice "required" we sent (the last retry of a bad call)."""
+    def _blames(
+        self, error: LLMHTTPError, body: dict[str, Any], field: str, words: str, value: Any = None
+    ) -> bool:
+        """A 400 that blames a field we sent of our own accord (with `value`, when given), not
+        one the user asked for in extra_body: its message says `words`."""
         return (
             error.status_code in (400, 422)
-            and body.get("tool_choice") == "required"
-            and "tool_choice" not in self.extra_body
-            and re.search(r"(?i)tool_choice", error.server_message) is not None  # not FastAPI's "Field required"
-        )
-
-    def _refuses_effort(self, error: LLMHTTPError, body: dict[str, Any]) -> bool:
-        """A 400 that blames the reasoning_effort we sent, not one the user asked for in extra_body."""
-        return (
-            error.status_code in (400, 422)
-            and "reasoning_effort" in body
-            and "reasoning_effort" not in self.extra_body
-            and re.search(r"(?i)think|reason", error.server_message) is not None
+            and field in body
+            and field not in self.extra_body
+            and (value is None or body[field] == value)
+            and re.search(words, error.server_message) is not None
         )
 
     def _gave_up(self, error: LLMError) -> LLMError:
