@@ -54,21 +54,19 @@ class Session:
         from .agent import check_text
 
         check_text(message, "the message")
-        await self._take_turn()
-        try:
-            async with contextlib.aclosing(self._events(message)) as events:  # leaving it ends the turn
-                async for event in events:
-                    yield event
-        finally:
-            self._end_turn()
+        async with (
+            self._turn(),
+            contextlib.aclosing(self._events(message)) as events,
+        ):  # leaving it ends the turn
+            async for event in events:
+                yield event
 
     async def asend(self, message: str) -> RunResult:
         """`send` to the end; the result is this turn's: its outcome, steps, tokens and events."""
         from .agent import check_text
 
         check_text(message, "the message")
-        await self._take_turn()
-        try:
+        async with self._turn():
             run = self._run
             # A copy of the events even for the first turn: later turns must not change a result.
             since = (
@@ -79,10 +77,17 @@ class Session:
             async with contextlib.aclosing(self._events(message)) as events:
                 async for _ in events:
                     pass
-        finally:
-            self._end_turn()
         assert self._run is not None
         return self.agent._result(self._run, since)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """This task's turn to be answered: waited for, then passed on when it ends."""
+        await self._take_turn()
+        try:
+            yield
+        finally:
+            self._end_turn()
 
     def _events(self, message: str) -> AsyncIterator[Event]:
         if self._run is None:
