@@ -426,6 +426,11 @@ def _binary(path: str) -> ToolError:
     )
 
 
+# The temporary name a file is written under before it is renamed into place (see
+# `_atomic_write`): hidden, but no hidden file of the user's (the sandbox tells them apart).
+WRITING = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
 def _atomic_write(parent: int, name: str, data: bytes, old: os.stat_result | None) -> None:
     """Write to a temp file in the directory `parent` (a descriptor), then rename it over `name`.
 
@@ -439,7 +444,7 @@ def _atomic_write(parent: int, name: str, data: bytes, old: os.stat_result | Non
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     private = old is not None or name.startswith(".")  # no one else reads it while it is written
     for _ in range(100):
-        tmp = f".{name}.{secrets.token_hex(4)}.tmp"  # a shape tools.sandbox._WRITING knows
+        tmp = f".{name}.{secrets.token_hex(4)}.tmp"  # as WRITING matches it
         try:
             fd = os.open(tmp, flags, 0o600 if private else 0o666, dir_fd=parent)
             break

@@ -26,6 +26,7 @@ kernel starts.
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import hmac
 import json
@@ -533,11 +534,6 @@ def _private(name: str, mode: int) -> bool:
     return name.startswith(".") or not mode & (0o001 if stat.S_ISDIR(mode) else 0o004)
 
 
-# The temporary name `tools.files` writes a file under before renaming it into place: hidden,
-# but no hidden file of the user's (denied, it would carry the denial to its real name).
-_WRITING = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
-
-
 def _denied(path: str, name: str, mode: int) -> bool:
     """A private entry the kernel's user must not read even where its mode lets anyone: a
     hidden file (`.env` at 0644) or folder (`.git`, whose config may hold a token), but not
@@ -550,9 +546,10 @@ def _denied(path: str, name: str, mode: int) -> bool:
     return not any(needed == real or needed.startswith(real + os.sep) for needed in _runtime())
 
 
-def _runtime() -> set[str]:
+@functools.cache
+def _runtime() -> frozenset[str]:
     """Where the kernel's Python is: it must stay readable to the kernel's user."""
-    return {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))}
+    return frozenset(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable)))
 
 
 def _entries(workspace: str, max_entries: int) -> Iterator[tuple[str, str, os.stat_result, list[str]]]:
@@ -588,9 +585,11 @@ def grant_access(workspace: str, uid: int, max_entries: int = 20_000) -> bool:
     except OSError:
         return False
     _granted.add((workspace, uid))
+    from .files import WRITING
+
     for path, name, st, dirs in _entries(workspace, max_entries):
-        if _WRITING.fullmatch(name):  # a file the files tools are writing: it becomes its own name
-            continue
+        if WRITING.fullmatch(name):  # a file the files tools are writing: denied, it would carry that
+            continue  # to its real name
         denied = False
         if _private(name, st.st_mode):
             if name in dirs:
