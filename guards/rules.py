@@ -177,6 +177,12 @@ _CONFIG_VALUE = r"(?:=[^\S\n]*|[^\S\n]*:[^\S\n]*)([^\s\"']{6,})"
 _CODE_VALUE = r"[^\S\n]+=[^\S\n]*([^\s\"'()\[\]{},;]{6,}+)(?![(\[])"
 _QUOTED = r"[^\S\n]*[=:][^\S\n]*"
 
+
+def _has_digit(value: str) -> bool:
+    """A generated key has digits somewhere: `sk-learn-compatible-estimator` is a name."""
+    return any(c.isdigit() for c in value)
+
+
 SECRET_PATTERNS: tuple[Pattern, ...] = (
     _p(
         "private_key",
@@ -188,7 +194,7 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
         "openai_key",
         r"\bsk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_\-]{20,}",
         "an OpenAI-style API key",
-        validate=lambda key: _has_digit(key),
+        validate=_has_digit,
     ),
     _p("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,})", "a GitHub token"),
     _p("gitlab_token", r"\bglpat-[A-Za-z0-9_\-]{20,}", "a GitLab token"),
@@ -280,7 +286,22 @@ def _not_placeholder(value: str) -> bool:
     if _ENV_NAME.fullmatch(bare):  # `TOKEN_ENV = "GITHUB_TOKEN"`, `OPENAI_API_KEY=YOUR_API_KEY`
         return False
     v = bare.lower()
-    if v.startswith(("[redacted", "${", "$(", "<", "os.", "env(", "getenv", "process.env", "{{", "your_", "your-", "yourapi")):
+    if v.startswith(
+        (
+            "[redacted",
+            "${",
+            "$(",
+            "<",
+            "os.",
+            "env(",
+            "getenv",
+            "process.env",
+            "{{",
+            "your_",
+            "your-",
+            "yourapi",
+        )
+    ):
         return False
     if v in ("required", "optional"):  # an API's documentation: `password: required`
         return False
@@ -321,11 +342,6 @@ def _not_argument(value: str) -> bool:
     if value.endswith((",", ")")) and _CODE_NAME.fullmatch(value.rstrip(",)")):
         return False
     return _not_placeholder(value)
-
-
-def _has_digit(value: str) -> bool:
-    """A generated key has digits somewhere: `sk-learn-compatible-estimator` is a name."""
-    return any(c.isdigit() for c in value)
 
 
 # Assignments and fields often hold placeholders; only those need the check.
