@@ -199,9 +199,12 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
     _p("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,})", "a GitHub token"),
     _p("gitlab_token", r"\bglpat-[A-Za-z0-9_\-]{20,}", "a GitLab token"),
     _p("slack_token", r"\bxox[abposre]-[A-Za-z0-9\-]{10,}", "a Slack token"),
+    _p("slack_token", r"\bxapp-\d-[A-Za-z0-9\-]{20,}", "a Slack app-level token"),
     _p("slack_webhook", r"https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]{20,}", "a Slack webhook"),
     _p("stripe_key", r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}", "a Stripe key"),
+    _p("stripe_key", r"\bwhsec_[A-Za-z0-9]{24,}", "a Stripe webhook signing secret", validate=_has_digit),
     _p("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}\b", "a Google API key"),
+    _p("google_oauth_token", r"\bya29\.[0-9A-Za-z_\-]{20,}", "a Google OAuth access token"),
     _p("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}\b", "a Hugging Face token"),
     _p(
         "aws_access_key",
@@ -263,13 +266,13 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(  # a key that names a secret (db_password, "DB_PASSWORD", auth_token), a JSON string value with escapes
         "password_field",
-        r"(?i)[\"'](?:[\w.\-]*(?:password|passwd|secret|api_?key|access_?key|private_?key|credentials?)[\w.\-]*|(?:[\w.\-]*[_.\-])?token)[\"']\s*:\s*\"((?:[^\"\\\n]|\\.){6,})\"",
+        r"(?i)[\"'](?:[\w.\-]*(?:password|passwd|secret|api_?key|access_?key|private_?key|credentials?)[\w.\-]*|(?:[\w.\-]*[_.\-])?(?:session|refresh|access|auth|id)?token)[\"']\s*:\s*\"((?:[^\"\\\n]|\\.){6,})\"",
         "a secret in a JSON/YAML field",
         group=1,
     ),
     _p(
         "password_field",
-        r"(?i)[\"'](?:[\w.\-]*(?:password|passwd|secret|api_?key|access_?key|private_?key|credentials?)[\w.\-]*|(?:[\w.\-]*[_.\-])?token)[\"']\s*:\s*'([^'\n]{6,})'",
+        r"(?i)[\"'](?:[\w.\-]*(?:password|passwd|secret|api_?key|access_?key|private_?key|credentials?)[\w.\-]*|(?:[\w.\-]*[_.\-])?(?:session|refresh|access|auth|id)?token)[\"']\s*:\s*'([^'\n]{6,})'",
         "a secret in a JSON/YAML field",
         group=1,
     ),
@@ -380,6 +383,19 @@ def luhn_ok(number: str) -> bool:
     return total % 10 == 0
 
 
+def _card_ok(number: str) -> bool:
+    """A card number by its network's first digit and length as well as its check digit:
+    epoch timestamps (13 digits of milliseconds, 16 of microseconds, starting with 1)
+    pass Luhn one time in ten."""
+    digits = "".join(c for c in number if c.isdigit())
+    first = digits[:1]
+    if first == "1" and len(digits) != 15:  # only UATP (15 digits) starts with 1
+        return False
+    if len(digits) == 13 and first != "4":  # only Visa had 13 digits
+        return False
+    return luhn_ok(digits)
+
+
 def iban_ok(value: str) -> bool:
     s = value.replace(" ", "").upper()
     if not 15 <= len(s) <= 34:
@@ -402,7 +418,9 @@ PII_PATTERNS: tuple[Pattern, ...] = (
         r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,24}\b",
         "an e-mail address",
     ),
-    _p("card_number", r"(?<![\d.])(?:\d[ \-]?){12,18}\d(?![\d.])", "a payment card number", validate=luhn_ok),
+    _p(
+        "card_number", r"(?<![\d.])(?:\d[ \-]?){12,18}\d(?![\d.])", "a payment card number", validate=_card_ok
+    ),
     _p(
         "iban",
         r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
@@ -687,10 +705,11 @@ _NEEDLES: dict[str, tuple[str, ...]] = {
     "openai_key": ("sk-",),
     "github_token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     "gitlab_token": ("glpat-",),
-    "slack_token": ("xox",),
+    "slack_token": ("xox", "xapp-"),
     "slack_webhook": ("hooks.slack.com",),
-    "stripe_key": ("_live_", "_test_"),
+    "stripe_key": ("_live_", "_test_", "whsec_"),
     "google_api_key": ("aiza",),
+    "google_oauth_token": ("ya29.",),
     "huggingface_token": ("hf_",),
     "aws_access_key": ("akia", "asia", "abia", "acca", "agpa", "aida", "aroa", "anpa"),
     "aws_secret_key": ("aws",),

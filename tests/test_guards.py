@@ -77,6 +77,29 @@ def test_secrets_are_redacted(kind):
     assert SECRETS[kind] not in text and f"[REDACTED:{kind}]" in text and hits == [kind]
 
 
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        ("slack_token", "xapp-1-A0123ABCDEF-1234567890123-" + "ab01" * 16),  # app-level token
+        ("stripe_key", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),  # webhook signing secret
+        ("google_oauth_token", "ya29.a0AfH6SMBx3kd9Qz_example-Token_1234567890"),
+    ],
+)
+def test_more_token_shapes_are_redacted(kind, value):
+    text, hits = SecretRedactor().redact(f"export X={value}\n")
+    assert value not in text and hits == [kind]
+
+
+def test_camel_case_token_fields_are_redacted():
+    # `aws sts get-session-token` prints credentials in JSON; OAuth clients keep refreshToken
+    text, hits = SecretRedactor().redact(
+        '{"SessionToken": "IQoJb3JpZ2luX2VjEJr//////////wEaCXVz", "refreshToken": "1//0gAbCdEf12345"}'
+    )
+    assert "IQoJ" not in text and "0gAb" not in text and hits == ["password_field", "password_field"]
+    plain = '{"max_tokens": "1234567", "tokens": "abcdefgh", "whsec": "whsec_placeholder_for_your_value"}'
+    assert SecretRedactor().redact(plain) == (plain, [])
+
+
 def test_structured_secrets_keep_their_context():
     redact = SecretRedactor().redact
     assert (
@@ -169,6 +192,15 @@ def test_pii_is_redacted_with_checksums():
     assert PIIRedactor().redact(plain) == (plain, [])
 
 
+def test_timestamps_that_pass_luhn_are_not_card_numbers():
+    stamps = ["1733500000018", "1733500000026", "1733500000000019"]  # epoch ms and µs, each passing Luhn
+    assert all(luhn_ok(s) for s in stamps)
+    plain = "created_at=" + ", ".join(stamps)
+    assert PIIRedactor().redact(plain) == (plain, [])
+    # cards of 13 (Visa) and 15 (Amex) digits are still found
+    assert PIIRedactor().redact("4222222222222 / 378282246310005")[1] == ["card_number", "card_number"]
+
+
 def test_redaction_keeps_the_event_shape():
     guard = SecretRedactor()
     key = SECRETS["openai_key"]
@@ -221,7 +253,10 @@ DANGEROUS = {
     "chmod_root": ["chmod -R 000 /"],
     "system_power": ["subprocess.run(['shutdown', '-h', 'now'])"],
 }
-DANGEROUS["rm_rf_root"] += ["subprocess.run(['/bin/rm', '-rf', '/home/user'])", "subprocess.run(['sudo', 'rm', '-rf', '/etc'])"]
+DANGEROUS["rm_rf_root"] += [
+    "subprocess.run(['/bin/rm', '-rf', '/home/user'])",
+    "subprocess.run(['sudo', 'rm', '-rf', '/etc'])",
+]
 SAFE_CODE = [
     "find . -name '*.pyc' -delete",
     "find /tmp/build -delete",
