@@ -630,9 +630,14 @@ INJECTION_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "fake_chat_tags",
-        r"<\|(?:im_start|start_header_id)\|>\s*(?:system|developer|assistant|user)\b|<\|(?:system|developer)\|>|<\|channel\|>"
-        r"|\[/?INST\]|<</?SYS>>|<start_of_turn>\s*(?:system|user|model)\b|</?system(?:[-_](?:prompt|message|instructions?))?>"
-        r"|\[system\]\(#|^[^\S\n]*+#{2,}+[^\S\n]*+(?:system|instruction)s?(?:[^\S\n]++prompt)?[^\S\n]*+:?[^\S\n]*+$|\bBEGIN\s+SYSTEM\s+PROMPT\b|\bEND\s+SYSTEM\s+PROMPT\b",
+        # A tag right after a quote is a string in code: a chat template ('<|im_start|>assistant\n'
+        # in tokenizer_config.json), not a turn written into the text.
+        r"(?<!['\"])(?<!['\"] )(?:<\|(?:im_start|start_header_id)\|>\s*(?:system|developer|assistant|user)\b|<\|(?:system|developer)\|>"
+        r"|<\|channel\|>|\[/?INST\]|<</?SYS>>|<start_of_turn>\s*(?:system|user|model)\b"
+        r"|</?system(?:[-_](?:prompt|message|instructions?))?>)"
+        # A heading names the system prompt: `## Instructions` or `### System:` is a document's section.
+        r"|\[system\]\(#|^[^\S\n]*+#{2,}+[^\S\n]*+system[^\S\n]++(?:prompt|instructions?|message)[^\S\n]*+:?[^\S\n]*+$"
+        r"|\bBEGIN\s+SYSTEM\s+PROMPT\b|\bEND\s+SYSTEM\s+PROMPT\b",
         "a fake chat or system tag",
         flags=re.I | re.M,
     ),
