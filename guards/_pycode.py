@@ -203,6 +203,75 @@ def _name_node(dotted: str, like: ast.AST) -> ast.AST:
     return ast.copy_location(node, like)
 
 
+_PATH_TYPES = {"Path", "PurePath", "PosixPath", "PurePosixPath"}
+_EXPANDUSER = {"os.path.expanduser", "posixpath.expanduser", "path.expanduser", "expanduser"}
+# What a name may stand for besides constants: where secrets come from (the environment, key
+# files), so `env = dict(os.environ)` then `requests.post(url, json=env)` reads as one call.
+_SECRET_NAMES = {"environ", "environb", "getenv", "getenvb"}
+_SECRET_FILES = re.compile(r"\.ssh\b|\.aws\b|\.env\b|\.netrc\b|\.gnupg\b|id_rsa|id_ed25519|/etc/shadow")
+# Calls whose arguments the rules read on one line: a request or a command written over
+# several lines (`requests.post(\n    url,\n    data=...)`) reads as it runs.
+_SENDERS = {
+    "post",
+    "put",
+    "patch",
+    "get",
+    "request",
+    "urlopen",
+    "send",
+    "sendall",
+    "sendto",
+    "sendmail",
+    "upload",
+    "upload_file",
+    "run",
+    "call",
+    "Popen",
+    "check_output",
+    "check_call",
+    "system",
+    "popen",
+}
+
+
+def _secret_source(node: ast.AST) -> bool:
+    """Whether a small expression reads the environment or a key file."""
+    for count, sub in enumerate(ast.walk(node)):
+        if count > 200:
+            return False
+        if isinstance(sub, ast.Attribute) and sub.attr in _SECRET_NAMES:
+            return True
+        if isinstance(sub, ast.Name) and sub.id in _SECRET_NAMES:
+            return True
+        if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and _SECRET_FILES.search(sub.value):
+            return True
+    return False
+
+
+def _path_value(node: ast.AST) -> str | None:
+    """The text of `Path('...')` (pathlib's, one or more constant parts), else None."""
+    if not isinstance(node, ast.Call) or node.keywords or not node.args:
+        return None
+    name = _dotted(node.func)
+    if name is None or name.rsplit(".", 1)[-1] not in _PATH_TYPES:
+        return None
+    parts = [_const(a) for a in node.args]
+    if not all(isinstance(p, str) for p in parts):
+        return None
+    return posixpath.join(*parts)
+
+
+def _path_text(node: ast.AST) -> str | None:
+    """A constant string or a constant `Path(...)`'s text; None for anything else."""
+    value = _const(node)
+    return value if isinstance(value, str) else _path_value(node)
+
+
+def _path_node(path: str, like: ast.AST) -> ast.AST:
+    node = ast.Call(func=ast.Name(id="Path", ctx=ast.Load()), args=[ast.Constant(value=path)], keywords=[])
+    return ast.copy_location(node, like)
+
+
 def _weight(node: ast.AST) -> int:
     """A value's size, as put in for a name: its nodes and the characters of its texts."""
     return sum(
@@ -250,6 +319,10 @@ class _Folder(ast.NodeTransformer):
         if _const(node) is not _NO:
             return node
         if _dotted(node) is not None:
+            return node
+        if _path_value(node) is not None:
+            return node
+        if _secret_source(node):
             return node
         return None
 
@@ -462,6 +535,12 @@ class _Folder(ast.NodeTransformer):
         return self._binop(node, node) or node
 
     def _binop(self, node: ast.BinOp, like: ast.AST) -> ast.AST | None:
+        if isinstance(node.op, ast.Div) and (_path_value(node.left) is not None or _path_value(node.right)):
+            left_path, right_path = _path_text(node.left), _path_text(node.right)
+            if left_path is None or right_path is None:
+                return None
+            self.changed = True
+            return _path_node(posixpath.join(left_path, right_path), like)
         left, right = _const(node.left), _const(node.right)
         if left is _NO or right is _NO:
             return None
@@ -528,6 +607,14 @@ class _Folder(ast.NodeTransformer):
             self.changed = True
             return ast.copy_location(folded, node)
         name = _dotted(node.func)
+        end = getattr(node, "end_lineno", None)
+        if (
+            end is not None
+            and end > node.lineno
+            and isinstance(node.func, (ast.Attribute, ast.Name))
+            and (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id) in _SENDERS
+        ):
+            self.changed = True  # the reading has the call on one line
         if name in _RUNNERS and node.args and len(self.executed) < MAX_EXECUTED:
             code = _const(node.args[0])
             if isinstance(code, (str, bytes)):
@@ -537,10 +624,13 @@ class _Folder(ast.NodeTransformer):
     def _call(self, node: ast.Call) -> ast.AST | None:
         if node.keywords and not isinstance(node.func, ast.Attribute):
             return None
-        args = [_const(a) for a in node.args]
         func = node.func
         name = _dotted(func)
         last = name.rsplit(".", 1)[-1] if name else None
+        path = self._path_call(node, name, last)
+        if path is not None:
+            return path
+        args = [_const(a) for a in node.args]
         # Module and attribute lookups by a string: getattr(os, "system"), __import__("os").
         if name == "getattr" and len(args) == 2 and isinstance(args[1], str) and args[1].isidentifier():
             return ast.Attribute(value=node.args[0], attr=args[1], ctx=ast.Load())
@@ -552,7 +642,11 @@ class _Folder(ast.NodeTransformer):
             if all(part.isidentifier() for part in args[0].split(".")):
                 return _name_node(args[0], node)
             return None
-        if any(a is _NO for a in args) or node.keywords:
+        if (
+            node.keywords
+            or any(a is _NO for a in args)
+            and name not in ("os.path.join", "posixpath.join", "path.join")
+        ):
             return None
         value: Any = _NO
         try:
@@ -569,12 +663,9 @@ class _Folder(ast.NodeTransformer):
                 value = [chr(c) for c in args[1]]
             elif name in ("reversed",) and len(args) == 1 and isinstance(args[0], (str, list)):
                 value = list(reversed(args[0]))
-            elif (
-                name in ("os.path.join", "posixpath.join", "path.join")
-                and args
-                and all(isinstance(a, str) for a in args)
-            ):
-                value = posixpath.join(*args)
+            elif name in ("os.path.join", "posixpath.join", "path.join") and args:
+                parts = [_path_text(a) for a in node.args]
+                value = posixpath.join(*parts) if all(p is not None for p in parts) else _NO
             elif (
                 last in _DECODERS
                 and len(args) == 1
@@ -593,6 +684,41 @@ class _Folder(ast.NodeTransformer):
         if value is _NO or not _fits(value):
             return None
         return _node(value, node)
+
+    def _path_call(self, node: ast.Call, name: str | None, last: str | None) -> ast.AST | None:
+        """`Path.home()`, `expanduser('~/x')`, `Path(...).joinpath(...)` and the like, as the
+        path they make (`~` kept as written): a key file read by any spelling reads as one."""
+        if node.keywords:
+            return None
+        func = node.func
+        if last == "home" and not node.args and name is not None and name.rsplit(".", 2)[-2] in _PATH_TYPES:
+            self.changed = True
+            return _path_node("~", node)
+        if name in _EXPANDUSER and len(node.args) == 1:
+            text = _path_text(node.args[0])
+            if text is not None:
+                self.changed = True
+                return _node(text, node) if _const(node.args[0]) is not _NO else _path_node(text, node)
+            return None
+        if isinstance(func, ast.Attribute):
+            base = _path_value(func.value)
+            if base is None:
+                return None
+            if func.attr in ("expanduser", "absolute", "resolve") and not node.args:
+                self.changed = True
+                return _path_node(base, node)
+            if func.attr == "joinpath":
+                parts = [_path_text(a) for a in node.args]
+                if all(p is not None for p in parts):
+                    self.changed = True
+                    return _path_node(posixpath.join(base, *parts), node)  # type: ignore[arg-type]
+            return None
+        if last in _PATH_TYPES and len(node.args) > 1:  # Path('~', '.aws'): one part
+            parts = [_path_text(a) for a in node.args]
+            if all(p is not None for p in parts):
+                self.changed = True
+                return _path_node(posixpath.join(*parts), node)  # type: ignore[arg-type]
+        return None
 
     def _method(self, func: ast.Attribute, args: list[Any]) -> Any:
         obj = _const(func.value)

@@ -583,8 +583,11 @@ CODE_PATTERNS: tuple[Pattern, ...] = (
         "running obfuscated (encoded) code",
     ),
     _p(
+        # The whole environment or a key file, anywhere in the call; one variable (os.environ['K'])
+        # only as the body or query: in `headers=` or `auth=` it is how an API is called.
         "exfiltrate_secrets",
-        r"\b(?:requests|httpx|urllib\.request)\.\w+\([^\n]{0,400}(?:os\.environ|\.ssh|\.aws|\.env\b|/etc/shadow|id_rsa)",
+        r"\b(?:requests|httpx|urllib\.request)\.\w+\((?:[^\n]{0,400}(?:os\.environ(?!\s*(?:\[|\.get\b))|\.ssh|\.aws|\.env\b|/etc/shadow|id_rsa)"
+        r"|(?:[^\n]{0,400}?\b(?:data|json|params|files|content)\s*=)?[^=\n]{0,200}?\b(?:os\.environ|os\.getenv\())",
         "sending credentials or environment variables over the network",
     ),
     _p(

