@@ -244,6 +244,20 @@ async def test_send_junk_and_forged_messages_to_the_host(box, run_dir):
     )
     out = await attack(box, code, run_dir)
     assert out == "still here", out
+    # signed, answering this cell, with fields of the wrong types (or nested past any parser)
+    code = (
+        "k = get_ipython().kernel\n"
+        "for kind, body in [('stream', {'name': 'stdout', 'text': 123}), ('execute_result', {'data': [1, 2]}),\n"
+        "                   ('display_data', {'data': {'text/plain': 5}}), ('stream', {'name': 7, 'text': 'ok '}),\n"
+        "                   ('error', {'ename': 1, 'evalue': None, 'traceback': [1, 2]})]:\n"
+        "    k.session.send(k.iopub_socket, kind, body, parent=k.get_parent())\n"
+        "parts = [b'{\"msg_type\": \"stream\"}', k.get_parent()['header'] and "
+        "('{\"msg_id\": \"%s\"}' % k.get_parent()['header']['msg_id']).encode(), b'{}', b'[' * 100000]\n"
+        "k.iopub_socket.send_multipart([b't', b'<IDS|MSG>', k.session.sign(parts), *parts])\n"
+        "print('still here')"
+    )
+    out = await attack(box, code, run_dir)
+    assert out.startswith("ok ") and out.endswith("still here") and "Error" not in out, out
     record(box.level, "send junk and forged messages to the host", "dropped; the cell's output is intact")
 
 

@@ -1442,7 +1442,7 @@ class Kernel:
                 if parent_id != msg_id and parent_id not in self._earlier:
                     continue
                 kind, body = json.loads(header)["msg_type"], json.loads(content)
-            except (ValueError, TypeError, KeyError, AttributeError):
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
                 continue
             if parent_id != msg_id:  # an earlier cell's, after it was answered: only its printing counts
                 if kind == "stream" and isinstance(body, dict) and isinstance(body.get("text"), str):
@@ -1452,29 +1452,31 @@ class Kernel:
                 out.append((kind, body))
 
     def _read_iopub(self, msg_id: str, collector: _Collector, result: ExecResult) -> bool:
+        # The cell's code can sign messages of its own (it holds the kernel's session): each
+        # field is taken only with the type the protocol gives it, and dropped otherwise.
         idle = False
         for kind, content in self._replies(self.client.iopub_channel.socket, msg_id):
             if kind == "status":
                 if content.get("execution_state") == "idle":
                     idle = True
             elif kind == "stream":
-                collector.stream(content.get("name", "stdout"), content.get("text", ""))
+                name = "stderr" if content.get("name") == "stderr" else "stdout"
+                collector.stream(name, _str_field(content, "text"))
             elif kind == "execute_result":
-                result.execution_count = content.get("execution_count")
+                result.execution_count = _count_field(content)
                 collector.add(
-                    Output(
-                        kind="result", data=content.get("data", {}), execution_count=result.execution_count
-                    )
+                    Output(kind="result", data=_data_field(content), execution_count=result.execution_count)
                 )
             elif kind in ("display_data", "update_display_data"):
-                collector.add(Output(kind="display", data=content.get("data", {})))
+                collector.add(Output(kind="display", data=_data_field(content)))
             elif kind == "error":
+                traceback = content.get("traceback")
                 collector.add(
                     Output(
                         kind="error",
-                        ename=content.get("ename", ""),
-                        evalue=content.get("evalue", ""),
-                        traceback=content.get("traceback", []),
+                        ename=_str_field(content, "ename"),
+                        evalue=_str_field(content, "evalue"),
+                        traceback=[t for t in traceback if isinstance(t, str)] if isinstance(traceback, list) else [],
                     )
                 )
             elif kind == "clear_output":
@@ -1485,7 +1487,7 @@ class Kernel:
         got = False
         for _, content in self._replies(self.client.shell_channel.socket, msg_id):
             got = True
-            result.execution_count = content.get("execution_count", result.execution_count)
+            result.execution_count = _count_field(content, result.execution_count)
             payload = content.get("payload")
             if isinstance(payload, list) and any(isinstance(p, dict) and p.get("source") == "ask_exit" for p in payload):
                 result.exit_asked = True
@@ -1828,6 +1830,24 @@ def _last_written(line: str) -> str:
         return line
     parts = [p for p in line.split("\r") if p]
     return parts[-1] if parts else ""
+
+
+def _str_field(content: dict[str, Any], key: str) -> str:
+    value = content.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _count_field(content: dict[str, Any], default: int | None = None) -> int | None:
+    value = content.get("execution_count", default)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _data_field(content: dict[str, Any]) -> dict[str, Any]:
+    """A display's mime bundle: text values as text, JSON values (application/json) as they are."""
+    data = content.get("data")
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and (isinstance(v, str) or k.endswith("json"))}
 
 
 def trim_traceback(lines: list[str], ename: str, evalue: str, max_frames: int = 8) -> str:
