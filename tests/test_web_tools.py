@@ -707,6 +707,24 @@ def test_hostile_markup_stays_linear_and_every_part_of_a_long_line_can_be_found(
     _, lines = html_to_lines("<p>bell\x07 \x1b[31mred\x1b[0m \x1b]0;title\x07text</p>")  # terminal tricks
     assert lines == ["bell red text"]
     assert text_to_lines("a\x1b[2Jb\x00c") == ["abc"]
+    _, lines = html_to_lines("<ol>" * 100_000 + "<li>deep")  # lists nested past any reader's sense
+    assert lines == ["  " * 8 + "1. deep"]
+
+
+@pytest.mark.parametrize(
+    "content_type, charset, body",
+    [
+        ("text/html", "idna", b"<p>hi</p>"),  # codecs that are no charset raised UnicodeError
+        ("text/html", "undefined", b"<p>hi</p>"),
+        ("text/html", None, b"<meta charset=undefined><p>hi</p>"),
+        ("application/json", None, b"[" * 200_000 + b"]" * 200_000),  # deeper than the JSON parser goes
+    ],
+)
+def test_pages_with_odd_charsets_or_nesting_are_read_as_text(content_type, charset, body):
+    from tools.web import Fetched, to_page
+
+    page = to_page(Fetched("http://e.test/x", content_type, charset, body, []), "http://e.test/x")
+    assert page.lines and ("hi" in page.lines or page.lines[0].startswith("[["))
 
 
 def test_a_server_that_connects_but_never_answers_is_told_apart_from_one_that_cannot_be_reached(tmp_path):

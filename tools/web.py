@@ -611,7 +611,7 @@ class _Extractor(HTMLParser):
         text = " ".join(text.split())
         if text:
             self.blocks.append((self._prefix, text, False))
-            self._prefix = "  " * len(self._lists) if self._lists else ""
+            self._prefix = _indent(len(self._lists))
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _DROP:
@@ -639,7 +639,7 @@ class _Extractor(HTMLParser):
             if self._lists and self._lists[-1][0]:
                 self._lists[-1][1] += 1
                 marker = f"{self._lists[-1][1]}. "
-            self._prefix = "  " * (depth - 1) + marker
+            self._prefix = _indent(depth - 1) + marker
         elif tag == "pre":
             self._flush()
             self._pre += 1
@@ -687,12 +687,12 @@ class _Extractor(HTMLParser):
                     self._buf[start:] = [f"[{text}]({target})"]
         elif tag in _HEADINGS or tag == "li":
             self._flush()
-            self._prefix = "  " * len(self._lists) if self._lists else ""
+            self._prefix = _indent(len(self._lists))
         elif tag in ("ul", "ol"):
             self._flush()
             if self._lists:
                 self._lists.pop()
-            self._prefix = "  " * len(self._lists) if self._lists else ""
+            self._prefix = _indent(len(self._lists))
         elif tag == "pre":
             self._flush()
             self._pre = max(0, self._pre - 1)
@@ -730,6 +730,15 @@ _LONGEST_WORD = 2_000  # characters; a longer run without spaces (minified code,
 
 def _pieces(word: str, size: int) -> str:
     return word if len(word) <= size else " ".join(word[i : i + size] for i in range(0, len(word), size))
+
+
+MAX_INDENT = 8  # list levels shown as indentation; deeper lists stay at this depth
+
+
+def _indent(levels: int) -> str:
+    """Two spaces a list level, up to MAX_INDENT levels: a page of a million nested
+    lists must not make each line megabytes long (nor each tag quadratic to read)."""
+    return "  " * min(levels, MAX_INDENT)
 
 
 def _wrap(prefix: str, text: str, width: int = WRAP_WIDTH) -> list[str]:
@@ -1089,7 +1098,7 @@ def _decode(fetched: Fetched) -> str:
     if charset is not None:
         try:
             return body.decode(charset, errors="replace")
-        except LookupError:
+        except (LookupError, UnicodeError):  # unknown, or a codec that is no charset ("idna", "undefined")
             pass
     try:
         return body.decode("utf-8")
@@ -1107,7 +1116,7 @@ def to_page(fetched: Fetched, requested_url: str) -> Page:
     elif "json" in mime:
         try:
             lines = text_to_lines(json.dumps(json.loads(text), indent=2, ensure_ascii=False))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: as text
             lines = text_to_lines(text)
     else:
         lines = text_to_lines(text)
