@@ -235,7 +235,9 @@ def test_a_file_too_long_to_read_whole_can_still_be_edited_up_to_the_write_limit
     assert (ws / "big.txt").read_text().endswith("THE END\n")
     tools.write_file(path="big.txt", content="x" * 1000)
     (ws / "big.txt").write_text("x" * 1001)  # over what write_file would write: refused, said so
-    assert "1,001 bytes, over the 1,000-byte limit" in refused(tools.edit_file, path="big.txt", old="x", new="y")
+    assert "1,001 bytes, over the 1,000-byte limit" in refused(
+        tools.edit_file, path="big.txt", old="x", new="y"
+    )
 
 
 # -- edit ----------------------------------------------------------------------
@@ -311,7 +313,9 @@ def test_search_files(ft, ws, monkeypatch):
     (ws / "pkg" / "tests").mkdir(parents=True)
     (ws / "pkg" / "tests" / "t.py").write_text("main = 1\n")
     assert "pkg/tests/t.py:1:" in ft.search_files(pattern="main", glob="**/tests/**/*.py")  # each **/ alike
-    listed = ft.list_files(pattern="**/*.py", recursive=True) + ft.list_files(pattern="**/*.txt", recursive=True)
+    listed = ft.list_files(pattern="**/*.py", recursive=True) + ft.list_files(
+        pattern="**/*.txt", recursive=True
+    )
     assert "app.py" in listed and "notes.txt" in listed
     assert ft.search_files(pattern="nowhere") == "No matches for 'nowhere' in the workspace."
     assert "Invalid regular expression" in refused(ft.search_files, pattern="(", regex=True)
@@ -553,3 +557,77 @@ def test_second_review_edge_cases_of_edits_searches_and_large_files(ws, monkeypa
     ft.edit_file(path="latin.txt", old="foo", new="caf\\xe9 again")
     assert (ws / "latin.txt").read_bytes() == b"caf\xe9\ncaf\xe9 again\n"
     assert ft.search_files(pattern="caf\\xe9 again", glob="latin.txt").startswith("latin.txt:2:")
+
+
+def test_edits_at_once_all_land_and_a_change_from_outside_is_not_overwritten(ws, ft, monkeypatch):
+    import threading
+
+    n = 30
+    (ws / "f.txt").write_text("".join(f"line{i}\n" for i in range(n)) + "x" * 500_000 + "\n")
+    threads = [
+        threading.Thread(
+            target=ft.edit_file, kwargs={"path": "f.txt", "old": f"line{i}\n", "new": f"EDITED{i}\n"}
+        )
+        for i in range(n)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (ws / "f.txt").read_text().count("EDITED") == n  # 9 of 50 landed: each wrote over the others
+
+    # another program (the python tool's code) writes the file while the edit is under way
+    real_read = files.Workspace.read_text
+
+    def read_then_changed(self, path, **kwargs):
+        got = real_read(self, path, **kwargs)
+        (ws / "notes.txt").write_text("alpha\nbeta\ngamma\nwritten meanwhile\n")
+        return got
+
+    monkeypatch.setattr(files.Workspace, "read_text", read_then_changed)
+    assert "changed while it was being edited" in refused(
+        ft.edit_file, path="notes.txt", old="beta", new="BETA"
+    )
+    assert (ws / "notes.txt").read_text().endswith("written meanwhile\n")
+
+
+def test_a_newline_in_a_name_is_listed_escaped_and_read_back(ws, ft):
+    name = "real.txt  1 B\nsecrets.env  12.0 KB\nimportant.py"
+    (ws / name).write_text("x\n")
+    listing = ft.list_files()
+    assert "real.txt  1 B\\x0asecrets.env  12.0 KB\\x0aimportant.py  2 B" in listing
+    assert not any(line.startswith(("secrets.env", "important.py")) for line in listing.splitlines())
+    assert ft.search_files(pattern="x", glob="real*").splitlines() == [
+        "real.txt  1 B\\x0asecrets.env  12.0 KB\\x0aimportant.py:1: x"
+    ]
+    shown = "real.txt  1 B\\x0asecrets.env  12.0 KB\\x0aimportant.py"
+    assert ft.read_file(path=shown).startswith(shown + " (lines 1-1 of 1)")
+
+
+@pytest.mark.parametrize(
+    "tool, args",
+    [
+        ("write_file", {"path": "n.txt", "content": "caf\ud800e"}),  # JSON's "\ud800", as the model may send
+        ("read_file", {"path": "\ud800"}),
+        ("write_file", {"path": "x\ud800.txt", "content": "x"}),
+        ("edit_file", {"path": "notes.txt", "old": "beta", "new": "b\udbffeta"}),
+    ],
+)
+def test_a_lone_surrogate_is_a_tool_error(ws, ft, tool, args):
+    assert "lone UTF-16 surrogate" in refused(getattr(ft, tool), **args)
+    assert (ws / "notes.txt").read_text() == "alpha\nbeta\ngamma\n"
+
+
+def test_a_tree_thousands_of_folders_deep_is_listed_and_searched_to_a_depth(ws, ft):
+    fd = os.open(ws, os.O_RDONLY)
+    os.mkdir("deep", dir_fd=fd)
+    for _ in range(1500):  # fwalk recursed (RecursionError), a descriptor a level
+        inner = os.open("deep" if _ == 0 else "d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+        os.mkdir("d", dir_fd=fd)
+    os.close(fd)
+    out = ft.list_files(path="deep", recursive=True)
+    assert out.startswith(f"deep: {files.MAX_WALK_DEPTH} entries")
+    assert f"[not descended below {files.MAX_WALK_DEPTH} levels of folders, at deep/d/d/" in out
+    assert "not descended below" in ft.search_files(pattern="zzz", path="deep")

@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,6 +38,7 @@ from agent.tool import Tool, ToolError, tool, tool_context
 from ._patterns import Pattern
 
 DEFAULT_MAX_READ_BYTES = 2_000_000
+MAX_WALK_DEPTH = 100  # folders below a listed or searched one
 MAX_STREAM_BYTES = 1_000_000_000  # a larger text file is read in parts, line by line, up to this size
 MAX_STREAM_LINE = 1 << 20  # bytes of one line of such a file that are kept
 DEFAULT_MAX_WRITE_BYTES = 10_000_000
@@ -105,7 +107,7 @@ class Workspace:
     def _unescaped_path(self, path: str) -> str:
         """`path` with its \\xNN escapes read as bytes where that names what exists: the
         file itself, or (for a new file) the folder it goes in."""
-        raw = _unescaped(path)
+        raw = _CONTROL_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), _unescaped(path))
         if raw == path:
             return path
 
@@ -131,6 +133,7 @@ class Workspace:
             raise ToolError("The path contains a NUL character.")
         if "\\x" in path:  # a name that is not UTF-8, as the model was shown it (bad\xffname.txt)
             path = self._unescaped_path(path)
+        _check_encodable(path, "The path")
         given = Path(path)
         candidate = given if given.is_absolute() else self.root / given
         real = Path(os.path.realpath(candidate))
@@ -276,12 +279,20 @@ class Workspace:
         finally:
             os.close(parent)
 
-    def walk(self, real_dir: Path, path: str) -> Any:
+    def walk(self, real_dir: Path, path: str, too_deep: list[str] | None = None) -> Any:
         """`os.walk(real_dir)` (resolved, inside the root) that follows no symlink on
-        the way in or below: (directory as a real path, its subdirectories, its files)."""
+        the way in or below: (directory as a real path, its subdirectories, its files).
+
+        It goes MAX_WALK_DEPTH folders down at most (each level holds a descriptor and
+        a frame of the walk: a tree thousands deep would exhaust both); the folders
+        it did not go into are added to `too_deep`."""
         top = self._walk_to(real_dir, path)
         try:
             for dirpath, dirnames, filenames, _ in os.fwalk(".", dir_fd=top):
+                if dirnames and dirpath.count("/") >= MAX_WALK_DEPTH:
+                    if too_deep is not None:
+                        too_deep.append(str(real_dir / dirpath))
+                    dirnames.clear()
                 yield str(real_dir / dirpath), dirnames, filenames
         finally:
             os.close(top)
@@ -322,6 +333,7 @@ class Workspace:
 
     def write_text(self, path: str, content: str) -> tuple[Path, bool]:
         """Write `content` atomically; returns the real path and whether the file is new."""
+        _check_encodable(content, "The content")
         data = content.encode("utf-8", errors="surrogateescape")
         if len(data) > self.max_write_bytes:
             raise ToolError(
@@ -384,6 +396,55 @@ def _line_ends_as_here(new: str, text: str, at: int) -> str:
 
 
 _RAW_BYTE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_ESCAPE = re.compile(r"\\x([01][0-9a-fA-F]|7[fF])")
+
+
+# Edits of one file by several calls at once (threads of one agent, agents sharing a
+# workspace) take turns, so none is lost: a lock per file, from a fixed set.
+_EDIT_LOCKS = [threading.Lock() for _ in range(64)]
+
+
+def _edit_lock(real: Path) -> threading.Lock:
+    return _EDIT_LOCKS[hash(str(real)) % len(_EDIT_LOCKS)]
+
+
+def _version(ws: Workspace, path: str) -> tuple[int, int, int] | None:
+    """What tells a file's content changed: inode (an atomic replace), size, modification time."""
+    try:
+        st = os.stat(ws.resolve(path))
+    except (OSError, ToolError):
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _check_encodable(text: str, what: str) -> None:
+    """Refuse text with a lone surrogate (JSON's "\\ud800"): no file or name holds one.
+    (Bytes that are not UTF-8 come as surrogateescape characters, and are written back.)"""
+    try:
+        text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError as e:
+        raise ToolError(
+            f"{what} holds an invalid character ({text[e.start]!r} at {e.start}: a lone UTF-16 surrogate); "
+            "write the text without it."
+        ) from None
+
+
+def _shown(rel: str) -> str:
+    """A path as listed: a control character in a name (a newline) written as \\x0a, so
+    that one entry stays one line; `resolve` reads it back."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", rel) if _CONTROL.search(rel) else rel
+
+
+def _too_deep_note(ws: Workspace, folders: list[str]) -> str:
+    first = _shown(ws.relative(Path(folders[0])))
+    return (
+        f"[not descended below {MAX_WALK_DEPTH} levels of folders, at {first}"
+        + (f" and {len(folders) - 1} more" if len(folders) > 1 else "")
+        + "; list or search a deeper path]"
+    )
 
 
 def _unescaped(text: str) -> str:
@@ -602,7 +663,7 @@ class FileTools:
         lines = text_lines(text)
         total = len(lines)
         if total == 0:
-            return f"{ws.relative(real)}: the file is empty (0 lines)."
+            return f"{_shown(ws.relative(real))}: the file is empty (0 lines)."
         if start > total:
             raise ToolError(f"start_line {start} is past the end of {path!r}, which has {total} lines.")
         if end_line is not None and end_line < start:
@@ -610,7 +671,7 @@ class FileTools:
         end = min(total, end_line if end_line is not None else start + DEFAULT_READ_LINES - 1)
         width = len(str(end))
         body = "\n".join(f"{n:>{width}}| {_clip(lines[n - 1])}" for n in range(start, end + 1))
-        header = f"{ws.relative(real)} (lines {start}-{end} of {total})"
+        header = f"{_shown(ws.relative(real))} (lines {start}-{end} of {total})"
         footer = ""
         if end < total:
             footer = f"\n[{total - end} more lines; read_file with start_line={end + 1} to continue]"
@@ -637,7 +698,7 @@ class FileTools:
         width = len(str(last))
         body = "\n".join(f"{i:>{width}}| {_clip(line)}" for i, line in shown)
         footer = f"\n[the file goes on; read_file with start_line={last + 1} to continue]" if n > last else ""
-        return f"{ws.relative(real)} (lines {start}-{last}; a large file, read in parts)\n{body}{footer}"
+        return f"{_shown(ws.relative(real))} (lines {start}-{last}; a large file, read in parts)\n{body}{footer}"
 
     @tool(effects={"writes"})
     def write_file(self, path: str, content: str) -> str:
@@ -650,10 +711,11 @@ class FileTools:
         ws = self.workspace
         if path.rstrip().endswith(("/", "\\", "/.")) or path.strip() in (".", ".."):
             raise ToolError(f"{path!r} names a folder, not a file; give the file's name (such as notes/todo.txt).")
-        real, created = ws.write_text(path, content)
+        with _edit_lock(ws.resolve(path, must_exist=False)):
+            real, created = ws.write_text(path, content)
         lines = len(text_lines(content))
         verb = "Created" if created else "Overwrote"
-        return f"{verb} {ws.relative(real)} ({len(content.encode('utf-8', 'surrogateescape')):,} bytes, {lines} lines)."
+        return f"{verb} {_shown(ws.relative(real))} ({len(content.encode('utf-8', 'surrogateescape')):,} bytes, {lines} lines)."
 
     @tool(effects={"writes"})
     def edit_file(self, path: str, old: str, new: str) -> str:
@@ -667,7 +729,13 @@ class FileTools:
         if not old:
             raise ToolError("`old` is empty; give the exact text to replace.")
         ws = self.workspace
+        with _edit_lock(ws.resolve(path)):
+            return self._edit(ws, path, old, new)
+
+    @staticmethod
+    def _edit(ws: Workspace, path: str, old: str, new: str) -> str:
         # Any file write_file may write, edit_file may edit (it reads whole what it changes).
+        before = _version(ws, path)
         real, text = ws.read_text(path, limit=max(ws.max_read_bytes, ws.max_write_bytes))
         raw_bytes = _has_raw_bytes(text)
         if raw_bytes:  # not UTF-8: the model saw (and writes) the other bytes as \xe9
@@ -693,8 +761,13 @@ class FileTools:
         at = text.index(old)
         new = _line_ends_as_here(new, text, at)
         updated = text[:at] + new + text[at + len(old) :]
+        if _version(ws, path) != before:  # another program (the python tool's code) wrote it meanwhile
+            raise ToolError(
+                f"{path!r} changed while it was being edited, and the edit was not made; "
+                "read it again and redo the edit on what it holds now."
+            )
         ws.write_text(ws.relative(real), updated)
-        rel = ws.relative(real)
+        rel = _shown(ws.relative(real))
         # Where the new text's lines are: line breaks at its start or end are not lines of it.
         body = new.strip("\r\n")
         line_at = text.count("\n", 0, at) + 1
@@ -721,11 +794,12 @@ class FileTools:
         entries: list[str] = []
         more = 0
         skipped: set[str] = set()
+        too_deep: list[str] = []
 
         def matches(rel: str, name: str) -> bool:
             return pattern is None or _glob(rel, name, pattern)
 
-        for dirpath, dirnames, filenames in ws.walk(real, path):
+        for dirpath, dirnames, filenames in ws.walk(real, path, too_deep):
             dirnames.sort()
             here = Path(dirpath)
             if recursive:
@@ -743,20 +817,23 @@ class FileTools:
                 entries.append(self._entry(ws, full, rel))
             if not recursive:
                 break
-        shown = ws.relative(real)
+        shown = _shown(ws.relative(real))
         if not entries:
             what = f" matching {pattern!r}" if pattern else ""
-            return f"{shown}: no entries{what}."
+            return f"{shown}: no entries{what}." + (f"\n{_too_deep_note(ws, too_deep)}" if too_deep else "")
         lines = [f"{shown}: {len(entries) + more} entries" + (f" matching {pattern!r}" if pattern else "")]
         lines += entries
         if more:
             lines.append(f"[... {more} more entries not shown; narrow with path or pattern]")
         if skipped:
             lines.append(f"[not descended into: {', '.join(sorted(skipped))}]")
+        if too_deep:
+            lines.append(_too_deep_note(ws, too_deep))
         return "\n".join(lines)
 
     @staticmethod
     def _entry(ws: Workspace, full: Path, rel: str) -> str:
+        rel = _shown(rel)
         try:
             lst = os.lstat(full)
         except OSError:
@@ -770,7 +847,7 @@ class FileTools:
             except OSError:
                 return f"{rel} -> (broken symlink)"
             suffix = "/" if stat.S_ISDIR(st.st_mode) else f"  {_size(st.st_size)}"
-            return f"{rel} -> {ws.relative(target)}{suffix}"
+            return f"{rel} -> {_shown(ws.relative(target))}{suffix}"
         if stat.S_ISDIR(lst.st_mode):
             return f"{rel}/"
         if stat.S_ISREG(lst.st_mode):
@@ -800,8 +877,9 @@ class FileTools:
         matcher = self._matcher(pattern, regex, ignore_case)
         ws = self.workspace
         real = ws.resolve(path)
+        too_deep: list[str] = []
         if real.is_dir():
-            files = self._walk_files(ws, real, glob)
+            files = self._walk_files(ws, real, glob, too_deep)
         else:
             files = iter([real])
         matches: list[str] = []
@@ -822,17 +900,18 @@ class FileTools:
                     if len(matches) >= MAX_SEARCH_MATCHES:
                         more += 1
                     else:
-                        matches.append(f"{rel}:{n}: {_clip(line.strip(), 300)}")
+                        matches.append(f"{_shown(rel)}:{n}: {_clip(line.strip(), 300)}")
+        deep = f"\n{_too_deep_note(ws, too_deep)}" if too_deep else ""
         if not matches:
             note = f" ({skipped} binary, oversized or special files skipped)" if skipped else ""
-            where = "the workspace" if ws.relative(real) == "." else ws.relative(real)
-            return f"No matches for {pattern!r} in {where}{note}."
+            where = "the workspace" if ws.relative(real) == "." else _shown(ws.relative(real))
+            return f"No matches for {pattern!r} in {where}{note}.{deep}"
         out = "\n".join(matches)
         if more:
             out += f"\n[... {more} more matches not shown; narrow the pattern, path or glob]"
         if skipped:
             out += f"\n[{skipped} binary, oversized or special files skipped]"
-        return out
+        return out + deep
 
     @staticmethod
     def _matcher(pattern: str, regex: bool, ignore_case: bool) -> Callable[[str], bool]:
@@ -852,8 +931,8 @@ class FileTools:
         return lambda line: rx.search(line) is not None
 
     @staticmethod
-    def _walk_files(ws: Workspace, root: Path, glob: str | None) -> Any:
-        for dirpath, dirnames, filenames in ws.walk(root, ws.relative(root)):
+    def _walk_files(ws: Workspace, root: Path, glob: str | None, too_deep: list[str] | None = None) -> Any:
+        for dirpath, dirnames, filenames in ws.walk(root, ws.relative(root), too_deep):
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
             for name in sorted(filenames):
                 full = Path(dirpath) / name
