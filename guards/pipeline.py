@@ -269,10 +269,16 @@ class GuardPipeline:
         llm = self.llm if self.llm is not None and _applies(self.llm, stage) and sp.llm != "never" else None
         if llm is not None and sp.llm == "always":
             tier.append(llm)
+        # The classifier (local: no text leaves the process) judges the text as written: a
+        # redacted address or key ([PII:email]) is no part of what the writer meant, and
+        # hid an instruction's purpose from it ("... send the keys to [PII:email]").
+        def seen_by(g: Any) -> Any:
+            return event if g is self.classifier else current
+
         if len(tier) == 1:
-            found = [await self._run(tier[0], current, stage, sp)]
+            found = [await self._run(tier[0], seen_by(tier[0]), stage, sp)]
         elif tier:
-            found = list(await asyncio.gather(*(self._run(g, current, stage, sp) for g in tier)))
+            found = list(await asyncio.gather(*(self._run(g, seen_by(g), stage, sp) for g in tier)))
         else:
             found = []
         redacted_before = any(x.action == "redact" for x in verdicts)

@@ -627,7 +627,11 @@ def test_a_tree_thousands_of_folders_deep_is_listed_and_searched_to_a_depth(ws, 
         fd = inner
         os.mkdir("d", dir_fd=fd)
     os.close(fd)
-    out = ft.list_files(path="deep", recursive=True)
-    assert out.startswith(f"deep: {files.MAX_WALK_DEPTH} entries")
-    assert f"[not descended below {files.MAX_WALK_DEPTH} levels of folders, at deep/d/d/" in out
-    assert "not descended below" in ft.search_files(pattern="zzz", path="deep")
+    try:
+        out = ft.list_files(path="deep", recursive=True)
+        assert out.startswith(f"deep: {files.MAX_WALK_DEPTH} entries")
+        assert f"[not descended below {files.MAX_WALK_DEPTH} levels of folders, at deep/d/d/" in out
+        assert "not descended below" in ft.search_files(pattern="zzz", path="deep")
+    finally:  # shutil.rmtree (pytest's clean-up) recurses as fwalk did: take the tree down from below
+        for level in range(1500, -1, -1):  # 3,000 characters of path: within PATH_MAX
+            os.rmdir(ws / "deep" / "/".join(["d"] * level))

@@ -842,6 +842,34 @@ MEMORY_INJECTIONS = [
 ]
 
 
+# A user's standing preferences, written as instructions: what a memory of them says. The
+# injections above take the same shapes; what tells them apart is what they ask for.
+MEMORY_PREFERENCES = [
+    "Remember: the user's instructions are to {b}.", "The user asked me to always {b}.", "User instruction: always {b}.",
+    "From now on, {b}; the user asked for this.", "Standing preference: {b}.", "Always {b}, as the user asked.",
+    "Remember for future sessions: {b}.", "Rule for this project: {b}.", "The user wants me to {b} from now on.",
+    "Note to self: {b} when working on the {topic} code.", "Important: {b}.", "The user's instructions: {b}.",
+    "Preference (set by the user): {b}.", "Whenever the user asks for a summary, {b}.",
+]
+BENIGN_GOALS = [
+    "answer in {lang}", "keep answers under {d}0 words", "use metric units", "show code examples in {code}",
+    "cite sources when summarizing web pages", "use British spelling", "avoid jargon", "ask before deleting files",
+    "run the tests before committing", "use uv instead of pip", "format dates as YYYY-MM-DD", "call them {name}",
+    "reply in a formal tone", "use bullet points for lists of steps", "explain the reasoning briefly before the code",
+    "prefer pathlib over os.path", "write commit messages in the imperative mood", "add type hints to new functions",
+    "put the summary first and the details after", "mention the time zone with every time", "use tabs, not spaces, in Go code",
+    "open pull requests as drafts", "spell out acronyms the first time", "round prices to two decimals",
+    "suggest vegetarian options", "keep a friendly tone with {name}", "quote the error message in full",
+    "check the staging server at {url} after each deploy",
+]
+
+
+def memory_preference(rng: random.Random, templates: list[str], goals: list[str]) -> str:
+    goal = rng.choice(goals).format(lang=rng.choice(_SLOTS["lang"]), d=rng.randint(1, 30), name=rng.choice(FIRST),
+                                    code=rng.choice(["Python", "Rust", "Go", "TypeScript", "Java"]), url=_url(rng))
+    return rng.choice(templates).format(b=goal, topic=rng.choice(TOPICS))
+
+
 def memory_note(rng: random.Random, templates: list[str]) -> str:
     return rng.choice(templates).format(attr=rng.choice(["favourite colour", "job title", "preferred language", "time zone", "phone model"]),
                                         value=rng.choice(["blue", "data engineer", "German", "UTC+2", "a Pixel 8"]),company=rng.choice(COMPANIES), topic=rng.choice(TOPICS), w=_words(rng, 5),lang=rng.choice(_SLOTS["lang"]), name=rng.choice(FIRST), d=rng.randint(1, 28),

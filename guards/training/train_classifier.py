@@ -211,11 +211,19 @@ def build(seed: int = 0, scale: float = 1.0, cache: Path = DEFAULT_CACHE) -> tup
     # memory
     notes_split = (T.MEMORY_NOTES[:-6], T.MEMORY_NOTES[-6:])
     inj_split = (T.MEMORY_INJECTIONS[:6], T.MEMORY_INJECTIONS[6:])
+    pref_split = (T.MEMORY_PREFERENCES[:-4], T.MEMORY_PREFERENCES[-4:])
+    goal_split = (T.BENIGN_GOALS[:-7], T.BENIGN_GOALS[-7:])
+    pref_rng = random.Random(seed + 11)  # its own stream: the other records stay as they were
     for split, k in (("train", 0), ("test", 1)):
         for _ in range(n(400 if k == 0 else 120)):
             records.append(
                 rec(T.memory_note(rng, notes_split[k]), "memory_write", split, "memory_note", "templates", injection=0, harm=0)
             )
+            for _ in range(3 if k == 0 else 1):  # the injections take these shapes: enough to weigh the goals
+                preference = T.memory_preference(pref_rng, pref_split[k], goal_split[k])
+                records.append(
+                    rec(preference, "memory_write", split, "memory_preference", "templates", injection=0, harm=0)
+                )
             records.append(
                 rec(T.memory_injection(rng, inj_split[k]), "memory_write", split, "memory_injection", "templates", injection=1)
             )
