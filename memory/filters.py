@@ -44,6 +44,26 @@ def _path(key: str) -> list[str]:
     return parts
 
 
+MAX_DEPTH = 32  # levels of $and/$or: deeper would overflow the compiler's recursion, or SQLite's
+
+
+def _check_depth(where: Where) -> None:
+    """Refuse filters nested deeper than MAX_DEPTH levels, without recursing to find out."""
+    level: list[Any] = [where]
+    for _ in range(MAX_DEPTH + 1):
+        level = [
+            sub
+            for w in level
+            if isinstance(w, dict)
+            for key, value in w.items()
+            if key in ("$and", "$or") and isinstance(value, list)
+            for sub in value
+        ]
+        if not level:
+            return
+    raise FilterError(f"a filter nests $and/$or at most {MAX_DEPTH} levels deep")
+
+
 def _check_scalar(value: Any, op: str) -> None:
     if not (value is None or isinstance(value, (str, int, float, bool))):
         raise FilterError(f"{op}: compare with a string, number, boolean or null, not {type(value).__name__}")
@@ -116,7 +136,10 @@ def _sqlite_any_of(column: str, path: str, values: Sequence[Any], params: list[A
     jtype, value = f"json_type({column}, '{path}')", f"json_extract({column}, '{path}')"
     for kinds, group in (
         ("('text')", [v for v in values if isinstance(v, str)]),
-        ("('integer', 'real')", [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]),
+        (
+            "('integer', 'real')",
+            [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)],
+        ),
     ):
         if group:
             params.append(json.dumps(group))
@@ -150,6 +173,7 @@ def to_sqlite(where: Where | None, column: str = "metadata") -> tuple[str, list[
     params: list[Any] = []
     if not where:
         return "1", params
+    _check_depth(where)
     return _sqlite_level(where, column, params), params
 
 
@@ -201,6 +225,7 @@ def to_postgres(where: Where | None, column: str = "metadata") -> tuple[str, lis
     params: list[Any] = []
     if not where:
         return "TRUE", params
+    _check_depth(where)
     return _pg_level(where, column, params), params
 
 

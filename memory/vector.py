@@ -180,7 +180,9 @@ class VectorMemory:
         for i, text in enumerate(texts):
             run, seq = normalize_source(sources[i] if sources is not None else None)
             when = _check_time(times[i] if times is not None else None, now)
-            rows.append((text, dump_metadata(metadatas[i] if metadatas is not None else None), run, seq, when))
+            rows.append(
+                (text, dump_metadata(metadatas[i] if metadatas is not None else None), run, seq, when)
+            )
         self._bind()
         dim = self.embedder.dim
         if vectors is not None:
@@ -191,7 +193,11 @@ class VectorMemory:
                 raise VectorMemoryError("vectors hold NaN or infinite values")
         ids: list[int] = []
         for s in range(0, n, batch_size):
-            vecs = vectors[s : s + batch_size] if vectors is not None else self.embedder.embed(texts[s : s + batch_size])
+            vecs = (
+                vectors[s : s + batch_size]
+                if vectors is not None
+                else self.embedder.embed(texts[s : s + batch_size])
+            )
             ids.extend(self.store.insert(rows[s : s + batch_size], vecs))
         return ids
 
@@ -203,13 +209,15 @@ class VectorMemory:
             self._bind()
             vector = self.embedder.embed([text])[0]
         meta = dump_metadata(metadata) if metadata is not None else None
-        return self.store.update(int(id), text, meta, vector)
+        id = int(id)
+        return self.store.update(id, text, meta, vector) if _storable(id) else False
 
     def delete(self, id: int | Sequence[int]) -> bool | int:
         """Delete one record (True if it existed) or a list of them (how many existed)."""
         if isinstance(id, Iterable) and not isinstance(id, (str, bytes)):  # a list, set, range, array
-            return self.store.delete([int(i) for i in id])
-        return self.store.delete([int(id)]) == 1
+            return self.store.delete([i for i in map(int, id) if _storable(i)])
+        id = int(id)
+        return _storable(id) and self.store.delete([id]) == 1
 
     # -- reads -------------------------------------------------------------------
 
@@ -248,7 +256,7 @@ class VectorMemory:
 
     def get(self, id: int) -> Record | None:
         id = int(id)
-        return self.store.get(id) if -(2**63) <= id < 2**63 else None  # beyond any id a store gives
+        return self.store.get(id) if _storable(id) else None
 
     def count(self) -> int:
         return self.store.count()
@@ -261,7 +269,7 @@ class VectorMemory:
         return self.store.ids(where)
 
     def records(self, ids: Sequence[int]) -> list[Record]:
-        found = self.store.records([int(i) for i in ids])
+        found = self.store.records([i for i in map(int, ids) if _storable(i)])
         return [found[i] for i in ids if i in found]
 
     def recent(self, limit: int = 10, where: Where | None = None) -> list[Record]:
@@ -295,7 +303,9 @@ def _check_text(text: Any, must: str = "texts must be strings", what: str = "a t
     if not text.strip():  # no meaning to store or to look for: any record would match at random
         raise VectorMemoryError(f"{what} cannot be empty ({text!r}): there is nothing to embed")
     if has_lone_surrogate(text):
-        raise VectorMemoryError(f"text {text[:40]!r}... holds a lone surrogate, which cannot be stored as UTF-8")
+        raise VectorMemoryError(
+            f"text {text[:40]!r}... holds a lone surrogate, which cannot be stored as UTF-8"
+        )
 
 
 def _check_time(when: Any, now: float) -> float:
@@ -312,4 +322,9 @@ def _check_search(k: Any, min_score: Any, name: str = "k") -> int:
         raise VectorMemoryError(f"{name} must be a whole number, 0 or more, not {k!r}")
     if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, numbers.Real)):
         raise VectorMemoryError(f"min_score must be a number, not {min_score!r}")
-    return int(k)
+    return min(int(k), 2**62)  # "all of them": no store holds more, and SQLite's integers end at 2**63
+
+
+def _storable(id: int) -> bool:
+    """Whether an id fits the stores' 64-bit integers (a bigger one names no record)."""
+    return -(2**63) <= id < 2**63

@@ -156,6 +156,24 @@ def test_filters(make_memory):
     with pytest.raises(ValueError):
         found({"bad'key": 1})
     assert found({"any key, in any script!": 1}) == []  # a key that no record has matches nothing
+    deep = {"kind": "note"}
+    for _ in range(32):
+        deep = {"$or": [deep]}
+    assert found(deep) == expect(0, 1)
+    for _ in range(2000):  # a RecursionError before
+        deep = {"$or": [deep]}
+    with pytest.raises(ValueError, match="at most 32 levels"):
+        found(deep)
+
+
+def test_ids_and_limits_beyond_64_bits_name_nothing(make_memory):
+    mem = make_memory(HashingEmbedder(64))
+    first = mem.add("x")
+    # each raised OverflowError (SQLite's integers are 64-bit)
+    assert mem.get(2**70) is None and mem.delete(2**70) is False and mem.delete([2**70, first]) == 1
+    assert mem.update(2**70, "y") is False and mem.records([2**70]) == []
+    mem.add("y")
+    assert [r.text for r in mem.recent(10**30)] == ["y"] and len(mem.search("y", k=10**30)) == 1
 
 
 def test_min_score_and_k(make_memory, minilm):
@@ -779,7 +797,8 @@ def test_a_guard_rewrites_or_blocks_what_a_search_shows(tmp_path, run_dir):
 
 
 @pytest.mark.parametrize(
-    "kind", ["not a database", "another program's", "another program's, with tables named like ours", "a folder"]
+    "kind",
+    ["not a database", "another program's", "another program's, with tables named like ours", "a folder"],
 )
 def test_a_file_that_is_not_a_memory_is_refused_clearly_and_left_alone(tmp_path, kind):
     import sqlite3
@@ -887,7 +906,9 @@ def test_bad_items_store_nothing_and_bad_queries_are_clear_errors(tmp_path):
     numpy_numbers = mem.search("a", k=np.int64(2), min_score=np.float32(-1.0))  # NumPy numbers are numbers
     assert len(numpy_numbers) == 2 and mem.recent(np.int64(1))[0].text == "c"
     assert mem.get(mem.add("d", time=np.float64(1.5e9))).time == 1.5e9
-    assert mem.recent(0) == [] and mem.delete(set(ids[:2])) == 2 and mem.delete(range(ids[2], ids[2] + 1)) == 1
+    assert (
+        mem.recent(0) == [] and mem.delete(set(ids[:2])) == 2 and mem.delete(range(ids[2], ids[2] + 1)) == 1
+    )
     shown = format_hits([{"id": 1, "text": "t", "metadata": {"tags": "ops"}, "time": "soon"}])
     assert shown == "1. [id 1; tags: ops] t"
     save = memory_tools(mem)[1]
@@ -914,7 +935,9 @@ def test_the_change_log_and_crashed_saves_do_not_grow_without_end(tmp_path):
     log = mem.store.conn.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
     assert log <= 25_000 and mem.count() == 10
     # the half-written files of a save whose process died are removed at the next save
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     stale = tmp_path / "mem.db.ann" / f"x.faiss.tmp-{dead.stdout.strip()}-0a1b2c3d"
     mine = tmp_path / "mem.db.ann" / f"y.npz.tmp-{os.getpid()}-0a1b2c3d"  # a live process's: kept
     stale.write_bytes(b"partial")
@@ -952,7 +975,9 @@ def test_a_memory_knows_its_model_by_its_files_not_its_folder_name(tmp_path, mon
     a, b = TransformersEmbedder(run_a), TransformersEmbedder(run_b)
     assert a.name == b.name == "final" and a.fingerprint != b.fingerprint
     assert a.fingerprint == TransformersEmbedder().fingerprint  # the default's files
-    assert a.fingerprint == TransformersEmbedder(run_a, pooling="mean", max_length=256).fingerprint  # its own settings
+    assert (
+        a.fingerprint == TransformersEmbedder(run_a, pooling="mean", max_length=256).fingerprint
+    )  # its own settings
     # the folder and its settings are looked up once, for the fingerprint and the dimension alike
     from memory import embedders
 
@@ -965,7 +990,9 @@ def test_a_memory_knows_its_model_by_its_files_not_its_folder_name(tmp_path, mon
     one[0] = 1.0
     mem = VectorMemory(tmp_path / "m.db", a)
     mem.add("hello", vector=one)
-    with pytest.raises(VectorMemoryError, match=rf"cannot be searched or extended with 'final' \({b.fingerprint}\)"):
+    with pytest.raises(
+        VectorMemoryError, match=rf"cannot be searched or extended with 'final' \({b.fingerprint}\)"
+    ):
         VectorMemory(tmp_path / "m.db", b).add("x", vector=one)
     VectorMemory(tmp_path / "m.db", TransformersEmbedder()).add("same files", vector=one)  # the default's
     # the model's name row is as earlier versions wrote it (they still open the file); the fingerprint has its own
