@@ -635,3 +635,25 @@ def test_a_tree_thousands_of_folders_deep_is_listed_and_searched_to_a_depth(ws, 
     finally:  # shutil.rmtree (pytest's clean-up) recurses as fwalk did: take the tree down from below
         for level in range(1500, -1, -1):  # 3,000 characters of path: within PATH_MAX
             os.rmdir(ws / "deep" / "/".join(["d"] * level))
+
+
+def test_a_file_that_is_not_utf8_shows_bytes_and_backslashes_apart_and_takes_them_back(ws, run_dir):
+    (ws / "l.txt").write_bytes(b"caf\xe9 and the text \\xe9\n")
+    llm = ScriptedLLM(
+        [
+            call("read_file", path="l.txt"),
+            call("search_files", pattern="the text"),
+            # written back whole, as read_file showed it: \xe9 the byte, \\xe9 the four characters
+            call("write_file", path="l.txt", content="caf\\xe9 and the text \\\\xe9\nmore\n"),
+            call("edit_file", path="l.txt", old="more", new="\\xe8 and \\\\xe8"),
+            call("write_file", path="new.py", content="print('\\xe9')\n"),  # a new file: as written
+            "done",
+        ]
+    )
+    result = Agent(llm, tools=make_tools(workspace=ws), run_dir=run_dir, guards=None).run_sync("edit")
+    read, found, *_ = [e.content for e in result.events if e.type == "tool_result"]
+    assert "not UTF-8: its other bytes are shown as \\xe9, the text \\xe9 as \\\\xe9" in read
+    assert "1| caf\\xe9 and the text \\\\xe9" in read  # were alike: "caf\xe9 and the text \xe9"
+    assert found == "l.txt:1: caf\\xe9 and the text \\\\xe9"
+    assert (ws / "l.txt").read_bytes() == b"caf\xe9 and the text \\xe9\n\xe8 and \\xe8\n"
+    assert (ws / "new.py").read_bytes() == b"print('\\xe9')\n"

@@ -395,7 +395,8 @@ def _line_ends_as_here(new: str, text: str, at: int) -> str:
     return "".join(out)
 
 
-_RAW_BYTE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
+_LITERAL_BYTE = re.compile(r"\\x[89a-fA-F][0-9a-fA-F]")
+_RAW_OR_LITERAL = re.compile(r"\\(\\x[89a-fA-F][0-9a-fA-F])|\\x([89a-fA-F][0-9a-fA-F])")
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -449,8 +450,28 @@ def _too_deep_note(ws: Workspace, folders: list[str]) -> str:
 
 def _unescaped(text: str) -> str:
     """`\\xe9` as written by the model back to the byte it stands for (a surrogateescape
-    character), so that names and text that are not UTF-8 can be given back."""
-    return _RAW_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), text)
+    character), so that names and text that are not UTF-8 can be given back; `\\\\xe9`
+    (how `_bytes_shown` shows those four characters in such a file) back to `\\xe9`."""
+    return _RAW_OR_LITERAL.sub(lambda m: m.group(1) or chr(0xDC00 + int(m.group(2), 16)), text)
+
+
+_NOT_UTF8 = "; not UTF-8: its other bytes are shown as \\xe9, the text \\xe9 as \\\\xe9"
+
+
+def _bytes_shown(text: str) -> str:
+    """Text of a file that is not UTF-8 as the model is shown it: its other bytes become
+    `\\xe9` (when the tool's result is made), so the four characters `\\xe9` written in
+    it are shown as `\\\\xe9`; `_unescaped` reads both back. Other text is as it is."""
+    return _LITERAL_BYTE.sub(r"\\\g<0>", text) if _has_raw_bytes(text) else text
+
+
+def _replaces_raw_bytes(ws: Workspace, path: str) -> bool:
+    """Whether `path` is a text file that is not UTF-8 (whose bytes the model saw as \\xe9)."""
+    try:
+        _, text = ws.read_text(path, limit=max(ws.max_read_bytes, ws.max_write_bytes))
+    except ToolError:  # new, binary, too large, not a regular file: written as given
+        return False
+    return _has_raw_bytes(text)
 
 
 def _has_raw_bytes(text: str) -> bool:
@@ -670,8 +691,8 @@ class FileTools:
             raise ToolError(f"end_line {end_line} is before start_line {start}.")
         end = min(total, end_line if end_line is not None else start + DEFAULT_READ_LINES - 1)
         width = len(str(end))
-        body = "\n".join(f"{n:>{width}}| {_clip(lines[n - 1])}" for n in range(start, end + 1))
-        header = f"{_shown(ws.relative(real))} (lines {start}-{end} of {total})"
+        body = "\n".join(f"{n:>{width}}| {_clip(_bytes_shown(lines[n - 1]))}" for n in range(start, end + 1))
+        header = f"{_shown(ws.relative(real))} (lines {start}-{end} of {total}{_NOT_UTF8 if _has_raw_bytes(text) else ''})"
         footer = ""
         if end < total:
             footer = f"\n[{total - end} more lines; read_file with start_line={end + 1} to continue]"
@@ -696,7 +717,7 @@ class FileTools:
             raise ToolError(f"start_line {start} is past the end of {path!r}, which has {n} lines.")
         last = shown[-1][0]
         width = len(str(last))
-        body = "\n".join(f"{i:>{width}}| {_clip(line)}" for i, line in shown)
+        body = "\n".join(f"{i:>{width}}| {_clip(_bytes_shown(line))}" for i, line in shown)
         footer = f"\n[the file goes on; read_file with start_line={last + 1} to continue]" if n > last else ""
         return f"{_shown(ws.relative(real))} (lines {start}-{last}; a large file, read in parts)\n{body}{footer}"
 
@@ -712,6 +733,9 @@ class FileTools:
         if path.rstrip().endswith(("/", "\\", "/.")) or path.strip() in (".", ".."):
             raise ToolError(f"{path!r} names a folder, not a file; give the file's name (such as notes/todo.txt).")
         with _edit_lock(ws.resolve(path, must_exist=False)):
+            if "\\x" in content and _replaces_raw_bytes(ws, path):
+                # A file that is not UTF-8, written back as read_file showed it: \xe9 is the byte.
+                content = _unescaped(content)
             real, created = ws.write_text(path, content)
         lines = len(text_lines(content))
         verb = "Created" if created else "Overwrote"
@@ -900,7 +924,7 @@ class FileTools:
                     if len(matches) >= MAX_SEARCH_MATCHES:
                         more += 1
                     else:
-                        matches.append(f"{_shown(rel)}:{n}: {_clip(line.strip(), 300)}")
+                        matches.append(f"{_shown(rel)}:{n}: {_clip(_bytes_shown(line.strip()), 300)}")
         deep = f"\n{_too_deep_note(ws, too_deep)}" if too_deep else ""
         if not matches:
             note = f" ({skipped} binary, oversized or special files skipped)" if skipped else ""
