@@ -27,6 +27,7 @@ from .events import (
     Error,
     Feedback,
     FinalAnswer,
+    ModelDelta,
     ModelRequest,
     ModelResponse,
     Plan,
@@ -434,7 +435,12 @@ class Run:
         pending = set(state.unfinished_calls())
         if response.tool_calls and pending:
             await self._handle_calls([c for c in response.tool_calls if c.id in pending], resumed=True)
-        elif not response.tool_calls and not follow_up and not self._after_response(response):
+        elif (
+            not response.tool_calls
+            and not follow_up
+            and response.finish_reason != "cancelled"  # a reply cut mid-stream is no answer: ask again
+            and not self._after_response(response)
+        ):
             if (
                 response.finish_reason == "tool_calls" and self._act is not None
             ):  # an act hook held the calls back
@@ -630,21 +636,43 @@ class Run:
         response: ModelResponse | None = None
         bus = self.bus
         stream = self.llm.stream(request)
-        async for item in stream:
-            if item.type == "model_delta":  # the tag, not isinstance: cheaper on pydantic classes
-                # A delta per token on a real model: no pydantic __setattr__, no coroutine unless needed.
-                item.__dict__["step"] = step
-                bus.emit_now(item, judge=False) or await bus.emit(item, judge=False)
-                if self._cancel:  # cancel() during a long reply: stop it, and close its connection now
-                    aclose = getattr(stream, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
-                    raise _Stop("cancelled", "cancelled")
-            else:
-                response = item
+        deltas: list[ModelDelta] = []  # what was shown live, recorded should the reply be cut
+        try:
+            async for item in stream:
+                if item.type == "model_delta":  # the tag, not isinstance: cheaper on pydantic classes
+                    # A delta per token on a real model: no pydantic __setattr__, no coroutine unless needed.
+                    item.__dict__["step"] = step
+                    deltas.append(item)
+                    bus.emit_now(item, judge=False) or await bus.emit(item, judge=False)
+                    if self._cancel:  # cancel() during a long reply: stop it, and close its connection now
+                        aclose = getattr(stream, "aclose", None)
+                        if aclose is not None:
+                            await aclose()
+                        raise _Stop("cancelled", "cancelled")
+                else:
+                    response = item
+        except (asyncio.CancelledError, _Stop):  # Ctrl-C, cancel() or the run's deadline mid-reply
+            if deltas and response is None:
+                await self._record_cut_reply(request, step, deltas)
+            raise
         if response is None:
             raise RuntimeError(f"{self.llm.name}: the model stream ended without a response")
         return response
+
+    async def _record_cut_reply(self, request: LLMRequest, step: int, deltas: list[ModelDelta]) -> None:
+        """The part of a reply the user saw before it was cut, as a `model_response` with
+        finish_reason "cancelled": the log and the conversation keep it (it is not an answer)."""
+        cut = trusted(
+            ModelResponse,
+            purpose=request.purpose,
+            content="".join(d.content for d in deltas),
+            thinking="".join(d.thinking for d in deltas),
+            effort=request.effort,
+            finish_reason="cancelled",
+            model=getattr(self.llm, "name", ""),
+            step=step,
+        )
+        await self.bus.emit(cut)
 
     # -- answers -----------------------------------------------------------
 

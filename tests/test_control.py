@@ -4,6 +4,7 @@ import asyncio
 import threading
 import time
 
+import pytest
 from helpers import call
 
 from agent import Agent, Decision, tool
@@ -335,7 +336,9 @@ async def test_the_event_stream_can_be_awaited_and_warns_when_never_used(run_dir
     with pytest.warns(RuntimeWarning, match=r"Agent.run\(...\) was neither iterated nor awaited"):
         agent.run("never read")  # the smolagents habit, from sync code: nothing runs
         gc.collect()
-    task = asyncio.create_task(Agent(ScriptedLLM(["as a task"]), run_dir=run_dir).run("go"))  # a coroutine too
+    task = asyncio.create_task(
+        Agent(ScriptedLLM(["as a task"]), run_dir=run_dir).run("go")
+    )  # a coroutine too
     assert (await task).answer == "as a task"
 
 
@@ -395,3 +398,65 @@ async def test_a_run_read_inside_a_tool_stops_when_that_tool_stops_reading(run_d
     outer = Agent(ScriptedLLM([call("delegate", task="go"), "ok"]), tools=[delegate], run_dir=run_dir)
     assert (await outer.arun("delegate")).ok
     assert ran == []  # the helper's call it was stopped at never ran
+
+
+def test_a_reply_cut_by_cancel_is_recorded_and_is_no_answer_on_resume(run_dir):
+    from agent import read_events
+
+    llm = ScriptedLLM(["The capital of France is Paris, a city on the Seine.", "Paris."], chunk_size=8)
+    agent = Agent(llm, run_dir=run_dir)
+    seen = []
+
+    def cancel_at_the_third_delta(event):
+        if event.type == "model_delta":
+            seen.append(event.content)
+            if len(seen) == 3:
+                agent.cancel()
+
+    agent.on_event = cancel_at_the_third_delta
+    result = agent.run_sync("capital of France?")
+    assert result.status == "cancelled"
+    cut = [e for e in read_events(result.log_path) if e.type == "model_response"]
+    # the part the user saw, kept in the log (deltas are not logged): it was lost
+    assert [(e.content, e.finish_reason) for e in cut] == [("The capital of France is", "cancelled")]
+    resumed = Agent(llm, run_dir=run_dir).resume_sync(result.run_id)
+    assert resumed.status == "completed" and resumed.answer == "Paris."  # asked again, not the cut text
+    assert llm.requests[-1].messages[-1].content == "The capital of France is"  # the model sees its words
+
+
+async def test_a_reply_cut_by_ctrl_c_in_a_session_is_kept_in_the_conversation(run_dir):
+    from agent.events import ModelDelta, ModelResponse
+
+    class SlowModel:
+        """Streams two words, then waits: a long reply the user interrupts."""
+
+        name = "slow"
+
+        def __init__(self):
+            self.requests = []
+
+        async def stream(self, request):
+            self.requests.append([(m.role, m.content) for m in request.messages])  # as sent
+            if len(self.requests) == 1:
+                yield ModelDelta(content="Once upon ")
+                yield ModelDelta(content="a time")
+                await asyncio.sleep(30)
+            yield ModelResponse(content="ok")
+
+    model = SlowModel()
+    session = Agent(model, run_dir=run_dir).session()
+    turn = asyncio.create_task(session.asend("tell me a long story"))
+    while not model.requests:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    turn.cancel()  # what Ctrl-C in `agent chat` does
+    with pytest.raises(asyncio.CancelledError):
+        await turn
+    cut = [e for e in session.history if e.type == "model_response"]
+    assert [(e.content, e.finish_reason) for e in cut] == [("Once upon a time", "cancelled")]
+    assert (await session.asend("go on")).answer == "ok"
+    assert model.requests[-1][-3:] == [
+        ("user", "tell me a long story"),
+        ("assistant", "Once upon a time"),
+        ("user", "go on"),
+    ]
