@@ -1110,3 +1110,27 @@ async def test_a_streamed_reply_leaves_its_connection_for_the_next_request() -> 
     finally:
         httpd.shutdown()
     assert len(connections) == 3 and len(set(connections)) == 1  # one connection, not one per step
+
+
+async def test_thinking_opened_by_the_chat_template_streams_as_thinking_once_seen(
+    server: FakeServer, make_llm
+) -> None:
+    # Qwen3 / DeepSeek-R1 templates end the prompt with "<think>\n": the reply closes a block it
+    # never opened. The first such reply streams its thinking as content (nothing tells yet);
+    # the final reply is split right, and from then on the stream is too.
+    llm = make_llm()
+    server.queue(text_stream("Let me ", "think.</think>", "The answer is 4."))
+    deltas, response = await collect(llm, user())
+    assert (response.thinking, response.content) == ("Let me think.", "The answer is 4.")
+    server.queue(text_stream("Add them", " up.</thi", "nk>\n\nIt is 5."))
+    deltas, response = await collect(llm, user())
+    assert "".join(d.thinking for d in deltas) == response.thinking == "Add them up."
+    assert "".join(d.content for d in deltas) == response.content == "It is 5."
+    # a reply with no thinking block (thinking switched off): its text streams as content at
+    # the end, and the next replies stream as content from the start again
+    server.queue(text_stream("Just ", "six."))
+    _, response = await collect(llm, user())
+    assert response.content == "Just six."
+    server.queue(text_stream("Seven", "."))
+    deltas, _ = await collect(llm, user())
+    assert [d.content for d in deltas if d.content] and not any(d.thinking for d in deltas)

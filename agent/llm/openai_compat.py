@@ -38,6 +38,7 @@ from ..events import ModelDelta, ModelResponse
 from ..types import Message, ToolCallRequest, Usage, new_call_id
 from .base import ContextLengthError, LLMError, LLMRequest, joined_turns
 from .formats import split_all_thinking
+from .formats.base import THINK_CLOSE, THINK_OPEN
 from .formats.jsonfix import json_problem
 from .parse import has_markup, loads_lenient, parse_output, parse_text_only, stream_splitter
 
@@ -499,6 +500,10 @@ class OpenAICompatLLM:
         self._budget_said = False
         self._effort_refused = False  # the server refused reasoning_effort for this model: not sent again
         self._required_refused = False  # the server refused tool_choice "required": "auto" from then on
+        # The chat template opens <think> in the prompt (Qwen3, DeepSeek-R1 on a server that
+        # parses no reasoning): learnt from a reply that closes a block it never opened, so
+        # the next replies stream their thinking as thinking from the first token.
+        self._prompt_opens_thinking = False
 
     def __repr__(self) -> str:
         return f"OpenAICompatLLM(model={self.model!r}, base_url={self.base_url!r})"
@@ -848,7 +853,9 @@ class OpenAICompatLLM:
         # reasoning field, structured calls), its text is passed on as it comes.
         # JSON is not held back: a server with a tool parser sends its calls only at the end,
         # and an answer's ```json block would stop streaming until then.
-        splitter: Any = stream_splitter(calls=request.may_call, hold_json=False)
+        splitter: Any = stream_splitter(
+            calls=request.may_call, hold_json=False, in_thinking=self._prompt_opens_thinking
+        )
 
         def events_from(line: str) -> list[dict[str, Any]]:
             """Feed one line; return the events it completes (usually 0 or 1)."""
@@ -943,6 +950,7 @@ class OpenAICompatLLM:
         if splitter is not None:
             for piece in _flushed(splitter, more=False):
                 yield piece
+            self._learn_thinking_opener("".join(acc.content))
         if not (acc.content or acc.thinking or acc.calls or acc.finish_reason):
             raise LLMStreamError(
                 f"{self.name}: the stream from {self.url} ended with no answer "
@@ -956,6 +964,15 @@ class OpenAICompatLLM:
             acc.finish_reason,
             request,
         )
+
+    def _learn_thinking_opener(self, text: str) -> None:
+        """After a reply the server left unparsed: whether the prompt opens the thinking block."""
+        close = text.find(THINK_CLOSE)
+        if close >= 0:
+            opened = text.find(THINK_OPEN)
+            self._prompt_opens_thinking = opened < 0 or close < opened
+        elif self._prompt_opens_thinking:  # no block at all (thinking switched off): not from now on
+            self._prompt_opens_thinking = False
 
     def _stream_error(self, body: Any) -> LLMError:
         server = _error_message(body)
