@@ -5,6 +5,7 @@ the level promises it, and leave the agent working: a follow-up `print(1+1)`
 answers `2`. Set SANDBOX_ATTACK_TABLE=path to write the outcomes as a table.
 """
 
+import dataclasses
 import os
 import signal
 import socket
@@ -339,32 +340,48 @@ async def test_kill_the_host_by_pid(box, run_dir):
 
 
 async def test_no_process_is_left_behind(box, run_dir, tmp_path):
-    if NO_CGROUP and box.level not in PID_ISOLATED:
-        pytest.skip("without a pids cgroup or a pid namespace, a process that left the session is not found")
-    marker = str(800_000 + os.getpid() % 1000 * 10 + sb.ISOLATION_LEVELS.index(box.level))
+    await _leaves_no_process(box, run_dir, tmp_path, LIMITS, cgroup=not NO_CGROUP or box.level in PID_ISOLATED)
+
+
+async def test_no_process_is_left_behind_without_a_pids_cgroup(box, run_dir, tmp_path):
+    # no pids cgroup nor pid namespace: the launcher is a subreaper, so the processes are found
+    # below it, the daemon whose parent exited as well
+    if box.level in PID_ISOLATED:
+        pytest.skip("a pid namespace holds them all")
+    await _leaves_no_process(box, run_dir, tmp_path, dataclasses.replace(LIMITS, processes=0), cgroup=False)
+
+
+async def _leaves_no_process(box, run_dir, tmp_path, limits, *, cgroup):
+    marker = str(800_000 + os.getpid() % 1000 * 10 + sb.ISOLATION_LEVELS.index(box.level) + 5 * (not cgroup))
     code = (
         "import os, subprocess\n"
         f"subprocess.Popen(['sleep', '{marker}'], start_new_session=True)\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
         f"    os.execvp('sleep', ['sleep', '{marker}'])\n"
+        "if os.fork() == 0:  # a daemon: its parent exits, it is orphaned\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        f"        os.execvp('sleep', ['sleep', '{marker}'])\n"
+        "    os._exit(0)\n"
         "print('spawned')"
     )
-    tool = PythonTool(workspace=tmp_path, isolation=box.level, limits=LIMITS, pool=box.pool, prefetch=False)
+    tool = PythonTool(workspace=tmp_path, isolation=box.level, limits=limits, pool=box.pool, prefetch=False)
     out = await attack(box, code, run_dir, tool=tool)
     assert _last_line(out) == "spawned"
     deadline = time.monotonic() + 5
-    while len(_pgrep(f"sleep {marker}")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)  # the forked child may not have exec'd yet
+    while len(_pgrep(f"sleep {marker}")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the forked children may not have exec'd yet
     pids = tool.kernel_pids()
     sleeping = _pgrep(f"sleep {marker}")
-    assert len(sleeping) == 2 and set(sleeping) <= set(pids)
+    assert len(sleeping) == 3 and set(sleeping) <= set(pids)
     await tool.aclose()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and (_pgrep(f"sleep {marker}") or any(_alive(p) for p in pids)):
         time.sleep(0.05)
     assert not _pgrep(f"sleep {marker}") and not any(_alive(p) for p in pids)
-    record(box.level, "leave daemonised processes behind", "all killed at aclose (namespace/cgroup)")
+    how = "namespace/cgroup" if cgroup else "subreaper launcher, no cgroup"
+    record(box.level, "leave daemonised processes behind", f"all killed at aclose ({how})")
 
 
 def _alive(pid: int) -> bool:

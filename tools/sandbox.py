@@ -128,6 +128,24 @@ if not spec.get("init"):
     os.execv(argv[0], argv)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 me = os.getpid()
+# A subreaper: a process that leaves the kernel's session (setsid, a double fork) and is
+# orphaned becomes this one's child, not init's, so it stays in the tree the host kills.
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+def below():
+    kids = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    kids.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    out, todo = [], list(kids.get(me, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
 def cleanup(signum, frame):
     # the host died: take down everything this sandbox started, then go
     procs = spec.get("cgroup")
@@ -136,7 +154,7 @@ def cleanup(signum, frame):
             with open(procs) as f:
                 pids = [int(x) for x in f.read().split() if int(x) != me]
         except (TypeError, OSError):
-            pids = []
+            pids = below()
         if not pids:
             break
         for pid in pids:
@@ -814,6 +832,28 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
+def _kill_below(pid: int) -> None:
+    """SIGKILL every process below `pid`, a subreaper launcher (orphans stay below it).
+    They are stopped first, until no new one appears (a stopped process cannot fork, and
+    none dies, so none is orphaned out of the tree), then killed."""
+    stopped: set[int] = set()
+    for _ in range(50):
+        below = [p for p in descendants(pid)[1:] if p not in stopped]
+        if not below:
+            break
+        for p in below:
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except OSError:
+                pass
+            stopped.add(p)
+    for p in stopped:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def descendants(pid: int) -> list[int]:
     """`pid` and every live process below it."""
     children = _children_map()
@@ -1305,6 +1345,8 @@ class Kernel:
                     pass
             proc, self.proc = self.proc, None
             if proc is not None:
+                if not self.cgroup and self.isolation == "none":
+                    _kill_below(proc.pid)  # no cgroup to empty: what left the session is found by its parents
                 for kill in (proc.kill, lambda: os.killpg(proc.pid, signal.SIGKILL)):
                     try:
                         kill()
