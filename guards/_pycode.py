@@ -78,6 +78,7 @@ _CODECS = {
 }
 _WIDE = re.compile(r"\d{5,}|\*")  # a format width that could build a huge string
 MAX_EXECUTED = 20
+MAX_GROWN = 64  # items of a list followed through append/extend (a command's words, not data)
 MAX_ITEMS = 4096  # items of a folded comprehension
 
 
@@ -107,6 +108,13 @@ def _read(code: str, out: list[str], depth: int) -> None:
         return
     if folder.changed or _adjacent_strings(code):  # 'a' 'b' is folded by the parser itself
         out.append(text)
+    tabbed = [
+        node.value.replace("\t", " ")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "\t" in node.value
+    ]
+    if tabbed:  # 'rm\t-rf /': the shell splits words at tabs, as the rules' spaces stand for
+        out.append("\n".join(tabbed[:MAX_EXECUTED]))
     for inner in folder.executed:  # code run from a constant string: read it as code too
         if isinstance(inner, bytes):
             inner = inner.decode("utf-8", "replace")
@@ -386,6 +394,50 @@ class _Folder(ast.NodeTransformer):
             self._bind(node.target.id, folded if folded is not None and _const(folded) is not _NO else None)
         else:
             self.visit(node.target)
+        return node
+
+    def visit_Expr(self, node: ast.Expr) -> ast.AST:
+        call = node.value
+        # cmd.append('-rf') / cmd.extend(['/']) on a list of constants: the list grows
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr in ("append", "extend")
+            and isinstance(call.func.value, ast.Name)
+            and len(call.args) == 1
+            and not call.keywords
+        ):
+            name = call.func.value.id  # read before the visit puts the list in its place
+            bound = self._lookup(name)
+            node.value = self.visit(call)
+            current, item = _const(bound) if bound is not None else _NO, _const(call.args[0])
+            grown: Any = _NO
+            if isinstance(current, list) and item is not _NO:
+                if call.func.attr == "append":
+                    grown = [*current, item]
+                elif isinstance(item, (list, str)):
+                    grown = [*current, *item]
+            if grown is not _NO and len(grown) <= MAX_GROWN and _fits(grown):
+                self._bind(name, _node(grown, node))
+            elif bound is not None:
+                self._bind(name, None)  # grown by what is not known: no longer known
+            return node
+        node.value = self.visit(call)
+        return node
+
+    def visit_List(self, node: ast.List) -> ast.AST:
+        self.generic_visit(node)
+        # ['rm', *args] with args a list of constants
+        if any(isinstance(e, ast.Starred) for e in node.elts):
+            items: list[Any] = []
+            for e in node.elts:
+                value = _const(e.value) if isinstance(e, ast.Starred) else _const(e)
+                if value is _NO or isinstance(e, ast.Starred) and not isinstance(value, (list, str)):
+                    return node
+                items.extend(value if isinstance(e, ast.Starred) else [value])
+            if _fits(items):
+                self.changed = True
+                return _node(items, node)
         return node
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> ast.AST:

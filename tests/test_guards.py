@@ -309,6 +309,10 @@ OBFUSCATED = {
         "__import__('o' + 's').system('rm -r' + 'f /')",
         "cmd = f\"{'rm'} -rf /\"\nimport os\nos.system(cmd)",
         "import os\nos.system('%s -rf %s' % ('rm', '/'))",
+        "import os\nos.system('rm\\t-rf /')",  # a tab between the words, as the shell splits them
+        "import subprocess\ncmd = ['rm']\ncmd.append('-rf')\ncmd.append('/')\nsubprocess.run(cmd)",
+        "import subprocess\ncmd = ['rm', '-rf']\ncmd.extend(['/'])\nsubprocess.run(cmd)",
+        "import subprocess\nargs = ['-rf', '/']\nsubprocess.run(['rm', *args])",
     ],
     "rmtree_root": [
         "import shutil\ntarget = '/'\nshutil.rmtree(target)",
@@ -338,6 +342,8 @@ OBFUSCATED = {
     ],
 }
 SAFE_BUILT_CODE = [
+    "import subprocess\ncmd = ['rm', '-rf']\ncmd.append('build')\nsubprocess.run(cmd)",
+    "rows = []\nfor i in range(3):\n    rows.append(i)\nrows.append('/')\nprint('\\t'.join(map(str, rows)))",
     # an API called with its key from the environment
     "import os, requests\nrequests.get('https://api.example/v1', headers={'Authorization': os.environ['API_KEY']})",
     "import os, httpx\nkey = os.getenv('API_KEY')\nhttpx.post(\n    'https://api.example/v1',\n"
