@@ -24,7 +24,7 @@ import posixpath
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -1046,8 +1046,7 @@ class PathPolicyGuard(_RuleBase):
     async def check(self, event: Any, stage: Stage) -> Verdict:
         if stage != "tool_call" or (self.tools is not None and event.name not in self.tools):
             return self._verdict()
-        for arg in self.arguments:
-            value = event.arguments.get(arg)
+        for value, _ in _named_values(event.arguments, self.arguments):
             if isinstance(value, str):
                 why = self.problem(value)
                 if why:
@@ -1129,21 +1128,35 @@ class NetworkPolicyGuard(_RuleBase):
     async def check(self, event: Any, stage: Stage) -> Verdict:
         if stage != "tool_call":
             return self._verdict()
-        for arg in self.arguments:
-            value = event.arguments.get(arg)
-            urls = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-            for url in urls:
-                if isinstance(url, str):
-                    why = self.problem(url)
-                    if why:
-                        return self._verdict(
-                            action="block",
-                            category="network_policy",
-                            score=1.0,
-                            rationale=why,
-                            feedback=f"the {event.name} call was not run: {why}.",
-                        )
+        for url, key in _named_values(event.arguments, self.arguments):
+            # url= is always a URL; link="see below" is none (a URL has a scheme and a colon)
+            if isinstance(url, str) and (key in ("url", "urls", "endpoint") or ":" in url):
+                why = self.problem(url)
+                if why:
+                    return self._verdict(
+                        action="block",
+                        category="network_policy",
+                        score=1.0,
+                        rationale=why,
+                        feedback=f"the {event.name} call was not run: {why}.",
+                    )
         return self._verdict()
+
+
+def _named_values(arguments: Any, names: Sequence[str]) -> Iterator[tuple[Any, str]]:
+    """The values of the arguments `names` lists (names, or globs such as "*_path"), a list's
+    items one by one; with each, its argument's name."""
+    if not isinstance(arguments, dict):
+        return
+    exact = set(names)
+    globs = [n for n in names if any(c in n for c in "*?[")]
+    for key, value in arguments.items():
+        if not isinstance(key, str):
+            continue
+        if key not in exact and not any(fnmatch.fnmatchcase(key, g) for g in globs):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            yield item, key
 
 
 def _source(event: Any, stage: str) -> str:

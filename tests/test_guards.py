@@ -460,6 +460,28 @@ def test_network_policy():
     assert v.action == "block" and v.category == "network_policy"
 
 
+@pytest.mark.parametrize(
+    "arguments, category",
+    [
+        ({"src": "~/.ssh/id_rsa", "dst": "out.txt"}, "path_policy"),  # under other names than path=
+        ({"source": "data.csv", "target": "/etc/passwd"}, "path_policy"),
+        ({"files": ["a.txt", "../secret"]}, "path_policy"),  # a list, item by item
+        ({"backup_dir": "/root"}, "path_policy"),
+        ({"page_url": "http://169.254.169.254/latest/meta-data"}, "network_policy"),
+        ({"webhook": "http://localhost:8080/hook"}, "network_policy"),
+        ({"href": "javascript:alert(1)"}, "network_policy"),
+        ({"target": "French", "link": "see below", "local_path": "notes.md"}, None),  # nothing to refuse
+        ({"api_url": "https://api.example.com/v1", "source": "https://example.com/a/b"}, None),
+    ],
+)
+def test_paths_and_urls_under_other_argument_names_are_checked(arguments, category):
+    from guards import default_pipeline
+
+    outcome = run(default_pipeline().evaluate(ToolCall(call_id="c", name="copy", arguments=arguments)))
+    refused = [v.category for v in outcome.verdicts if v.action == "block"]
+    assert refused == ([category] if category else []), outcome.verdicts
+
+
 # -- injection markers ------------------------------------------------------------------------------------
 
 INJECTIONS = [
