@@ -24,6 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+try:
+    import termios
+except ImportError:  # pragma: no cover - Windows
+    termios = None  # type: ignore[assignment]
+
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.panel import Panel
@@ -448,6 +453,34 @@ class ChatView:
             self.note(f"turn ended ({e.status}){why}", "red")
 
 
+class _EchoOff:
+    """The terminal's echo off while a turn runs: text typed ahead would be written over
+    the live region (and `^C` with it). The typed text stays in the terminal's buffer,
+    and the next prompt, which reads keys as they come, shows it and takes it."""
+
+    def __init__(self, stream: Any) -> None:
+        self._saved: list[Any] | None = None
+        if termios is None:  # pragma: no cover - Windows
+            return
+        try:
+            self._fd = stream.fileno()
+            saved = termios.tcgetattr(self._fd)
+            quiet = list(saved)
+            quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)  # lflags; ISIG stays: Ctrl-C still interrupts
+            termios.tcsetattr(self._fd, termios.TCSANOW, quiet)
+            self._saved = saved
+        except (OSError, ValueError, AttributeError, termios.error):  # not a terminal
+            self._saved = None
+
+    def restore(self) -> None:
+        if self._saved is not None and termios is not None:
+            try:
+                termios.tcsetattr(self._fd, termios.TCSANOW, self._saved)
+            except (OSError, termios.error):
+                pass
+            self._saved = None
+
+
 # -- the chat ----------------------------------------------------------------
 
 
@@ -642,9 +675,12 @@ class Chat:
         self._turn = asyncio.create_task(self._consume(message))
         self.view.begin()
         ticker = asyncio.create_task(self._tick())
+        echo = _EchoOff(sys.stdin) if self._interactive else None
         try:
             await asyncio.wait([self._turn])
         finally:
+            if echo is not None:  # what was typed ahead waits in the terminal for the next prompt
+                echo.restore()
             ticker.cancel()
             self.view.end(interrupted=self._interrupted or self._turn.cancelled())
         turn, self._turn = self._turn, None

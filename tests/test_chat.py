@@ -213,6 +213,28 @@ def test_ctrl_c_interrupts_the_turn_not_the_session(tmp_path, terminals):
 
 
 @needs_tmux
+def test_text_typed_during_a_turn_is_not_echoed_over_it_and_waits_for_the_prompt(tmp_path, terminals):
+    script = write_script(tmp_path / "script.jsonl", [{"content": "First.", "delay": 3}, "Second."])
+    term = terminals(tmp_path, "--model", f"scripted:{script}")
+    term.wait_for("Ctrl-D leaves")
+    term.type("one")
+    term.wait_for("thinking…")
+    term.send("-l", "typed ahead")  # while the turn runs: it was echoed into the spinner's line
+    seen = []
+    for _ in range(20):
+        seen.append(term.screen())
+        time.sleep(0.02)
+    assert not [screen for screen in seen if "typed ahead" in screen]
+    screen = term.wait_for("First.")
+    screen = term.wait_for("› typed ahead")  # the next prompt has it, to finish and send
+    term.send("Enter")
+    screen = term.wait_for("Second.")
+    assert screen.count("typed ahead") == 1 and "Traceback" not in screen
+    events = log_events(tmp_path)
+    assert [e.content for e in events if e.type == "user_message"] == ["one", "typed ahead"]
+
+
+@needs_tmux
 def test_ctrl_c_leaves_what_the_turn_had_on_screen(tmp_path, terminals):
     code = "import time; time.sleep(60)"
     slow = {
