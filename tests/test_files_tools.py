@@ -619,21 +619,27 @@ def test_a_lone_surrogate_is_a_tool_error(ws, ft, tool, args):
 
 
 def test_a_tree_thousands_of_folders_deep_is_listed_and_searched_to_a_depth(ws, ft):
-    fd = os.open(ws, os.O_RDONLY)
-    os.mkdir("deep", dir_fd=fd)
-    for _ in range(1500):  # fwalk recursed (RecursionError), a descriptor a level
-        inner = os.open("deep" if _ == 0 else "d", os.O_RDONLY, dir_fd=fd)
-        os.close(fd)
-        fd = inner
-        os.mkdir("d", dir_fd=fd)
-    os.close(fd)
+    os.mkdir(ws / "deep")
+    fd = os.open(ws / "deep", os.O_RDONLY)
     try:
+        for _ in range(1500):  # fwalk recursed (RecursionError), a descriptor a level
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.close(fd)
+        fd = -1
         out = ft.list_files(path="deep", recursive=True)
         assert out.startswith(f"deep: {files.MAX_WALK_DEPTH} entries")
         assert f"[not descended below {files.MAX_WALK_DEPTH} levels of folders, at deep/d/d/" in out
         assert "not descended below" in ft.search_files(pattern="zzz", path="deep")
     finally:  # shutil.rmtree (pytest's clean-up) recurses as fwalk did: take the tree down from below
-        for level in range(1500, -1, -1):  # 3,000 characters of path: within PATH_MAX
+        if fd >= 0:
+            os.close(fd)
+        depth, folder = 0, ws / "deep"
+        while (folder / "d").is_dir():
+            folder, depth = folder / "d", depth + 1
+        for level in range(depth, -1, -1):  # at most 3,000 characters of path: within PATH_MAX
             os.rmdir(ws / "deep" / "/".join(["d"] * level))
 
 
