@@ -739,11 +739,13 @@ def _say_unapproved(gated: tuple[str, ...]) -> None:
 
 
 def check_text(text: Any, what: str) -> None:
-    """Refuse a task or message that is not text a model can read: not a str, or holding a
+    """Refuse a task or message that is not text a model can read: not a str, empty, or holding a
     lone surrogate (bytes that were not UTF-8, from a command line or a file read with
     `surrogateescape`), which no log or model could take."""
     if not isinstance(text, str):
         raise AgentError(f"{what} must be a str, not {type(text).__name__}")
+    if not text.strip():
+        raise AgentError(f"{what} is empty; say what the agent should do")
     if not text.isascii():
         try:
             text.encode("utf-8")

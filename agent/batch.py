@@ -88,7 +88,9 @@ def read_tasks(path: str | Path) -> list[BatchTask]:
             raise AgentError(f"{path}:{number}: not a valid task ({e})") from None
         if not isinstance(data, dict):
             kind = _JSON_KINDS.get(type(data), type(data).__name__)
-            raise AgentError(f"{path}:{number}: each line is one JSON object (a task: id, prompt, ...), not {kind}")
+            raise AgentError(
+                f"{path}:{number}: each line is one JSON object (a task: id, prompt, ...), not {kind}"
+            )
         if type(data.get("id")) is int:  # an id that is a number is read as its text
             data["id"] = str(data["id"])
         try:
@@ -97,12 +99,16 @@ def read_tasks(path: str | Path) -> list[BatchTask]:
             problems = [f"{'.'.join(map(str, err['loc'])) or 'task'}: {err['msg']}" for err in e.errors()[:3]]
             raise AgentError(f"{path}:{number}: not a valid task ({'; '.join(problems)})") from None
         for key in task.model_extra or {}:  # kept as the task's own data, unless it is a known key misspelt
-            near = None if key.startswith("x_") else difflib.get_close_matches(key, _TASK_KEYS, n=1, cutoff=0.75)
+            near = (
+                None if key.startswith("x_") else difflib.get_close_matches(key, _TASK_KEYS, n=1, cutoff=0.75)
+            )
             if near:
                 raise AgentError(
                     f"{path}:{number}: unknown key {key!r}: did you mean {near[0]!r}? (a task's keys are "
                     f"{', '.join(_TASK_KEYS)}; others are kept as its data: name it x_{key} to keep it so)"
                 )
+        if not task.prompt.strip():  # refused as `agent run ""` is, before any task runs
+            raise AgentError(f"{path}:{number}: task {task.id!r} has an empty prompt")
         if task.id in seen:
             raise AgentError(f"{path}:{number}: task id {task.id!r} appears twice")
         seen.add(task.id)
@@ -194,7 +200,9 @@ def is_correct(expected: Any, answer: Any) -> bool | None:
         return bool(expected == answer)
     if isinstance(expected, list):
         return all(is_correct(item, answer) for item in expected)
-    text = answer if isinstance(answer, str) else json.dumps(answer) if isinstance(answer, dict) else str(answer)
+    text = (
+        answer if isinstance(answer, str) else json.dumps(answer) if isinstance(answer, dict) else str(answer)
+    )
     if isinstance(expected, (int, float)) and not isinstance(expected, bool):
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
             return math.isclose(answer, expected, rel_tol=1e-9, abs_tol=1e-12)
@@ -212,7 +220,8 @@ class Progress(BaseModel):
     done: int = 0
     failed: int = 0
     running: int = 0
-    skipped: int = 0
+    skipped: int = 0  # tasks that already had a result (--resume)
+    foreign: int = 0  # results in the file for ids this tasks file does not hold (kept)
     tokens: int = 0
     started: float = Field(default_factory=time.monotonic)
 
@@ -237,6 +246,11 @@ class BatchRunner:
     ) -> None:
         if concurrency < 1:
             raise AgentError("--concurrency must be at least 1")
+        if resume and overwrite:
+            raise AgentError(
+                "--resume and --overwrite contradict each other: --resume keeps the results and runs "
+                "the tasks without one, --overwrite starts over; pass one"
+            )
         self.make_agent = make_agent
         self.output = Path(output)
         self.concurrency = concurrency
@@ -270,8 +284,12 @@ class BatchRunner:
 
     async def run(self, tasks: list[BatchTask]) -> list[BatchResult]:
         todo, finished = self.pending(tasks)
-        progress = Progress(total=len(tasks), skipped=len(finished), done=len(finished))
-        progress.failed = sum(1 for r in finished.values() if not r.ok)
+        ids = {t.id for t in tasks}
+        here = {i: r for i, r in finished.items() if i in ids}  # counted: results of these tasks only
+        progress = Progress(
+            total=len(tasks), skipped=len(here), done=len(here), foreign=len(finished) - len(here)
+        )
+        progress.failed = sum(1 for r in here.values() if not r.ok)
         self._notify(progress, None)
         gate = asyncio.Semaphore(self.concurrency)
 
@@ -335,7 +353,9 @@ class BatchRunner:
             id=task.id,
             status=run.status,
             answer=answer,
-            correct=is_correct(task.expected, answer) if run.ok else (False if graded(task.expected) else None),
+            correct=is_correct(task.expected, answer)
+            if run.ok
+            else (False if graded(task.expected) else None),
             error=run.error,
             steps=run.steps,
             prompt_tokens=run.usage.prompt_tokens,
@@ -381,7 +401,9 @@ class BatchRunner:
                 tmp.unlink(missing_ok=True)
             if isinstance(e, OSError):
                 reason = e.strerror or e
-                raise AgentError(f"cannot write results to {self.output}: {reason}; choose another -o") from None
+                raise AgentError(
+                    f"cannot write results to {self.output}: {reason}; choose another -o"
+                ) from None
             raise
         finally:
             if held is not None:
@@ -443,12 +465,9 @@ class AgentSpec(BaseModel):
 
     def llm(self) -> Any:
         if self.model and self.model.startswith("scripted:"):
-            from .llm.scripted import ScriptedLLM
+            from .cli import scripted_model
 
-            path = Path(self.model.removeprefix("scripted:"))
-            if not path.is_file():
-                raise AgentError(f"scripted model file not found: {path}")
-            return ScriptedLLM.from_file(path)
+            return scripted_model(self.model)
         key = (self.model, self.base_url)
         if key not in _shared_models:
             if self.base_url:
@@ -602,7 +621,28 @@ def run_cli(args: Any) -> int:
     )
     bar_id = bar.add_task("batch", total=len(tasks), ok=0, failed=0, running=0, rate="0")
 
+    said: list[bool] = []
+
     def on_progress(p: Progress, result: BatchResult | None) -> None:
+        if not said:  # the first call, before any task runs: what --resume found
+            said.append(True)
+            if p.skipped:
+                left = p.total - p.skipped
+                err.print(
+                    f"{p.skipped} of {p.total} tasks already have results in {args.output}; running {left}",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            if p.foreign:
+                err.print(
+                    f"note: {p.foreign} result{'s' if p.foreign != 1 else ''} in {args.output} "
+                    f"{'are' if p.foreign != 1 else 'is'} for ids not in {args.tasks}; kept as "
+                    f"{'they are' if p.foreign != 1 else 'it is'}",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
         elapsed = max(time.monotonic() - p.started, 1e-6)
         bar.update(
             bar_id,

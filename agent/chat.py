@@ -646,19 +646,26 @@ class Chat:
 
     def _recap(self) -> None:
         history = self.session.history
-        asked = [e.content for e in history if e.type == "user_message"]
-        answers = [e.content for e in history if e.type == "final_answer"]
+        asked = [i for i, e in enumerate(history) if e.type == "user_message"]
         self.console.print(
             Text(f"resumed session {self.session.run_id} · {len(asked)} earlier messages", style="dim")
         )
-        if asked:
+        if not asked:
+            return
+        last = asked[-1]
+        self.console.print(
+            Text.assemble(("  you: ", "cyan"), visible(_trim(history[last].content, lines=2, chars=200)))
+        )
+        # The answer to that message, not an earlier one: a turn cut short has none.
+        answer = next((e for e in history[last:] if e.type == "final_answer"), None)
+        if answer is not None:
             self.console.print(
-                Text.assemble(("  you: ", "cyan"), visible(_trim(asked[-1], lines=2, chars=200)))
+                Text.assemble(("  agent: ", "green"), visible(_trim(answer.content, lines=3, chars=300)))
             )
-        if answers:
-            self.console.print(
-                Text.assemble(("  agent: ", "green"), visible(_trim(answers[-1], lines=3, chars=300)))
-            )
+        else:
+            ended = next((e for e in reversed(history[last:]) if e.type == "run_finished"), None)
+            how = f"the turn ended {ended.status}" if ended is not None else "the turn was cut short"
+            self.console.print(Text(f"  agent: (no answer: {how})", style="dim"))
 
     def _goodbye(self) -> None:
         if self.session.run_id:
@@ -945,6 +952,12 @@ def build_agent(args: Any) -> Any:
 
 def run_chat(args: Any) -> int:
     """`agent chat`: build the agent, open or resume the session, talk."""
+    from .cli import use_run_settings
+
+    started = None
+    if args.resume is not None:  # the session's own tools and workspace, unless given
+        started = first_event(find_run(resolve_session(args.resume, args.run_dir), args.run_dir))
+    use_run_settings(args, started)
     agent = build_agent(args)
     chat = Chat(
         agent, resume=args.resume, auto_yes=args.yes, show_thinking=args.verbose, base_url=args.base_url

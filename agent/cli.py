@@ -92,6 +92,24 @@ WORKSPACE_HELP = (
 )
 
 
+def add_run_flags(r: Any, workspace: Path | None) -> None:
+    """The run flags of `agent run` and `agent resume` (with their own --workspace default)."""
+    r.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
+    r.add_argument("--max-steps", type=POSITIVE, default=None, help="step budget (default 20)")
+    r.add_argument("--max-tokens", type=POSITIVE, default=None, help="token budget for the whole run")
+    r.add_argument("--timeout", type=SECONDS, default=None, help="wall-clock budget in seconds")
+    r.add_argument(
+        "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where run logs go (default .agent/runs)"
+    )
+    r.add_argument("--workspace", type=Path, default=workspace, help=WORKSPACE_HELP)
+    r.add_argument("--json", action="store_true", help="print every event as a JSON line instead")
+    r.add_argument("--verbose", "-v", action="store_true", help="show thinking and guard verdicts")
+    r.add_argument("--yes", "-y", action="store_true", help="approve every tool call that asks for approval")
+    r.add_argument(
+        "--no-guards", action="store_true", help="run without the default guard pipeline (not advised)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent", description="Run agents on models you host yourself.", allow_abbrev=False
@@ -120,29 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit every prompt to this many tokens (default: the model's own window, as --base-url reports it)",
     )
 
-    run_flags = argparse.ArgumentParser(add_help=False)
-    r = run_flags.add_argument_group("run")
-    r.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
-    r.add_argument("--max-steps", type=POSITIVE, default=None, help="step budget (default 20)")
-    r.add_argument("--max-tokens", type=POSITIVE, default=None, help="token budget for the whole run")
-    r.add_argument("--timeout", type=SECONDS, default=None, help="wall-clock budget in seconds")
-    r.add_argument(
-        "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where run logs go (default .agent/runs)"
-    )
-    r.add_argument("--workspace", type=Path, default=Path("."), help=WORKSPACE_HELP)
-    r.add_argument("--json", action="store_true", help="print every event as a JSON line instead")
-    r.add_argument("--verbose", "-v", action="store_true", help="show thinking and guard verdicts")
-    r.add_argument("--yes", "-y", action="store_true", help="approve every tool call that asks for approval")
-    r.add_argument(
-        "--no-guards", action="store_true", help="run without the default guard pipeline (not advised)"
-    )
+    def run_flags(workspace: Path | None) -> argparse.ArgumentParser:
+        """The flags of `run` and `resume`: parsers of their own, as their defaults differ
+        (argparse's parents share their actions, and so any default set on one)."""
+        flags = argparse.ArgumentParser(add_help=False)
+        add_run_flags(flags.add_argument_group("run"), workspace)
+        return flags
 
-    p = sub.add_parser("run", parents=[model_flags, run_flags], help="run one task and print the answer")
+    p = sub.add_parser(
+        "run", parents=[model_flags, run_flags(Path("."))], help="run one task and print the answer"
+    )
     p.add_argument("task", help="what the agent should do; - reads it from stdin (a long or prepared task)")
     p.add_argument("--tools", default="", help="comma-separated built-in tools to enable")
     p.add_argument("--system", help="system prompt")
 
-    p = sub.add_parser("resume", parents=[model_flags, run_flags], help="continue an interrupted run")
+    p = sub.add_parser(  # --workspace: the run's own unless given
+        "resume", parents=[model_flags, run_flags(None)], help="continue an interrupted run"
+    )
     p.add_argument("run", help="run id, unique prefix, 'last', or a .jsonl path")
     p.add_argument(
         "--tools", default=None, help="comma-separated built-in tools to enable (default: the run's own)"
@@ -159,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SESSION",
         help="continue a session: a run id, a name given with /save, or 'last' (the default)",
     )
-    c.add_argument("--tools", default="", help="comma-separated built-in tools to enable")
+    c.add_argument(
+        "--tools", default=None, help="comma-separated built-in tools to enable (resumed: the session's own)"
+    )
     c.add_argument("--approve-writes", action="store_true", help="ask before each write of the files tools")
     c.add_argument("--system", help="system prompt")
     c.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
@@ -169,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where session logs go (.agent/runs)"
     )
-    c.add_argument("--workspace", type=Path, default=Path("."), help=WORKSPACE_HELP)
+    c.add_argument(
+        "--workspace", type=Path, default=None, help=WORKSPACE_HELP + " (resumed: the session's own)"
+    )
     c.add_argument("--verbose", "-v", action="store_true", help="show thinking in full (/thinking toggles)")
     c.add_argument("--yes", "-y", action="store_true", help="approve every tool call that asks for approval")
 
@@ -226,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="require this Bearer token (default: $AGENT_SERVE_API_KEY, else none)")
     p.add_argument("--effort", choices=["low", "medium", "high"], help="effort for requests that name none")
     p.set_defaults(base_url=None)
+    for command in sub.choices.values():  # `--no` must not stand for --no-guards
+        command.allow_abbrev = False
     return parser
 
 
@@ -237,12 +255,7 @@ def make_model(args: argparse.Namespace) -> Any:
 
         return OpenAICompatLLM(model or "default", base_url=args.base_url, api_key=args.api_key)
     if model and model.startswith("scripted:"):
-        from .llm.scripted import ScriptedLLM
-
-        path = Path(model.removeprefix("scripted:"))
-        if not path.is_file():
-            raise AgentError(f"scripted model file not found: {path}")
-        return ScriptedLLM.from_file(path)
+        return scripted_model(model)
     from .llm.transformers import TransformersLLM
 
     # Load before the run starts, so a wrong path is a one-line usage error
@@ -368,19 +381,26 @@ def _stdin_task() -> str:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .builtins import builtins_for
     from .render import visible
-    from .runlog import find_run, first_event
+    from .runlog import find_run, read_events
 
     writable_dir(args.run_dir, "--run-dir")
     # The run and its tools are looked up first: a wrong id fails before a model loads. Only
     # the first line is read; the resume reads (and checks) the whole log.
     path = find_run(args.run, args.run_dir)  # resolved once: `last` must name one run throughout
-    started = first_event(path)
-    if args.tools is None:  # the built-in tools the run was started with
-        args.tools = ",".join(
-            builtins_for(started.tools if started and started.type == "run_started" else [])
-        )
+    events = read_events(path)
+    last = max((i for i, e in enumerate(events) if e.type == "run_finished"), default=None)
+    ended = events[last] if last is not None else None
+    went_on = last is not None and any(e.type in ("user_message", "model_request") for e in events[last:])
+    if ended is not None and ended.status in ("completed", "halted") and not went_on:
+        # Said before a model loads. A chat session's turn ends as a run does: it goes on in chat.
+        if sum(e.type == "user_message" for e in events) > 1:
+            raise AgentError(
+                f"{path.stem} is a chat session; go on with it with: agent chat --resume {path.stem}"
+            )
+        raise AgentError(f"run {path.stem} already ended ({ended.status}); start a new run instead")
+    started = events[0] if events else None
+    use_run_settings(args, started)
     _warn_if_unguarded(args)
     agent = _agent_from(args)
     was = started.model if started is not None and started.type == "run_started" else ""
@@ -391,6 +411,35 @@ def cmd_resume(args: argparse.Namespace) -> int:
             "(--model and --base-url choose)"
         )
     return _exit_code(asyncio.run(_drive(agent, agent.resume(path), _renderer(args))))
+
+
+def scripted_model(spec: str) -> Any:
+    """`scripted:FILE` as a ScriptedLLM; the file may be a pipe (`scripted:<(make-script)`)."""
+    from .llm.scripted import ScriptedLLM
+
+    path = Path(spec.removeprefix("scripted:"))
+    if not path.exists():
+        raise AgentError(f"scripted model file not found: {path}")
+    if path.is_dir():
+        raise AgentError(f"scripted model {path} is a folder; give the script's file")
+    return ScriptedLLM.from_file(path)
+
+
+def use_run_settings(args: argparse.Namespace, started: Any) -> None:
+    """Flags left out of `agent resume` or `agent chat --resume` take the run's own values:
+    its built-in tools, workspace, effort and strategy."""
+    from .builtins import builtins_for
+
+    ran = started if started is not None and started.type == "run_started" else None
+    if args.tools is None:
+        args.tools = ",".join(builtins_for(ran.tools if ran else []))
+    if getattr(args, "workspace", ".") is None:
+        args.workspace = Path(ran.workspace) if ran and ran.workspace else Path(".")
+    if ran is not None:
+        if args.effort is None:
+            args.effort = ran.effort
+        if getattr(args, "strategy", "") is None:
+            args.strategy = ran.strategy
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -511,10 +560,13 @@ def _sigterm_as_ctrl_c(*, leave: bool) -> Iterator[list[bool]]:
     def on_sigterm(signum: int, frame: Any) -> None:
         came.append(True)
         sync.stop_reason = "stopped by SIGTERM (kill, timeout, docker stop)"
-        ctrl_c = signal.getsignal(signal.SIGINT)
-        if callable(ctrl_c) and not leave:  # asyncio's, the sync runner's, or Python's own
+        # The run going on stops as at Ctrl-C: at its next safe point, also when Ctrl-C is
+        # ignored (a job started with & from a script). Raised here instead, KeyboardInterrupt
+        # could land in the middle of the event loop's own code.
+        ctrl_c = sync.interrupt or signal.getsignal(signal.SIGINT)
+        if callable(ctrl_c) and not leave:  # the sync runner's, asyncio's, or Python's own
             ctrl_c(signal.SIGINT, frame)
-        else:  # chat, or Ctrl-C ignored (a job started with & from a script): stop all the same
+        else:  # chat, or nothing running that stops at Ctrl-C
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)

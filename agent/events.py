@@ -46,6 +46,7 @@ class RunStarted(EventBase):
     tools: list[str] = Field(default_factory=list)
     system_prompt: str = ""
     resumed: bool = False
+    workspace: str | None = None  # the folder the tools work in (absolute), where the agent has one
 
 
 class RunFinished(EventBase):

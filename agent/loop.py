@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -263,6 +264,7 @@ class Run:
         self._first_step = 0
         self._first_tokens = 0  # tokens used before this call of execute(): budgets count from its start
         self._finished = False
+        self._conversation = False  # a session's later message has come: see ContextBudget.fit
         self.log: RunLog | None = None
         self.hold_log = False  # a session keeps its log open (and locked) between messages
         # While a caller reads the run's events (`Agent.run`): waits until it has read them all.
@@ -340,6 +342,7 @@ class Run:
         return self.state
 
     def _new_message(self) -> None:
+        self._conversation = True  # the first message is no longer the task: it may be folded
         self._retries.clear()
         self._recent.clear()
         self._errors_in_row = 0
@@ -365,6 +368,7 @@ class Run:
             effort=agent.effort,
             tools=self._tool_names,
             system_prompt=prompt,
+            workspace=os.path.abspath(agent.workspace) if agent.workspace is not None else None,
         )
         bus = self.bus
         bus.emit_now(started, judge=False) or await bus.emit(started, judge=False)
@@ -573,7 +577,7 @@ class Run:
             # With a budget a tool result is kept whole (the budget cuts the prompt); without, it is capped.
             self._output_limit = None if self._budget is not None else OUTPUT_LIMIT
         if self._budget is not None:  # only the prompt is fitted; state and log keep everything
-            request = self._budget.fit(request)
+            request = self._budget.fit(request, keep_task=not self._conversation)
         bus = self.bus
         started = trusted(
             ModelRequest,

@@ -19,7 +19,7 @@ import asyncio
 import atexit
 import threading
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from .errors import AgentError
@@ -34,6 +34,9 @@ T = TypeVar("T")
 # Why runs are being stopped when it is not Ctrl-C: a host that turns another signal into one
 # (`agent`'s CLI on SIGTERM) says so here, and the runs it cancels record it.
 stop_reason: str | None = None
+# The stop of the run going on in the main thread (as Ctrl-C stops it), for a host's own
+# signal handler (the CLI's SIGTERM), also when Ctrl-C itself is ignored (a job started with &).
+interrupt: Callable[[int, Any], None] | None = None
 
 
 class LoopHandle:
@@ -104,14 +107,17 @@ def run(coro: Coroutine[Any, Any, T], handle: LoopHandle | None = None) -> T:
             return
         raise KeyboardInterrupt()
 
+    global interrupt
     handler = None
-    if threading.current_thread() is threading.main_thread():
+    main = threading.current_thread() is threading.main_thread()
+    if main:
         try:
             if _sig.getsignal(_sig.SIGINT) is _sig.default_int_handler:
                 _sig.signal(_sig.SIGINT, on_sigint)
                 handler = on_sigint
         except ValueError:  # an embedded interpreter without signal handling
             handler = None
+        outer, interrupt = interrupt, on_sigint
     try:
         return loop.run_until_complete(task)
     except asyncio.CancelledError:
@@ -119,6 +125,8 @@ def run(coro: Coroutine[Any, Any, T], handle: LoopHandle | None = None) -> T:
             raise KeyboardInterrupt() from None
         raise
     finally:
+        if main:
+            interrupt = outer
         if handler is not None and _sig.getsignal(_sig.SIGINT) is handler:
             _sig.signal(_sig.SIGINT, _sig.default_int_handler)
         if not task.done():  # a second Ctrl-C left it running: let it clean up, then go on

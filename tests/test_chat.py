@@ -423,3 +423,18 @@ def test_a_failed_load_keeps_the_current_session_locked(tmp_path):
         process.stdin.close()
         process.wait(timeout=30)
     assert not is_live(log) and process.returncode == 0
+
+
+def test_the_recap_of_a_resumed_session_pairs_the_last_message_with_its_own_answer(tmp_path):
+    from agent import Agent
+    from agent.llm import ScriptedLLM
+
+    session = Agent(ScriptedLLM(["Hi there."]), run_dir=tmp_path / ".agent" / "runs").session()
+    session.send_sync("hello")
+    assert session.send_sync("sleep now").status == "failed"  # the script has no second turn
+    script = write_script(tmp_path / "script.jsonl", ["ok"])
+    out = chat(tmp_path, "--resume", "--model", f"scripted:{script}", input="")
+    lines = out.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("  you:"))
+    # it showed "agent: Hi there." under "sleep now", the answer to "hello"
+    assert lines[at : at + 2] == ["  you: sleep now", "  agent: (no answer: the turn ended failed)"]

@@ -656,3 +656,65 @@ async def test_an_interrupted_stream_shows_each_event_once(tmp_path):
         pass
     seqs = [e.seq for e in shown]
     assert len(seqs) == len(set(seqs)) and shown[-1].type == "run_finished"
+
+
+def _write_lines(path: Path, *items) -> Path:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+def test_flags_are_not_abbreviated_and_empty_tasks_are_refused(tmp_path, script):
+    out = agent("run", "x", "--no", "--model", f"scripted:{script}", cwd=tmp_path)  # was --no-guards
+    assert out.returncode == 2 and "unrecognized arguments: --no" in out.stderr
+    for task in ("", "   "):
+        out = agent("run", task, "--model", f"scripted:{script}", cwd=tmp_path)
+        assert out.returncode == 2 and "error: the task is empty" in out.stderr, out.stderr
+    _write_lines(tmp_path / "tasks.jsonl", {"id": "a", "prompt": "  "})
+    out = agent("batch", "tasks.jsonl", "-o", "r.jsonl", "--model", f"scripted:{script}", cwd=tmp_path)
+    assert out.returncode == 2 and "task 'a' has an empty prompt" in out.stderr
+    # a script from a pipe (process substitution) was "not found"
+    out = agent("run", "x", "--model", "scripted:/dev/stdin", cwd=tmp_path, input=json.dumps("piped") + "\n")
+    assert out.returncode == 0 and out.stdout.strip() == "piped", out.stderr
+
+
+def test_resume_keeps_the_runs_workspace_effort_and_tools(tmp_path):
+    call = '<tool_call>{"name": "python", "arguments": {"code": "import os; print(os.getcwd())"}}</tool_call>'
+    _write_lines(tmp_path / "first.jsonl", call, call)
+    out = agent(
+        "run", "where?", "--tools", "python", "--workspace", "ws1", "--effort", "high", "--max-steps", "1",
+        "--model", "scripted:first.jsonl", cwd=tmp_path,
+    )  # fmt: skip
+    assert "max_steps" in out.stderr, out.stderr
+    _write_lines(tmp_path / "again.jsonl", call, "done")
+    out = agent("resume", "last", "--model", "scripted:again.jsonl", cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "effort high" in out.stderr and str(tmp_path / "ws1") in out.stderr  # were medium and the cwd
+    # an ended run is refused before any model loads (this one does not exist)
+    out = agent("resume", "last", "--model", "/no/such/model", cwd=tmp_path)
+    assert out.returncode == 2 and "already ended (completed)" in out.stderr, out.stderr
+
+
+def test_chat_resume_keeps_the_sessions_tools_and_resume_points_a_session_to_chat(tmp_path):
+    _write_lines(tmp_path / "a.jsonl", "hi")
+    out = agent("chat", "--tools", "python", "--model", "scripted:a.jsonl", cwd=tmp_path, input="first\n")
+    assert out.returncode == 0, out.stderr
+    call = '<tool_call>{"name": "python", "arguments": {"code": "print(6 * 7)"}}</tool_call>'
+    _write_lines(tmp_path / "b.jsonl", call, "done")
+    out = agent("chat", "--resume", "--model", "scripted:b.jsonl", cwd=tmp_path, input="again\n", timeout=120)
+    assert "tools: python" in out.stdout and "42" in out.stdout, out.stdout  # was "Unknown tool 'python'"
+    out = agent("resume", "last", "--model", "scripted:b.jsonl", cwd=tmp_path)
+    assert out.returncode == 2 and "is a chat session; go on with it with: agent chat --resume" in out.stderr
+
+
+def test_batch_resume_says_what_it_skips_and_refuses_overwrite_with_it(tmp_path, script):
+    _write_lines(tmp_path / "t2.jsonl", {"id": "a", "prompt": "hi"}, {"id": "b", "prompt": "hi"})
+    model = ["--model", f"scripted:{script}"]
+    assert agent("batch", "t2.jsonl", "-o", "o.jsonl", *model, cwd=tmp_path).returncode == 0
+    _write_lines(tmp_path / "t3.jsonl", {"id": "a", "prompt": "hi"}, {"id": "c", "prompt": "hi"})
+    out = agent("batch", "t3.jsonl", "-o", "o.jsonl", "--resume", *model, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "1 of 2 tasks already have results in o.jsonl; running 1" in out.stderr
+    assert "note: 1 result in o.jsonl is for ids not in t3.jsonl; kept as it is" in out.stderr
+    assert "[2/2] c: ok" in out.stderr  # was [3/2]: b counted as one of these tasks
+    out = agent("batch", "t3.jsonl", "-o", "o.jsonl", "--resume", "--overwrite", *model, cwd=tmp_path)
+    assert out.returncode == 2 and "--resume and --overwrite contradict each other" in out.stderr

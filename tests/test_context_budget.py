@@ -290,6 +290,25 @@ def test_what_must_stay_too_big_is_a_clear_error(tmp_path):
         Agent(llm, context_window=10)
 
 
+def test_one_message_too_big_does_not_stop_a_conversations_later_turns(tmp_path):
+    # The first message of a session was kept as "the task" in every later prompt: once it did
+    # not fit, no later turn could run (and a resumed session neither).
+    llm = ScriptedLLM(["never used", "Hi!", "Still here."])
+    session = Agent(llm, context_window=1024, run_dir=tmp_path / "runs").session()
+    first = session.send_sync("Summarise: " + "the cat sat on the mat. " * 600)
+    assert first.status == "failed" and "larger context window" in first.error
+    llm.script.pop(0)  # the failed turn asked nothing
+    second = session.send_sync("Say hi")
+    assert (second.status, second.answer) == ("completed", "Hi!")
+    assert llm.requests[-1].messages[-1].content == "Say hi"
+    assert sum(len(m.content) for m in llm.requests[-1].messages) < 4000  # the big one folded away
+    resumed = Agent(llm, context_window=1024, run_dir=tmp_path / "runs").session(session.run_id)
+    assert resumed.send_sync("Are you there?").answer == "Still here."
+    # a run's task is kept whole as before: it is what the run is for
+    result = Agent(ScriptedLLM(["never used"]), context_window=1024, run_dir=None).run_sync("word " * 5000)
+    assert result.status == "failed"
+
+
 def test_a_run_with_a_budget_keeps_a_long_result_whole(tmp_path):
     """Only the prompt is fitted: the event, the log and the spilled file keep all of it."""
 
