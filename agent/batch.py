@@ -596,7 +596,7 @@ def run_cli(args: Any) -> int:
         max_steps=args.max_steps,
         max_seconds=args.timeout,
         run_dir=str(args.run_dir),
-        workspace=str(writable_dir(args.workspace, "--workspace").resolve()),  # Ray workers start elsewhere
+        workspace=str(writable_dir(args.workspace, "--workspace", say_made=True).resolve()),  # Ray workers start elsewhere
         approve=args.yes,
         context_window=getattr(args, "context_window", None),
     )

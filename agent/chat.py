@@ -944,7 +944,7 @@ def build_agent(args: Any) -> Any:
         max_tokens=args.max_tokens,
         max_seconds=args.timeout,
         run_dir=args.run_dir,
-        workspace=writable_dir(args.workspace, "--workspace"),
+        workspace=writable_dir(args.workspace, "--workspace", say_made=True),
         context_window=getattr(args, "context_window", None),
         **extra,
     )

@@ -71,8 +71,18 @@ def api_key(text: str) -> str:
     return text
 
 
-def writable_dir(path: Path, flag: str) -> Path:
-    """`path` as a directory this process can write in, created if missing; else a user error naming `flag`."""
+def usable_key(text: str, where: str) -> str:
+    """`api_key` for a key from elsewhere (an environment variable): a user error naming it."""
+    try:
+        return api_key(text)
+    except argparse.ArgumentTypeError as e:
+        raise AgentError(f"{where}: {e}") from None
+
+
+def writable_dir(path: Path, flag: str, *, say_made: bool = False) -> Path:
+    """`path` as a directory this process can write in, created if missing; else a user error naming `flag`.
+    With `say_made`, a folder made here is noted (a mistyped --workspace is not silently new)."""
+    made = say_made and not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -84,6 +94,8 @@ def writable_dir(path: Path, flag: str) -> Path:
         ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise AgentError(f"cannot write in {path} ({flag}): permission denied; choose another {flag}")
+    if made:
+        _print_note(f"made the folder {path} ({flag}): it did not exist")
     return path
 
 
@@ -239,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (0 picks a free one)")
-    p.add_argument("--api-key", help="require this Bearer token (default: $AGENT_SERVE_API_KEY, else none)")
+    p.add_argument(
+        "--api-key", type=api_key, help="require this Bearer token (default: $AGENT_SERVE_API_KEY, else none)"
+    )
     p.add_argument("--effort", choices=["low", "medium", "high"], help="effort for requests that name none")
     p.set_defaults(base_url=None)
     for command in sub.choices.values():  # `--no` must not stand for --no-guards
@@ -295,7 +309,7 @@ def _agent_from(args: argparse.Namespace, **extra: Any) -> Any:
     return Agent(
         make_model(args),
         tools=tool_names(getattr(args, "tools", "")),
-        workspace=writable_dir(args.workspace, "--workspace"),
+        workspace=writable_dir(args.workspace, "--workspace", say_made=True),
         strategy=args.strategy,
         effort=args.effort,
         max_steps=args.max_steps,

@@ -981,10 +981,12 @@ def run_cli(args: Any) -> int:
     """`agent serve`: bind, load the model, print the base URL, serve until Ctrl-C."""
     from rich.console import Console
 
-    from .cli import make_model
+    from .cli import make_model, usable_key
 
     err = Console(stderr=True, highlight=False)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if api_key is not None:  # no client could send a key with a line break in a header
+        usable_key(api_key, f"${API_KEY_ENV}" if not args.api_key else "--api-key")
     sock = bind(args.host, args.port)  # first, so a busy port fails before a slow model load
     try:
         llm = make_model(args)

@@ -718,3 +718,18 @@ def test_batch_resume_says_what_it_skips_and_refuses_overwrite_with_it(tmp_path,
     assert "[2/2] c: ok" in out.stderr  # was [3/2]: b counted as one of these tasks
     out = agent("batch", "t3.jsonl", "-o", "o.jsonl", "--resume", "--overwrite", *model, cwd=tmp_path)
     assert out.returncode == 2 and "--resume and --overwrite contradict each other" in out.stderr
+
+
+def test_a_new_workspace_folder_is_noted_and_a_serve_key_with_a_line_break_refused(tmp_path, script):
+    out = agent("run", "x", "--workspace", "typo/deep", "--model", f"scripted:{script}", cwd=tmp_path)
+    assert out.returncode == 0 and "note: made the folder typo/deep (--workspace): it did not exist" in out.stderr
+    out = agent("run", "x", "--workspace", "typo/deep", "--model", f"scripted:{script}", cwd=tmp_path)
+    assert "made the folder" not in out.stderr
+    out = agent("serve", "--api-key", "a\nb", "--model", f"scripted:{script}", cwd=tmp_path)
+    assert out.returncode == 2 and "control character" in out.stderr
+    env_key = {**os.environ, "PYTHONPATH": str(ROOT), "AGENT_SERVE_API_KEY": "a\nb"}
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "serve", "--model", f"scripted:{script}"],
+        cwd=tmp_path, env=env_key, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "$AGENT_SERVE_API_KEY: the key holds a control character" in out.stderr
