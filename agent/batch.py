@@ -439,7 +439,7 @@ def summarize(results: Iterable[BatchResult]) -> dict[str, Any]:
     }
 
 
-_shared_models: dict[tuple[str | None, str | None], Any] = {}
+_shared_models: dict[tuple[str | None, str | None, int | None], Any] = {}
 
 
 class AgentSpec(BaseModel):
@@ -462,24 +462,17 @@ class AgentSpec(BaseModel):
     workspace: str | None = None
     approve: bool = False
     context_window: int | None = None
+    max_new_tokens: int | None = None
 
     def llm(self) -> Any:
+        from .cli import new_model
+
+        options = {"base_url": self.base_url, "api_key": self.api_key, "max_new_tokens": self.max_new_tokens}
         if self.model and self.model.startswith("scripted:"):
-            from .cli import scripted_model
-
-            return scripted_model(self.model)
-        key = (self.model, self.base_url)
+            return new_model(self.model, **options)  # fresh per task: each replays the whole script
+        key = (self.model, self.base_url, self.max_new_tokens)
         if key not in _shared_models:
-            if self.base_url:
-                from .llm.openai_compat import OpenAICompatLLM
-
-                _shared_models[key] = OpenAICompatLLM(
-                    self.model or "default", base_url=self.base_url, api_key=self.api_key
-                )
-            else:
-                from .llm.transformers import TransformersLLM
-
-                _shared_models[key] = TransformersLLM(self.model).load()
+            _shared_models[key] = new_model(self.model, **options)
         return _shared_models[key]
 
     def build(self, task: BatchTask) -> Any:
@@ -596,9 +589,12 @@ def run_cli(args: Any) -> int:
         max_steps=args.max_steps,
         max_seconds=args.timeout,
         run_dir=str(args.run_dir),
-        workspace=str(writable_dir(args.workspace, "--workspace", say_made=True).resolve()),  # Ray workers start elsewhere
+        workspace=str(
+            writable_dir(args.workspace, "--workspace", say_made=True).resolve()
+        ),  # Ray workers start elsewhere
         approve=args.yes,
         context_window=getattr(args, "context_window", None),
+        max_new_tokens=getattr(args, "max_new_tokens", None),
     )
     if args.executor == "local":
         # Load the shared model before the clock starts, and build one agent with the default

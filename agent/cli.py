@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--api-key", type=api_key, help="API key for --base-url (default: $OPENAI_API_KEY)")
     g.add_argument("--effort", choices=["low", "medium", "high"], default=None, help="reasoning effort")
     g.add_argument(
+        "--max-new-tokens",
+        type=POSITIVE,
+        default=None,
+        help="the longest reply, in tokens (default: the model's: 512 for the embedded one)",
+    )
+    g.add_argument(
         "--context-window",
         type=int,
         default=None,
@@ -255,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", type=api_key, help="require this Bearer token (default: $AGENT_SERVE_API_KEY, else none)"
     )
     p.add_argument("--effort", choices=["low", "medium", "high"], help="effort for requests that name none")
+    p.add_argument(
+        "--max-new-tokens", type=POSITIVE, default=None, help="the longest reply for requests that name none"
+    )
     p.set_defaults(base_url=None)
     for command in sub.choices.values():  # `--no` must not stand for --no-guards
         command.allow_abbrev = False
@@ -263,18 +272,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_model(args: argparse.Namespace) -> Any:
     """The LLM the flags ask for."""
-    model = args.model
-    if args.base_url:
+    return new_model(
+        args.model,
+        base_url=args.base_url,
+        api_key=args.api_key,
+        max_new_tokens=getattr(args, "max_new_tokens", None),
+    )
+
+
+def new_model(
+    model: str | None,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    max_new_tokens: int | None = None,
+) -> Any:
+    """An LLM: a server's (`base_url`), a script (`scripted:FILE`), or one loaded here."""
+    if base_url:
         from .llm.openai_compat import OpenAICompatLLM
 
-        return OpenAICompatLLM(model or "default", base_url=args.base_url, api_key=args.api_key)
+        return OpenAICompatLLM(
+            model or "default", base_url=base_url, api_key=api_key, max_new_tokens=max_new_tokens
+        )
     if model and model.startswith("scripted:"):
         return scripted_model(model)
     from .llm.transformers import TransformersLLM
 
     # Load before the run starts, so a wrong path is a one-line usage error
     # rather than a failed run, and the first-start conversion shows its progress.
-    return TransformersLLM(model).load()
+    limit = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {}
+    return TransformersLLM(model, **limit).load()
 
 
 def tool_names(spec: str | None) -> list[str]:

@@ -1134,3 +1134,21 @@ async def test_thinking_opened_by_the_chat_template_streams_as_thinking_once_see
     server.queue(text_stream("Seven", "."))
     deltas, _ = await collect(llm, user())
     assert [d.content for d in deltas if d.content] and not any(d.thinking for d in deltas)
+
+
+async def test_a_default_reply_limit_is_sent_unless_the_request_names_one(server: FakeServer, make_llm) -> None:
+    from agent.cli import build_parser, make_model
+
+    args = build_parser().parse_args(
+        ["run", "x", "--base-url", server.base_url, "--max-new-tokens", "1500", "--api-key", "sk-test"]
+    )
+    llm = make_model(args)  # `agent run --max-new-tokens`: the reply limit the embedded 512 was
+    try:
+        server.queue(text_stream("ok"))
+        await complete(llm, user())
+        assert server.requests[-1]["max_tokens"] == 1500
+    finally:
+        await llm.aclose()
+    server.queue(text_stream("ok"))
+    await complete(make_llm(max_new_tokens=900), user().model_copy(update={"max_new_tokens": 64}))
+    assert server.requests[-1]["max_tokens"] == 64

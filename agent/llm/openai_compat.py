@@ -482,8 +482,10 @@ class OpenAICompatLLM:
         extra_body: dict[str, Any] | None = None,
         name: str | None = None,
         context_window: int | None = None,
+        max_new_tokens: int | None = None,
     ) -> None:
         self.model = model
+        self.max_new_tokens = max_new_tokens  # a reply's limit when a request names none (else the server's)
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key if api_key is not None else (os.environ.get("OPENAI_API_KEY") or None)
         self.timeout = timeout
@@ -643,8 +645,9 @@ class OpenAICompatLLM:
             body["tool_choice"] = "auto" if refused else request.tool_choice
         if not self._effort_refused:
             body["reasoning_effort"] = request.effort
-        if request.max_new_tokens is not None:
-            body["max_tokens"] = request.max_new_tokens
+        limit = request.max_new_tokens if request.max_new_tokens is not None else self.max_new_tokens
+        if limit is not None:
+            body["max_tokens"] = limit
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.stop:
