@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -493,6 +494,24 @@ class AgentSpec(BaseModel):
         )
 
 
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A cluster address (`host:port`, `ray://host:port`) that nothing answers is a user error
+    now: Ray itself retries for minutes, then fails with a log of its own."""
+    if not address or address == "auto" or address.startswith("local"):
+        return
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # not host:port: Ray reads it its own way
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise AgentError(
+            f"cannot reach the Ray cluster at {address} (--ray-address): {e.strerror or e}; "
+            "check the address, or leave --ray-address out for a local cluster"
+        ) from None
+
+
 class RayBatchRunner(BatchRunner):
     """The same batch on a Ray cluster: each task runs in a Ray worker.
 
@@ -515,6 +534,7 @@ class RayBatchRunner(BatchRunner):
         except ImportError as e:
             raise AgentError("--executor ray needs Ray: pip install 'ray>=2.9'") from e
         if not ray.is_initialized():
+            _check_reachable(self.address)
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
         self._remote = ray.remote(max_retries=0)(_run_in_worker)
         return await super().run(tasks)

@@ -176,6 +176,20 @@ def test_ray_executor_runs_the_same_file(tmp_path):
     assert len(out.read_text().splitlines()) == 4
 
 
+def test_a_ray_address_nothing_answers_is_an_error_at_once(tmp_path):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as closed:  # a port with nothing listening
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    spec = AgentSpec(model="scripted:none.jsonl", run_dir=str(tmp_path / "runs"))
+    runner = RayBatchRunner(spec, tmp_path / "out.jsonl", address=f"127.0.0.1:{port}")
+    # Ray retried for over five minutes, then failed with its own log lines
+    with pytest.raises(AgentError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        asyncio.run(runner.run([BatchTask(id="a", prompt="hi")]))
+
+
 def test_cli_batch_killed_mid_run_then_resumed(tmp_path):
     """Kill `agent batch` mid-run; `--resume` finishes; every id appears exactly once."""
     import os
