@@ -120,6 +120,19 @@ def resolve_session(ref: str, run_dir: str | Path) -> str:
     return ref
 
 
+def find_session(ref: str, run_dir: str | Path) -> Path:
+    """The log of a session by a /save name, a run id or prefix, 'last', or a path."""
+    try:
+        return find_run(resolve_session(ref, run_dir), run_dir)
+    except AgentError as e:
+        if not str(e).startswith("no run "):
+            raise
+        raise AgentError(
+            f"no session {ref!r}: no name saved with /save, nor a run in {run_dir}/ "
+            "(a run id, 'last', or a .jsonl path)"
+        ) from None
+
+
 # -- rendering ---------------------------------------------------------------
 
 
@@ -508,7 +521,7 @@ class Chat:
         self.always: set[str] = set()
         self.view = ChatView(self.console, self._status, show_thinking=show_thinking)
         self.session = (
-            agent.session(resolve_session(resume, self.run_dir)) if resume else agent.session()
+            agent.session(find_session(resume, self.run_dir)) if resume else agent.session()
         ).hold()
         self.view.tokens = self._session_tokens()
         self._turn: asyncio.Task[None] | None = None
@@ -911,7 +924,7 @@ class Chat:
             for name, run_id in saved:
                 self._say(f"{name} → {run_id}{self._about(run_id)}")
             return
-        path = find_run(resolve_session(arg, self.run_dir), self.run_dir)
+        path = find_session(arg, self.run_dir)
         if path.stem == self.session.run_id:  # this very session: nothing to switch
             self._recap()
             return
@@ -956,7 +969,7 @@ def run_chat(args: Any) -> int:
 
     started = None
     if args.resume is not None:  # the session's own tools and workspace, unless given
-        started = first_event(find_run(resolve_session(args.resume, args.run_dir), args.run_dir))
+        started = first_event(find_session(args.resume, args.run_dir))
     use_run_settings(args, started)
     agent = build_agent(args)
     chat = Chat(

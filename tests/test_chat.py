@@ -305,7 +305,7 @@ def test_user_errors_are_one_line(tmp_path):
     out = chat(tmp_path, "--model", f"scripted:{script}", "--resume", "nosuch", input="")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert (
-        out.stderr.strip().startswith("error: no run 'nosuch'") and len(out.stderr.strip().splitlines()) == 1
+        out.stderr.strip().startswith("error: no session 'nosuch': no name saved with /save, nor a run") and len(out.stderr.strip().splitlines()) == 1
     )
     out = chat(tmp_path, "--model", f"scripted:{script}", "--tools", "nope", input="")
     assert (
@@ -413,7 +413,7 @@ def test_a_failed_load_keeps_the_current_session_locked(tmp_path):
         process.stdin.write("hi\n/load no-such-session\n")
         process.stdin.flush()
         seen = ""
-        while "no run 'no-such-session'" not in seen:  # the failed /load has been handled
+        while "no session 'no-such-session'" not in seen:  # the failed /load has been handled
             line = process.stdout.readline()
             assert line, (seen, process.stderr.read())
             seen += line
