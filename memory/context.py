@@ -70,6 +70,8 @@ Summarizer = Callable[[Sequence[Message], int], str]
 class ContextOverflowError(ValueError):
     """The parts that must be kept do not fit the context budget."""
 
+    retryable = False  # the same run fails the same way: a batch does not try it again
+
 
 class TokenCounter(Protocol):
     """Counts the tokens of a whole prompt, of one message in it, and of plain text."""
@@ -384,8 +386,12 @@ class ContextBudget:
 
     # -- fitting ------------------------------------------------------------
 
-    def fit(self, request: LLMRequest) -> LLMRequest:
+    def fit(self, request: LLMRequest, *, keep_task: bool = True) -> LLMRequest:
         """`request` with its messages fitted to the budget (the same object when all fit).
+
+        The first user message (the task) is kept whole; with `keep_task=False` (a
+        conversation's later turns, where it is only the first message) it is folded as
+        any step when it must be: one oversized message does not stop every later turn.
 
         Raises `ContextOverflowError` when the system prompt, the task and the
         tool schemas alone, or the latest step cut to the bone, do not fit.
@@ -394,9 +400,13 @@ class ContextBudget:
         messages = request.messages
         pinned_count = _pinned_count(messages)
         pinned = messages[:pinned_count]
+        base = self._base_tokens(request, pinned)
+        if base > self.limit and not keep_task and pinned and pinned[-1].role == "user":
+            pinned_count -= 1
+            pinned = messages[:pinned_count]
+            base = self._base_tokens(request, pinned)
         steps = _split_steps(messages[pinned_count:])
         self._follow(messages, pinned_count)
-        base = self._base_tokens(request, pinned)
         if base > self.limit:
             raise ContextOverflowError(
                 f"the system prompt, the task and the tool descriptions take {base} tokens, more than the "
@@ -650,9 +660,9 @@ def _split_steps(messages: Sequence[Message]) -> list[_Step]:
         if m.role == "assistant":
             number += 1
             steps.append(_Step([m], number))
-        elif steps:
+        elif steps and steps[-1].number:
             steps[-1].messages.append(m)
-        else:
+        else:  # before the first reply (a conversation's first message, a plan's note): one each
             steps.append(_Step([m], 0))
     return steps
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import shlex
 import shutil
 import subprocess
@@ -412,8 +413,10 @@ def test_a_failed_load_keeps_the_current_session_locked(tmp_path):
     try:
         process.stdin.write("hi\n/load no-such-session\n")
         process.stdin.flush()
-        seen = ""
+        seen, deadline = "", time.monotonic() + 60
         while "no session 'no-such-session'" not in seen:  # the failed /load has been handled
+            ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"the chat did not answer /load within 60 s: {seen!r}"  # not a hang of the suite
             line = process.stdout.readline()
             assert line, (seen, process.stderr.read())
             seen += line
