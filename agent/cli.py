@@ -68,6 +68,8 @@ def api_key(text: str) -> str:
     """An argparse type: a key that can go into an HTTP header (not echoed back when it cannot)."""
     if any(ord(c) < 32 or ord(c) == 127 for c in text):
         raise argparse.ArgumentTypeError("the key holds a control character (a pasted line break?)")
+    if not text.isascii():  # headers carry bytes: clients send UTF-8, servers may read Latin-1
+        raise argparse.ArgumentTypeError("the key holds a character that is not ASCII; no header carries it alike")
     return text
 
 

@@ -33,11 +33,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
 
 from .errors import AgentError
 from .events import ModelResponse
-from .llm.base import LLM, ContextLengthError, LLMError, LLMRequest
+from .llm.base import LLM, ContextLengthError, InvalidRequestError, LLMError, LLMRequest
 from .llm.openai_compat import decode_arguments
 from .types import Effort, Message, ToolCallRequest, Usage
 
@@ -141,20 +141,22 @@ class ChatCompletionRequest(_Wire):
     messages: list[WireMessage] = Field(min_length=1)
     tools: list[WireTool] | None = None
     tool_choice: Any = None  # "auto" | "required" | "none" | {"type": "function", "function": {"name": ...}}
-    reasoning_effort: Effort | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    # OpenAI's "minimal" is the least this server has: low. Null is the default, as for every field.
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    # Strict: `true` is no token count, nor "10"; a JSON integer may be written 10.0.
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=2)
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: StrictInt | None = 1
     logprobs: bool | None = None
     response_format: dict[str, Any] | None = None
 
     def to_llm_request(self, default_effort: Effort | None = None) -> LLMRequest:
         """The backend request; raises `HTTPError` for what this server cannot honour."""
-        if self.n != 1:
+        if self.n not in (1, None):
             raise HTTPError(
                 400, "this server returns one choice per request: n must be 1", code="unsupported", param="n"
             )
@@ -174,11 +176,15 @@ class ChatCompletionRequest(_Wire):
             messages=[to_message(m, i) for i, m in enumerate(self.messages)],
             tools=tools,
             tool_choice=choice,
-            effort=self.reasoning_effort or default_effort or "medium",
+            effort=_EFFORT.get(self.reasoning_effort or "", default_effort or "medium"),
             max_new_tokens=self.max_completion_tokens or self.max_tokens,
-            temperature=self.temperature,
+            # Below 1e-5 sampling divides by next to nothing (1e-38 gave inf): greedy is what it means.
+            temperature=0.0 if self.temperature is not None and self.temperature < 1e-5 else self.temperature,
             stop=[s for s in stop if s],
         )
+
+
+_EFFORT: dict[str, Effort] = {"minimal": "low", "low": "low", "medium": "medium", "high": "high"}
 
 
 def _tool_choice(
@@ -298,7 +304,9 @@ def _readable_calls(response: ModelResponse) -> tuple[list[ToolCallRequest], str
     content, as a server whose tool parser fails returns the text.
     """
     readable = [c for c in response.tool_calls if c.parse_error is None]
-    unread = "\n".join(c.raw_arguments for c in response.tool_calls if c.parse_error is not None and c.raw_arguments)
+    unread = "\n".join(
+        c.raw_arguments for c in response.tool_calls if c.parse_error is not None and c.raw_arguments
+    )
     finish = response.finish_reason
     if not readable and finish == "tool_calls":
         finish = "stop"
@@ -368,9 +376,17 @@ class _Connection:
         self.buffer += data
         return True
 
-    async def read_until(self, marker: bytes, limit: int) -> bytes:
-        while (end := self.buffer.find(marker, 0, limit + len(marker))) < 0:
-            if len(self.buffer) >= limit + len(marker):
+    async def read_head(self, limit: int) -> bytes:
+        """A request's head, up to the empty line that ends it: CRLF CRLF, or LF LF (lines
+        that end with a bare LF, which RFC 9112 lets a server take)."""
+        while True:
+            ends = [(i, m) for m in (b"\r\n\r\n", b"\n\n") if (i := self.buffer.find(m, 0, limit + 4)) >= 0]
+            if ends:
+                end, marker = min(ends)
+                data = bytes(self.buffer[:end])
+                del self.buffer[: end + len(marker)]
+                return data
+            if len(self.buffer) >= limit + 4:
                 raise HTTPError(
                     431,
                     f"the request head is larger than {limit // 1024} KiB",
@@ -379,9 +395,6 @@ class _Connection:
                 )
             if not await self.fill():
                 raise _Drop
-        data = bytes(self.buffer[:end])
-        del self.buffer[: end + len(marker)]
-        return data
 
     async def read_exactly(self, n: int) -> bytes:
         while len(self.buffer) < n:
@@ -419,7 +432,7 @@ class _Connection:
 def _parse_head(head: bytes) -> _Request:
     try:
         text = head.decode("latin-1").lstrip("\r\n")
-        request_line, *header_lines = text.split("\r\n")
+        request_line, *header_lines = (line.removesuffix("\r") for line in text.split("\n"))
         method, target, version = request_line.split(" ")
     except ValueError:
         raise HTTPError(400, "malformed request line", code="bad_request", close=True) from None
@@ -450,7 +463,7 @@ def _content_length(headers: dict[str, str]) -> int:
             close=True,
         )
     values = {v.strip() for v in headers.get("content-length", "0").split(",")}
-    if len(values) != 1 or not (value := values.pop()).isdigit():
+    if len(values) != 1 or not ((value := values.pop()).isascii() and value.isdigit() and len(value) <= 18):
         raise HTTPError(400, "invalid Content-Length header", code="bad_request", close=True)
     return int(value)
 
@@ -613,7 +626,7 @@ class ChatServer:
             return None
         try:
             async with asyncio.timeout(self.read_timeout):
-                request = _parse_head(await conn.read_until(b"\r\n\r\n", MAX_HEAD_BYTES))
+                request = _parse_head(await conn.read_head(MAX_HEAD_BYTES))
                 length = _content_length(request.headers)
                 if length > self.max_body_bytes:
                     raise HTTPError(
@@ -758,7 +771,9 @@ class ChatServer:
                 json.dumps(body, ensure_ascii=False).encode("utf-8")
             except UnicodeEncodeError:
                 raise HTTPError(
-                    400, "the body holds a lone surrogate (\\ud800-\\udfff), which is not text", code="invalid_json"
+                    400,
+                    "the body holds a lone surrogate (\\ud800-\\udfff), which is not text",
+                    code="invalid_json",
                 ) from None
         if not isinstance(body, dict):
             raise HTTPError(400, "the body must be a JSON object", code="invalid_json")
@@ -813,6 +828,8 @@ class ChatServer:
             message = f"{self.llm.name}: the model stream ended without a response"
         elif isinstance(e, ContextLengthError):  # the request's fault, as vLLM answers it
             return HTTPError(400, str(e), code="context_length_exceeded")
+        elif isinstance(e, InvalidRequestError):
+            return HTTPError(400, str(e), code="invalid_value")
         elif isinstance(e, LLMError):
             message = str(e)
         else:
@@ -847,9 +864,7 @@ class ChatServer:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model_name,
-            "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-            ],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
             "usage": _wire_usage(response.usage),
         }
         await self._send_json(conn, 200, body, request.keep_alive)

@@ -733,3 +733,9 @@ def test_a_new_workspace_folder_is_noted_and_a_serve_key_with_a_line_break_refus
         cwd=tmp_path, env=env_key, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2 and "$AGENT_SERVE_API_KEY: the key holds a control character" in out.stderr
+
+
+def test_a_key_that_is_not_ascii_is_refused(tmp_path, script):
+    # headers are bytes: a client sends UTF-8 and the server read Latin-1, so it never matched
+    out = agent("serve", "--api-key", "sécret", "--model", f"scripted:{script}", cwd=tmp_path)
+    assert out.returncode == 2 and "not ASCII" in out.stderr

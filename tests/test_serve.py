@@ -217,7 +217,10 @@ async def test_no_tool_call_is_read_from_text_when_no_tools_are_offered(serve, h
     r = await http.post(url, json={"messages": [{"role": "user", "content": "x"}], "tools": [ADD_TOOL]})
     choice = r.json()["choices"][0]
     assert choice["message"].get("tool_calls") is None and choice["finish_reason"] == "stop"
-    assert choice["message"]["content"].startswith("Wrap the JSON in a") and "Alice" in choice["message"]["content"]
+    assert (
+        choice["message"]["content"].startswith("Wrap the JSON in a")
+        and "Alice" in choice["message"]["content"]
+    )
 
 
 async def test_a_prompt_over_the_context_window_is_a_400(serve, http):
@@ -229,7 +232,9 @@ async def test_a_prompt_over_the_context_window_is_a_400(serve, http):
             yield  # an async generator
 
     server = await serve(Small([]))
-    r = await http.post(server.base_url + "/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+    r = await http.post(
+        server.base_url + "/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
+    )
     assert assert_error(r, 400, "context_length_exceeded").startswith("m: the context window is 8192")
 
 
@@ -358,7 +363,35 @@ async def test_models_and_health(serve, http):
             "invalid_value",
         ),
         ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user"}], "n": 2}', 400, "unsupported"),
-        ("POST", "/v1/chat/completions", b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "invalid_json"),
+        # a true or a string is no token count (true was taken as 1, "10" as 10)
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user"}], "max_tokens": true}',
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user"}], "max_tokens": "10"}',
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user"}], "stream": "yes"}',
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            400,
+            "invalid_json",
+        ),
         (
             "POST",
             "/v1/chat/completions",
@@ -475,6 +508,17 @@ def split_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
         (b"GET /health SPDY/3\r\n\r\n", 400, "bad_request"),
         (b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n", 400, "bad_request"),
         (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: ten\r\n\r\n", 400, "bad_request"),
+        # digits str.isdigit() takes and int() does not, or too many for int(): the handler crashed
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: \u00b2\r\n\r\n".encode("latin-1"),
+            400,
+            "bad_request",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+            400,
+            "bad_request",
+        ),
         (
             b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             411,
@@ -489,6 +533,51 @@ async def test_malformed_http_gets_a_4xx_and_the_connection_closes(serve, data, 
     assert got_status == status
     assert headers["connection"] == "close"
     assert json.loads(body)["error"]["code"] == code
+
+
+async def test_a_head_with_bare_lf_line_ends_is_read(serve):
+    # RFC 9112 lets a server take LF alone; it waited 30 s, then answered 408
+    server = await serve(ScriptedLLM([]))
+    status, _, body = split_response(
+        await raw_exchange(server, b"GET /health HTTP/1.1\nHost: x\nConnection: close\n\n")
+    )
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+async def test_openai_values_null_minimal_and_a_tiny_temperature_are_taken(serve, http):
+    llm = ScriptedLLM(["one", "two"])
+    server = await serve(llm)
+    body = {"messages": [{"role": "user", "content": "hi"}], "n": None, "stream": None}
+    r = await http.post(server.base_url + "/chat/completions", json=body)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "one"
+    body = {**body, "reasoning_effort": "minimal", "temperature": 1e-38}  # 1e-38: a 500 (inf in sampling)
+    r = await http.post(server.base_url + "/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert (llm.requests[-1].effort, llm.requests[-1].temperature) == ("low", 0.0)
+
+
+async def test_a_reply_limit_under_one_is_the_requests_fault_not_the_models(serve, http):
+    from agent.llm import TransformersLLM
+    from agent.llm.base import InvalidRequestError
+
+    llm = TransformersLLM()  # refused before it would load: it was a retryable "generation failed"
+    for bad in ({"max_new_tokens": 0}, {"temperature": float("nan")}):
+        with pytest.raises(InvalidRequestError) as error:
+            await collect(llm, ask("hi", **bad))
+        assert error.value.retryable is False and not llm.loaded
+
+    class Refusing:
+        name = "refusing"
+
+        async def stream(self, request):
+            raise InvalidRequestError("temperature must be a number of 0 or more, not nan")
+            yield  # an async generator
+
+    server = await serve(Refusing())
+    r = await http.post(
+        server.base_url + "/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
+    )
+    assert_error(r, 400, "invalid_value")  # was a 500, which clients retry
 
 
 async def test_keep_alive_serves_several_requests_on_one_connection(serve):

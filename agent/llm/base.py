@@ -30,6 +30,24 @@ class ModelNotFoundError(LLMError, AgentError):
     retryable = False
 
 
+class InvalidRequestError(LLMError, ValueError):
+    """The request itself cannot be served (a reply limit under 1, a temperature that is
+    no number): asking again fails the same way."""
+
+    retryable = False
+
+
+def check_request(request: LLMRequest) -> None:
+    """Refuse the values of a request no backend can use, with `InvalidRequestError`."""
+    limit, temperature = request.max_new_tokens, request.temperature
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidRequestError(f"max_new_tokens must be a whole number of at least 1, not {limit!r}")
+    if temperature is not None and not (
+        isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and 0 <= temperature < 1e9
+    ):
+        raise InvalidRequestError(f"temperature must be a number of 0 or more, not {temperature!r}")
+
+
 class LLMRequest(BaseModel):
     """Everything a backend needs for one call."""
 

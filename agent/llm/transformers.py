@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import ModelDelta, ModelResponse
 from ..types import Effort, Message, Usage
-from .base import ContextLengthError, LLMError, LLMRequest, ModelNotFoundError, joined_turns
+from .base import ContextLengthError, LLMError, LLMRequest, ModelNotFoundError, check_request, joined_turns
 from .parse import (
     CALL_OPEN,
     THINK_OPEN,
@@ -597,6 +597,7 @@ class TransformersLLM:
     # -- generation
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        check_request(request)  # before a model loads: a bad limit is the caller's, not retried
         if not self.loaded:
             await asyncio.to_thread(self.load)
         prompt = self.render_prompt(request)
