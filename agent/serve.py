@@ -44,6 +44,9 @@ from .types import Effort, Message, ToolCallRequest, Usage
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "AGENT_SERVE_API_KEY"
+# Bodies larger than this are read and checked on a worker thread: a 15 MB request took the
+# event loop for seconds (every other client, /health too, waited).
+OFF_LOOP_BYTES = 256 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024
 PROBE_EVERY = 0.25  # seconds between probes of a client whose input ended while it waits for an answer
@@ -758,6 +761,18 @@ class ChatServer:
     # -- chat completions
 
     async def _chat(self, conn: _Connection, request: _Request) -> bool:
+        if (
+            len(request.body) > OFF_LOOP_BYTES
+        ):  # a large body is read on a thread: others are served meanwhile
+            chat, llm_request = await asyncio.to_thread(self._read_chat, request)
+        else:
+            chat, llm_request = self._read_chat(request)
+        answer = self._stream_answer if chat.stream else self._json_answer
+        probe = request.version == "HTTP/1.1"
+        return await self._until_hang_up(conn, answer(conn, request, chat, llm_request), probe=probe)
+
+    def _read_chat(self, request: _Request) -> tuple[ChatCompletionRequest, LLMRequest]:
+        """The request body, checked, and the backend request made of it (`HTTPError` if bad)."""
         try:
             body = json.loads(request.body)
         except ValueError as e:
@@ -781,10 +796,7 @@ class ChatServer:
             chat = ChatCompletionRequest.model_validate(body)
         except ValidationError as e:
             raise _validation_error(e) from None
-        llm_request = chat.to_llm_request(self.effort)
-        answer = self._stream_answer if chat.stream else self._json_answer
-        probe = request.version == "HTTP/1.1"
-        return await self._until_hang_up(conn, answer(conn, request, chat, llm_request), probe=probe)
+        return chat, chat.to_llm_request(self.effort)
 
     async def _until_hang_up(self, conn: _Connection, work: Coroutine[Any, Any, T], *, probe: bool) -> T:
         """Run `work`, cancelling it (and so closing the model's stream) if the

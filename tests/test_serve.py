@@ -884,3 +884,18 @@ def test_agent_serve_user_errors_are_one_clear_line(tmp_path, case):
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().startswith("error:") and expected in out.stderr
     assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+async def test_a_large_body_is_read_off_the_event_loop_and_answered_the_same(serve, http):
+    from agent import serve as serve_module
+
+    llm = ScriptedLLM(["big one"])
+    server = await serve(llm)
+    text = "word " * (serve_module.OFF_LOOP_BYTES // 4)  # over the bound: read on a worker thread
+    r = await http.post(
+        server.base_url + "/chat/completions", json={"messages": [{"role": "user", "content": text}]}
+    )
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "big one"
+    assert llm.requests[0].messages[-1].content == text
+    bad = {"messages": [{"role": "user", "content": text}], "max_tokens": 0}  # its errors as before
+    assert_error(await http.post(server.base_url + "/chat/completions", json=bad), 400, "invalid_request")

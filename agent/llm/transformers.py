@@ -359,6 +359,9 @@ def _halt_criteria_class() -> type:
 # --------------------------------------------------------------------------- the backend
 
 
+# Characters of a prompt above which it is rendered and tokenized on a thread, not the loop.
+_OFF_LOOP_CHARS = 100_000
+
 class TransformersLLM:
     """A local model run in-process with transformers.
 
@@ -600,8 +603,11 @@ class TransformersLLM:
         check_request(request)  # before a model loads: a bad limit is the caller's, not retried
         if not self.loaded:
             await asyncio.to_thread(self.load)
-        prompt = self.render_prompt(request)
-        max_new = self._fit_reply(prompt, request.max_new_tokens)
+        if sum(len(m.content) for m in request.messages) > _OFF_LOOP_CHARS:
+            # A long prompt is rendered and measured on a thread: other requests stream meanwhile.
+            prompt, max_new = await asyncio.to_thread(self._prompt_and_limit, request)
+        else:
+            prompt, max_new = self._prompt_and_limit(request)
         temperature = self.temperature if request.temperature is None else request.temperature
 
         loop = asyncio.get_running_loop()
@@ -678,6 +684,10 @@ class TransformersLLM:
             finish_reason=finish_reason,
             model=self.name,
         )
+
+    def _prompt_and_limit(self, request: LLMRequest) -> tuple[str, int]:
+        prompt = self.render_prompt(request)
+        return prompt, self._fit_reply(prompt, request.max_new_tokens)
 
     def _fit_reply(self, prompt: str, asked: int | None) -> int:
         """The reply's token limit within the context window: the default shrinks to
