@@ -844,6 +844,10 @@ class _RuleBase:
     def _verdict(self, **kw: Any) -> Verdict:
         return Verdict(guard=self.name, **kw)
 
+    def _blocked(self, category: str, why: str, feedback: str) -> Verdict:
+        """A call refused by a rule that is sure of it (score 1.0)."""
+        return self._verdict(action="block", category=category, score=1.0, rationale=why, feedback=feedback)
+
 
 class SecretRedactor(_RuleBase):
     """Replaces credentials with `[REDACTED:<kind>]`."""
@@ -1047,16 +1051,10 @@ class PathPolicyGuard(_RuleBase):
         if stage != "tool_call" or (self.tools is not None and event.name not in self.tools):
             return self._verdict()
         for value, _ in _named_values(event.arguments, self.arguments):
-            if isinstance(value, str):
-                why = self.problem(value)
-                if why:
-                    return self._verdict(
-                        action="block",
-                        category="path_policy",
-                        score=1.0,
-                        rationale=why,
-                        feedback=f"the {event.name} call was not run: {why}. Use paths inside the workspace.",
-                    )
+            why = self.problem(value) if isinstance(value, str) else None
+            if why:
+                feedback = f"the {event.name} call was not run: {why}. Use paths inside the workspace."
+                return self._blocked("path_policy", why, feedback)
         return self._verdict()
 
 
@@ -1133,13 +1131,7 @@ class NetworkPolicyGuard(_RuleBase):
             if isinstance(url, str) and (key in ("url", "urls", "endpoint") or ":" in url):
                 why = self.problem(url)
                 if why:
-                    return self._verdict(
-                        action="block",
-                        category="network_policy",
-                        score=1.0,
-                        rationale=why,
-                        feedback=f"the {event.name} call was not run: {why}.",
-                    )
+                    return self._blocked("network_policy", why, f"the {event.name} call was not run: {why}.")
         return self._verdict()
 
 
