@@ -370,6 +370,7 @@ class _Connection:
     busy: bool = False  # a request has arrived and is being answered
     answering: bool = False  # the status line of the current answer is sent
     chunked: bool = False
+    write_timeout: float = 60.0  # a client that reads none of the answer for this long is dropped
 
     async def fill(self) -> bool:
         """Read more bytes into the buffer; False at end of stream."""
@@ -417,7 +418,14 @@ class _Connection:
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
-        await self.writer.drain()
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            # A client that stopped reading: its buffers are full and the model would go on
+            # to max_tokens for nobody. The connection goes, and with it the generation.
+            self.writer.transport.abort()
+            raise ConnectionError(f"the client read nothing for {self.write_timeout:g} s") from None
 
     async def send_head(self, status: int, headers: dict[str, str]) -> None:
         self.answering = True
@@ -501,6 +509,7 @@ class ChatServer:
         max_body_bytes: int = MAX_BODY_BYTES,
         keep_alive_timeout: float = 60.0,
         read_timeout: float = 30.0,
+        write_timeout: float = 60.0,
     ) -> None:
         self.llm = llm
         self.host = host
@@ -511,6 +520,7 @@ class ChatServer:
         self.max_body_bytes = max_body_bytes
         self.keep_alive_timeout = keep_alive_timeout
         self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
         self.created = int(time.time())
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
@@ -585,7 +595,7 @@ class ChatServer:
     # -- connections
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Connection(reader, writer)
+        conn = _Connection(reader, writer, write_timeout=self.write_timeout)
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = conn

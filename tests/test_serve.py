@@ -899,3 +899,37 @@ async def test_a_large_body_is_read_off_the_event_loop_and_answered_the_same(ser
     assert llm.requests[0].messages[-1].content == text
     bad = {"messages": [{"role": "user", "content": text}], "max_tokens": 0}  # its errors as before
     assert_error(await http.post(server.base_url + "/chat/completions", json=bad), 400, "invalid_request")
+
+
+async def test_a_client_that_stops_reading_a_stream_is_dropped_and_its_generation_stopped(serve, http):
+    import socket
+
+    closed = asyncio.Event()
+
+    class Endless:
+        """A long reply, 64 kB a piece, until the stream is closed."""
+
+        name = "endless"
+
+        async def stream(self, request):
+            try:
+                for _ in range(10_000):
+                    yield ModelDelta(content="x" * 65536)
+                    await asyncio.sleep(0)
+                yield ModelResponse(content="never")
+            finally:
+                closed.set()
+
+    server = await serve(Endless(), write_timeout=0.5)
+    body = json.dumps({"messages": [{"role": "user", "content": "go"}], "stream": True}).encode()
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", server.port))
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    client.sendall(head + body)  # and never reads: it generated to max_tokens for nobody
+    try:
+        await asyncio.wait_for(closed.wait(), HANG_GUARD)
+        r = await http.get(server.base_url.removesuffix("/v1") + "/health")  # the server goes on
+        assert r.status_code == 200
+    finally:
+        client.close()
