@@ -212,6 +212,7 @@ def _name_node(dotted: str, like: ast.AST) -> ast.AST:
 
 
 _PATH_TYPES = {"Path", "PurePath", "PosixPath", "PurePosixPath"}
+_JOINS = {"os.path.join", "posixpath.join", "path.join"}
 _EXPANDUSER = {"os.path.expanduser", "posixpath.expanduser", "path.expanduser", "expanduser"}
 # What a name may stand for besides constants: where secrets come from (the environment, key
 # files), so `env = dict(os.environ)` then `requests.post(url, json=env)` reads as one call.
@@ -587,7 +588,9 @@ class _Folder(ast.NodeTransformer):
         return self._binop(node, node) or node
 
     def _binop(self, node: ast.BinOp, like: ast.AST) -> ast.AST | None:
-        if isinstance(node.op, ast.Div) and (_path_value(node.left) is not None or _path_value(node.right)):
+        if isinstance(node.op, ast.Div) and (
+            _path_value(node.left) is not None or _path_value(node.right) is not None
+        ):
             left_path, right_path = _path_text(node.left), _path_text(node.right)
             if left_path is None or right_path is None:
                 return None
@@ -694,11 +697,7 @@ class _Folder(ast.NodeTransformer):
             if all(part.isidentifier() for part in args[0].split(".")):
                 return _name_node(args[0], node)
             return None
-        if (
-            node.keywords
-            or any(a is _NO for a in args)
-            and name not in ("os.path.join", "posixpath.join", "path.join")
-        ):
+        if node.keywords or any(a is _NO for a in args):
             return None
         value: Any = _NO
         try:
@@ -715,9 +714,6 @@ class _Folder(ast.NodeTransformer):
                 value = [chr(c) for c in args[1]]
             elif name in ("reversed",) and len(args) == 1 and isinstance(args[0], (str, list)):
                 value = list(reversed(args[0]))
-            elif name in ("os.path.join", "posixpath.join", "path.join") and args:
-                parts = [_path_text(a) for a in node.args]
-                value = posixpath.join(*parts) if all(p is not None for p in parts) else _NO
             elif (
                 last in _DECODERS
                 and len(args) == 1
@@ -743,9 +739,18 @@ class _Folder(ast.NodeTransformer):
         if node.keywords:
             return None
         func = node.func
-        if last == "home" and not node.args and name is not None and name.rsplit(".", 2)[-2] in _PATH_TYPES:
+        owner = name.rsplit(".", 2)[-2] if name is not None and "." in name else None
+        if (
+            last == "home" and not node.args and owner in _PATH_TYPES
+        ):  # Path.home(), not a home() of one's own
             self.changed = True
             return _path_node("~", node)
+        if name in _JOINS and node.args:  # os.path.join(Path.home(), '.aws') as well as of strings
+            parts = [_path_text(a) for a in node.args]
+            if all(p is not None for p in parts):
+                self.changed = True
+                return _node(posixpath.join(*parts), node)  # type: ignore[arg-type]
+            return None
         if name in _EXPANDUSER and len(node.args) == 1:
             text = _path_text(node.args[0])
             if text is not None:

@@ -342,6 +342,7 @@ OBFUSCATED = {
     ],
 }
 SAFE_BUILT_CODE = [
+    "def home():\n    return 'index'\nprint(home())",  # a home() of one's own: the reading crashed (IndexError)
     "import subprocess\ncmd = ['rm', '-rf']\ncmd.append('build')\nsubprocess.run(cmd)",
     "rows = []\nfor i in range(3):\n    rows.append(i)\nrows.append('/')\nprint('\\t'.join(map(str, rows)))",
     # an API called with its key from the environment
