@@ -969,7 +969,9 @@ def run_chat(args: Any) -> int:
 
     started = None
     if args.resume is not None:  # the session's own tools and workspace, unless given
-        started = first_event(find_session(args.resume, args.run_dir))
+        path = find_session(args.resume, args.run_dir)
+        args.resume = str(path)  # found once: `last` names this session from here on
+        started = first_event(path)
     use_run_settings(args, started)
     agent = build_agent(args)
     chat = Chat(

@@ -69,7 +69,9 @@ def api_key(text: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in text):
         raise argparse.ArgumentTypeError("the key holds a control character (a pasted line break?)")
     if not text.isascii():  # headers carry bytes: clients send UTF-8, servers may read Latin-1
-        raise argparse.ArgumentTypeError("the key holds a character that is not ASCII; no header carries it alike")
+        raise argparse.ArgumentTypeError(
+            "the key holds a character that is not ASCII; no header carries it alike"
+        )
     return text
 
 
@@ -106,8 +108,12 @@ WORKSPACE_HELP = (
 )
 
 
-def add_run_flags(r: Any, workspace: Path | None) -> None:
-    """The run flags of `agent run` and `agent resume` (with their own --workspace default)."""
+def run_flags(workspace: Path | None) -> argparse.ArgumentParser:
+    """The run flags of `agent run` and `agent resume`, a parent parser each: their
+    --workspace defaults differ, and argparse's parents share their actions (and so any
+    default set on one)."""
+    flags = argparse.ArgumentParser(add_help=False)
+    r = flags.add_argument_group("run")
     r.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
     r.add_argument("--max-steps", type=POSITIVE, default=None, help="step budget (default 20)")
     r.add_argument("--max-tokens", type=POSITIVE, default=None, help="token budget for the whole run")
@@ -122,6 +128,7 @@ def add_run_flags(r: Any, workspace: Path | None) -> None:
     r.add_argument(
         "--no-guards", action="store_true", help="run without the default guard pipeline (not advised)"
     )
+    return flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,13 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fit every prompt to this many tokens (default: the model's own window, as --base-url reports it)",
     )
-
-    def run_flags(workspace: Path | None) -> argparse.ArgumentParser:
-        """The flags of `run` and `resume`: parsers of their own, as their defaults differ
-        (argparse's parents share their actions, and so any default set on one)."""
-        flags = argparse.ArgumentParser(add_help=False)
-        add_run_flags(flags.add_argument_group("run"), workspace)
-        return flags
 
     p = sub.add_parser(
         "run", parents=[model_flags, run_flags(Path("."))], help="run one task and print the answer"
@@ -426,22 +426,22 @@ def _stdin_task() -> str:
 def cmd_resume(args: argparse.Namespace) -> int:
     from .render import visible
     from .runlog import find_run, read_events
+    from .state import RunState
 
     writable_dir(args.run_dir, "--run-dir")
-    # The run and its tools are looked up first: a wrong id fails before a model loads. Only
-    # the first line is read; the resume reads (and checks) the whole log.
+    # The run, its settings and how it ended are read first: a wrong id or an ended run fails
+    # before a model loads (the resume reads the log again, and checks it the same way).
     path = find_run(args.run, args.run_dir)  # resolved once: `last` must name one run throughout
     events = read_events(path)
-    last = max((i for i, e in enumerate(events) if e.type == "run_finished"), default=None)
-    ended = events[last] if last is not None else None
-    went_on = last is not None and any(e.type in ("user_message", "model_request") for e in events[last:])
-    if ended is not None and ended.status in ("completed", "halted") and not went_on:
-        # Said before a model loads. A chat session's turn ends as a run does: it goes on in chat.
-        if sum(e.type == "user_message" for e in events) > 1:
+    state = RunState(path.stem)
+    for event in events:
+        state.apply(event)
+    if state.status in ("completed", "halted"):
+        if sum(e.type == "user_message" for e in events) > 1:  # a chat session: it goes on in chat
             raise AgentError(
                 f"{path.stem} is a chat session; go on with it with: agent chat --resume {path.stem}"
             )
-        raise AgentError(f"run {path.stem} already ended ({ended.status}); start a new run instead")
+        raise AgentError(f"run {path.stem} already ended ({state.status}); start a new run instead")
     started = events[0] if events else None
     use_run_settings(args, started)
     _warn_if_unguarded(args)
@@ -476,12 +476,12 @@ def use_run_settings(args: argparse.Namespace, started: Any) -> None:
     ran = started if started is not None and started.type == "run_started" else None
     if args.tools is None:
         args.tools = ",".join(builtins_for(ran.tools if ran else []))
-    if getattr(args, "workspace", ".") is None:
+    if args.workspace is None:
         args.workspace = Path(ran.workspace) if ran and ran.workspace else Path(".")
     if ran is not None:
         if args.effort is None:
             args.effort = ran.effort
-        if getattr(args, "strategy", "") is None:
+        if args.strategy is None:
             args.strategy = ran.strategy
 
 
