@@ -639,25 +639,22 @@ def run_cli(args: Any) -> int:
 
     said: list[bool] = []
 
+    def say(text: str) -> None:
+        # Not markup: an id or error may hold "[/...]", which rich would read as a closing tag.
+        err.print(text, markup=False, highlight=False, soft_wrap=True)
+
     def on_progress(p: Progress, result: BatchResult | None) -> None:
         if not said:  # the first call, before any task runs: what --resume found
             said.append(True)
             if p.skipped:
-                left = p.total - p.skipped
-                err.print(
-                    f"{p.skipped} of {p.total} tasks already have results in {args.output}; running {left}",
-                    markup=False,
-                    highlight=False,
-                    soft_wrap=True,
+                say(
+                    f"{p.skipped} of {p.total} tasks already have results in {args.output}; running {p.total - p.skipped}"
                 )
             if p.foreign:
-                err.print(
-                    f"note: {p.foreign} result{'s' if p.foreign != 1 else ''} in {args.output} "
-                    f"{'are' if p.foreign != 1 else 'is'} for ids not in {args.tasks}; kept as "
-                    f"{'they are' if p.foreign != 1 else 'it is'}",
-                    markup=False,
-                    highlight=False,
-                    soft_wrap=True,
+                one = p.foreign == 1
+                say(
+                    f"note: {p.foreign} result{'' if one else 's'} in {args.output} {'is' if one else 'are'} "
+                    f"for ids not in {args.tasks}; kept as {'it is' if one else 'they are'}"
                 )
         elapsed = max(time.monotonic() - p.started, 1e-6)
         bar.update(
@@ -673,9 +670,7 @@ def run_cli(args: Any) -> int:
                 mark = "ok" if result.correct is not False else "answered, not the expected answer"
             else:
                 mark = result.status + (f": {result.error}" if result.error else "")
-            # Not markup: an id or error may hold "[/...]", which rich would read as a closing tag.
-            line = f"[{p.done}/{p.total}] {result.id}: {mark}"
-            err.print(line, markup=False, highlight=False, soft_wrap=True)
+            say(f"[{p.done}/{p.total}] {result.id}: {mark}")
 
     options = dict(
         concurrency=args.concurrency,
