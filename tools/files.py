@@ -104,6 +104,11 @@ class Workspace:
         rel = real.relative_to(self.root).as_posix()
         return rel if rel != "." else "."
 
+    def shown(self, real: Path) -> str:
+        """`relative`, with a control character in a name (a newline) as `\\x0a`: as the
+        model is shown a path, one entry on one line (`resolve` reads it back)."""
+        return _shown(self.relative(real))
+
     def _unescaped_path(self, path: str) -> str:
         """`path` with its \\xNN escapes read as bytes where that names what exists: the
         file itself, or (for a new file) the folder it goes in."""
@@ -412,11 +417,11 @@ def _edit_lock(real: Path) -> threading.Lock:
     return _EDIT_LOCKS[hash(str(real)) % len(_EDIT_LOCKS)]
 
 
-def _version(ws: Workspace, path: str) -> tuple[int, int, int] | None:
+def _version(real: Path) -> tuple[int, int, int] | None:
     """What tells a file's content changed: inode (an atomic replace), size, modification time."""
     try:
-        st = os.stat(ws.resolve(path))
-    except (OSError, ToolError):
+        st = os.stat(real)
+    except OSError:
         return None
     return st.st_ino, st.st_size, st.st_mtime_ns
 
@@ -440,7 +445,7 @@ def _shown(rel: str) -> str:
 
 
 def _too_deep_note(ws: Workspace, folders: list[str]) -> str:
-    first = _shown(ws.relative(Path(folders[0])))
+    first = ws.shown(Path(folders[0]))
     return (
         f"[not descended below {MAX_WALK_DEPTH} levels of folders, at {first}"
         + (f" and {len(folders) - 1} more" if len(folders) > 1 else "")
@@ -684,7 +689,7 @@ class FileTools:
         lines = text_lines(text)
         total = len(lines)
         if total == 0:
-            return f"{_shown(ws.relative(real))}: the file is empty (0 lines)."
+            return f"{ws.shown(real)}: the file is empty (0 lines)."
         if start > total:
             raise ToolError(f"start_line {start} is past the end of {path!r}, which has {total} lines.")
         if end_line is not None and end_line < start:
@@ -692,7 +697,7 @@ class FileTools:
         end = min(total, end_line if end_line is not None else start + DEFAULT_READ_LINES - 1)
         width = len(str(end))
         body = "\n".join(f"{n:>{width}}| {_clip(_bytes_shown(lines[n - 1]))}" for n in range(start, end + 1))
-        header = f"{_shown(ws.relative(real))} (lines {start}-{end} of {total}{_NOT_UTF8 if _has_raw_bytes(text) else ''})"
+        header = f"{ws.shown(real)} (lines {start}-{end} of {total}{_NOT_UTF8 if _has_raw_bytes(text) else ''})"
         footer = ""
         if end < total:
             footer = f"\n[{total - end} more lines; read_file with start_line={end + 1} to continue]"
@@ -719,7 +724,7 @@ class FileTools:
         width = len(str(last))
         body = "\n".join(f"{i:>{width}}| {_clip(_bytes_shown(line))}" for i, line in shown)
         footer = f"\n[the file goes on; read_file with start_line={last + 1} to continue]" if n > last else ""
-        return f"{_shown(ws.relative(real))} (lines {start}-{last}; a large file, read in parts)\n{body}{footer}"
+        return f"{ws.shown(real)} (lines {start}-{last}; a large file, read in parts)\n{body}{footer}"
 
     @tool(effects={"writes"})
     def write_file(self, path: str, content: str) -> str:
@@ -739,7 +744,7 @@ class FileTools:
             real, created = ws.write_text(path, content)
         lines = len(text_lines(content))
         verb = "Created" if created else "Overwrote"
-        return f"{verb} {_shown(ws.relative(real))} ({len(content.encode('utf-8', 'surrogateescape')):,} bytes, {lines} lines)."
+        return f"{verb} {ws.shown(real)} ({len(content.encode('utf-8', 'surrogateescape')):,} bytes, {lines} lines)."
 
     @tool(effects={"writes"})
     def edit_file(self, path: str, old: str, new: str) -> str:
@@ -753,13 +758,14 @@ class FileTools:
         if not old:
             raise ToolError("`old` is empty; give the exact text to replace.")
         ws = self.workspace
-        with _edit_lock(ws.resolve(path)):
-            return self._edit(ws, path, old, new)
+        target = ws.resolve(path)
+        with _edit_lock(target):
+            return self._edit(ws, path, target, old, new)
 
     @staticmethod
-    def _edit(ws: Workspace, path: str, old: str, new: str) -> str:
+    def _edit(ws: Workspace, path: str, target: Path, old: str, new: str) -> str:
         # Any file write_file may write, edit_file may edit (it reads whole what it changes).
-        before = _version(ws, path)
+        before = _version(target)
         real, text = ws.read_text(path, limit=max(ws.max_read_bytes, ws.max_write_bytes))
         raw_bytes = _has_raw_bytes(text)
         if raw_bytes:  # not UTF-8: the model saw (and writes) the other bytes as \xe9
@@ -785,13 +791,13 @@ class FileTools:
         at = text.index(old)
         new = _line_ends_as_here(new, text, at)
         updated = text[:at] + new + text[at + len(old) :]
-        if _version(ws, path) != before:  # another program (the python tool's code) wrote it meanwhile
+        if _version(target) != before:  # another program (the python tool's code) wrote it meanwhile
             raise ToolError(
                 f"{path!r} changed while it was being edited, and the edit was not made; "
                 "read it again and redo the edit on what it holds now."
             )
         ws.write_text(ws.relative(real), updated)
-        rel = _shown(ws.relative(real))
+        rel = ws.shown(real)
         # Where the new text's lines are: line breaks at its start or end are not lines of it.
         body = new.strip("\r\n")
         line_at = text.count("\n", 0, at) + 1
@@ -841,7 +847,7 @@ class FileTools:
                 entries.append(self._entry(ws, full, rel))
             if not recursive:
                 break
-        shown = _shown(ws.relative(real))
+        shown = ws.shown(real)
         if not entries:
             what = f" matching {pattern!r}" if pattern else ""
             return f"{shown}: no entries{what}." + (f"\n{_too_deep_note(ws, too_deep)}" if too_deep else "")
@@ -871,7 +877,7 @@ class FileTools:
             except OSError:
                 return f"{rel} -> (broken symlink)"
             suffix = "/" if stat.S_ISDIR(st.st_mode) else f"  {_size(st.st_size)}"
-            return f"{rel} -> {_shown(ws.relative(target))}{suffix}"
+            return f"{rel} -> {ws.shown(target)}{suffix}"
         if stat.S_ISDIR(lst.st_mode):
             return f"{rel}/"
         if stat.S_ISREG(lst.st_mode):
@@ -928,7 +934,7 @@ class FileTools:
         deep = f"\n{_too_deep_note(ws, too_deep)}" if too_deep else ""
         if not matches:
             note = f" ({skipped} binary, oversized or special files skipped)" if skipped else ""
-            where = "the workspace" if ws.relative(real) == "." else _shown(ws.relative(real))
+            where = "the workspace" if ws.relative(real) == "." else ws.shown(real)
             return f"No matches for {pattern!r} in {where}{note}.{deep}"
         out = "\n".join(matches)
         if more:
