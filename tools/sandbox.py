@@ -632,15 +632,15 @@ def revoke_access(workspace: str | None = None) -> None:
             continue
         _granted.discard((root, uid))
         for path, name, st, dirs in _entries(root, 40_000):
-            inherited = False
-            if name in dirs and _private(name, st.st_mode):
-                # A folder made after the grant (.pytest_cache, by another program) took the
-                # kernel's entry from its parent's default ACL, and so did what was made in it:
-                # it is walked. One the grant denied (entry 0) holds nothing it shared.
-                perm = _acl_read(path, "system.posix_acl_access", st.st_mode).get((_ACL_USER, uid))
-                inherited = bool(perm)
-                if not inherited:
-                    dirs.remove(name)
+            # A private folder is left out, unless it was made after the grant (.pytest_cache, by
+            # another program): it took the kernel's entry from its parent's default ACL, and so
+            # did what was made in it. One the grant denied (entry 0) holds nothing it shared.
+            if (
+                name in dirs
+                and _private(name, st.st_mode)
+                and not _acl_read(path, "system.posix_acl_access", st.st_mode).get((_ACL_USER, uid))
+            ):
+                dirs.remove(name)
             try:
                 _acl_revoke_one(path, uid, stat.S_ISDIR(st.st_mode))
             except OSError:
