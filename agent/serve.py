@@ -179,7 +179,7 @@ class ChatCompletionRequest(_Wire):
             messages=[to_message(m, i) for i, m in enumerate(self.messages)],
             tools=tools,
             tool_choice=choice,
-            effort=_EFFORT.get(self.reasoning_effort or "", default_effort or "medium"),
+            effort=_effort(self.reasoning_effort) or default_effort or "medium",
             max_new_tokens=self.max_completion_tokens or self.max_tokens,
             # Below 1e-5 sampling divides by next to nothing (1e-38 gave inf): greedy is what it means.
             temperature=0.0 if self.temperature is not None and self.temperature < 1e-5 else self.temperature,
@@ -187,7 +187,9 @@ class ChatCompletionRequest(_Wire):
         )
 
 
-_EFFORT: dict[str, Effort] = {"minimal": "low", "low": "low", "medium": "medium", "high": "high"}
+def _effort(asked: str | None) -> Effort | None:
+    """OpenAI's "minimal" is the least this server has: low."""
+    return "low" if asked == "minimal" else asked  # type: ignore[return-value]
 
 
 def _tool_choice(
@@ -771,9 +773,7 @@ class ChatServer:
     # -- chat completions
 
     async def _chat(self, conn: _Connection, request: _Request) -> bool:
-        if (
-            len(request.body) > OFF_LOOP_BYTES
-        ):  # a large body is read on a thread: others are served meanwhile
+        if len(request.body) > OFF_LOOP_BYTES:  # read on a thread: others are served meanwhile
             chat, llm_request = await asyncio.to_thread(self._read_chat, request)
         else:
             chat, llm_request = self._read_chat(request)
