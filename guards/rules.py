@@ -183,6 +183,11 @@ def _has_digit(value: str) -> bool:
     return any(c.isdigit() for c in value)
 
 
+# A JSON/YAML key that names a secret (db_password, "DB_PASSWORD", auth_token, SessionToken), then
+# its colon: the value follows in double or in single quotes.
+_FIELD_KEY = r"(?i)[\"'](?:[\w.\-]*(?:password|passwd|secret|api_?key|access_?key|private_?key|credentials?)[\w.\-]*|(?:[\w.\-]*[_.\-])?(?:session|refresh|access|auth|id)?token)[\"']\s*:\s*"
+
+
 SECRET_PATTERNS: tuple[Pattern, ...] = (
     _p(
         "private_key",
@@ -266,13 +271,13 @@ SECRET_PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(  # a key that names a secret (db_password, "DB_PASSWORD", auth_token), a JSON string value with escapes
         "password_field",
-        r"(?i)[\"'](?:[\w.\-]*(?:password|passwd|secret|api_?key|access_?key|private_?key|credentials?)[\w.\-]*|(?:[\w.\-]*[_.\-])?(?:session|refresh|access|auth|id)?token)[\"']\s*:\s*\"((?:[^\"\\\n]|\\.){6,})\"",
+        _FIELD_KEY + r"\"((?:[^\"\\\n]|\\.){6,})\"",
         "a secret in a JSON/YAML field",
         group=1,
     ),
     _p(
         "password_field",
-        r"(?i)[\"'](?:[\w.\-]*(?:password|passwd|secret|api_?key|access_?key|private_?key|credentials?)[\w.\-]*|(?:[\w.\-]*[_.\-])?(?:session|refresh|access|auth|id)?token)[\"']\s*:\s*'([^'\n]{6,})'",
+        _FIELD_KEY + r"'([^'\n]{6,})'",
         "a secret in a JSON/YAML field",
         group=1,
     ),
