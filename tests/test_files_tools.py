@@ -574,7 +574,7 @@ def test_edits_at_once_all_land_and_a_change_from_outside_is_not_overwritten(ws,
         t.start()
     for t in threads:
         t.join()
-    assert (ws / "f.txt").read_text().count("EDITED") == n  # 9 of 50 landed: each wrote over the others
+    assert (ws / "f.txt").read_text().count("EDITED") == n  # of 50 such edits 9 had landed: each wrote over the others
 
     # another program (the python tool's code) writes the file while the edit is under way
     real_read = files.Workspace.read_text

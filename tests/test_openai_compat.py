@@ -1133,10 +1133,12 @@ async def test_thinking_opened_by_the_chat_template_streams_as_thinking_once_see
     assert response.content == "Just six."
     server.queue(text_stream("Seven", "."))
     deltas, _ = await collect(llm, user())
-    assert [d.content for d in deltas if d.content] and not any(d.thinking for d in deltas)
+    assert [d.content for d in deltas if d.content] == ["Seven", "."] and not any(d.thinking for d in deltas)
 
 
-async def test_a_default_reply_limit_is_sent_unless_the_request_names_one(server: FakeServer, make_llm) -> None:
+async def test_a_default_reply_limit_is_sent_unless_the_request_names_one(
+    server: FakeServer, make_llm
+) -> None:
     from agent.cli import build_parser, make_model
 
     args = build_parser().parse_args(

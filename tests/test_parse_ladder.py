@@ -569,6 +569,10 @@ def test_streamed_content_adds_up_to_the_parsed_content(text, size):
     parsed = parse_output(text)
     assert "".join(d.content for d in deltas) == parsed.content  # a call's JSON is not streamed as text
     assert "".join(d.thinking for d in deltas) == parsed.thinking
+    if "abc}}</tool_call>" in text:  # the close tag ended the broken call: the rest is the answer
+        assert parsed.content == "Here is the answer." and [
+            c.parse_error is not None for c in parsed.tool_calls
+        ] == [True]
 
 
 @pytest.mark.parametrize(

@@ -560,6 +560,7 @@ def test_the_kernel_user_gets_the_workspace_but_nothing_private_in_it_and_only_w
             # is made in it take the kernel's entry from the workspace's default ACL
             (ws / ".cache" / "v").mkdir(parents=True)
             (ws / ".cache" / "v" / "nodeids").write_text("[]\n")
+            assert as_nobody(f"cat {ws}/.cache/v/nodeids")  # it took the kernel user's entry
         finally:
             sb.revoke_access(str(ws))
         assert {p: p.stat().st_mode for p in modes} == modes  # as they were: no mask in the group bits

@@ -886,17 +886,26 @@ def test_agent_serve_user_errors_are_one_clear_line(tmp_path, case):
     assert "Traceback" not in out.stderr and out.stdout == ""
 
 
-async def test_a_large_body_is_read_off_the_event_loop_and_answered_the_same(serve, http):
+async def test_a_large_body_is_read_off_the_event_loop_and_answered_the_same(serve, http, monkeypatch):
     from agent import serve as serve_module
 
     llm = ScriptedLLM(["big one"])
     server = await serve(llm)
+    threads = []
+    read_chat = serve_module.ChatServer._read_chat
+
+    def recording(self, request):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return read_chat(self, request)
+
+    monkeypatch.setattr(serve_module.ChatServer, "_read_chat", recording)
     text = "word " * (serve_module.OFF_LOOP_BYTES // 4)  # over the bound: read on a worker thread
     r = await http.post(
         server.base_url + "/chat/completions", json={"messages": [{"role": "user", "content": text}]}
     )
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "big one"
     assert llm.requests[0].messages[-1].content == text
+    assert threads == [False]  # on a worker thread, not the event loop's
     bad = {"messages": [{"role": "user", "content": text}], "max_tokens": 0}  # its errors as before
     assert_error(await http.post(server.base_url + "/chat/completions", json=bad), 400, "invalid_request")
 
@@ -904,10 +913,10 @@ async def test_a_large_body_is_read_off_the_event_loop_and_answered_the_same(ser
 async def test_a_client_that_stops_reading_a_stream_is_dropped_and_its_generation_stopped(serve, http):
     import socket
 
-    closed = asyncio.Event()
+    closed, sent = asyncio.Event(), []
 
     class Endless:
-        """A long reply, 64 kB a piece, until the stream is closed."""
+        """A long reply, 64 kB a piece (640 MB in all), until the stream is closed."""
 
         name = "endless"
 
@@ -915,6 +924,7 @@ async def test_a_client_that_stops_reading_a_stream_is_dropped_and_its_generatio
             try:
                 for _ in range(10_000):
                     yield ModelDelta(content="x" * 65536)
+                    sent.append(1)
                     await asyncio.sleep(0)
                 yield ModelResponse(content="never")
             finally:
@@ -929,6 +939,7 @@ async def test_a_client_that_stops_reading_a_stream_is_dropped_and_its_generatio
     client.sendall(head + body)  # and never reads: it generated to max_tokens for nobody
     try:
         await asyncio.wait_for(closed.wait(), HANG_GUARD)
+        assert len(sent) < 1_000  # closed early, not run to its end (nor hung until HANG_GUARD)
         r = await http.get(server.base_url.removesuffix("/v1") + "/health")  # the server goes on
         assert r.status_code == 200
     finally:
