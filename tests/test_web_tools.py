@@ -780,22 +780,22 @@ def test_a_server_that_trickles_its_answer_is_cut_off_at_the_fetchs_deadline():
     listener.listen()
     port = listener.getsockname()[1]
 
-    def trickle():  # a header byte every 0.2 s: each read is quick, the answer never whole
+    def trickle():  # a header byte every 0.05 s: each read well within the timeout, the answer never whole
         conn, _ = listener.accept()
         conn.recv(4096)
         try:
-            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 200:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 800:
                 conn.send(bytes([byte]))
-                time.sleep(0.2)
+                time.sleep(0.05)
         except OSError:
             pass
         finally:
             conn.close()
 
     threading.Thread(target=trickle, daemon=True).start()
-    tools = WebTools(allow_private=True, timeout=0.25, cache=False, retries=0)  # a 1 s deadline
+    tools = WebTools(allow_private=True, timeout=0.5, cache=False, retries=0)  # a 2 s deadline
     try:
         message = refused(tools.open_url, url=f"http://127.0.0.1:{port}/")
     finally:
         listener.close()
-    assert message == f"Timed out fetching http://127.0.0.1:{port}/: no whole answer within 1 s."
+    assert message == f"Timed out fetching http://127.0.0.1:{port}/: no whole answer within 2 s."
