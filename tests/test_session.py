@@ -172,7 +172,8 @@ async def test_messages_sent_at_once_are_answered_one_after_the_other(run_dir):
 
 
 async def test_a_message_waiting_its_turn_is_answered_before_the_next_one_of_a_busy_sender(run_dir):
-    session = Agent(ScriptedLLM([f"r{i}" for i in range(5)], delay=0.02), run_dir=run_dir).session()
+    llm = ScriptedLLM([f"r{i}" for i in range(5)], delay=0.5)
+    session = Agent(llm, run_dir=run_dir).session()
     answered = []
 
     async def chatty():
@@ -181,7 +182,8 @@ async def test_a_message_waiting_its_turn_is_answered_before_the_next_one_of_a_b
             answered.append(f"A{i}")
 
     async def once():
-        await asyncio.sleep(0.01)  # sent while A0 is being answered
+        while not llm.requests:  # sent while A0 is being answered (its reply takes 0.5 s)
+            await asyncio.sleep(0.005)
         await session.asend("B")
         answered.append("B")
 
