@@ -48,7 +48,6 @@ from .tool import (
     OUTPUT_LIMIT,
     FunctionTool,
     Tool,
-    ToolContext,
     ToolError,
     _context,
     check_tool,
@@ -916,7 +915,7 @@ class Run:
         if self._deadline is not None:
             left = max(0.0, self._deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
-        token = _context.set(ToolContext(self.run_id, step, call.id, self.agent.workspace, self.bus.emit))
+        token = _context.set((self, step, call.id))
         timer: asyncio.Timeout | None = None
         try:
             if tool.blocking:
@@ -1078,16 +1077,19 @@ class Run:
         n = self.agent.loop_repeats
         if not n:  # loop detection is off
             return None
-        if len(recent) >= n:
+        # Plain `==` first, in C: most turns differ from the last ones, and then no
+        # _same_turn call (nor JSON) is needed.
+        count = len(recent)
+        if count >= n:
             last = recent[-1]
             for turn in recent[-n:-1]:  # a loop, not all(<genexpr>): this runs every step
-                if not _same_turn(last, turn):
+                if not (last == turn and _same_turn(last, turn)):
                     break
             else:
                 return "repeated"
-        if len(recent) >= 4:
+        if count >= 4:
             a, b, c, d = recent[-1], recent[-2], recent[-3], recent[-4]
-            if _same_turn(a, c) and _same_turn(b, d) and not _same_turn(a, b):
+            if a == c and b == d and _same_turn(a, c) and _same_turn(b, d) and not _same_turn(a, b):
                 return "oscillating"
         return None
 

@@ -48,12 +48,18 @@ class ToolContext:
     emit: Callable[[Any], Awaitable[Any]]
 
 
-_context: ContextVar[ToolContext | None] = ContextVar("agent_tool_context", default=None)
+# The call running now, as the loop sets it: (run, step, call id). The ToolContext is
+# made when a tool asks for it; most tools never do, and the loop sets one per call.
+_context: ContextVar[tuple[Any, int, str] | None] = ContextVar("agent_tool_context", default=None)
 
 
 def tool_context() -> ToolContext | None:
     """The context of the tool call running now, or None outside a run."""
-    return _context.get()
+    current = _context.get()
+    if current is None:
+        return None
+    run, step, call_id = current
+    return ToolContext(run.run_id, step, call_id, run.agent.workspace, run.bus.emit)
 
 
 class Tool(ABC):

@@ -535,3 +535,37 @@ def test_every_package_says_it_carries_type_hints():
     for package in ("agent", "tools", "memory", "guards"):
         assert importlib.resources.files(package).joinpath("py.typed").is_file(), package
         assert "py.typed" in shipped[package], package  # and the wheel takes it along
+
+
+def test_a_run_logs_where_run_dir_says_when_it_runs(tmp_path):
+    """The log folder's path is made once per value of `run_dir`: setting another one
+    after the agent was made moves the next run's log there."""
+    agent = Agent(ScriptedLLM(["one", "two"]), run_dir=tmp_path / "first", guards=None)
+    first = agent.run_sync("task")
+    agent.run_dir = tmp_path / "second"
+    second = agent.run_sync("task")
+    assert os.path.dirname(first.log_path) == str(tmp_path / "first")
+    assert os.path.dirname(second.log_path) == str(tmp_path / "second")
+    assert [e.type for e in read_events(second.log_path)][-1] == "run_finished"
+
+
+def test_tool_context_names_the_call_running_now(run_dir):
+    seen = []
+
+    @tool(blocking=False)
+    def where(i: int) -> str:
+        """Say where it runs."""
+        ctx = tool_context()
+        seen.append((ctx.run_id, ctx.step, ctx.call_id, ctx.workspace))
+        return "ok"
+
+    llm = ScriptedLLM(
+        [
+            ModelResponse(tool_calls=[ToolCallRequest(id=f"c{i}", name="where", arguments={"i": i})])
+            for i in range(2)
+        ]
+        + ["done"]
+    )
+    result = Agent(llm, tools=[where], run_dir=run_dir, workspace=run_dir, guards=None).run_sync("task")
+    assert seen == [(result.run_id, 1, "c0", run_dir), (result.run_id, 2, "c1", run_dir)]
+    assert tool_context() is None  # outside a call
