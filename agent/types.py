@@ -63,10 +63,15 @@ def updated(model: M, /, **changes: Any) -> M:
     """`model.model_copy(update=changes)` (shallow, nothing checked) for a
     fraction of its cost: pydantic's copy goes through `__copy__` and
     `copy.copy` of each of its parts."""
-    copy = _new(type(model))
+    cls = type(model)
+    copy = _new(cls)
     _set_dict(copy, model.__dict__ | changes)
     # union(), not `|`: a set and a keys view meet through two operator dispatches.
     _set_fields_set(copy, model.__pydantic_fields_set__.union(changes))
+    if cls in _shapes:  # a class trusted() builds has neither extra fields nor private attributes
+        _set_extra(copy, None)
+        _set_private(copy, None)
+        return copy
     extra = model.__pydantic_extra__
     _set_extra(copy, None if extra is None else dict(extra))
     private = model.__pydantic_private__

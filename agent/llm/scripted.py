@@ -107,32 +107,39 @@ class ScriptedLLM:
         return len(self.script) - len(self._seen)
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
-        index = len(self._seen)
-        self._seen.append((request, len(request.messages)))
-        if index >= len(self.script):
+        seen, script = self._seen, self.script
+        index = len(seen)
+        seen.append((request, len(request.messages)))
+        if index >= len(script):
             last = request.messages[-1].content[:200] if request.messages else ""
             raise ScriptExhausted(
-                f"ScriptedLLM: call {index + 1} but the script has {len(self.script)} turns "
+                f"ScriptedLLM: call {index + 1} but the script has {len(script)} turns "
                 f"(last message: {last!r})"
             )
-        item = self.script[index]
-        if callable(item):
-            item = item(request)
+        item = script[index]
         delay = self.delay
-        if isinstance(item, dict) and "delay" in item:
-            item = dict(item)
-            delay = float(item.pop("delay") or 0.0)
-        response = self._to_response(item, calls=request.may_call)
+        if type(item) is ModelResponse:  # most scripts: no text to parse, nothing to call
+            response = _copy_response(item)
+        else:
+            if callable(item):
+                item = item(request)
+            if isinstance(item, dict) and "delay" in item:
+                item = dict(item)
+                delay = float(item.pop("delay") or 0.0)
+            response = self._to_response(item, calls=request.may_call)
         if delay:
             await asyncio.sleep(delay)
-        for field in ("thinking", "content"):
-            text = getattr(response, field)
-            for i in range(0, len(text), self.chunk_size):
-                yield trusted(ModelDelta, **{field: text[i : i + self.chunk_size]})
+        fields = response.__dict__
+        if fields["thinking"] or fields["content"]:
+            size = self.chunk_size
+            for field in ("thinking", "content"):
+                text = fields[field]
+                for i in range(0, len(text), size):
+                    yield trusted(ModelDelta, **{field: text[i : i + size]})
         # Stamped as it is handed over, after its deltas, as a real backend's
         # reply is: a scripted one was written before the run began. The
         # response is this call's own copy.
-        response.__dict__["time"] = _time.time()
+        fields["time"] = _time.time()
         yield response
 
     def _to_response(self, item: Any, *, calls: bool = True) -> ModelResponse:
@@ -150,11 +157,7 @@ class ScriptedLLM:
                 model=self.name,
             )
         if isinstance(item, ModelResponse):
-            # A copy, so that neither the loop (which numbers the response)
-            # nor an `act` hook changes the script: the response, its calls
-            # and their argument dicts. Nested values are shared; a deep copy
-            # was about two fifths of a step's instructions.
-            return updated(item, tool_calls=[_copy_call(c) for c in item.tool_calls])
+            return _copy_response(item)
         if isinstance(item, dict):
             data = dict(item)
             data["tool_calls"] = [
@@ -164,6 +167,14 @@ class ScriptedLLM:
             data.setdefault("model", self.name)
             return ModelResponse(**data)
         raise TypeError(f"ScriptedLLM: cannot use a script item of type {type(item).__name__}")
+
+
+def _copy_response(item: ModelResponse) -> ModelResponse:
+    """A copy, so that neither the loop (which numbers the response) nor an `act` hook
+    changes the script: the response, its calls and their argument dicts. Nested values
+    are shared; a deep copy was about two fifths of a step's instructions."""
+    calls = item.tool_calls
+    return updated(item, tool_calls=[_copy_call(c) for c in calls] if calls else [])
 
 
 def _copy_call(call: ToolCallRequest) -> ToolCallRequest:
