@@ -137,8 +137,13 @@ class Bus:
     def _deliver_now(self, event: Event) -> None:
         # Every subscriber is sync, so nothing here awaits and no other
         # delivery can cut in: the lock would only cost time. This is the path
-        # of every event of a run without async subscribers.
-        self._number(event)
+        # of every event of a run without async subscribers; it numbers the
+        # event as _number does, inline (a call per event less).
+        self._seq = seq = self._seq + 1
+        fields = event.__dict__
+        fields["seq"] = seq
+        if not fields["run_id"]:
+            fields["run_id"] = self.run_id
         for fn, _ in self._subscribers:
             fn(event)
 

@@ -58,19 +58,22 @@ class RunLog:
     failed: str | None = None  # why the log stopped: a write failed (a full disk); nothing is written after
 
     def __call__(self, event: Event) -> None:
-        if not self.log_deltas and event.type == "model_delta":
+        if not self.log_deltas and event.__dict__["type"] == "model_delta":
             return
-        if self._fd is None:
+        fd = self._fd
+        if fd is None:
             if self.failed is not None:
                 return
-            self._fd = self._open()
+            fd = self._fd = self._open()
         # One write() per event, unbuffered: once it returns, the line is the
         # kernel's and survives the process being killed (no fsync: a power
         # cut may still lose it). The bytes are model_dump_json()'s, in UTF-8.
         line = event.__pydantic_serializer__.to_json(event) + b"\n"
         try:
-            while line:
-                line = line[os.write(self._fd, line) :]
+            written = os.write(fd, line)
+            while written < len(line):  # a short write (a signal, a full disk): the rest
+                line = line[written:]
+                written = os.write(fd, line)
         except OSError as e:
             # The run fails with this message, and the events that say so still reach the
             # other subscribers (the terminal, a caller's stream): the log writes no more.

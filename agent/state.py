@@ -59,17 +59,22 @@ class RunState:
         self.events: list[Event] = []
 
     def apply(self, event: Event) -> None:
-        if event.type == "model_delta":
+        # Read through __dict__: an attribute of a pydantic model goes through its
+        # __getattr__ hook, and this runs for every event.
+        fields = event.__dict__
+        kind = fields["type"]
+        if kind == "model_delta":
             # The live stream, for whoever watches the run: the record (this list, the log,
             # RunResult.events) keeps the whole reply, which the guards judged; a delta is
             # neither judged nor redacted (a secret may straddle two of them).
             return
         self.events.append(event)
-        if event.step > self.step:
-            self.step = event.step
+        step = fields["step"]
+        if step > self.step:
+            self.step = step
         # Dispatch on the `type` tag: an isinstance chain over pydantic classes
         # (ABC checks) cost more than the rest of applying an event.
-        handler = _HANDLERS.get(event.type)
+        handler = _HANDLERS.get(kind)
         if handler is not None:
             handler(self, event)
 

@@ -78,6 +78,30 @@ def test_run_log_lines_are_model_dump_json_and_written_per_event(tmp_path):
     assert read_events(path)[1] == response
 
 
+def test_run_log_finishes_a_line_the_kernel_took_only_part_of(tmp_path, monkeypatch):
+    """write() may take fewer bytes than given (a signal, a nearly full disk): the log
+    writes the rest, so each event is still one whole line."""
+    import agent.runlog as runlog
+
+    real_write = os.write
+    calls = []
+
+    def short_write(fd, data):
+        calls.append(len(data))
+        return real_write(fd, bytes(data[:7]))
+
+    monkeypatch.setattr(runlog.os, "write", short_write)
+    path = tmp_path / "r.jsonl"
+    log = RunLog(path)
+    events = [UserMessage(content="first"), UserMessage(content="second ✓")]
+    for event in events:
+        log(event)
+    log.close()
+    monkeypatch.undo()
+    assert read_events(path) == events
+    assert len(calls) > 2 * len(events)  # each line took several writes
+
+
 async def test_bus_keeps_order_with_and_without_async_subscribers():
     bus = Bus("r1")
     seen: list[tuple[str, int]] = []
