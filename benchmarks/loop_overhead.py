@@ -11,9 +11,13 @@ in microseconds.
 
 Every framework runs in its own subprocess (``benchmarks/peers/*.py``);
 ours with the project's virtualenv, the peers with ``.bench-venv``.  For
-each N and each round, every framework runs once (1 warm-up + ``--reps``
-timed runs) and the order rotates from round to round, so slow drifts of
-the machine spread over all frameworks instead of landing on one.
+each N and each round, every framework runs once (1 warm-up + its timed
+runs) and the order rotates from round to round, so slow drifts of the
+machine spread over all frameworks instead of landing on one.  The timed
+runs per round are ``--reps`` x 100 / N, at least ``--reps`` (30 at N = 10,
+6 at N = 50, 3 at N = 200 by default): every N is timed over about the same
+number of steps, so a short run's median does not rest on a handful of
+millisecond-long samples.  Every framework gets the same count at an N.
 
     .venv/bin/python benchmarks/loop_overhead.py               # full run
     .venv/bin/python benchmarks/loop_overhead.py --quick       # smoke run
@@ -193,6 +197,11 @@ def probe(fw: Framework) -> None:
         if res.returncode != 0:
             last = (res.stderr.strip().splitlines() or ["import failed"])[-1]
             fw.skip = f"cannot import {fw.module} in .bench-venv: {last}"
+
+
+def reps_at(n: int, reps: int) -> int:
+    """Timed runs per round at N: about the same number of timed steps at every N."""
+    return max(reps, round(reps * 100 / max(n, 1)))
 
 
 def run_once(fw: Framework, n: int, reps: int, timeout: float, warmup: int = 1) -> None:
@@ -395,7 +404,12 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds per N (each runs every framework once)")
-    parser.add_argument("--reps", type=int, default=3, help="timed runs per framework per round")
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=3,
+        help="timed runs per framework per round at N = 100 (x 100 / N, at least this)",
+    )
     parser.add_argument(
         "--warmup", type=int, default=1, help="untimed runs per subprocess before the timed ones (default 1)"
     )
@@ -470,7 +484,9 @@ def main() -> int:
     for k, v in info.items():
         print(f"  {k}: {v}")
     print(
-        f"Settings: N={ns}, rounds={args.rounds}, reps/round={args.reps} (+{args.warmup} warm-up per subprocess)"
+        f"Settings: N={ns}, rounds={args.rounds}, "
+        f"reps/round={', '.join(f'{reps_at(n, args.reps)} at N={n}' for n in ns)} "
+        f"(+{args.warmup} warm-up per subprocess)"
     )
     if hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores / 2:
         print(
@@ -506,7 +522,7 @@ def main() -> int:
                 if fw.skip:
                     continue
                 before = len(fw.errors)
-                run_once(fw, n, args.reps, args.timeout, args.warmup)
+                run_once(fw, n, reps_at(n, args.reps), args.timeout, args.warmup)
                 if len(fw.errors) > before:
                     print(f"ERROR {fw.key}: {fw.errors[-1]}", file=sys.stderr)
             elapsed = time.perf_counter() - started
@@ -538,7 +554,9 @@ def main() -> int:
         "ours: the no-op tool is declared @tool(blocking=False) and runs on the event loop (as smolagents runs"
     )
     print("its tools); ours (tool on a thread): a plain @tool, which runs on a worker thread, the default.")
-    print("Every model hands over structured tool calls; ours (raw text) parses them from model text as well.")
+    print(
+        "Every model hands over structured tool calls; ours (raw text) parses them from model text as well."
+    )
     cpu_rows = [
         [f.label or f.key] + [fmt(us_per_step(f, n, cpu=True)) for n in ns]
         for f in fws
@@ -577,7 +595,12 @@ def main() -> int:
     if args.json_path:
         out = {
             "machine": info,
-            "settings": {"ns": ns, "rounds": args.rounds, "reps": args.reps, "warmup": args.warmup},
+            "settings": {
+                "ns": ns,
+                "rounds": args.rounds,
+                "reps": {n: reps_at(n, args.reps) for n in ns},
+                "warmup": args.warmup,
+            },
             "results": summary,
             "raw_times_s": {f.key: {str(n): t for n, t in f.times.items()} for f in fws if f.times},
             "raw_cpu_s": {f.key: {str(n): t for n, t in f.cpu.items()} for f in fws if f.cpu},
