@@ -799,3 +799,29 @@ def test_a_server_that_trickles_its_answer_is_cut_off_at_the_fetchs_deadline():
     finally:
         listener.close()
     assert message == f"Timed out fetching http://127.0.0.1:{port}/: no whole answer within 2 s."
+
+
+def test_a_page_too_slow_to_parse_is_cut_with_a_note_and_chunks_read_as_the_whole(monkeypatch):
+    import tools.web
+    from tools.web import _PARSE_CHUNK, html_to_lines
+
+    # Parsing goes in chunks; one that ends inside a tag, a character reference, a comment
+    # or a script gives what feeding the whole page at once gives.
+    pad = "<p>" + "x" * (_PARSE_CHUNK - 12) + "</p>"
+    tricky = "<p>fish &amp; chips</p><!-- a <p>comment</p> --><script>var a = '<p>no</p>';</script><p>end</p>"
+    pages = [pad[: len(pad) - shift] + "</p>" + tricky + "<p>tail</p>" for shift in range(0, len(tricky), 7)]
+    chunked = [html_to_lines(page, "http://h/", seconds=None) for page in pages]
+    monkeypatch.setattr(tools.web, "_PARSE_CHUNK", 10 * len(pages[0]))  # each page in one piece
+    assert chunked == [html_to_lines(page, "http://h/", seconds=None) for page in pages]
+    monkeypatch.undo()
+    for _, lines in chunked:
+        assert lines[-3:] == ["fish & chips", "end", "tail"]  # no comment, no script
+
+    # Past its time the parse stops at the end of a chunk, and says how much it read.
+    page = "<p>first</p>" + "<li>item</li>" * 20_000 + "<p>last</p>"
+    _, lines = html_to_lines(page, seconds=0)
+    assert lines[0] == "first" and "last" not in lines
+    assert lines[-1].startswith("[The rest of this page was not read: its HTML took more than 0 s to parse.")
+    assert f"first {_PARSE_CHUNK:,} of {len(page):,} characters" in lines[-1]
+    _, lines = html_to_lines(page)  # a page this size parses well within the default limit
+    assert lines[-1] == "last" and len(lines) == 20_002

@@ -771,10 +771,27 @@ def _split_code_line(text: str, width: int) -> list[str]:
     return pieces
 
 
-def html_to_lines(html: str, base_url: str = "") -> tuple[str, list[str]]:
-    """The title and the readable lines of an HTML document."""
+PARSE_SECONDS = 5.0  # reading one page's HTML; html.parser takes about 11 s for a 5 MB page of tags
+_PARSE_CHUNK = 65_536  # characters fed to the parser at a time: the time limit is checked between them
+
+
+def html_to_lines(
+    html: str, base_url: str = "", *, seconds: float | None = PARSE_SECONDS
+) -> tuple[str, list[str]]:
+    """The title and the readable lines of an HTML document.
+
+    Parsing stops after `seconds` (None: no limit) at the end of the chunk it is in: a
+    page of a million tags takes Python's parser longer than its fetch was allowed. The
+    lines then end with a note of how much of the page was read.
+    """
     parser = _Extractor(base_url)
-    parser.feed(html)
+    deadline = time.monotonic() + seconds if seconds is not None else None
+    read = len(html)
+    for start in range(0, len(html), _PARSE_CHUNK):
+        parser.feed(html[start : start + _PARSE_CHUNK])
+        if deadline is not None and time.monotonic() > deadline and start + _PARSE_CHUNK < len(html):
+            read = start + _PARSE_CHUNK
+            break
     parser.close()
     lines: list[str] = []
     for prefix, text, pre in parser.blocks:
@@ -782,6 +799,11 @@ def html_to_lines(html: str, base_url: str = "") -> tuple[str, list[str]]:
             lines.extend(_split_code_line(text, 2 * WRAP_WIDTH))
         else:
             lines.extend(_wrap(prefix, text))
+    if read < len(html):
+        lines.append(
+            f"[The rest of this page was not read: its HTML took more than {seconds:g} s to parse. "
+            f"The lines above are from its first {read:,} of {len(html):,} characters.]"
+        )
     return " ".join(parser.title.split()), lines
 
 
