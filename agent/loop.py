@@ -231,6 +231,27 @@ def _final_answer_tool(schema: type[BaseModel] | None) -> _FinalAnswerTool:
 class Run:
     """One execution of an agent on one task."""
 
+    # What a run starts with, as class attributes: set on the instance when they change.
+    # (Seventeen fewer stores a run, and an instance dict small enough to share its keys.)
+    _constrain_next = False  # the next act call is a malformed call's last retry
+    _errors_in_row = 0
+    _effort_boost = False
+    _final_reflected = False
+    _cancel = False  # a plain flag: cancel() may come from another thread
+    stop_reason: str | None = None  # why the run's task is cancelled, when not by the user
+    _deadline: float | None = None
+    _first_step = 0
+    _first_tokens = 0  # tokens used before this call of execute(): budgets count from its start
+    _finished = False
+    _conversation = False  # a session's later message has come: see ContextBudget.fit
+    log: RunLog | None = None
+    hold_log = False  # a session keeps its log open (and locked) between messages
+    # While a caller reads the run's events (`Agent.run`): waits until it has read them all.
+    reader: Callable[[], Awaitable[Any]] | None = None
+    _budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
+    _output_limit: int | None = OUTPUT_LIMIT  # characters of a tool result; None once a budget is made
+    _held_back: list[str] | None = None  # the calls an `act` hook dropped from the last reply
+
     def __init__(
         self,
         agent: Agent,
@@ -250,30 +271,10 @@ class Run:
         self._schemas = [t.schema() for t in offered]
         self._tool_names = [t.name for t in offered]
         self._retries: dict[str, int] = {}
-        self._constrain_next = False  # the next act call is a malformed call's last retry
         # The calls of each recent turn: loops are turns that repeat, not calls
         # (three identical calls in one turn, "roll three dice", are no loop).
         self._recent: list[tuple[_Call, ...]] = []
-        self._errors_in_row = 0
-        self._effort_boost = False
-        self._final_reflected = False
-        self._cancel = False  # a plain flag: cancel() may come from another thread
-        self.stop_reason: str | None = None  # why the run's task is cancelled, when not by the user
-        self._deadline: float | None = None
-        self._first_step = 0
-        self._first_tokens = 0  # tokens used before this call of execute(): budgets count from its start
-        self._finished = False
-        self._conversation = False  # a session's later message has come: see ContextBudget.fit
-        self.log: RunLog | None = None
-        self.hold_log = False  # a session keeps its log open (and locked) between messages
-        # While a caller reads the run's events (`Agent.run`): waits until it has read them all.
-        self.reader: Callable[[], Awaitable[Any]] | None = None
-        self._budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
-        self._output_limit: int | None = (
-            OUTPUT_LIMIT  # characters of a tool result; None once a budget is made
-        )
         self._should_stop, self._act, self._observe = _hooks(agent)
-        self._held_back: list[str] | None = None  # the calls an `act` hook dropped from the last reply
         self._answers_written: dict[str, ToolCallRequest] = {}  # final_answer calls before a guard's rewrite
         bus.subscribe(self.state.apply, is_async=False)
 
