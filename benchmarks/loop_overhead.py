@@ -624,6 +624,12 @@ def main() -> int:
             "results": summary,
             "raw_times_s": {f.key: {str(n): t for n, t in f.times.items()} for f in fws if f.times},
             "raw_cpu_s": {f.key: {str(n): t for n, t in f.cpu.items()} for f in fws if f.cpu},
+            # each round's median run time, by framework and N: the pairs the peer factor is judged on
+            "round_medians_s": {
+                f.key: {str(n): [rounds[r] for r in sorted(rounds)] for n, rounds in f.by_round.items()}
+                for f in fws
+                if f.by_round
+            },
             "skipped": {f.key: f.skip for f in fws if f.skip},
             "errors": {f.key: f.errors for f in fws if f.errors},
             "versions_seen": {f.key: sorted(f.versions_seen) for f in fws if f.versions_seen},
