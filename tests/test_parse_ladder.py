@@ -625,3 +625,23 @@ def test_json_data_in_prose_that_no_call_could_take_stays_text():
     assert (parsed.content, parsed.tool_calls) == (text, [])
     parsed = parse_output('I will call {"name": "add", "arguments": {"a": 1}} now.')  # a call: taken
     assert [(c.name, c.arguments) for c in parsed.tool_calls] == [("add", {"a": 1})]
+
+
+@pytest.mark.parametrize(
+    ("text", "thinking"),
+    [
+        ("<think>weighing it</thi", "weighing it"),  # cut while the close was written
+        ("<think>weighing it</", "weighing it"),
+        ("<think>weighing it</think", "weighing it"),
+        ("<think>is x <", "is x <"),  # a lone `<` may be the model's own
+        ("<think>see </thinker", "see </thinker"),  # no prefix of the close: text
+    ],
+)
+def test_an_unclosed_thinking_block_drops_a_close_tag_cut_short(text, thinking):
+    from agent.llm.formats.stream import TagStreamSplitter
+
+    parsed = parse_output(text)
+    assert (parsed.thinking, parsed.content) == (thinking, "")
+    splitter = TagStreamSplitter(in_thinking=True)
+    deltas = splitter.feed(text.removeprefix("<think>")) + splitter.finish()
+    assert "".join(d.thinking for d in deltas) == thinking and not any(d.content for d in deltas)

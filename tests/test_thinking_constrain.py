@@ -133,6 +133,26 @@ async def test_budget_closes_a_forced_thinking_block(llm, monkeypatch):
     assert "".join(d.thinking for d in deltas) == response.thinking
 
 
+async def test_a_reply_cut_inside_the_budget_s_close_keeps_no_piece_of_the_tag(llm, monkeypatch):
+    """The budget closes the block with a few tokens; a token limit that falls among them
+    leaves `</thi` at the end, which is no thinking (neither streamed nor in the reply)."""
+    monkeypatch.setattr(llm, "chat_format", _OpenThinking(llm.tokenizer))
+    close_tokens = len(llm.tokenizer.encode("</think>", add_special_tokens=False))
+    assert close_tokens > 1  # else no limit could cut the tag
+    cuts = []
+    for extra in range(1, close_tokens):  # the limit falls after `extra` tokens of the close
+        request = ask("Write a long story about a dragon.", thinking_budget=8, max_new_tokens=8 + extra)
+        deltas, responses = [], []
+        async for item in llm.stream(request):
+            (responses if isinstance(item, ModelResponse) else deltas).append(item)
+        [response] = responses
+        cuts.append(response.finish_reason)
+        assert response.thinking and response.content == ""
+        assert not re.search(r"<(/(t(h(i(n(k)?)?)?)?)?)?$", response.thinking), response.thinking
+        assert "".join(d.thinking for d in deltas) == response.thinking
+    assert set(cuts) == {"length"}
+
+
 def test_budget_processor_handles_a_batch(llm):
     """Two prompts, left-padded, in one generate call: each row is closed at its own budget."""
     tokenizer, model = llm.tokenizer, llm.model

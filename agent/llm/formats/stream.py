@@ -197,6 +197,13 @@ class TagStreamSplitter:
                 self._emit(parsed.thinking, out)
             self.held = ""
             return out
+        if (
+            self.state == "thinking"
+            and self.close
+            and len(self.buffer) > 1
+            and self.close.startswith(self.buffer)
+        ):
+            self.buffer = ""  # the close tag, cut while it was written (see _without_cut_close)
         self._emit(self.buffer, out)
         self.buffer = ""
         return out
