@@ -127,6 +127,12 @@ def _cut_short(calls: list[ToolCallRequest]) -> list[ToolCallRequest]:
     return [*calls[:-1], cut]
 
 
+def _own_call(call: ToolCallRequest) -> ToolCallRequest:
+    """A copy of a call and of its argument dict (the values in it are shared)."""
+    arguments = call.arguments
+    return updated(call, arguments=dict(arguments)) if arguments is not None else updated(call)
+
+
 def _pending(value: Any) -> bool:
     """Whether a hook's return value must be awaited (hooks may be sync or async)."""
     # Hooks mostly hand back None or an event: settle those before
@@ -601,6 +607,9 @@ class Run:
         if response.finish_reason == "length" and response.tool_calls:
             fields["tool_calls"] = _cut_short(response.tool_calls)
         if acting and self._act is not None:
+            # The hook gets calls of its own: it may change them in place, and the backend's
+            # (a ScriptedLLM's script) stay as they were.
+            fields["tool_calls"] = [_own_call(c) for c in response.tool_calls]
             called = [c.name for c in response.tool_calls]  # now: a hook may empty the list in place
             response = self._act(response)
             if _pending(response):
