@@ -30,6 +30,8 @@ _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 # Per model class: its fields in order with their plain defaults, and the
 # fields whose default comes from a factory.
 _shapes: dict[type, tuple[dict[str, Any], tuple[tuple[str, Callable[[], Any]], ...]]] = {}
+# Per model class: whether it has neither extra fields nor private attributes (see updated).
+_plain: dict[type, bool] = {}
 
 
 def trusted(cls: type[M], /, **values: Any) -> M:
@@ -68,7 +70,10 @@ def updated(model: M, /, **changes: Any) -> M:
     _set_dict(copy, model.__dict__ | changes)
     # union(), not `|`: a set and a keys view meet through two operator dispatches.
     _set_fields_set(copy, model.__pydantic_fields_set__.union(changes))
-    if cls in _shapes:  # a class trusted() builds has neither extra fields nor private attributes
+    plain = _plain.get(cls)
+    if plain is None:
+        plain = _plain[cls] = not cls.__private_attributes__ and cls.model_config.get("extra") != "allow"
+    if plain:  # no extra fields, no private attributes: both are None, no need to read them
         _set_extra(copy, None)
         _set_private(copy, None)
         return copy

@@ -593,3 +593,29 @@ def test_tool_context_names_the_call_running_now(run_dir):
     result = Agent(llm, tools=[where], run_dir=run_dir, workspace=run_dir, guards=None).run_sync("task")
     assert seen == [(result.run_id, 1, "c0", run_dir), (result.run_id, 2, "c1", run_dir)]
     assert tool_context() is None  # outside a call
+
+
+def test_updated_copies_extra_fields_and_private_attributes_of_the_models_that_have_them():
+    from pydantic import ConfigDict, PrivateAttr
+
+    from agent.types import updated
+
+    class Open(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        a: int = 0
+
+    class Secret(BaseModel):
+        a: int = 0
+        _note: str = PrivateAttr(default="kept")
+
+    open_one = Open(a=1, b=2)
+    copy = updated(open_one, a=3)
+    assert copy == Open(a=3, b=2) and copy.__pydantic_extra__ is not open_one.__pydantic_extra__
+    secret = Secret(a=1)
+    copy = updated(secret, a=2)
+    assert copy.a == 2 and copy._note == "kept"
+    copy._note = "changed"
+    assert secret._note == "kept"  # its own private dict
+    plain = updated(ModelResponse(content="x"), content="y")  # neither: both None
+    assert plain.__pydantic_extra__ is None and plain.__pydantic_private__ is None
+    assert plain == ModelResponse(content="y", time=plain.time)
