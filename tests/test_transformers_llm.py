@@ -126,6 +126,34 @@ async def test_closing_the_stream_stops_generation(llm):
     assert response.usage.completion_tokens <= 3
 
 
+async def test_a_generation_the_interpreter_s_ast_race_failed_runs_again(llm, monkeypatch):
+    """CPython before 3.11.8 (gh-106905) can fail a thread that builds syntax trees while
+    another does (the first generation imports much of torch on its worker). Raised before
+    any text, the request runs again; any other error, or a second one, is the caller's."""
+    real = llm._logits_processors
+    failures = [SystemError("AST constructor recursion depth mismatch (before=42, after=168)")]
+
+    def flaky(*args, **kwargs):  # on the worker, before the first token
+        if failures:
+            raise failures.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(llm, "_logits_processors", flaky)
+    request = LLMRequest(messages=[Message(role="user", content="Say hi.")])
+    deltas, response = await collect(llm, request)
+    assert not failures and response.content and "".join(d.content for d in deltas) == response.content
+
+    failures[:] = [
+        SystemError("AST constructor recursion depth mismatch"),
+        SystemError("AST constructor recursion depth mismatch"),
+    ]
+    with pytest.raises(LLMError, match="recursion depth mismatch"):
+        await collect(llm, request)  # twice in a row: reported
+    failures[:] = [SystemError("something else")]
+    with pytest.raises(LLMError, match="something else"):
+        await collect(llm, request)
+
+
 def test_unknown_models_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(LLMError, match="no-such-org/no-such-model"):
         TransformersLLM("no-such-org/no-such-model").load()

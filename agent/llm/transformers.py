@@ -244,6 +244,14 @@ class TemplateChatFormat:
 # --------------------------------------------------------------------------- streaming
 
 
+def _interpreter_race(error: BaseException) -> bool:
+    """CPython before 3.11.8 and 3.12.2 (gh-106905): two threads building Python syntax
+    trees at once (the first generation imports much of torch lazily, on its worker, while
+    another thread imports too) can fail one of them with this SystemError. Nothing was
+    wrong with the request: it is run again."""
+    return isinstance(error, SystemError) and "AST constructor recursion depth mismatch" in str(error)
+
+
 def _partial_tag_len(text: str, tags: Iterable[str]) -> int:
     """Length of the longest end of `text` that begins one of `tags`."""
     best = 0
@@ -611,45 +619,51 @@ class TransformersLLM:
         temperature = self.temperature if request.temperature is None else request.temperature
 
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-        def send(kind: str, payload: Any = None) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, (kind, payload))
-            except RuntimeError:  # the loop is gone; nobody is listening
-                pass
-
-        halt = threading.Event()
-        streamer = _RequestStreamer(
-            self.tokenizer, self.end_ids, request.stop, lambda t: send("text", t), halt
-        )
-        # built on the worker: compiling a tool grammar can take a second
-        processors = functools.partial(self._logits_processors, request, prompt, max_new)
-        worker = threading.Thread(
-            target=self._generate if self.scheduler is None else self._schedule,
-            args=(prompt, max_new, temperature, streamer, halt, send, processors),
-            name="transformers-generate",
-        )
-        worker.start()
         opened_thinking = prompt.rstrip().endswith(THINK_OPEN)
         output_format = format_for_tokenizer(self.tokenizer)  # None: detect from the text
         # No tools offered (or tool_choice "none"): text that looks like a call is the model's text.
         calls = request.may_call
-        splitter = stream_splitter(output_format, in_thinking=opened_thinking, calls=calls)
-        try:
-            while True:
-                kind, payload = await queue.get()
-                if kind == "text":
-                    for delta in splitter.feed(payload):
-                        yield delta
-                elif kind == "error":
-                    raise LLMError(f"{self.name}: generation failed: {payload}") from payload
-                else:
-                    break
-            for delta in splitter.finish():
-                yield delta
-        finally:
-            halt.set()  # stops the worker early if the consumer went away
+        for attempt in (1, 2):
+            queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+            def send(kind: str, payload: Any = None, queue: asyncio.Queue[tuple[str, Any]] = queue) -> None:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, (kind, payload))
+                except RuntimeError:  # the loop is gone; nobody is listening
+                    pass
+
+            halt = threading.Event()
+            streamer = _RequestStreamer(
+                self.tokenizer, self.end_ids, request.stop, functools.partial(send, "text"), halt
+            )
+            # built on the worker: compiling a tool grammar can take a second
+            processors = functools.partial(self._logits_processors, request, prompt, max_new)
+            worker = threading.Thread(
+                target=self._generate if self.scheduler is None else self._schedule,
+                args=(prompt, max_new, temperature, streamer, halt, send, processors),
+                name="transformers-generate",
+            )
+            worker.start()
+            splitter = stream_splitter(output_format, in_thinking=opened_thinking, calls=calls)
+            try:
+                while True:
+                    kind, payload = await queue.get()
+                    if kind == "text":
+                        for delta in splitter.feed(payload):
+                            yield delta
+                    elif kind == "error":
+                        if attempt == 1 and not streamer.text and _interpreter_race(payload):
+                            break  # nothing was generated: the request starts again
+                        raise LLMError(f"{self.name}: generation failed: {payload}") from payload
+                    else:
+                        break
+                if kind == "error":
+                    continue
+                for delta in splitter.finish():
+                    yield delta
+            finally:
+                halt.set()  # stops the worker early if the consumer went away
+            break
 
         text = streamer.text
         if opened_thinking:  # the template opened the think block in the prompt
