@@ -29,6 +29,8 @@ import tokenize
 import zlib
 from typing import Any
 
+from agent.pysyntax import parse
+
 MAX_CODE = 200_000  # characters of code read; longer code is scanned as written only
 MAX_VALUE = 20_000  # characters of one folded value
 MAX_DEPTH = 3  # exec of exec of exec ...
@@ -97,7 +99,7 @@ def _read(code: str, out: list[str], depth: int) -> None:
     if len(code) > MAX_CODE or depth > MAX_DEPTH:
         return
     try:
-        tree = ast.parse(code)
+        tree = parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return
     folder = _Folder()
@@ -129,7 +131,7 @@ def without_comments(code: str) -> str | None:
     if "#" not in code or len(code) > MAX_CODE:
         return None
     try:
-        ast.parse(code)
+        parse(code)
         comments = [
             t for t in tokenize.generate_tokens(io.StringIO(code).readline) if t.type == tokenize.COMMENT
         ]

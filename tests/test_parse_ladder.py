@@ -645,3 +645,34 @@ def test_an_unclosed_thinking_block_drops_a_close_tag_cut_short(text, thinking):
     splitter = TagStreamSplitter(in_thinking=True)
     deltas = splitter.feed(text.removeprefix("<think>")) + splitter.finish()
     assert "".join(d.thinking for d in deltas) == thinking and not any(d.content for d in deltas)
+
+
+def test_python_is_read_again_when_the_interpreter_s_ast_race_failed_the_read(monkeypatch):
+    """CPython before 3.11.8 (gh-106905) can fail a thread's syntax tree while another thread
+    builds one; the Llama call parser and the guards' reading of code read it once more."""
+    import ast
+
+    from agent import pysyntax
+    from agent.llm.formats.llama import _python_calls
+    from guards._pycode import readings
+
+    real = ast.parse
+    failures: list[BaseException] = []
+
+    def racy(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ast, "parse", racy)
+    failures[:] = [SystemError("AST constructor recursion depth mismatch (before=9, after=3)")]
+    [call] = _python_calls('get_weather(city="Paris")')
+    assert (call.name, call.arguments, failures) == ("get_weather", {"city": "Paris"}, [])
+    failures[:] = [SystemError("AST constructor recursion depth mismatch (before=9, after=3)")]
+    assert readings("exec('import os' + '; os.system(1)')")[-1] == "import os; os.system(1)" and not failures
+    failures[:] = [SystemError("something else")]
+    with pytest.raises(SystemError, match="something else"):
+        pysyntax.parse("x = 1")
+    failures[:] = [SystemError("AST constructor recursion depth mismatch")] * 2
+    with pytest.raises(SystemError):  # twice in a row: not hidden
+        pysyntax.parse("x = 1")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..events import ModelDelta, ModelResponse
+from ..pysyntax import is_ast_race
 from ..types import Effort, Message, Usage
 from .base import ContextLengthError, LLMError, LLMRequest, ModelNotFoundError, check_request, joined_turns
 from .parse import (
@@ -242,14 +243,6 @@ class TemplateChatFormat:
 
 
 # --------------------------------------------------------------------------- streaming
-
-
-def _interpreter_race(error: BaseException) -> bool:
-    """CPython before 3.11.8 and 3.12.2 (gh-106905): two threads building Python syntax
-    trees at once (the first generation imports much of torch lazily, on its worker, while
-    another thread imports too) can fail one of them with this SystemError. Nothing was
-    wrong with the request: it is run again."""
-    return isinstance(error, SystemError) and "AST constructor recursion depth mismatch" in str(error)
 
 
 def _partial_tag_len(text: str, tags: Iterable[str]) -> int:
@@ -652,7 +645,7 @@ class TransformersLLM:
                         for delta in splitter.feed(payload):
                             yield delta
                     elif kind == "error":
-                        if attempt == 1 and not streamer.text and _interpreter_race(payload):
+                        if attempt == 1 and not streamer.text and is_ast_race(payload):
                             break  # nothing was generated: the request starts again
                         raise LLMError(f"{self.name}: generation failed: {payload}") from payload
                     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import re
 
+from ...pysyntax import parse
 from ...types import ToolCallRequest
 from .base import ChatFormat
 from .jsonfix import ARGS_KEY, call_error, call_sequence
@@ -37,7 +38,7 @@ def _python_calls(text: str) -> list[ToolCallRequest] | None:
 
 
 def _read_python_calls(text: str) -> list[ToolCallRequest] | None:
-    tree = ast.parse(text.strip(), mode="exec")
+    tree = parse(text.strip(), mode="exec")
     nodes: list[ast.expr] = []
     for stmt in tree.body:
         if not isinstance(stmt, ast.Expr):
