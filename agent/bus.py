@@ -112,15 +112,23 @@ class Bus:
         The loop emits four events a step; on a bare bus this saves their
         coroutines, a good part of what a step costs.
         """
-        if self._sync_only and not self._busy and not (judge and self._interceptors):
-            self._deliver_now(event)
-            return _ALLOW
-        return None
+        if not self._sync_only or self._busy or (judge and self._interceptors):
+            return None
+        # Every subscriber is sync, so nothing here awaits and no other delivery can
+        # cut in: the lock would only cost time. The path of every event of a run
+        # without async subscribers, so it numbers the event (as _number) inline.
+        self._seq = seq = self._seq + 1
+        fields = event.__dict__
+        fields["seq"] = seq
+        if not fields["run_id"]:
+            fields["run_id"] = self.run_id
+        for fn, _ in self._subscribers:
+            fn(event)
+        return _ALLOW
 
     async def deliver(self, event: Event) -> None:
         """Number `event` and hand it to every subscriber, in order."""
-        if self._sync_only and not self._busy:
-            self._deliver_now(event)
+        if self.emit_now(event, judge=False) is not None:  # nothing to wait for
             return
         async with self._lock:
             self._busy = True
@@ -133,19 +141,6 @@ class Bus:
                         fn(event)
             finally:
                 self._busy = False
-
-    def _deliver_now(self, event: Event) -> None:
-        # Every subscriber is sync, so nothing here awaits and no other
-        # delivery can cut in: the lock would only cost time. This is the path
-        # of every event of a run without async subscribers; it numbers the
-        # event as _number does, inline (a call per event less).
-        self._seq = seq = self._seq + 1
-        fields = event.__dict__
-        fields["seq"] = seq
-        if not fields["run_id"]:
-            fields["run_id"] = self.run_id
-        for fn, _ in self._subscribers:
-            fn(event)
 
     def _number(self, event: Event) -> None:
         self._seq += 1
