@@ -314,7 +314,6 @@ class Agent:
         # Said at the first run, not here: an approver may be set after the agent is made (as chat does).
         self._gated = tuple(t.name for t in self.tool_list if t.needs_approval)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self._log_folder()  # made now, not at the first run
         self._runs: list[Run] = []
         # cancel() calls so far: a run asked for before one, and not yet started, is cancelled.
         self._cancels = 0
@@ -579,7 +578,7 @@ class Agent:
             bind = getattr(guard, "bind", None)
             run.bus.intercept(bind(run.bus, approver=self.approver) if bind else guard)
         if self.run_dir is not None:
-            run.log = RunLog(log_path or self._log_folder() + run.run_id + ".jsonl")
+            run.log = RunLog(log_path or os.path.join(self.run_dir, f"{run.run_id}.jsonl"))
             run.bus.subscribe(run.log, is_async=False)
         else:
             run.log = None
@@ -587,15 +586,6 @@ class Agent:
         if observer is not None:
             run.bus.subscribe(observer)
         return run
-
-    def _log_folder(self) -> str:
-        """`run_dir` as the start of a log's path (ending in a separator), made once per
-        value of `run_dir`: formatting the Path on every run cost a part of starting one."""
-        run_dir = self.run_dir
-        made = self.__dict__.get("_log_dir")
-        if made is None or made[0] is not run_dir:
-            made = self._log_dir = (run_dir, os.path.join(run_dir, "") if run_dir is not None else "")
-        return made[1]
 
     def _observer(self) -> Any:
         """`on_event` as a subscriber that logs what it raises; None when it is the base one."""
