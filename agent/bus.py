@@ -115,13 +115,8 @@ class Bus:
         if not self._sync_only or self._busy or (judge and self._interceptors):
             return None
         # Every subscriber is sync, so nothing here awaits and no other delivery can
-        # cut in: the lock would only cost time. The path of every event of a run
-        # without async subscribers, so it numbers the event (as _number) inline.
-        self._seq = seq = self._seq + 1
-        fields = event.__dict__
-        fields["seq"] = seq
-        if not fields["run_id"]:
-            fields["run_id"] = self.run_id
+        # cut in: the lock would only cost time.
+        self._number(event)
         for fn, _ in self._subscribers:
             fn(event)
         return _ALLOW
