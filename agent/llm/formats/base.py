@@ -97,7 +97,7 @@ def split_thinking(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK
         rest_parts.append(text[pos:start])
         end = text.find(close_tag, start)
         if end < 0:
-            thinking_parts.append(_without_cut_close(text[start + len(open_tag) :], close_tag))
+            thinking_parts.append(without_cut_close(text[start + len(open_tag) :], close_tag))
             break
         thinking_parts.append(text[start + len(open_tag) : end])
         pos = end + len(close_tag)
@@ -109,7 +109,7 @@ def split_thinking(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK
     return "\n".join(p.strip() for p in thinking_parts).strip(), rest
 
 
-def _without_cut_close(thinking: str, close_tag: str) -> str:
+def without_cut_close(thinking: str, close_tag: str) -> str:
     """An unclosed block's text without the start of its close tag at the very end: a reply
     cut while the close was being written (a thinking budget closes the block with a few
     tokens, and the reply's token limit may fall among them) leaves `</thi`, which is no

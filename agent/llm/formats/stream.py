@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...events import ModelDelta
-from .base import THINK_CLOSE, THINK_TAGS
+from .base import THINK_CLOSE, THINK_TAGS, without_cut_close
 from .deepseek import CALLS_BEGIN
 from .harmony import OPENERS as HARMONY_OPENERS
 from .harmony import HarmonyFormat, HarmonyReader, partial_marker_len
@@ -197,13 +197,8 @@ class TagStreamSplitter:
                 self._emit(parsed.thinking, out)
             self.held = ""
             return out
-        if (
-            self.state == "thinking"
-            and self.close
-            and len(self.buffer) > 1
-            and self.close.startswith(self.buffer)
-        ):
-            self.buffer = ""  # the close tag, cut while it was written (see _without_cut_close)
+        if self.state == "thinking" and self.close:  # a close tag cut while it was written
+            self.buffer = without_cut_close(self.buffer, self.close)
         self._emit(self.buffer, out)
         self.buffer = ""
         return out
