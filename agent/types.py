@@ -70,10 +70,7 @@ def updated(model: M, /, **changes: Any) -> M:
     _set_dict(copy, model.__dict__ | changes)
     # union(), not `|`: a set and a keys view meet through two operator dispatches.
     _set_fields_set(copy, model.__pydantic_fields_set__.union(changes))
-    plain = _plain.get(cls)
-    if plain is None:
-        plain = _plain[cls] = not cls.__private_attributes__ and cls.model_config.get("extra") != "allow"
-    if plain:  # no extra fields, no private attributes: both are None, no need to read them
+    if _plain_class(cls):  # both are None: no need to read them
         _set_extra(copy, None)
         _set_private(copy, None)
         return copy
@@ -84,8 +81,17 @@ def updated(model: M, /, **changes: Any) -> M:
     return copy
 
 
+def _plain_class(cls: type[BaseModel]) -> bool:
+    """Whether the class's instances have neither extra fields nor private attributes
+    (learnt once per class)."""
+    plain = _plain.get(cls)
+    if plain is None:
+        plain = _plain[cls] = not cls.__private_attributes__ and cls.model_config.get("extra") != "allow"
+    return plain
+
+
 def _shape(cls: type[BaseModel]) -> tuple[dict[str, Any], tuple[tuple[str, Callable[[], Any]], ...]]:
-    if cls.__pydantic_post_init__ or cls.__private_attributes__ or cls.model_config.get("extra") == "allow":
+    if cls.__pydantic_post_init__ or not _plain_class(cls):
         raise TypeError(f"trusted() cannot build {cls.__name__}: it has post-init, private or extra fields")
     template: dict[str, Any] = {}
     factories = []
