@@ -108,19 +108,33 @@ WORKSPACE_HELP = (
 )
 
 
+def budget_flags(group: argparse._ArgumentGroup, *, per_turn: bool) -> None:
+    """--strategy, the step, token and time budgets and --run-dir, added to `group`: for a
+    whole run (`agent run`, `resume`) or for each turn of a chat. Each call makes its own
+    actions, unlike a parent parser's, which its children share."""
+    group.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
+    each = " per turn" if per_turn else ""
+    group.add_argument("--max-steps", type=POSITIVE, default=None, help=f"step budget{each} (default 20)")
+    group.add_argument(
+        "--max-tokens",
+        type=POSITIVE,
+        default=None,
+        help="token budget for each turn" if per_turn else "token budget for the whole run",
+    )
+    group.add_argument("--timeout", type=SECONDS, default=None, help=f"wall-clock budget{each} in seconds")
+    logs = "session" if per_turn else "run"
+    group.add_argument(
+        "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"where {logs} logs go (default .agent/runs)"
+    )
+
+
 def run_flags(workspace: Path | None) -> argparse.ArgumentParser:
     """The run flags of `agent run` and `agent resume`, a parent parser each: their
     --workspace defaults differ, and argparse's parents share their actions (and so any
     default set on one)."""
     flags = argparse.ArgumentParser(add_help=False)
     r = flags.add_argument_group("run")
-    r.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
-    r.add_argument("--max-steps", type=POSITIVE, default=None, help="step budget (default 20)")
-    r.add_argument("--max-tokens", type=POSITIVE, default=None, help="token budget for the whole run")
-    r.add_argument("--timeout", type=SECONDS, default=None, help="wall-clock budget in seconds")
-    r.add_argument(
-        "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where run logs go (default .agent/runs)"
-    )
+    budget_flags(r, per_turn=False)
     r.add_argument("--workspace", type=Path, default=workspace, help=WORKSPACE_HELP)
     r.add_argument("--json", action="store_true", help="print every event as a JSON line instead")
     r.add_argument("--verbose", "-v", action="store_true", help="show thinking and guard verdicts")
@@ -196,13 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--approve-writes", action="store_true", help="ask before each write of the files tools")
     c.add_argument("--system", help="system prompt")
-    c.add_argument("--strategy", choices=["react", "plan-act-reflect"], default=None)
-    c.add_argument("--max-steps", type=POSITIVE, default=None, help="step budget per turn (default 20)")
-    c.add_argument("--max-tokens", type=POSITIVE, default=None, help="token budget for each turn")
-    c.add_argument("--timeout", type=SECONDS, default=None, help="wall-clock budget per turn in seconds")
-    c.add_argument(
-        "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where session logs go (.agent/runs)"
-    )
+    budget_flags(c, per_turn=True)
     c.add_argument(
         "--workspace", type=Path, default=None, help=WORKSPACE_HELP + " (resumed: the session's own)"
     )
