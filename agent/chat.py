@@ -40,7 +40,7 @@ from rich.text import Text
 from .errors import AgentError
 from .events import ApprovalRequested, Event
 from .render import for_terminal, markdown, visible
-from .runlog import DEFAULT_RUN_DIR, find_run, first_event
+from .runlog import DEFAULT_RUN_DIR, RunNotFound, find_run, first_event
 from .types import EFFORTS
 
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -124,9 +124,7 @@ def find_session(ref: str, run_dir: str | Path) -> Path:
     """The log of a session by a /save name, a run id or prefix, 'last', or a path."""
     try:
         return find_run(resolve_session(ref, run_dir), run_dir)
-    except AgentError as e:
-        if not str(e).startswith("no run "):
-            raise
+    except RunNotFound:
         raise AgentError(
             f"no session {ref!r}: no name saved with /save, nor a run in {run_dir}/ "
             "(a run id, 'last', or a .jsonl path)"

@@ -149,6 +149,10 @@ def is_live(path: str | Path) -> bool:
         os.close(fd)
 
 
+class RunNotFound(AgentError):
+    """No run log answers to the id, prefix or path given."""
+
+
 def find_run(run: str | Path, run_dir: str | Path = DEFAULT_RUN_DIR) -> Path:
     """Resolve a run id, a unique id prefix, `last`, or a path to a log file."""
     path = Path(run)
@@ -169,7 +173,7 @@ def find_run(run: str | Path, run_dir: str | Path = DEFAULT_RUN_DIR) -> Path:
     if matches:
         names = ", ".join(p.stem for p in matches[:5])
         raise AgentError(f"run id {run!r} is ambiguous: {names}")
-    raise AgentError(f"no run {run!r} in {directory}/ (pass a run id, 'last', or a .jsonl path)")
+    raise RunNotFound(f"no run {run!r} in {directory}/ (pass a run id, 'last', or a .jsonl path)")
 
 
 def trim_torn_tail(path: str | Path) -> None:
