@@ -1022,8 +1022,8 @@ def run_cli(args: Any) -> int:
 
     err = Console(stderr=True, highlight=False)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    if api_key is not None:  # no client could send a key with a line break in a header
-        usable_key(api_key, f"${API_KEY_ENV}" if not args.api_key else "--api-key")
+    if api_key is not None and not args.api_key:  # --api-key was checked by its parser already
+        usable_key(api_key, f"${API_KEY_ENV}")  # no client could send a key with a line break in a header
     sock = bind(args.host, args.port)  # first, so a busy port fails before a slow model load
     try:
         llm = make_model(args)
