@@ -363,6 +363,7 @@ def _halt_criteria_class() -> type:
 # Characters of a prompt above which it is rendered and tokenized on a thread, not the loop.
 _OFF_LOOP_CHARS = 100_000
 
+
 class TransformersLLM:
     """A local model run in-process with transformers.
 
