@@ -38,7 +38,9 @@ class InvalidRequestError(LLMError, ValueError):
 
 
 def check_request(request: LLMRequest) -> None:
-    """Refuse the values of a request no backend can use, with `InvalidRequestError`."""
+    """Refuse a request's limit or temperature that no model could use, with
+    `InvalidRequestError` (not retryable). The in-process backend checks before it loads a
+    model; a server checks a request on its side."""
     limit, temperature = request.max_new_tokens, request.temperature
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InvalidRequestError(f"max_new_tokens must be a whole number of at least 1, not {limit!r}")
