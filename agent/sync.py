@@ -119,7 +119,14 @@ def run(coro: Coroutine[Any, Any, T], handle: LoopHandle | None = None) -> T:
             handler = None
         outer, interrupt = interrupt, on_sigint
     try:
-        return loop.run_until_complete(task)
+        # One turn of the loop first (stop() before run_forever() runs what is
+        # scheduled, the task's first step, and returns): a run that never waits
+        # ends in it, without run_until_complete's done callback and second turn.
+        loop.stop()
+        loop.run_forever()
+        if not task.done():
+            loop.run_until_complete(task)
+        return task.result()
     except asyncio.CancelledError:
         if interrupts and task.uncancel() == 0:
             raise KeyboardInterrupt() from None

@@ -619,3 +619,17 @@ def test_updated_copies_extra_fields_and_private_attributes_of_the_models_that_h
     plain = updated(ModelResponse(content="x"), content="y")  # neither: both None
     assert plain.__pydantic_extra__ is None and plain.__pydantic_private__ is None
     assert plain == ModelResponse(content="y", time=plain.time)
+
+
+def test_arguments_reach_positional_only_parameters_in_order_whatever_order_they_came_in(run_dir):
+    seen = []
+
+    @tool(blocking=False)
+    def pair(a: int, b: str, /) -> str:
+        """Take two by position."""
+        seen.append((a, b))
+        return f"{a}{b}"
+
+    reply = ModelResponse(tool_calls=[ToolCallRequest(id="c1", name="pair", arguments={"b": "x", "a": 1})])
+    result = Agent(ScriptedLLM([reply, "done"]), tools=[pair], run_dir=run_dir).run_sync("go")
+    assert result.status == "completed" and seen == [(1, "x")]
