@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from . import sync
-from .bus import Bus, Decision
+from .bus import _ALLOW, Bus, Decision
 from .events import (
     ApprovalGiven,
     ApprovalRequested,
@@ -380,7 +380,7 @@ class Run:
         bus.emit_now(started, judge=False) or await bus.emit(started, judge=False)
         message = trusted(UserMessage, content=task)
         decision = bus.emit_now(message) or await bus.emit(message)
-        if decision.action in ("block", "halt"):
+        if decision is not _ALLOW and decision.action in _REFUSED:
             raise _Stop("halted", decision.feedback or "the task was refused by a guard")
         if agent.episodic is not None:
             await self._recall(task)
@@ -536,8 +536,9 @@ class Run:
                 del self._retries[_CUT_OFF]
             if _EMPTY in self._retries and (response.tool_calls or response.content.strip()):
                 del self._retries[_EMPTY]
-        if response.tool_calls:
-            await self._handle_calls(response.tool_calls)
+        calls = response.tool_calls
+        if calls:
+            await self._handle_calls(calls)
         elif self._held_back:
             names, self._held_back = self._held_back, None
             await self._say_held_back(names, step)
@@ -584,12 +585,13 @@ class Run:
             self._output_limit = None if self._budget is not None else OUTPUT_LIMIT
         if self._budget is not None:  # only the prompt is fitted; state and log keep everything
             request = self._budget.fit(request, keep_task=not self._conversation)
+            messages = request.messages
         bus = self.bus
         started = trusted(
             ModelRequest,
             purpose=purpose,
             effort=effort,
-            messages=len(request.messages),
+            messages=len(messages),
             tools=self._tool_names if acting else [],
             reason=reason,
             step=step,
@@ -604,8 +606,8 @@ class Run:
         # Plain writes of our own typed values: pydantic's __setattr__ costs more.
         fields = response.__dict__
         fields["step"], fields["purpose"], fields["effort"] = step, purpose, effort
-        if response.finish_reason == "length" and response.tool_calls:
-            fields["tool_calls"] = _cut_short(response.tool_calls)
+        if fields["finish_reason"] == "length" and fields["tool_calls"]:
+            fields["tool_calls"] = _cut_short(fields["tool_calls"])
         if acting and self._act is not None:
             # The hook gets calls of its own: it may change them in place, and the backend's
             # (a ScriptedLLM's script) stay as they were.
@@ -619,7 +621,9 @@ class Run:
             # Every call dropped: the words around them are no answer (see _step).
             self._held_back = called if called and not response.tool_calls else None
         decision = bus.emit_now(response) or await bus.emit(response)
-        if decision.action == "rewrite":
+        if decision is _ALLOW:  # most events: no verdict to read (each read goes through pydantic's hook)
+            pass
+        elif decision.action == "rewrite":
             # An answer given through final_answer as the model wrote it: should the redacted
             # one no longer fit the answer schema, it is taken and judged again as the answer.
             self._answers_written = {c.id: c for c in response.tool_calls if c.name == FINAL_ANSWER}
@@ -739,7 +743,11 @@ class Run:
         recorded_data = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
         answer = trusted(FinalAnswer, content=content, data=recorded_data, step=step)
         decision = self.bus.emit_now(answer) or await self.bus.emit(answer)
-        if decision.action in _REFUSED and await self._refused(decision, step, "Your answer was blocked."):
+        if (
+            decision is not _ALLOW
+            and decision.action in _REFUSED
+            and await self._refused(decision, step, "Your answer was blocked.")
+        ):
             return
         if data is not None:  # the typed answer, from what was recorded (a guard may have redacted it)
             recorded = decision.event.data if decision.action == "rewrite" else None  # type: ignore[union-attr]
@@ -793,8 +801,8 @@ class Run:
                 await self._final(args.answer, None, step)  # type: ignore[attr-defined]
             return
         if len(ready) == 1:  # most turns: no list to build
-            call = ready[0].call
-            self._recent.append(((call.name, call.arguments),))
+            call = ready[0].call.__dict__
+            self._recent.append(((call["name"], call["arguments"]),))
         elif ready:
             self._recent.append(tuple([(p.call.name, p.call.arguments) for p in ready]))
         pattern = self._loop_pattern()
@@ -821,24 +829,28 @@ class Run:
         """Check a call's name and arguments: the call ready to run, or what to
         tell the model (`_malformed`'s budget key, message, call id and kind).
         Not a coroutine: most calls are fine, and need no await."""
-        if call.parse_error is not None:
-            return call.name or "(unreadable)", self._parse_error_text(call), call.id, "invalid_json"
-        if call.name == FINAL_ANSWER:
-            tool: Tool = self.final_tool
-        elif call.name in self.tools:
-            tool = self.tools[call.name]
+        fields = call.__dict__  # an attribute of a pydantic model costs several times a dict's item
+        name = fields["name"]
+        if fields["parse_error"] is not None:
+            return name or "(unreadable)", self._parse_error_text(call), call.id, "invalid_json"
+        if name == FINAL_ANSWER:
+            tool: Tool | None = self.final_tool
         else:
-            names = ", ".join(self._tool_names)
-            message = f"Unknown tool '{call.name}'. Available tools: {names}."
-            return "(unknown tool)", message, call.id, "unknown_tool"
+            tool = self.tools.get(name)
+            if tool is None:
+                names = ", ".join(self._tool_names)
+                message = f"Unknown tool '{name}'. Available tools: {names}."
+                return "(unknown tool)", message, call.id, "unknown_tool"
         try:
-            args = tool.validate(call.arguments or {})
+            args = tool.validate(fields["arguments"] or {})
         except ValidationError as e:
             if not self._redacted_answer_fits(call, tool):
-                return call.name, format_validation_error(call.name, e), call.id, "invalid_arguments"
-            args = dict(call.arguments or {})  # the redacted answer, as recorded (no schema holds it now)
+                return name, format_validation_error(name, e), call.id, "invalid_arguments"
+            args = dict(
+                fields["arguments"] or {}
+            )  # the redacted answer, as recorded (no schema holds it now)
         if self._retries:
-            self._retries.pop(call.name, None)
+            self._retries.pop(name, None)
         return _Prepared(call, tool, args)
 
     def _redacted_answer_fits(self, call: ToolCallRequest, tool: Tool) -> bool:
@@ -891,41 +903,40 @@ class Run:
     async def _execute(self, p: _Prepared, step: int) -> None:
         self._check_stop()
         call, tool = p.call, p.tool
+        call_id, name = call.id, call.name
         args = p.args
         arguments = args.__pydantic_serializer__.to_python(args, mode="json")  # model_dump(mode="json")
-        event = trusted(ToolCall, call_id=call.id, name=call.name, arguments=arguments, step=step)
+        event = trusted(ToolCall, call_id=call_id, name=name, arguments=arguments, step=step)
         decision = self.bus.emit_now(event) or await self.bus.emit(event)
         if self.reader is not None:  # a safe point: a caller that stopped at this call stops it
             await self.reader()
-        if decision.action == "halt":
-            raise _Stop("halted", decision.feedback or "halted by a guard")
-        if decision.action == "block":
-            await self._tool_result(
-                call.id, call.name, f"Blocked: {decision.feedback}", step, error="blocked"
-            )
-            return
-        if decision.action == "rewrite":
-            arguments = decision.event.arguments  # type: ignore[union-attr]
-            try:
-                p.args = tool.validate(arguments)
-            except (
-                ValidationError
-            ) as e:  # a redaction the argument's type does not allow: the call cannot run
-                why = "; ".join(line[2:] for line in format_validation_error(call.name, e).splitlines()[1:-1])
-                text = f"Blocked: a guard changed the arguments (a redacted secret?) and they are no longer valid: {why}"
-                await self._tool_result(call.id, call.name, text, step, error="blocked")
+        if decision is not _ALLOW:
+            if decision.action == "halt":
+                raise _Stop("halted", decision.feedback or "halted by a guard")
+            if decision.action == "block":
+                await self._tool_result(call_id, name, f"Blocked: {decision.feedback}", step, error="blocked")
                 return
+            if decision.action == "rewrite":
+                arguments = decision.event.arguments  # type: ignore[union-attr]
+                try:
+                    p.args = tool.validate(arguments)
+                except ValidationError as e:
+                    # A redaction the argument's type does not allow: the call cannot run.
+                    why = "; ".join(line[2:] for line in format_validation_error(name, e).splitlines()[1:-1])
+                    text = f"Blocked: a guard changed the arguments (a redacted secret?) and they are no longer valid: {why}"
+                    await self._tool_result(call_id, name, text, step, error="blocked")
+                    return
         if tool.needs_approval:
-            refusal = await self._refusal(call.id, call.name, arguments, step)
+            refusal = await self._refusal(call_id, name, arguments, step)
             if refusal is not None:
-                await self._tool_result(call.id, call.name, refusal, step, error="refused")
+                await self._tool_result(call_id, name, refusal, step, error="refused")
                 return
         started = time.monotonic()
         timeout = tool.timeout
         if self._deadline is not None:
             left = max(0.0, self._deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
-        token = _context.set((self, step, call.id))
+        token = _context.set((self, step, call_id))
         timer: asyncio.Timeout | None = None
         try:
             if tool.blocking:
@@ -939,31 +950,29 @@ class Run:
             content = render_output(value, limit=self._output_limit)
         except TimeoutError as e:
             if timer is None or not timer.expired():  # raised by the tool itself
-                text = f"Tool '{call.name}' raised TimeoutError: {e}"
-                await self._tool_result(call.id, call.name, text, step, error="exception", started=started)
+                text = f"Tool '{name}' raised TimeoutError: {e}"
+                await self._tool_result(call_id, name, text, step, error="exception", started=started)
                 return
             self._check_stop()
-            text = f"Tool '{call.name}' timed out after {timeout:.1f} s."
-            await self._tool_result(call.id, call.name, text, step, error="timeout", started=started)
+            text = f"Tool '{name}' timed out after {timeout:.1f} s."
+            await self._tool_result(call_id, name, text, step, error="timeout", started=started)
             return
         except ToolError as e:
-            await self._tool_result(
-                call.id, call.name, f"Error: {e}", step, error="exception", started=started
-            )
+            await self._tool_result(call_id, name, f"Error: {e}", step, error="exception", started=started)
             return
         except Exception as e:  # the tool's own bug: the model sees it, the run goes on
-            text = f"Tool '{call.name}' raised {type(e).__name__}: {e}"
-            await self._tool_result(call.id, call.name, text, step, error="exception", started=started)
+            text = f"Tool '{name}' raised {type(e).__name__}: {e}"
+            await self._tool_result(call_id, name, text, step, error="exception", started=started)
             return
         except SystemExit as e:  # sys.exit() in a tool (argparse on bad arguments): not the program's end
-            text = f"Tool '{call.name}' tried to exit the program (SystemExit: {e.code}); it did not finish."
-            await self._tool_result(call.id, call.name, text, step, error="exception", started=started)
+            text = f"Tool '{name}' tried to exit the program (SystemExit: {e.code}); it did not finish."
+            await self._tool_result(call_id, name, text, step, error="exception", started=started)
             return
         except KeyboardInterrupt:  # raised by the tool itself, not by a signal: the run stops, recorded
-            raise _Stop("cancelled", f"the tool '{call.name}' raised KeyboardInterrupt") from None
+            raise _Stop("cancelled", f"the tool '{name}' raised KeyboardInterrupt") from None
         finally:
             _context.reset(token)
-        await self._tool_result(call.id, call.name, content, step, error=None, started=started)
+        await self._tool_result(call_id, name, content, step, error=None, started=started)
 
     async def _refusal(self, call_id: str, name: str, arguments: dict[str, Any], step: int) -> str | None:
         """Ask the approver about a call: None when it is approved, else what the model is told."""
@@ -1017,6 +1026,8 @@ class Run:
             if type(result) is not ToolResult:
                 result = _hooked(result, ToolResult, "observe", self.agent)
         decision = self.bus.emit_now(result) or await self.bus.emit(result)
+        if decision is _ALLOW:
+            return
         if decision.action == "halt":
             raise _Stop("halted", decision.feedback or "halted by a guard")
         if decision.action == "block":

@@ -76,7 +76,7 @@ class RunState:
         # (ABC checks) cost more than the rest of applying an event.
         handler = _HANDLERS.get(kind)
         if handler is not None:
-            handler(self, event)
+            handler(self, event, fields)
 
     @property
     def total_tokens(self) -> int:
@@ -93,59 +93,65 @@ class RunState:
             thinking_tokens=self._thinking_tokens,
         )
 
-    def _run_started(self, event: RunStarted) -> None:
-        if not event.resumed:
-            self.task = event.task
-            self.system_prompt = event.system_prompt
-            if event.system_prompt:
-                self.messages.append(_message("system", event.system_prompt))
+    def _run_started(self, event: RunStarted, fields: dict[str, Any]) -> None:
+        if not fields["resumed"]:
+            self.task = fields["task"]
+            prompt = self.system_prompt = fields["system_prompt"]
+            if prompt:
+                self.messages.append(_message("system", prompt))
         self.status = "running"
 
-    def _user_message(self, event: UserMessage | Feedback) -> None:
-        self.messages.append(_message("user", event.content))
+    def _user_message(self, event: UserMessage | Feedback, fields: dict[str, Any]) -> None:
+        self.messages.append(_message("user", fields["content"]))
 
-    def _model_response(self, event: ModelResponse) -> None:
-        usage = event.usage
-        self._prompt_tokens += usage.prompt_tokens
-        self._completion_tokens += usage.completion_tokens
-        self._thinking_tokens += usage.thinking_tokens
-        if event.purpose == "act":
+    # The handlers read the event's fields from its dict (`fields`): an attribute of a
+    # pydantic model costs several times a dict's item.
+    def _model_response(self, event: ModelResponse, fields: dict[str, Any]) -> None:
+        usage = fields["usage"].__dict__
+        self._prompt_tokens += usage["prompt_tokens"]
+        self._completion_tokens += usage["completion_tokens"]
+        self._thinking_tokens += usage["thinking_tokens"]
+        if fields["purpose"] == "act":
             self.last_response = event
             self.messages.append(
                 trusted(
                     Message,
                     role="assistant",
-                    content=event.content,
-                    thinking=event.thinking or None,
-                    tool_calls=list(event.tool_calls),
+                    content=fields["content"],
+                    thinking=fields["thinking"] or None,
+                    tool_calls=list(fields["tool_calls"]),
                 )
             )
 
-    def _tool_call(self, event: ToolCall) -> None:
-        self.started[event.call_id] = event
+    def _tool_call(self, event: ToolCall, fields: dict[str, Any]) -> None:
+        self.started[fields["call_id"]] = event
 
-    def _tool_result(self, event: ToolResult) -> None:
-        self.results[event.call_id] = event
-        self.tool_errors += event.is_error
+    def _tool_result(self, event: ToolResult, fields: dict[str, Any]) -> None:
+        call_id = fields["call_id"]
+        self.results[call_id] = event
+        self.tool_errors += fields["is_error"]
         self.messages.append(
-            trusted(Message, role="tool", content=event.content, tool_call_id=event.call_id, name=event.name)
+            trusted(
+                Message, role="tool", content=fields["content"], tool_call_id=call_id, name=fields["name"]
+            )
         )
 
-    def _plan(self, event: Plan) -> None:
+    def _plan(self, event: Plan, fields: dict[str, Any]) -> None:
         self.plan = event.content
         self.plan_step = event.step
         self.messages.append(_message("user", plan_note(event.content)))
 
-    def _reflection(self, event: Reflection) -> None:
+    def _reflection(self, event: Reflection, fields: dict[str, Any]) -> None:
         self.messages.append(_message("user", reflection_note(event.content)))
 
-    def _final_answer(self, event: FinalAnswer) -> None:
-        self.answer_text = event.content
-        self.answer = event.data if event.data is not None else event.content
+    def _final_answer(self, event: FinalAnswer, fields: dict[str, Any]) -> None:
+        content, data = fields["content"], fields["data"]
+        self.answer_text = content
+        self.answer = data if data is not None else content
 
-    def _run_finished(self, event: RunFinished) -> None:
-        self.status = event.status
-        self.error = event.error
+    def _run_finished(self, event: RunFinished, fields: dict[str, Any]) -> None:
+        self.status = fields["status"]
+        self.error = fields["error"]
 
     def unfinished_calls(self) -> list[str]:
         """Ids of calls in the last model turn that have no result yet."""
@@ -158,7 +164,7 @@ def _message(role: Literal["system", "user"], content: str) -> Message:
     return trusted(Message, role=role, content=content)
 
 
-_HANDLERS: dict[str, Callable[[RunState, Any], None]] = {
+_HANDLERS: dict[str, Callable[[RunState, Any, dict[str, Any]], None]] = {
     "run_started": RunState._run_started,
     "user_message": RunState._user_message,
     "feedback": RunState._user_message,
