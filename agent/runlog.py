@@ -11,8 +11,10 @@ import os
 import time
 from pathlib import Path
 
+from pydantic_core import SchemaSerializer
+
 from .errors import AgentError
-from .events import Event, parse_event
+from .events import Event, ModelDelta, parse_event
 
 try:
     import fcntl
@@ -32,6 +34,22 @@ def new_run_id() -> str:
     if now != _stamp[0]:
         _stamp = (now, time.strftime("%Y%m%d-%H%M%S", time.localtime(now)))
     return f"{_stamp[1]}-{os.urandom(3).hex()}"  # secrets.token_hex(3), without its two wrappers
+
+
+# Per event class: its pydantic serializer, kept once the class's schema is built (the
+# classes defer building it to their first use, and until then hold a stand-in).
+_serializers: dict[type, SchemaSerializer] = {}
+
+
+def _serializer(event: Event) -> SchemaSerializer:
+    cls = type(event)
+    serializer = cls.__pydantic_serializer__
+    if not isinstance(serializer, SchemaSerializer):
+        cls.model_rebuild()  # what the stand-in does on its first use
+        serializer = cls.__pydantic_serializer__
+    if isinstance(serializer, SchemaSerializer):
+        _serializers[cls] = serializer
+    return serializer
 
 
 class RunLog:
@@ -57,17 +75,23 @@ class RunLog:
     failed: str | None = None  # why the log stopped: a write failed (a full disk); nothing is written after
 
     def __call__(self, event: Event) -> None:
-        if not self.log_deltas and event.__dict__["type"] == "model_delta":
+        # The class, not the `type` field: an attribute of a pydantic model goes through
+        # its __getattr__ hook, which costs several times a call of type().
+        cls = type(event)
+        if cls is ModelDelta and not self.log_deltas:
             return
         fd = self._fd
         if fd is None:
             if self.failed is not None:
                 return
             fd = self._fd = self._open()
+        serializer = _serializers.get(cls)
+        if serializer is None:
+            serializer = _serializer(event)
         # One write() per event, unbuffered: once it returns, the line is the
         # kernel's and survives the process being killed (no fsync: a power
         # cut may still lose it). The bytes are model_dump_json()'s, in UTF-8.
-        line = event.__pydantic_serializer__.to_json(event) + b"\n"
+        line = serializer.to_json(event) + b"\n"
         try:
             written = os.write(fd, line)
             while written < len(line):  # a short write (a signal, a full disk): the rest
