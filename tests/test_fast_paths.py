@@ -391,6 +391,32 @@ def test_a_thread_loop_closes_once_its_thread_and_agents_are_gone(run_dir):
     assert len(loops) == 1 and loops[0].is_closed()
 
 
+def test_an_idle_tool_worker_holds_nothing_of_its_last_call(run_dir):
+    import gc
+    import weakref
+
+    @tool  # a plain sync tool: it runs on one of the daemon workers
+    def big() -> str:
+        """Return a large result."""
+        return "x" * 1_000_000
+
+    refs = []
+
+    def work() -> None:
+        agent = Agent(ScriptedLLM([call("big"), "done"]), tools=[big], run_dir=run_dir, guards=None)
+        assert agent.run_sync("go").answer == "done"
+        refs.append(weakref.ref(agent))
+        refs.append(weakref.ref(agent._loop.loop))
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    gc.collect()
+    # The worker that ran `big` waits for its next job: the agent, its loop and the
+    # result must be gone all the same (the loop closes when nothing holds it).
+    assert [r() for r in refs] == [None, None]
+
+
 async def test_a_thread_loop_let_go_of_inside_another_running_loop_closes_without_warnings(run_dir):
     import gc
     import warnings
