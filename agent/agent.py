@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 import os
+import threading
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 Strategy = Literal["react", "plan-act-reflect"]
 _log = logging.getLogger("agent")
+_loop_lock = threading.Lock()  # an agent's first sync call picks its event loop under it
 _warned_unapproved: set[tuple[str, ...]] = set()  # tools that need approval, in agents without an approver
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -714,9 +716,12 @@ class Agent:
             self._check_initialized()
             raise
         if handle is None or handle.loop.is_closed():
-            self._loop = sync.thread_loop()
+            with _loop_lock:  # two threads making the first call: one loop for the agent
+                handle = self._loop
+                if handle is None or handle.loop.is_closed():
+                    handle = self._loop = sync.thread_loop()
         try:
-            return sync.run(coro, self._loop)
+            return sync.run(coro, handle)
         except KeyboardInterrupt:
             if self._last is None:
                 raise

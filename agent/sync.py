@@ -44,6 +44,7 @@ class LoopHandle:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.busy = threading.Lock()  # held by the sync call running the loop: one at a time
         _handles.add(self)
 
     def close(self) -> None:
@@ -87,14 +88,23 @@ def run(coro: Coroutine[Any, Any, T], handle: LoopHandle | None = None) -> T:
             "the sync methods (run_sync, resume_sync, close, ...) cannot run inside an event loop; "
             "await their async forms instead (`await agent.arun(task)`)"
         )
-    loop = (handle or thread_loop()).loop
-    if loop.is_running():  # another thread is running it
+    handle = handle or thread_loop()
+    # Taken, not waited for: two threads that find the loop free at the same moment must
+    # not both start it.
+    if not handle.busy.acquire(blocking=False):
         coro.close()
-        raise RuntimeError(
-            "this agent's event loop is busy in another thread (the one it first ran in); sync calls on it "
-            "run one at a time. "
+        raise AgentError(
+            "this agent is running in another thread (the one it first ran in): a sync call cannot "
+            "start until that one returns. "
             "Give each thread its own agent, or run them together with asyncio.gather(agent.arun(...), ...)"
         )
+    try:
+        return _run(coro, handle.loop)
+    finally:
+        handle.busy.release()
+
+
+def _run(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> T:
     task = loop.create_task(coro)
     interrupts = 0
 

@@ -557,13 +557,36 @@ def test_a_sync_call_on_an_agent_busy_in_another_thread_is_refused_clearly(run_d
     worker = threading.Thread(target=lambda: results.append(agent.run_sync("one")))
     worker.start()
     assert started.wait(10)
-    with pytest.raises(RuntimeError, match="busy in another thread"):
+    with pytest.raises(AgentError, match="running in another thread.*cannot start until that one returns"):
         agent.run_sync("two")  # the agent's loop is running in the worker
     release.set()
     worker.join(10)
     assert results[0].answer == "first"
     assert agent.run_sync("three").answer == "second"  # and the loop works again once free
     agent.close()
+
+
+def test_two_threads_making_an_agents_first_sync_call_at_once_get_one_loop(run_dir):
+    # Both find the agent without a loop at the same moment: one runs, the other is refused,
+    # every time (before, each could pick its own thread's loop and both ran).
+    for _ in range(20):
+        agent = Agent(ScriptedLLM(["a", "b"], delay=0.01), run_dir=run_dir, guards=None)
+        barrier = threading.Barrier(2)
+        outcomes = []
+
+        def work() -> None:
+            barrier.wait()
+            try:
+                outcomes.append(agent.run_sync("go").status)
+            except AgentError as e:
+                outcomes.append(str(e)[:30])
+
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(outcomes) == ["completed", "this agent is running in anoth"]
 
 
 async def test_a_sync_method_inside_an_event_loop_is_refused_with_the_async_form_named(run_dir):
