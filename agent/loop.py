@@ -55,7 +55,7 @@ from .tool import (
     model_text,
     render_output,
 )
-from .types import EFFORTS, Effort, Message, ToolCallRequest, trusted, updated
+from .types import EFFORTS, Effort, Message, ToolCallRequest, new_call_id, trusted, updated
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -108,6 +108,29 @@ class _Prepared:
 
 
 CUT_SHORT = "the reply reached the output limit inside this call, so its arguments may be incomplete"
+
+
+def _reuses_ids(calls: list[ToolCallRequest], state: RunState) -> bool:
+    """Whether a call has the id of an earlier call of the run or of another call of its turn.
+
+    Some servers number each reply's calls from call_0: a repeated id would pair a result
+    with the wrong call, and a resumed run would take an interrupted call for a finished one.
+    """
+    results, started = state.results, state.started
+    ids = [c.id for c in calls]
+    return len(set(ids)) < len(ids) or any(i in results or i in started for i in ids)
+
+
+def _renumbered(calls: list[ToolCallRequest], state: RunState) -> list[ToolCallRequest]:
+    """The calls, those with an id already used given a new one (copies: the backend's stay)."""
+    taken = set(state.results) | set(state.started)
+    out = []
+    for call in calls:
+        if call.id in taken:
+            call = updated(call, id=new_call_id())
+        taken.add(call.id)
+        out.append(call)
+    return out
 
 
 def _cut_short(calls: list[ToolCallRequest]) -> list[ToolCallRequest]:
@@ -620,6 +643,17 @@ class Run:
                 response = _hooked(response, ModelResponse, "act", self.agent)
             # Every call dropped: the words around them are no answer (see _step).
             self._held_back = called if called and not response.tool_calls else None
+            fields = response.__dict__
+        calls = fields["tool_calls"]
+        if acting and calls:
+            state = self.state
+            if len(calls) == 1:  # most turns: checked here, without a call of _reuses_ids
+                call_id = calls[0].id
+                reused = call_id in state.results or call_id in state.started
+            else:
+                reused = _reuses_ids(calls, state)
+            if reused:
+                fields["tool_calls"] = _renumbered(calls, state)
         decision = bus.emit_now(response) or await bus.emit(response)
         if decision is _ALLOW:  # most events: no verdict to read (each read goes through pydantic's hook)
             pass

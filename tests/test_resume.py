@@ -13,8 +13,10 @@ import pytest
 from pydantic import BaseModel
 
 from agent import Agent, AgentError, Tool, read_events, tool
+from agent.events import ModelResponse
 from agent.llm import ScriptedLLM
 from agent.testing import call
+from agent.types import ToolCallRequest
 
 DRIVER = textwrap.dedent(
     """
@@ -415,3 +417,38 @@ def test_run_ids_sort_by_start_time_and_differ_within_a_second(monkeypatch):
     clock[0] += 1  # the next second: a new stamp, not the cached one
     later = runlog.new_run_id()
     assert later[: len(stamp)] == time.strftime("%Y%m%d-%H%M%S", time.localtime(1_800_000_001)) > stamp
+
+
+def test_calls_that_reuse_an_id_get_their_own_and_resume_finds_the_interrupted_one(tmp_path):
+    # Some servers number each reply's calls from call_0: a repeated id paired results with
+    # the wrong call, and a resumed run took the interrupted second call for the finished first.
+    charged = []
+
+    @tool(effects={"writes"})
+    def charge(amount: int) -> str:
+        """Charge a card (not safe to repeat)."""
+        charged.append(amount)
+        return f"charged {amount}"
+
+    def turn(*amounts):
+        calls = [ToolCallRequest(id="call_0", name="charge", arguments={"amount": a}) for a in amounts]
+        return ModelResponse(tool_calls=calls)
+
+    script = [turn(10), turn(20, 30), "done"]
+    result = Agent(ScriptedLLM(script), tools=[charge], run_dir=tmp_path).run_sync("pay")
+    assert result.status == "completed" and charged == [10, 20, 30]
+    ids = [e.call_id for e in result.events if e.type == "tool_call"]
+    assert ids[0] == "call_0" and len(set(ids)) == 3
+    assert [e.call_id for e in result.events if e.type == "tool_result"] == ids
+    assert script[1].tool_calls[0].id == "call_0"  # the backend's calls are left as they were
+
+    # A crash while the turn's second call ran: its result never reached the log.
+    lines = Path(result.log_path).read_text().splitlines()
+    cut = [i for i, line in enumerate(lines) if '"type":"tool_result"' in line][2]
+    Path(result.log_path).write_text("\n".join(lines[:cut]) + "\n")
+    llm = ScriptedLLM(["done"])
+    resumed = Agent(llm, tools=[charge], run_dir=tmp_path).resume_sync(result.run_id)
+    assert resumed.status == "completed" and charged == [10, 20, 30]  # not charged again
+    tool_messages = [m for m in llm.requests[-1].messages if m.role == "tool"]
+    assert [m.tool_call_id for m in tool_messages] == ids
+    assert "interrupted while 'charge' was running" in tool_messages[-1].content
