@@ -581,13 +581,13 @@ class _TaskTagged(logging.StreamHandler):  # type: ignore[type-arg]
 
 def run_cli(args: Any) -> int:
     """`agent batch TASKS -o RESULTS`: progress on stderr, a summary at the end."""
-    from rich.console import Console
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.progress import Progress as Bar
     from rich.table import Table
     from rich.text import Text
 
     from .cli import tool_names, writable_dir
+    from .render import Console
 
     tasks = read_tasks(args.tasks)
     output = Path(args.output)

@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     termios = None  # type: ignore[assignment]
 
-from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.console import ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.panel import Panel
 from rich.segment import Segment
@@ -39,7 +39,7 @@ from rich.text import Text
 
 from .errors import AgentError
 from .events import ApprovalRequested, Event
-from .render import for_terminal, markdown, visible
+from .render import Console, for_terminal, markdown, visible
 from .runlog import DEFAULT_RUN_DIR, RunNotFound, find_run, first_event
 from .types import EFFORTS
 

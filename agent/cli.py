@@ -362,7 +362,7 @@ def _agent_from(args: argparse.Namespace, **extra: Any) -> Any:
 
 def _warn_if_unguarded(args: argparse.Namespace) -> None:
     if getattr(args, "no_guards", False):  # on stderr: --json output on stdout stays events only
-        from rich.console import Console
+        from .render import Console
 
         Console(stderr=True).print(
             "[bold yellow]guards are off:[/] no step of this run is checked", highlight=False
@@ -528,9 +528,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from .render import Console
     from .runlog import is_live, read_events
 
     directory = Path(args.run_dir)
@@ -651,17 +651,17 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def _print_note(message: str) -> None:
-    from rich.console import Console
     from rich.text import Text
+
+    from .render import Console
 
     Console(stderr=True).print(Text(f"note: {message}", style="yellow"), soft_wrap=True)
 
 
 def _print_error(message: str) -> None:
-    from rich.console import Console
     from rich.text import Text
 
-    from .render import visible
+    from .render import Console, visible
 
     Console(stderr=True).print(Text(visible(f"error: {message}"), style="bold red"), soft_wrap=True)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import sys
 from typing import Any, TextIO, TypeVar
 
+import rich.console
 from pydantic import BaseModel
-from rich.console import Console
 from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.text import Text
@@ -16,6 +17,16 @@ from rich.text import Text
 from .events import Event
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class Console(rich.console.Console):
+    """rich's console, but a reader that leaves the pipe raises `BrokenPipeError`, which
+    the CLI turns into the quiet exit 141 of a program SIGPIPE ended: rich's own
+    handler exits 1 (SystemExit), past the CLI's handler and with no word of why."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more is written, not even at exit
+        raise BrokenPipeError(errno.EPIPE, "the reader of the output left")
 
 
 # What a terminal would act on instead of showing: C0 controls but tab and newline, DEL,

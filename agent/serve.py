@@ -1016,9 +1016,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run_cli(args: Any) -> int:
     """`agent serve`: bind, load the model, print the base URL, serve until Ctrl-C."""
-    from rich.console import Console
-
     from .cli import make_model, usable_key
+    from .render import Console
 
     err = Console(stderr=True, highlight=False)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None

@@ -739,3 +739,23 @@ def test_a_key_that_is_not_ascii_is_refused(tmp_path, script):
     # headers are bytes: a client sends UTF-8 and the server read Latin-1, so it never matched
     out = agent("serve", "--api-key", "sécret", "--model", f"scripted:{script}", cwd=tmp_path)
     assert out.returncode == 2 and "not ASCII" in out.stderr
+
+
+def test_a_reader_that_leaves_a_batchs_output_ends_it_quietly_with_141(tmp_path):
+    # stdout and stderr into one pipe whose reader leaves after a line (`2>&1 | head -1`):
+    # rich's console exited 1 there, with no word of why.
+    tasks = [{"id": f"t{i}", "prompt": "say ok"} for i in range(6)]
+    (tmp_path / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    (tmp_path / "script.jsonl").write_text(json.dumps({"content": "ok", "delay": 0.3}) + "\n")
+    command = ["batch", "tasks.jsonl", "-o", "r.jsonl", "--model", "scripted:script.jsonl"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", *command],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    first = process.stdout.readline()
+    process.stdout.close()
+    process.wait(timeout=120)
+    assert first and process.returncode == 141

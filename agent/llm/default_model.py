@@ -313,8 +313,9 @@ class _Steps:
 
     def __enter__(self) -> _Steps:
         if self.enabled:
-            from rich.console import Console
             from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            from ..render import Console
 
             self._progress = Progress(
                 SpinnerColumn(),
