@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic_core import SchemaSerializer
 
 from .errors import AgentError
-from .events import Event, ModelDelta, parse_event
+from .events import Event, parse_event
 
 try:
     import fcntl
@@ -36,20 +36,22 @@ def new_run_id() -> str:
     return f"{_stamp[1]}-{os.urandom(3).hex()}"  # secrets.token_hex(3), without its two wrappers
 
 
-# Per event class: its pydantic serializer, kept once the class's schema is built (the
-# classes defer building it to their first use, and until then hold a stand-in).
-_serializers: dict[type, SchemaSerializer] = {}
+# Per event class: its pydantic serializer and whether it is a delta, learnt from its first
+# event (the classes defer building their schema to their first use, and until then hold a
+# stand-in). A class rebuilt with model_rebuild(force=True) after that keeps the first.
+_kinds: dict[type, tuple[SchemaSerializer, bool]] = {}
 
 
-def _serializer(event: Event) -> SchemaSerializer:
+def _kind(event: Event) -> tuple[SchemaSerializer, bool]:
     cls = type(event)
     serializer = cls.__pydantic_serializer__
     if not isinstance(serializer, SchemaSerializer):
         cls.model_rebuild()  # what the stand-in does on its first use
         serializer = cls.__pydantic_serializer__
+    kind = (serializer, event.__dict__["type"] == "model_delta")  # by the tag: a subclass is one too
     if isinstance(serializer, SchemaSerializer):
-        _serializers[cls] = serializer
-    return serializer
+        _kinds[cls] = kind
+    return kind
 
 
 class RunLog:
@@ -77,17 +79,15 @@ class RunLog:
     def __call__(self, event: Event) -> None:
         # The class, not the `type` field: an attribute of a pydantic model goes through
         # its __getattr__ hook, which costs several times a call of type().
-        cls = type(event)
-        if cls is ModelDelta and not self.log_deltas:
+        kind = _kinds.get(type(event)) or _kind(event)
+        serializer, delta = kind
+        if delta and not self.log_deltas:
             return
         fd = self._fd
         if fd is None:
             if self.failed is not None:
                 return
             fd = self._fd = self._open()
-        serializer = _serializers.get(cls)
-        if serializer is None:
-            serializer = _serializer(event)
         # One write() per event, unbuffered: once it returns, the line is the
         # kernel's and survives the process being killed (no fsync: a power
         # cut may still lose it). The bytes are model_dump_json()'s, in UTF-8.

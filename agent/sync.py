@@ -129,14 +129,10 @@ def _run(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> T:
             handler = None
         outer, interrupt = interrupt, on_sigint
     try:
-        # One turn of the loop first (stop() before run_forever() runs what is
-        # scheduled, the task's first step, and returns): a run that never waits
-        # ends in it, without run_until_complete's done callback and second turn.
-        loop.stop()
-        loop.run_forever()
-        if not task.done():
-            loop.run_until_complete(task)
-        return task.result()
+        # run_until_complete's turn after the task ends matters: it runs what the run's
+        # last step scheduled (a tool's background task, a transport's close) and takes
+        # the task's exception (else asyncio reports it as never retrieved).
+        return loop.run_until_complete(task)
     except asyncio.CancelledError:
         if interrupts and task.uncancel() == 0:
             raise KeyboardInterrupt() from None

@@ -569,19 +569,17 @@ def test_a_sync_call_on_an_agent_busy_in_another_thread_is_refused_clearly(run_d
 def test_two_threads_making_an_agents_first_sync_call_at_once_get_one_loop(run_dir):
     # Both find the agent without a loop at the same moment: one runs, the other is refused,
     # every time (before, each could pick its own thread's loop and both ran).
+    def work(agent: Agent, barrier: threading.Barrier, outcomes: list[str]) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(agent.run_sync("go").status)
+        except AgentError as e:
+            outcomes.append(str(e)[:30])
+
     for _ in range(20):
         agent = Agent(ScriptedLLM(["a", "b"], delay=0.01), run_dir=run_dir, guards=None)
-        barrier = threading.Barrier(2)
-        outcomes = []
-
-        def work() -> None:
-            barrier.wait()
-            try:
-                outcomes.append(agent.run_sync("go").status)
-            except AgentError as e:
-                outcomes.append(str(e)[:30])
-
-        threads = [threading.Thread(target=work) for _ in range(2)]
+        barrier, outcomes = threading.Barrier(2), []
+        threads = [threading.Thread(target=work, args=(agent, barrier, outcomes)) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:
@@ -682,3 +680,38 @@ def test_arguments_reach_positional_only_parameters_in_order_whatever_order_they
     reply = ModelResponse(tool_calls=[ToolCallRequest(id="c1", name="pair", arguments={"b": "x", "a": 1})])
     result = Agent(ScriptedLLM([reply, "done"]), tools=[pair], run_dir=run_dir).run_sync("go")
     assert result.status == "completed" and seen == [(1, "x")]
+
+
+def test_what_a_runs_last_step_schedules_has_run_when_run_sync_returns(run_dir):
+    done = []
+
+    async def save() -> None:
+        done.append("task")
+
+    @tool(blocking=False)
+    def note() -> str:
+        """Schedule work on the event loop and return at once."""
+        loop = asyncio.get_running_loop()
+        loop.call_soon(done.append, "callback")
+        loop.create_task(save())
+        return "ok"
+
+    agent = Agent(ScriptedLLM([call("note"), "done"]), tools=[note], run_dir=run_dir, guards=None)
+    assert agent.run_sync("go").answer == "done"
+    assert sorted(done) == ["callback", "task"]  # not left queued on the loop until a later call
+
+
+def test_the_run_log_leaves_out_deltas_of_a_delta_subclass_too(run_dir):
+    from agent.events import ModelDelta
+
+    class TimedDelta(ModelDelta):
+        latency_ms: float = 0.0
+
+    class Streaming(ScriptedLLM):
+        async def stream(self, request):
+            async for item in super().stream(request):
+                yield TimedDelta(content=item.content) if item.type == "model_delta" else item
+
+    result = Agent(Streaming(["a long answer"], chunk_size=4), run_dir=run_dir, guards=None).run_sync("go")
+    assert result.status == "completed"
+    assert "model_delta" not in [e.type for e in read_events(result.log_path)]
