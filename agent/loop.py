@@ -930,9 +930,11 @@ class Run:
         else:
             await self.bus.emit(Feedback(content=message, reason=kind, step=step), judge=False)
         if used > budget:
-            raise _Stop(
-                "failed", f"gave up after {used} malformed calls to {budget_key}: {message.splitlines()[0]}"
-            )
+            # The message's first line, and its first listed error where the first line only
+            # announces them ("Invalid arguments for tool 'x':").
+            lines = message.splitlines()
+            why = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+            raise _Stop("failed", f"gave up after {used} malformed calls to {budget_key}: {why}")
 
     async def _execute(self, p: _Prepared, step: int) -> None:
         self._check_stop()

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticSerializationError
 
 Effect = Literal["reads", "writes", "network", "executes"]
 EFFECTS: frozenset[str] = frozenset({"reads", "writes", "network", "executes"})
@@ -412,13 +413,17 @@ def render_output(value: Any, limit: int | None = OUTPUT_LIMIT) -> str:
         text = value
     elif isinstance(value, (bytes, bytearray)):
         text = _bytes_text(value)
-    elif isinstance(value, BaseModel):
-        text = value.model_dump_json()
     else:
         import json
 
         try:
-            text = json.dumps(value, default=_jsonable, ensure_ascii=False)
+            if isinstance(value, BaseModel):
+                try:
+                    text = value.model_dump_json()
+                except PydanticSerializationError:  # bytes that are not UTF-8, say: as below
+                    text = json.dumps(value.model_dump(), default=_jsonable, ensure_ascii=False)
+            else:
+                text = json.dumps(value, default=_jsonable, ensure_ascii=False)
         except (TypeError, ValueError):
             text = repr(value)
     return model_text(text, limit)
@@ -427,7 +432,10 @@ def render_output(value: Any, limit: int | None = OUTPUT_LIMIT) -> str:
 def _jsonable(value: Any) -> Any:
     """JSON for what json cannot write: models as their JSON, bytes as text, the rest as str()."""
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        try:
+            return value.model_dump(mode="json")
+        except (PydanticSerializationError, UnicodeDecodeError):  # bytes not UTF-8: written here
+            return value.model_dump()
     if isinstance(value, (bytes, bytearray)):
         return _bytes_text(value)
     if isinstance(value, (set, frozenset, tuple)):

@@ -222,7 +222,10 @@ def test_retry_budget_is_per_tool_and_ends_the_run(run_dir):
     llm = ScriptedLLM([bad, bad, bad, "never reached"])
     result = Agent(llm, tools=[pick], run_dir=run_dir).run_sync("pick")
     assert result.status == "failed"
-    assert "gave up after 3 malformed calls to pick" in result.error
+    # The reason names the field, not only "Invalid arguments for tool 'pick':".
+    assert result.error.startswith(
+        "gave up after 3 malformed calls to pick: Invalid arguments for tool 'pick': - n:"
+    )
     assert llm.remaining == 1
 
 

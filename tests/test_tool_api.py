@@ -170,13 +170,28 @@ def test_models_and_bytes_inside_a_result_reach_the_model_as_json_and_text():
         """Raw bytes."""
         return b"hello\n"
 
-    agent = Agent(
-        ScriptedLLM([call("items"), call("best"), call("raw"), "ok"]), tools=[items, best, raw], run_dir=None
-    )
+    class Blob(BaseModel):
+        name: str
+        data: bytes
+
+    @tool
+    def blob() -> Blob:
+        """A model holding bytes that are not UTF-8 (pydantic cannot write them as JSON)."""
+        return Blob(name="img", data=b"\x89PNG")
+
+    @tool
+    def blobs() -> dict:
+        """The same model inside a dict."""
+        return {"blob": Blob(name="img", data=b"\x89PNG")}
+
+    script = [call("items"), call("best"), call("raw"), call("blob"), call("blobs"), "ok"]
+    agent = Agent(ScriptedLLM(script), tools=[items, best, raw, blob, blobs], run_dir=None)
     assert _results(agent) == [
         '[{"name": "x", "price": 1.5}]',
         '{"best": {"name": "x", "price": 1.5}, "raw": "\\xffab"}',
         "hello\n",
+        '{"name": "img", "data": "\\x89PNG"}',  # not the tool's error
+        '{"blob": {"name": "img", "data": "\\x89PNG"}}',  # not Python's repr
     ]
 
 
