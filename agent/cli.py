@@ -433,13 +433,18 @@ def _stdin_task() -> str:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from .render import visible
-    from .runlog import find_run, read_events
+    from .runlog import find_run, is_live, read_events
     from .state import RunState
 
     writable_dir(args.run_dir, "--run-dir")
     # The run, its settings and how it ended are read first: a wrong id or an ended run fails
     # before a model loads (the resume reads the log again, and checks it the same way).
     path = find_run(args.run, args.run_dir)  # resolved once: `last` must name one run throughout
+    if is_live(path):
+        raise AgentError(
+            f"run {path.stem} is still going (another process is writing its log); "
+            "resume it once that process has ended"
+        )
     events = read_events(path)
     state = RunState(path.stem)
     for event in events:

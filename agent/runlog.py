@@ -154,8 +154,8 @@ def _claim(fd: int, path: str) -> None:
     if not try_lock(fd):
         os.close(fd)
         raise AgentError(
-            f"the run log {path} is being written by another run (the same session resumed twice?); "
-            "finish that one first"
+            f"the run log {path} is being written by another process (the run still going, or the "
+            "same session resumed twice); wait until it has ended"
         )
 
 

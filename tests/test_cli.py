@@ -491,6 +491,26 @@ def test_replay_of_a_killed_run_says_it_was_cut_short(tmp_path, script):
     assert f"agent resume {log.stem}" in out.stderr and "the log ends before the run did" in out.stderr
 
 
+def test_resume_of_a_run_still_going_is_refused_before_a_model_loads(tmp_path):
+    slow = tmp_path / "slow.jsonl"
+    slow.write_text(json.dumps({"content": "late", "delay": 30}) + "\n")
+    command = [sys.executable, "-m", "agent", "run", "x", "--model", f"scripted:{slow}"]
+    running = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        runs = tmp_path / ".agent" / "runs"
+        deadline = time.monotonic() + 30
+        while not (runs.is_dir() and any(runs.glob("*.jsonl"))) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # No --model: the embedded model would load first if the refusal came at the log's lock.
+        out = agent("resume", "last", cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert "is still going (another process is writing its log)" in out.stderr
+        assert "note: the run was started with" not in out.stderr
+    finally:
+        running.kill()
+        running.wait(10)
+
+
 def test_resume_shows_an_answer_recorded_before_the_crash_and_keeps_the_runs_tools(tmp_path):
     (tmp_path / "notes.txt").write_text("the key is under the mat")
     first = tmp_path / "first.jsonl"

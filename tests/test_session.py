@@ -99,7 +99,7 @@ def test_a_session_another_writer_holds_is_refused(run_dir):
     chat.send_sync("Hi.")
     with open(chat.log_path, "a") as other:  # another process resumed the same session first
         fcntl.flock(other.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(AgentError, match="being written by another run"):
+        with pytest.raises(AgentError, match="being written by another process"):
             Agent(ScriptedLLM(["Again."]), run_dir=run_dir).session(chat.run_id)
     later = Agent(ScriptedLLM(["Again."]), run_dir=run_dir).session(chat.run_id)  # free once it is let go
     assert later.send_sync("Hi again.").answer == "Again."
@@ -147,7 +147,7 @@ def test_a_session_holds_its_log_between_messages_until_closed(run_dir):
     chat = Agent(ScriptedLLM(["Hello.", "Again."]), run_dir=run_dir).session().hold()
     chat.send_sync("Hi.")
     # Another chat on the same session, while this one may still go on, is refused.
-    with pytest.raises(AgentError, match="being written by another run"):
+    with pytest.raises(AgentError, match="being written by another process"):
         Agent(ScriptedLLM(["Mixed in."]), run_dir=run_dir).session(chat.run_id)
     assert chat.send_sync("Still there?").answer == "Again."
     chat.close()
