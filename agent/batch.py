@@ -579,6 +579,19 @@ class _TaskTagged(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
+def _check_tool_names(tasks: list[BatchTask], path: str | Path) -> None:
+    """A task asking for a tool no built-in has is a mistake in the file: said before anything runs."""
+    from .builtins import REGISTRY
+
+    for task in tasks:
+        unknown = [name for name in task.tools or () if name not in REGISTRY]
+        if unknown:
+            raise AgentError(
+                f"{path}: task {task.id!r} asks for the unknown built-in tool {unknown[0]!r} "
+                f"(available: {', '.join(sorted(REGISTRY))})"
+            )
+
+
 def run_cli(args: Any) -> int:
     """`agent batch TASKS -o RESULTS`: progress on stderr, a summary at the end."""
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -590,6 +603,7 @@ def run_cli(args: Any) -> int:
     from .render import Console
 
     tasks = read_tasks(args.tasks)
+    _check_tool_names(tasks, args.tasks)
     output = Path(args.output)
     if output.exists() and os.path.samefile(output, args.tasks):
         raise AgentError(f"-o {output} is the tasks file; give the results their own file")
@@ -619,7 +633,7 @@ def run_cli(args: Any) -> int:
     if args.executor == "local":
         # Load the shared model before the clock starts, and build one agent with the default
         # tools: a bad model path, --tools name or context window is one error now rather than a
-        # failed result per task (a task's own bad tools stay that task's result).
+        # failed result per task (a task's own tool names were checked with the file).
         spec.build(tasks[0].model_copy(update={"tools": None})).close()
     err = Console(stderr=True, emoji=False)  # ids and errors are shown as written: no :code: emoji
     bar = Bar(

@@ -316,7 +316,7 @@ def new_model(
 
 def tool_names(spec: str | None) -> list[str]:
     """Built-in tool names from a comma-separated flag; the agent makes them for its workspace."""
-    return [n.strip() for n in (spec or "").split(",") if n.strip()]
+    return list(dict.fromkeys(n.strip() for n in (spec or "").split(",") if n.strip()))  # once each
 
 
 def _approver(auto_yes: bool) -> Any:

@@ -242,6 +242,11 @@ def tasks_file(tmp_path, name="tasks.jsonl"):
         ("tasks not UTF-8", ["batch", "latin1.jsonl", "-o", "r.jsonl"], "latin1.jsonl is not UTF-8 text"),
         ("task of 0 steps", ["batch", "zero.jsonl", "-o", "r.jsonl"], "zero.jsonl:1: not a valid task"),
         ("task id null", ["batch", "null_id.jsonl", "-o", "r.jsonl"], "null_id.jsonl:1: not a valid task"),
+        (
+            "task's unknown tool",
+            ["batch", "bad_tool.jsonl", "-o", "r.jsonl"],
+            "bad_tool.jsonl: task 'b' asks for the unknown built-in tool 'nope' (available: ",
+        ),
         ("replay a folder", ["replay", "folder.jsonl"], "cannot read run log folder.jsonl"),
         (
             "base URL not http",
@@ -267,6 +272,8 @@ def test_more_user_errors_are_one_clear_line(tmp_path, script, case, args, messa
     (tmp_path / "latin1.jsonl").write_bytes(b'{"id": "a", "prompt": "caf\xe9"}\n')
     (tmp_path / "zero.jsonl").write_text(json.dumps({"id": "a", "prompt": "x", "max_steps": 0}) + "\n")
     (tmp_path / "null_id.jsonl").write_text(json.dumps({"id": None, "prompt": "x"}) + "\n")
+    bad_tool = [{"id": "a", "prompt": "x", "tools": ["files"]}, {"id": "b", "prompt": "y", "tools": ["nope"]}]
+    (tmp_path / "bad_tool.jsonl").write_text("".join(json.dumps(t) + "\n" for t in bad_tool))
     (tmp_path / "folder.jsonl").mkdir()
     runs = tmp_path / ".agent" / "runs"
     runs.mkdir(parents=True)
@@ -779,3 +786,8 @@ def test_a_reader_that_leaves_a_batchs_output_ends_it_quietly_with_141(tmp_path)
     process.stdout.close()
     process.wait(timeout=120)
     assert first and process.returncode == 141
+
+
+def test_a_tool_group_named_twice_is_taken_once(tmp_path, script):
+    out = agent("run", "x", "--tools", "files, files", "--model", f"scripted:{script}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr  # not "two tools share the name 'edit_file'"
