@@ -68,10 +68,11 @@ class EventStream(Coroutine[Any, Any, Any]):
     `async for event in stream` reads them as they happen (the run goes on only as
     they are read; leaving the loop and closing the stream ends the run);
     `await stream` runs to the end and returns the `RunResult`, and so does
-    `asyncio.run(stream)`: the stream is a coroutine too. After `aclose()` (or a
-    loop left part way), awaiting it gives the result as the run ended. A stream
-    that is neither read nor awaited warns when it is dropped, as a coroutine never
-    awaited does: nothing ran.
+    `asyncio.run(stream)`: the stream is a coroutine too. Awaiting a stream that was
+    read part way (a loop left with `break`) or closed ends the run where the reader
+    left it, as `aclose()` does, and gives the result as it ended: the call a reader
+    stopped at does not run. A stream that is neither read nor awaited warns when it
+    is dropped, as a coroutine never awaited does: nothing ran.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class EventStream(Coroutine[Any, Any, Any]):
         self._result = result
         self._what = what
         self._used = False
+        self._read = False  # an event was asked for: awaiting then ends the run where the reader left it
         self._closed = False  # aclose() ran: the generator is done with (its flags may not say so)
         self._end: Generator[Any, None, RunResult] | None = None  # as a coroutine, once it began
 
@@ -89,7 +91,7 @@ class EventStream(Coroutine[Any, Any, Any]):
         return self
 
     async def __anext__(self) -> Event:
-        self._used = True
+        self._used = self._read = True
         if self._closed:
             raise StopAsyncIteration
         return await self._events.__anext__()
@@ -122,12 +124,14 @@ class EventStream(Coroutine[Any, Any, Any]):
             self._end.close()
 
     async def _to_the_end(self) -> RunResult:
-        if not self._closed:
+        if not self._closed and not self._read:
             try:
                 async for _ in self._events:
                     pass
             finally:
                 await self.aclose()
+        else:  # read part way (or to its end: then there is nothing left to stop)
+            await self.aclose()
         return self._result()
 
     def __del__(self) -> None:

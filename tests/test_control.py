@@ -151,6 +151,29 @@ async def test_the_event_stream_goes_on_only_as_the_caller_reads_it(run_dir):
     assert sent == [0] and agent._last.state.status == "cancelled"
 
 
+async def test_awaiting_a_stream_left_with_break_ends_the_run_there(run_dir):
+    sent: list[int] = []
+
+    @tool(effects={"writes"})
+    async def send(i: int) -> str:
+        """Send message i."""
+        sent.append(i)
+        return "sent"
+
+    script = [call("send", i=0), call("send", i=1), "done"]
+    stream = Agent(ScriptedLLM(script), tools=[send], run_dir=run_dir).run("send them")
+    async for event in stream:
+        if event.type == "tool_call":
+            break
+    result = await stream  # no aclose() first: the break alone said stop
+    assert sent == [] and result.status == "cancelled"
+    assert result.error == "the caller stopped reading the run's events"
+
+    whole = Agent(ScriptedLLM(script), tools=[send], run_dir=run_dir).run("send them")
+    assert [e.type async for e in whole][-1] == "run_finished"
+    assert (await whole).status == "completed" and sent == [0, 1]  # read to its end: the whole run
+
+
 def test_interceptor_blocks_rewrites_and_halts(run_dir):
     async def guard(event):
         if isinstance(event, ToolCall) and event.arguments.get("text") == "rm -rf /":
