@@ -583,6 +583,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    if os.environ.get("AGENT_DEBUG"):  # the tracebacks the runtime logs at debug level: a run's fault
+        import logging
+
+        logging.basicConfig(format="%(name)s: %(message)s")
+        logging.getLogger("agent").setLevel(logging.DEBUG)
     with _sigterm_as_ctrl_c(leave=args.command == "chat") as terminated:
         try:
             code = _run_command(args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,8 @@ from .types import EFFORTS, Effort, Message, ToolCallRequest, new_call_id, trust
 
 if TYPE_CHECKING:
     from .agent import Agent
+
+_log = logging.getLogger("agent")
 
 FINAL_ANSWER = "final_answer"
 _CUT_OFF = "(reply cut off)"  # the retry budget's key for replies cut off at the output limit
@@ -352,6 +355,9 @@ class Run:
             raise
         except Exception as e:  # infrastructure fault: record it, and end the run once
             message = f"{type(e).__name__}: {e}"
+            # The run records the message; the traceback (a hook's or a backend's bug) is for
+            # whoever asks the logger for it (the CLI does with AGENT_DEBUG=1).
+            _log.debug("run %s failed: %s", self.run_id, message, exc_info=True)
             try:
                 retryable = getattr(e, "retryable", None)
                 await self.bus.deliver(

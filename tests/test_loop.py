@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
@@ -918,3 +919,18 @@ def test_a_call_cut_off_at_the_output_limit_is_not_run(run_dir):
     assert result.ok and pushed == [("main", True, True)]
     first = next(e for e in result.events if e.type == "tool_result")
     assert first.error_kind == "invalid_json" and "output limit" in first.content
+
+
+def test_a_fault_that_fails_the_run_leaves_its_traceback_in_the_debug_log(run_dir, caplog):
+    def helper(response):
+        return response.no_such_field  # a bug in the agent's own hook
+
+    class Buggy(Agent):
+        def act(self, response):
+            return helper(response)
+
+    with caplog.at_level(logging.DEBUG, logger="agent"):
+        result = Buggy(ScriptedLLM(["hi"]), run_dir=run_dir).run_sync("go")
+    assert result.status == "failed" and "no_such_field" in result.error
+    record = next(r for r in caplog.records if r.name == "agent" and r.exc_info)
+    assert record.levelno == logging.DEBUG and "in helper" in caplog.text  # the frame of the bug
