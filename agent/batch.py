@@ -57,6 +57,9 @@ class BatchResult(BaseModel):
     completion_tokens: int = 0
     time_s: float = 0.0
     attempts: int = 1
+    # It failed for the infrastructure (the model server unreachable, a backend that broke)
+    # every time it was tried: --resume runs it again, where it keeps every other result.
+    infrastructure: bool = False
     run_id: str | None = None
     log_path: str | None = None
 
@@ -279,8 +282,10 @@ class BatchRunner:
         if self.output.exists() and self.output.stat().st_size and not (self.resume or self.overwrite):
             raise AgentError(f"{given} already has results; pass --resume to continue or --overwrite")
         finished = read_results(self.output, strict=True) if self.resume else {}
-        # Resume keeps the results (a torn or repeated line left by a crash dropped); overwrite keeps none.
-        self._replace_with(finished if self.resume else {})
+        # Resume keeps the results (a torn or repeated line left by a crash dropped, and a failure of
+        # the infrastructure, which is run again); overwrite keeps none.
+        finished = {i: r for i, r in finished.items() if not r.infrastructure}
+        self._replace_with(finished)
         return [t for t in tasks if t.id not in finished], finished
 
     async def run(self, tasks: list[BatchTask]) -> list[BatchResult]:
@@ -324,6 +329,7 @@ class BatchRunner:
             result, infrastructure = await self._once(task)
             result.attempts = attempt
             if not infrastructure or attempt > self.retries:
+                result.infrastructure = infrastructure
                 return result
             await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
 

@@ -128,6 +128,34 @@ def test_http_errors_are_retried_only_when_asking_again_may_help(tmp_path, statu
     )
     assert result.status == "failed" and f"HTTP {status}" in result.error
     assert result.attempts == attempts
+    assert result.infrastructure == (attempts > 1)  # failed for the server, every try
+
+
+def test_resume_runs_again_what_failed_only_for_the_infrastructure(tmp_path):
+    out = tmp_path / "results.jsonl"
+    down = {"server": True}
+
+    class Server(ScriptedLLM):
+        async def stream(self, request):
+            if down["server"]:
+                raise LLMError("server unavailable (503)")
+            async for item in super().stream(request):
+                yield item
+
+    def make(task):
+        if task.id == "needs-server":
+            return Agent(Server(["up again"]), run_dir=tmp_path / "runs")
+        bad = '<tool_call>{"name": "nope", "arguments": {}}</tool_call>'
+        return Agent(ScriptedLLM([bad] * 5), run_dir=tmp_path / "runs", max_retries=1)
+
+    work = [BatchTask(id="needs-server", prompt="x"), BatchTask(id="model-fails", prompt="y")]
+    first = {r.id: r for r in asyncio.run(BatchRunner(make, out, retries=1, backoff=0.01).run(work))}
+    assert first["needs-server"].infrastructure and not first["model-fails"].infrastructure
+    down["server"] = False  # the server is fixed: --resume runs that task again, and only that one
+    again = asyncio.run(BatchRunner(make, out, resume=True, backoff=0.01).run(work))
+    results = read_results(out)
+    assert results["needs-server"].ok and results["model-fails"] == first["model-fails"]
+    assert len(out.read_text().splitlines()) == 2 and len(again) == 2
 
 
 def test_tasks_file_errors_name_the_line(tmp_path):
