@@ -77,6 +77,18 @@ class _NoteHandler(logging.Handler):
 # -- saved sessions ----------------------------------------------------------
 
 
+CHAT_AGENT = "chat"  # the agent name `agent chat` runs under
+
+
+def is_chat_session(events: list[Any]) -> bool:
+    """Whether a run's events are an `agent chat` session: its agent says so (logs of this
+    version on), or the run took more than one message (older ones)."""
+    started = events[0] if events else None
+    if started is not None and started.type == "run_started" and started.agent == CHAT_AGENT:
+        return True
+    return sum(e.type == "user_message" for e in events) > 1
+
+
 def sessions_dir(run_dir: str | Path) -> Path:
     """Where `/save` keeps names: `sessions/` next to the run directory."""
     return Path(run_dir).parent / "sessions"
@@ -659,7 +671,10 @@ class Chat:
         history = self.session.history
         asked = [i for i, e in enumerate(history) if e.type == "user_message"]
         self.console.print(
-            Text(f"resumed session {self.session.run_id} · {len(asked)} earlier messages", style="dim")
+            Text(
+                f"resumed session {self.session.run_id} · {len(asked)} earlier message{'' if len(asked) == 1 else 's'}",
+                style="dim",
+            )
         )
         if not asked:
             return
@@ -900,8 +915,10 @@ class Chat:
         run_id = self.session.run_id
         if run_id is None:
             raise AgentError("nothing to save yet: send a message first")
+        before = resolve_session(arg, self.run_dir)  # the run id the name held, or the name itself
         path = save_session(arg, run_id, self.run_dir)
-        self._say(f"saved as {arg!r} ({path} → {run_id}); resume with: agent chat --resume {arg}")
+        replaced = f"; it named {before} before" if before not in (arg, run_id) else ""
+        self._say(f"saved as {arg!r} ({path} → {run_id}{replaced}); resume with: agent chat --resume {arg}")
 
     def _about(self, run_id: str) -> str:
         """When a saved session began and what it was asked first, for the /load list."""
@@ -942,10 +959,13 @@ def build_agent(args: Any) -> Any:
     from .agent import Agent
     from .cli import make_model, tool_names, writable_dir
 
+    class ChatAgent(Agent):
+        name = CHAT_AGENT  # the log's run_started says a chat session (see is_chat_session)
+
     tools = tool_names(args.tools)
     options = {"needs_approval_for_writes": True} if args.approve_writes else {}
     extra = {"system_prompt": args.system} if args.system else {}
-    return Agent(
+    return ChatAgent(
         make_model(args),
         tools=tools,
         tool_options=options,

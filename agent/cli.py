@@ -432,6 +432,7 @@ def _stdin_task() -> str:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from .chat import is_chat_session, resolve_session
     from .render import visible
     from .runlog import find_run, is_live, read_events
     from .state import RunState
@@ -439,7 +440,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     writable_dir(args.run_dir, "--run-dir")
     # The run, its settings and how it ended are read first: a wrong id or an ended run fails
     # before a model loads (the resume reads the log again, and checks it the same way).
-    path = find_run(args.run, args.run_dir)  # resolved once: `last` must name one run throughout
+    # Resolved once (`last` must name one run throughout); a name saved with /save works too.
+    path = find_run(resolve_session(args.run, args.run_dir), args.run_dir)
     if is_live(path):
         raise AgentError(
             f"run {path.stem} is still going (another process is writing its log); "
@@ -450,7 +452,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     for event in events:
         state.apply(event)
     if state.status in ("completed", "halted"):
-        if sum(e.type == "user_message" for e in events) > 1:  # a chat session: it goes on in chat
+        if is_chat_session(events):  # it goes on in chat
             raise AgentError(
                 f"{path.stem} is a chat session; go on with it with: agent chat --resume {path.stem}"
             )
@@ -512,9 +514,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from .chat import is_chat_session, resolve_session
     from .runlog import find_run, is_live, read_events
 
-    path = find_run(args.run, args.run_dir)
+    path = find_run(resolve_session(args.run, args.run_dir), args.run_dir)  # or a name saved with /save
     events = read_events(path)
     if not events:
         raise AgentError(f"run log {path} is empty; nothing to replay")
@@ -524,6 +527,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if events[-1].type != "run_finished" and not args.json:
         if is_live(path):
             _print_note("the run is still going; replay it again once it has ended")
+        elif is_chat_session(events):
+            _print_note(
+                "the log ends before the session's last turn did (the process was stopped); "
+                f"`agent chat --resume {events[0].run_id}` goes on with it"
+            )
         else:
             _print_note(
                 f"the log ends before the run did (the process was stopped); `agent resume {events[0].run_id}` "

@@ -385,6 +385,27 @@ def test_load_lists_saved_sessions_with_their_start_and_first_message(tmp_path):
     assert "'I am Ada.'" in line and time.strftime("%Y-%m-%d") in line
 
 
+def test_saving_a_taken_name_says_what_it_named_and_replay_and_resume_take_saved_names(tmp_path):
+    script = write_script(tmp_path / "script.jsonl", ["Hi Ada."])
+    first = chat(tmp_path, "--model", f"scripted:{script}", input="I am Ada.\n/save ada\n")
+    assert first.returncode == 0, first.stderr
+    ada = resolve_session("ada", tmp_path / ".agent" / "runs")
+    second = chat(tmp_path, "--model", f"scripted:{script}", input="I am Bob.\n/save ada\n")
+    assert second.returncode == 0, second.stderr
+    assert f"it named {ada} before" in second.stdout  # said, not silently replaced
+    bob = resolve_session("ada", tmp_path / ".agent" / "runs")
+    assert bob != ada
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    replay = subprocess.run(
+        [sys.executable, "-m", "agent", "replay", "ada"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert replay.returncode == 0 and "› I am Bob." in replay.stderr, replay.stderr
+    resume = subprocess.run(
+        [sys.executable, "-m", "agent", "resume", "ada"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert f"{bob} is a chat session" in resume.stderr  # found by its name, and pointed to chat
+
+
 @needs_tmux
 def test_an_unusable_history_file_is_a_note_not_a_traceback_at_every_prompt(tmp_path, terminals):
     (tmp_path / ".agent" / "chat_history").mkdir(parents=True)  # a folder where the history file goes
