@@ -211,6 +211,7 @@ def tasks_file(tmp_path, name="tasks.jsonl"):
             "argument --timeout: must be more than 0, not -1",
         ),
         ("window not a number", ["run", "x", "--context-window", "abc"], "invalid int value: 'abc'"),
+        ("unknown flag", ["run", "x", "--bogus"], "usage: agent run [-h]"),  # the command's usage
         ("window too small", ["run", "x", "--context-window", "-5"], "context_window=-5 is too small"),
         ("bad effort", ["run", "x", "--effort", "max"], "invalid choice: 'max'"),
         ("empty log", ["replay", "empty"], "is empty; nothing to replay"),
