@@ -615,7 +615,7 @@ def run_cli(args: Any) -> int:
         raise AgentError(f"-o {output} is the tasks file; give the results their own file")
     if output.is_dir():
         raise AgentError(f"-o {output} is a directory; give the path of a results file (.jsonl)")
-    writable_dir(output.parent, "-o")
+    writable_dir(output.parent, "-o", say_made=True)
     if output.exists() and not os.access(output, os.W_OK):
         raise AgentError(f"cannot write to {output} (-o): permission denied; choose another -o")
     writable_dir(args.run_dir, "--run-dir")

@@ -792,3 +792,10 @@ def test_a_reader_that_leaves_a_batchs_output_ends_it_quietly_with_141(tmp_path)
 def test_a_tool_group_named_twice_is_taken_once(tmp_path, script):
     out = agent("run", "x", "--tools", "files, files", "--model", f"scripted:{script}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr  # not "two tools share the name 'edit_file'"
+
+
+def test_a_results_folder_made_for_batch_is_noted(tmp_path, script):
+    tasks_file(tmp_path)
+    out = agent("batch", "tasks.jsonl", "-o", "typo/r.jsonl", "--model", f"scripted:{script}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "note: made the folder typo (-o): it did not exist" in out.stderr  # a mistyped path is not silent
