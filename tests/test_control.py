@@ -7,7 +7,7 @@ import time
 import pytest
 from helpers import call
 
-from agent import Agent, Decision, tool
+from agent import Agent, Decision, Tool, tool
 from agent.events import ModelResponse, ToolCall, ToolResult
 from agent.llm import ScriptedLLM
 from agent.types import Usage
@@ -128,7 +128,8 @@ async def test_leaving_the_event_stream_cancels_the_run_and_says_why(run_dir):
     assert [e async for e in stream] == []
 
 
-async def test_the_event_stream_goes_on_only_as_the_caller_reads_it(run_dir):
+def _sender() -> tuple[Tool, list[int]]:
+    """A tool with a side effect, and the list of what it sent."""
     sent: list[int] = []
 
     @tool(effects={"writes"})
@@ -137,6 +138,11 @@ async def test_the_event_stream_goes_on_only_as_the_caller_reads_it(run_dir):
         sent.append(i)
         return "sent"
 
+    return send, sent
+
+
+async def test_the_event_stream_goes_on_only_as_the_caller_reads_it(run_dir):
+    send, sent = _sender()
     # An instant model and tool: a run that went on by itself would be over before the
     # caller saw its first event.
     agent = Agent(
@@ -152,14 +158,7 @@ async def test_the_event_stream_goes_on_only_as_the_caller_reads_it(run_dir):
 
 
 async def test_awaiting_a_stream_left_with_break_ends_the_run_there(run_dir):
-    sent: list[int] = []
-
-    @tool(effects={"writes"})
-    async def send(i: int) -> str:
-        """Send message i."""
-        sent.append(i)
-        return "sent"
-
+    send, sent = _sender()
     script = [call("send", i=0), call("send", i=1), "done"]
     stream = Agent(ScriptedLLM(script), tools=[send], run_dir=run_dir).run("send them")
     async for event in stream:
