@@ -20,7 +20,7 @@ from . import events
 from .bus import Bus, Decision
 from .errors import AgentError
 from .events import Event
-from .tool import FunctionTool, Tool, ToolError, tool
+from .tool import FunctionTool, Tool, ToolBlocked, ToolError, tool
 from .types import Effort, Message, ToolCallRequest, Usage
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ __all__ = [
     "RunState",
     "Tool",
     "ToolCallRequest",
+    "ToolBlocked",
     "ToolError",
     "Usage",
     "events",

@@ -316,6 +316,10 @@ class Agent:
 
             guards = [default_pipeline(tools=self.tool_list)]
         self.guards: list[Any] = self._interceptors(list(guards or []))
+        for guard in self.guards:  # a pipeline made without tools=: which of ours only read, stay local
+            learn = getattr(guard, "learn_tools", None)
+            if learn is not None:
+                learn(self.tool_list)
         self.approver = approver
         # Said at the first run, not here: an approver may be set after the agent is made (as chat does).
         self._gated = tuple(t.name for t in self.tool_list if t.needs_approval)

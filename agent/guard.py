@@ -75,8 +75,9 @@ class Verdict(BaseModel):
 
 @runtime_checkable
 class Guard(Protocol):
-    """Anything with a name and an async `check`."""
+    """Anything with a name and an async `check`, which returns a `Verdict` (None is taken
+    as allow)."""
 
     name: str
 
-    async def check(self, event: Event, stage: Stage) -> Verdict: ...
+    async def check(self, event: Event, stage: Stage) -> Verdict | None: ...

@@ -49,6 +49,7 @@ from .tool import (
     OUTPUT_LIMIT,
     FunctionTool,
     Tool,
+    ToolBlocked,
     ToolError,
     _context,
     check_tool,
@@ -1000,7 +1001,8 @@ class Run:
             await self._tool_result(call_id, name, text, step, error="timeout", started=started)
             return
         except ToolError as e:
-            await self._tool_result(call_id, name, f"Error: {e}", step, error="exception", started=started)
+            kind: ToolErrorKind = "blocked" if isinstance(e, ToolBlocked) else "exception"
+            await self._tool_result(call_id, name, f"Error: {e}", step, error=kind, started=started)
             return
         except Exception as e:  # the tool's own bug: the model sees it, the run goes on
             text = f"Tool '{name}' raised {type(e).__name__}: {e}"

@@ -34,6 +34,12 @@ class ToolError(Exception):
     """Raise inside a tool to show the model a plain error message."""
 
 
+class ToolBlocked(ToolError):
+    """Raise inside a tool when a guard refused what it was to do (an event it emitted,
+    such as a memory write): the result is the runtime's own (`error_kind` "blocked"),
+    which the guards do not judge again."""
+
+
 @dataclass
 class ToolContext:
     """What a running tool may know about its run, and how it reports events.

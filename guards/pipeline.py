@@ -113,18 +113,22 @@ def build_classifier(policy: Policy, tools: Sequence[Any] = ()) -> Any:
 
     stages = {name: dict(sp.classifier) for name, sp in policy.stages.items() if sp.classifier}
     result = policy.stages.get("tool_result")
-    # Local: effects declared, none of them the network (a tool that declares none may fetch).
-    local = [
-        t.name
-        for t in tools
-        if getattr(t, "effects_declared", False) and "network" not in getattr(t, "effects", {"network"})
-    ]
     return ClassifierGuard(
         policy.classifier.model or None,
         stages=stages,
         local=dict(result.local) if result is not None else None,
-        local_tools=local,
+        local_tools=local_tools(tools),
     )
+
+
+def local_tools(tools: Sequence[Any]) -> list[str]:
+    """The tools whose output stays local: effects declared, none of them the network (a
+    tool that declares none may fetch)."""
+    return [
+        t.name
+        for t in tools
+        if getattr(t, "effects_declared", False) and "network" not in getattr(t, "effects", {"network"})
+    ]
 
 
 class GuardPipeline:
@@ -162,12 +166,29 @@ class GuardPipeline:
         self.approver = approver
         # Read-only as declared: a tool that declares no effects may write, so a guard that
         # fails on its calls fails closed.
-        self.read_only = set(self.policy.tools.read_only) | {
+        self.read_only = set(self.policy.tools.read_only)
+        self.side_effecting: set[str] = set()
+        self._tool_names: set[str] = set()
+        if tools:
+            self.learn_tools(tools)
+
+    def learn_tools(self, tools: Sequence[Any]) -> None:
+        """Which of these tools only read and which stay local (a local tool's output is
+        held to a higher injection bar), and a warning for each tool the policy names that
+        none of them is: a typo makes its rule do nothing. An agent given this pipeline
+        calls it with its tools, so a pipeline made without `tools=` knows them too."""
+        tools = list(tools)
+        self.read_only |= {
             t.name for t in tools if getattr(t, "read_only", False) and getattr(t, "effects_declared", True)
         }
-        self.side_effecting = {t.name for t in tools if not getattr(t, "read_only", True)}
-        if tools:
-            warn_unknown_tools(self.policy, [t.name for t in tools])
+        self.side_effecting |= {t.name for t in tools if not getattr(t, "read_only", True)}
+        new = {t.name for t in tools} - self._tool_names
+        if new:
+            self._tool_names |= new
+            warn_unknown_tools(self.policy, sorted(self._tool_names))
+        classifier = self.classifier
+        if classifier is not None and hasattr(classifier, "local_tools"):
+            classifier.local_tools = classifier.local_tools | set(local_tools(tools))
 
     @classmethod
     def from_policy(cls, path: str | Path | None = None, *, llm: Any = None, **kwargs: Any) -> GuardPipeline:
@@ -240,6 +261,8 @@ class GuardPipeline:
             return Verdict(
                 category="guard_error", rationale=f"{name} {what}; failing open", guard=name, latency=latency
             )
+        if verdict is None:  # a guard that has nothing to say (as an interceptor's None): allow
+            return Verdict(guard=name, latency=time.perf_counter() - started)
         return verdict.model_copy(
             update={"guard": verdict.guard or name, "latency": time.perf_counter() - started}
         )

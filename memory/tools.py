@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.events import MemoryRead, MemoryWrite
 from agent.threads import run_blocking
-from agent.tool import Tool, ToolError, tool_context
+from agent.tool import Tool, ToolBlocked, tool_context
 
 from .vector import VectorMemory
 
@@ -101,7 +101,7 @@ class MemorySearch(Tool):
             event = MemoryRead(memory=self.memory.name, query=args.query, hits=shown, step=ctx.step)
             decision = await ctx.emit(event)
             if decision.action in REFUSED:
-                raise ToolError(f"Memory search refused: {decision.feedback or 'blocked by a guard'}")
+                raise ToolBlocked(f"Memory search refused: {decision.feedback or 'blocked by a guard'}")
             if decision.action == "rewrite" and isinstance(decision.event, MemoryRead):
                 shown = list(decision.event.hits)
         return format_hits(shown)
@@ -148,7 +148,7 @@ class MemorySave(Tool):
             event = MemoryWrite(memory=self.memory.name, text=text, metadata=metadata, step=ctx.step)
             decision = await ctx.emit(event)
             if decision.action in REFUSED:
-                raise ToolError(f"Memory write refused: {decision.feedback or 'blocked by a guard'}")
+                raise ToolBlocked(f"Memory write refused: {decision.feedback or 'blocked by a guard'}")
             if decision.action == "rewrite" and isinstance(decision.event, MemoryWrite):
                 event = decision.event
                 text, metadata = event.text, dict(event.metadata)
