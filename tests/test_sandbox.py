@@ -190,6 +190,18 @@ async def test_images_are_saved_in_the_workspace(py, workspace):
     assert (workspace / "outputs" / name).read_bytes().startswith(b"\x89PNG")
     html = await run(py, "from IPython.display import HTML\nHTML('<b>bold</b>')")
     assert "[text/html saved to outputs/output-" in html
+    # The kernel may write in the folder the host made for its outputs (a mode narrower than
+    # the default masked its ACL entry to read-only).
+    mine = await run(py, "open('outputs/mine.txt', 'w').write('ok')\nprint(open('outputs/mine.txt').read())")
+    assert mine.splitlines()[-1] == "ok", mine
+
+
+def test_a_system_folder_is_no_workspace_for_the_python_tool(tmp_path):
+    for folder in ("/", "/etc/ssl", "/tmp"):
+        llm = ScriptedLLM([call("python", code="print(1)"), "done"])
+        agent = Agent(llm, tools=["python"], workspace=folder, guards=None, run_dir=tmp_path)
+        [result] = [e.content for e in agent.run_sync("go").events if e.type == "tool_result"]
+        assert f"the workspace is {folder}, a folder of the system" in result, result
 
 
 async def test_secret_environment_variables_are_not_passed(py):

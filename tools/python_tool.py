@@ -458,7 +458,9 @@ def _write_new_output(workspace: str, stem: str, ext: str, payload: bytes) -> st
     root = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
-            os.mkdir("outputs", 0o755, dir_fd=root)
+            # The default mode (0o777 less the umask): with the workspace's default ACL, a
+            # narrower mode would mask the kernel's own write access to the folder.
+            os.mkdir("outputs", dir_fd=root)
         except FileExistsError:
             pass
         try:

@@ -588,6 +588,26 @@ def _entries(workspace: str, max_entries: int) -> Iterator[tuple[str, str, os.st
                 yield path, name, st, dirs
 
 
+# Folders of the system, and the ones holding other users' files: never a workspace, which
+# the kernel's user is let write (a workspace of `/`, the working directory of many
+# containers, would open the whole host to it).
+_SYSTEM_FOLDERS = frozenset(
+    {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
+     "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/tmp"}
+)  # fmt: skip
+_SYSTEM_TREES = ("/boot/", "/dev/", "/etc/", "/proc/", "/sys/", "/usr/")
+
+
+def _refuse_system_folder(workspace: str) -> None:
+    real = os.path.realpath(workspace)
+    if real in _SYSTEM_FOLDERS or real.startswith(_SYSTEM_TREES):
+        raise SandboxError(
+            f"the workspace is {real}, a folder of the system: the python tool's code may write in its "
+            "workspace, so it does not run there; give it a project folder (--workspace DIR, or "
+            "Agent(workspace=DIR))"
+        )
+
+
 def grant_access(workspace: str, uid: int, max_entries: int = 20_000) -> bool:
     """Let `uid` read and write the workspace (and, by default ACLs, what is later created
     in it), but nothing private in it (see `_private`); a hidden file or folder gets an
@@ -1074,6 +1094,8 @@ class Kernel:
                 "jupyter_client and ipykernel are not installed: pip install 'agent-runtime[tools]'"
             ) from None
         cfg, limits = self.config, self.config.limits
+        if not self.temp_workspace:
+            _refuse_system_folder(self.workspace)
         _remove_stale_dirs()
         self.rundir = tempfile.mkdtemp(prefix=f"agent-kernel-{os.getpid()}-")
         if self.temp_workspace:
