@@ -182,6 +182,19 @@ def test_read_file_numbers_lines_and_reports_total(ft, ws):
     assert "before start_line" in refused(ft.read_file, path="long.txt", start_line=5, end_line=2)
 
 
+def test_a_read_stops_at_a_line_under_the_result_cap_and_says_where_to_go_on(ft, ws):
+    # 500 lines of 100 characters: more than a result may hold (the loop would cut lines out of
+    # the middle, unsaid); the read ends at a whole line and points at the next one.
+    (ws / "wide.txt").write_text("".join(f"{i:03d} " + "x" * 96 + "\n" for i in range(1, 501)))
+    out = ft.read_file(path="wide.txt")
+    assert len(out) <= files.READ_CHARS + 200
+    first, *rows, footer = out.splitlines()
+    shown = int(rows[-1].split("|")[0])
+    assert first == f"wide.txt (lines 1-{shown} of 500)" and shown < 500
+    assert footer == f"[{500 - shown} more lines; read_file with start_line={shown + 1} to continue]"
+    assert len(rows) == shown  # every line up to it, none cut
+
+
 def test_read_file_keeps_undecodable_bytes_through_an_edit(ft, ws):
     (ws / "latin.txt").write_bytes(b"caf\xe9 au lait\nsecond\n")
     ft.edit_file(path="latin.txt", old="second", new="2nd")

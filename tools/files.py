@@ -43,6 +43,10 @@ MAX_STREAM_BYTES = 1_000_000_000  # a larger text file is read in parts, line by
 MAX_STREAM_LINE = 1 << 20  # bytes of one line of such a file that are kept
 DEFAULT_MAX_WRITE_BYTES = 10_000_000
 DEFAULT_READ_LINES = 500  # lines shown when no end_line is given
+# Characters of numbered lines one read shows: under the loop's cap on a result (20,000), which
+# would cut lines out of the middle with no word of which; the read stops at a line instead,
+# and says where to go on.
+READ_CHARS = 16_000
 MAX_LINE_CHARS = 2_000
 MAX_LIST_ENTRIES = 500
 MAX_SEARCH_MATCHES = 100
@@ -598,6 +602,21 @@ def _drop_acl(fd: int) -> None:
             pass
 
 
+def _numbered(lines: Iterable[tuple[int, str]], width: int) -> tuple[list[str], int]:
+    """The lines as shown, `N| text`, up to READ_CHARS characters (one line at least), and
+    the number of the last one shown."""
+    rows: list[str] = []
+    size = last = 0
+    for n, line in lines:
+        row = f"{n:>{width}}| {_clip(_bytes_shown(line))}"
+        if rows and size + len(row) + 1 > READ_CHARS:
+            break
+        rows.append(row)
+        size += len(row) + 1
+        last = n
+    return rows, last
+
+
 def _clip(line: str, limit: int = MAX_LINE_CHARS) -> str:
     return line if len(line) <= limit else line[:limit] + f" [... {len(line) - limit} more characters]"
 
@@ -695,8 +714,8 @@ class FileTools:
         if end_line is not None and end_line < start:
             raise ToolError(f"end_line {end_line} is before start_line {start}.")
         end = min(total, end_line if end_line is not None else start + DEFAULT_READ_LINES - 1)
-        width = len(str(end))
-        body = "\n".join(f"{n:>{width}}| {_clip(_bytes_shown(lines[n - 1]))}" for n in range(start, end + 1))
+        rows, end = _numbered(((n, lines[n - 1]) for n in range(start, end + 1)), len(str(end)))
+        body = "\n".join(rows)
         header = f"{ws.shown(real)} (lines {start}-{end} of {total}{_NOT_UTF8 if _has_raw_bytes(text) else ''})"
         footer = ""
         if end < total:
@@ -720,9 +739,8 @@ class FileTools:
                 break
         if not shown:
             raise ToolError(f"start_line {start} is past the end of {path!r}, which has {n} lines.")
-        last = shown[-1][0]
-        width = len(str(last))
-        body = "\n".join(f"{i:>{width}}| {_clip(_bytes_shown(line))}" for i, line in shown)
+        rows, last = _numbered(shown, len(str(shown[-1][0])))
+        body = "\n".join(rows)
         footer = f"\n[the file goes on; read_file with start_line={last + 1} to continue]" if n > last else ""
         return f"{ws.shown(real)} (lines {start}-{last}; a large file, read in parts)\n{body}{footer}"
 
