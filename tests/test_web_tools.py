@@ -825,3 +825,9 @@ def test_a_page_too_slow_to_parse_is_cut_with_a_note_and_chunks_read_as_the_whol
     assert f"first {_PARSE_CHUNK:,} of {len(page):,} characters" in lines[-1]
     _, lines = html_to_lines(page)  # a page this size parses well within the default limit
     assert lines[-1] == "last" and len(lines) == 20_002
+
+
+def test_a_page_title_is_a_line_however_long_the_pages_is():
+    title, lines = html_to_lines("<html><head><title>" + "T" * 300_000 + "</title></head><p>body</p></html>")
+    assert len(title) == 300 and title.endswith("…") and lines == ["body"]
+    assert html_to_lines("<title>  A short   title </title><p>x</p>")[0] == "A short title"

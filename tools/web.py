@@ -57,6 +57,7 @@ DEFAULT_TIMEOUT = 15.0
 WRAP_WIDTH = 160
 MAX_PAGES = 20
 MAX_FIND_MATCHES = 20
+MAX_TITLE = 300  # characters of a page title shown
 REGEX_BUDGET = 5.0  # seconds for a find_in_page pattern's matching (see tools._patterns)
 USER_AGENT = "Mozilla/5.0 (compatible; agent-runtime/0.1; +https://github.com/)"
 
@@ -704,7 +705,8 @@ class _Extractor(HTMLParser):
             return
         data = _CONTROL.sub("", data).translate(_BREAKS)
         if self._in_title:
-            self.title += data
+            if len(self.title) < MAX_TITLE:  # a page's title is a line, not a page
+                self.title += data[: MAX_TITLE - len(self.title)]
             return
         self._buf.append(data)
 
@@ -804,7 +806,8 @@ def html_to_lines(
             f"[The rest of this page was not read: its HTML took more than {seconds:g} s to parse. "
             f"The lines above are from its first {read:,} of {len(html):,} characters.]"
         )
-    return " ".join(parser.title.split()), lines
+    title = " ".join(parser.title.split())
+    return (title[: MAX_TITLE - 1] + "…" if len(title) >= MAX_TITLE else title), lines
 
 
 def text_to_lines(text: str) -> list[str]:
