@@ -172,10 +172,10 @@ def _split_memory(memory: Any) -> tuple[Any, Any, list[Tool]]:
     if vector is not None:
         from memory.tools import memory_tools
 
-        # One store for notes and episodes: the model's searches find notes, not past runs' records
-        # (those come as lessons, chosen for the task).
-        shared = episodic is not None and getattr(episodic, "memory", None) is vector
-        tools.extend(memory_tools(vector, where={"kind": {"$ne": "episode"}} if shared else None))
+        # The model's searches find notes, never past runs' records (those come as lessons, chosen
+        # for the task), whichever memory wrote them into this store: the same object, another
+        # opened on the same file, another agent's.
+        tools.extend(memory_tools(vector, where={"kind": {"$ne": "episode"}}))
     return vector, episodic, tools
 
 

@@ -79,3 +79,15 @@ def test_notes_and_episodes_in_one_store_keep_the_models_searches_to_the_notes(t
     Agent(llm, memory=[store, episodes], run_dir=tmp_path / "runs").run_sync("weather?")
     found = llm.requests[-1].messages[-1].content
     assert "city name in English" in found and "What's the weather in Paris?" not in found
+    # The same file opened twice (a memory each), or an agent with the notes alone: the same.
+    for memory in (
+        [
+            VectorMemory(tmp_path / "one.db", HashingEmbedder()),
+            EpisodicMemory(tmp_path / "one.db", HashingEmbedder()),
+        ],
+        [VectorMemory(tmp_path / "one.db", HashingEmbedder())],
+    ):
+        llm = ScriptedLLM([call("memory_search", query="weather in Paris"), "done"])
+        Agent(llm, memory=memory, run_dir=tmp_path / "runs").run_sync("weather?")
+        found = llm.requests[-1].messages[-1].content
+        assert "city name in English" in found and "What's the weather in Paris?" not in found
