@@ -612,3 +612,18 @@ def test_a_workspace_is_kept_warm_for_a_second_session_not_for_one_kernels_resta
         assert slot().uses == 2  # a second session: worth keeping a spare for
     finally:
         pool.shutdown()
+
+
+@pytest.mark.skipif(BEST != "bubblewrap" or os.geteuid() != 0, reason="grants are made under bubblewrap as root")
+def test_a_workspace_too_big_to_share_whole_is_said_so_in_the_kernels_header(tmp_path, monkeypatch):
+    monkeypatch.setattr(sb, "GRANT_ENTRIES", 50)  # as a workspace of more than 20,000 entries
+    workspace = tmp_path / "big"
+    workspace.mkdir()
+    for i in range(60):
+        (workspace / f"f{i:02d}.txt").write_text("x")
+    tool = PythonTool(workspace=workspace, pool=sb.KernelPool(size=0), prefetch=False)
+    try:
+        out = asyncio.run(run(tool, "print('ok')"))
+    finally:
+        tool.close()
+    assert "holds over 50 entries and only those met first are writable for user nobody" in out, out

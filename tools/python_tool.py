@@ -367,8 +367,15 @@ class PythonTool(Tool):
             if kernel.cgroup or kernel.user != "root"
             else "; no process limit (root without a pids cgroup)"
         )
+        partly = (
+            f"; the workspace holds over {sb.GRANT_ENTRIES:,} entries and only those met first are "
+            f"writable for user {kernel.user}: keep the work in a smaller folder"
+            if level == "bubblewrap" and kernel.workspace in sb.partly_shared
+            else ""
+        )
         return (
-            f"[python kernel: {what}; {net}; user {kernel.user}{procs}; working directory {kernel.workspace}]"
+            f"[python kernel: {what}; {net}; user {kernel.user}{procs}; working directory {kernel.workspace}"
+            f"{partly}]"
         )
 
     # -- rendering ---------------------------------------------------------------

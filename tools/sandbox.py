@@ -570,6 +570,12 @@ def _runtime() -> frozenset[str]:
     return frozenset(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable)))
 
 
+# Workspaces with more entries than grant_access walks: what it did not reach is not writable
+# for the kernel's user (the python tool says so).
+partly_shared: set[str] = set()
+GRANT_ENTRIES = 20_000
+
+
 def _entries(workspace: str, max_entries: int) -> Iterator[tuple[str, str, os.stat_result, list[str]]]:
     """(path, name, lstat, the walk's list of folders to enter) of what is below `workspace`,
     links left out, at most `max_entries`; a caller may take a folder out of the list."""
@@ -578,6 +584,7 @@ def _entries(workspace: str, max_entries: int) -> Iterator[tuple[str, str, os.st
         for name in dirs + files:
             count += 1
             if count > max_entries:
+                partly_shared.add(workspace)
                 return
             path = os.path.join(root, name)
             try:
@@ -608,7 +615,7 @@ def _refuse_system_folder(workspace: str) -> None:
         )
 
 
-def grant_access(workspace: str, uid: int, max_entries: int = 20_000) -> bool:
+def grant_access(workspace: str, uid: int, max_entries: int | None = None) -> bool:
     """Let `uid` read and write the workspace (and, by default ACLs, what is later created
     in it), but nothing private in it (see `_private`); a hidden file or folder gets an
     entry that denies it even what its mode lets anyone do (see `_denied`). Undone when
@@ -625,7 +632,7 @@ def grant_access(workspace: str, uid: int, max_entries: int = 20_000) -> bool:
     _granted.add((workspace, uid))
     from .files import WRITING
 
-    for path, name, st, dirs in _entries(workspace, max_entries):
+    for path, name, st, dirs in _entries(workspace, GRANT_ENTRIES if max_entries is None else max_entries):
         if WRITING.fullmatch(name):  # a file the files tools are writing: denied, it would carry that
             continue  # to its real name
         denied = False
