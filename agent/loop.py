@@ -284,6 +284,8 @@ class Run:
     _budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
     _output_limit: int | None = OUTPUT_LIMIT  # characters of a tool result; None once a budget is made
     _held_back: list[str] | None = None  # the calls an `act` hook dropped from the last reply
+    # A later message of a session: where its user message is in the events, and its seq.
+    _turn: tuple[int, int] | None = None
 
     def __init__(
         self,
@@ -344,6 +346,9 @@ class Run:
                     decision = await self.bus.emit(UserMessage(content=follow_up, step=self.state.step))
                     if decision.action in ("block", "halt"):
                         raise _Stop("halted", decision.feedback or "the message was refused by a guard")
+                    events = self.state.events  # the message as recorded (a guard may have redacted it)
+                    at = max(i for i, e in enumerate(events) if e.type == "user_message")
+                    self._turn = (at, events[at].seq)
                 while True:
                     await self._step()
             except _Stop as stop:
@@ -1198,8 +1203,12 @@ class Run:
         if episodic is not None and status != "cancelled":
             from memory.episodic import record_run
 
+            events, turn = self.state.events, 0
+            if self._turn is not None:  # a later message of a session: its own episode, asked as it
+                at, turn = self._turn
+                events = [updated(events[0], task=events[at].content), *events[at:]]
             try:
-                await record_run(episodic, self.state.events)
+                await record_run(episodic, events, turn=turn)
             except Exception as e:  # the run's outcome stands even if memory fails
                 await self.bus.deliver(Error(kind="memory", message=f"could not record the episode: {e}"))
 

@@ -414,9 +414,15 @@ class EpisodicMemory:
     # -- writing -------------------------------------------------------------------
 
     def record(
-        self, events: Sequence[Any], *, reflect: Reflector | None = None, importance: float | None = None
+        self,
+        events: Sequence[Any],
+        *,
+        reflect: Reflector | None = None,
+        importance: float | None = None,
+        turn: int = 0,
     ) -> Episode:
-        """Condense a finished run's events into an episode and store it (once per run id)."""
+        """Condense a finished run's events into an episode and store it (once per run id, and
+        per `turn`: a session's later message, by its seq, is an episode of its own)."""
         ep = summarize(events)
         reflect = reflect or self.reflect
         if reflect is not None:
@@ -424,10 +430,15 @@ class EpisodicMemory:
             if inspect.isawaitable(text):
                 text = _run_sync(text)
             ep.reflection = _clip(str(text), 600)
-        return self._store(ep, importance)
+        return self._store(ep, importance, turn)
 
     async def arecord(
-        self, events: Sequence[Any], *, reflect: Reflector | None = None, importance: float | None = None
+        self,
+        events: Sequence[Any],
+        *,
+        reflect: Reflector | None = None,
+        importance: float | None = None,
+        turn: int = 0,
     ) -> Episode:
         """`record` from async code; `reflect` may be async (e.g. `llm_reflector`)."""
         from agent.threads import run_blocking
@@ -439,13 +450,13 @@ class EpisodicMemory:
             if inspect.isawaitable(text):
                 text = await text
             ep.reflection = _clip(str(text), 600)
-        return await run_blocking(self._store, ep, importance)
+        return await run_blocking(self._store, ep, importance, turn)
 
     def add(self, episode: Episode) -> Episode:
         """Store an episode built by hand (or by `summarize`)."""
         return self._store(episode, None)
 
-    def _store(self, ep: Episode, importance: float | None) -> Episode:
+    def _store(self, ep: Episode, importance: float | None, turn: int = 0) -> Episode:
         if importance is not None:
             ep.importance = max(0.0, min(1.0, float(importance)))
         if not ep.task:
@@ -457,10 +468,12 @@ class EpisodicMemory:
             "run_id": ep.run_id,
             "status": ep.status,
             "importance": ep.importance,
+            "turn": turn,
             "episode": data,
         }
-        # This run's episode, not a note of the same run in a memory shared with notes.
+        # This run's (and turn's) episode, not a note of the same run in a memory shared with notes.
         existing = self.memory.ids({"run_id": ep.run_id, **_EPISODES}) if ep.run_id else []
+        existing = [r.id for r in self.memory.records(existing) if r.metadata.get("turn", 0) == turn]
         if existing:  # a resumed run recorded again: replace it
             ep.id = existing[0]
             self.memory.update(ep.id, text=ep.embed_text(), metadata=metadata)
@@ -648,8 +661,9 @@ async def recall_for_run(
     return [str(h.get("text", "")) for h in event.hits if h.get("text")]
 
 
-async def record_run(memory: EpisodicMemory, events: Sequence[Any]) -> Episode | None:
-    """Record a finished run; None when the events hold no task (nothing to learn from)."""
+async def record_run(memory: EpisodicMemory, events: Sequence[Any], *, turn: int = 0) -> Episode | None:
+    """Record a finished run; None when the events hold no task (nothing to learn from).
+    `turn`: a later message of a session (its user message's seq), an episode of its own."""
     if not any(getattr(e, "type", None) == "run_started" for e in events):
         return None
-    return await memory.arecord(list(events))
+    return await memory.arecord(list(events), turn=turn)

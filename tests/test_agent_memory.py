@@ -91,3 +91,18 @@ def test_notes_and_episodes_in_one_store_keep_the_models_searches_to_the_notes(t
         Agent(llm, memory=memory, run_dir=tmp_path / "runs").run_sync("weather?")
         found = llm.requests[-1].messages[-1].content
         assert "city name in English" in found and "What's the weather in Paris?" not in found
+
+
+def test_each_message_of_a_session_is_an_episode_of_its_own(tmp_path):
+    episodes = EpisodicMemory(tmp_path / "episodes.db", HashingEmbedder())
+    llm = ScriptedLLM(["Paris is the capital of France.", "Berlin is the capital of Germany."])
+    session = Agent(llm, memory=episodes, run_dir=tmp_path / "runs").session()
+    session.send_sync("capital of France?")
+    session.send_sync("and of Germany?")
+    records = episodes.memory.records(episodes.memory.ids())
+    recorded = sorted((r.metadata["episode"]["task"], r.metadata["episode"]["answer"]) for r in records)
+    # Not one episode of the first question with the last answer, replaced at each turn.
+    assert recorded == [
+        ("and of Germany?", "Berlin is the capital of Germany."),
+        ("capital of France?", "Paris is the capital of France."),
+    ]
