@@ -602,6 +602,23 @@ def test_edits_at_once_all_land_and_a_change_from_outside_is_not_overwritten(ws,
         ft.edit_file, path="notes.txt", old="beta", new="BETA"
     )
     assert (ws / "notes.txt").read_text().endswith("written meanwhile\n")
+    monkeypatch.setattr(files.Workspace, "read_text", real_read)
+
+    # ... or while the edited text is being written out, after the first check
+    real_fsync = files.os.fsync
+
+    def fsync_while_appended(fd):
+        with open(ws / "notes.txt", "a") as f:
+            f.write("appended meanwhile\n")
+        monkeypatch.setattr(files.os, "fsync", real_fsync)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync_while_appended)
+    assert "changed while it was being edited" in refused(
+        ft.edit_file, path="notes.txt", old="gamma", new="GAMMA"
+    )
+    assert (ws / "notes.txt").read_text().endswith("appended meanwhile\n")  # kept, not written over
+    assert not [p for p in ws.iterdir() if p.name.endswith(".tmp")]  # and the edit's temporary file gone
 
 
 def test_a_newline_in_a_name_is_listed_escaped_and_read_back(ws, ft):

@@ -340,8 +340,12 @@ class Workspace:
 
     # -- writing -------------------------------------------------------------
 
-    def write_text(self, path: str, content: str) -> tuple[Path, bool]:
-        """Write `content` atomically; returns the real path and whether the file is new."""
+    def write_text(
+        self, path: str, content: str, *, unchanged: tuple[int, int, int] | None = None
+    ) -> tuple[Path, bool]:
+        """Write `content` atomically; returns the real path and whether the file is new.
+        `unchanged`: the file's `_version` the content was made from; should the file differ
+        from it just before the new one takes its place, nothing is written (ToolError)."""
         _check_encodable(content, "The content")
         data = content.encode("utf-8", errors="surrogateescape")
         if len(data) > self.max_write_bytes:
@@ -361,7 +365,7 @@ class Workspace:
                 )
         parent = self._walk_to(real.parent, path, create=True)
         try:
-            _atomic_write(parent, real.name, data, old)
+            _atomic_write(parent, real.name, data, old, unchanged)
         except OSError as e:
             raise ToolError(f"Cannot write {path!r}: {e.strerror or e}.") from None
         finally:
@@ -419,6 +423,12 @@ _EDIT_LOCKS = [threading.Lock() for _ in range(64)]
 
 def _edit_lock(real: Path) -> threading.Lock:
     return _EDIT_LOCKS[hash(str(real)) % len(_EDIT_LOCKS)]
+
+
+CHANGED_MEANWHILE = (
+    "{name!r} changed while it was being edited, and the edit was not made; "
+    "read it again and redo the edit on what it holds now."
+)
 
 
 def _version(real: Path) -> tuple[int, int, int] | None:
@@ -522,7 +532,13 @@ def _binary(path: str) -> ToolError:
 WRITING = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 
 
-def _atomic_write(parent: int, name: str, data: bytes, old: os.stat_result | None) -> None:
+def _atomic_write(
+    parent: int,
+    name: str,
+    data: bytes,
+    old: os.stat_result | None,
+    unchanged: tuple[int, int, int] | None = None,
+) -> None:
     """Write to a temp file in the directory `parent` (a descriptor), then rename it over `name`.
 
     A new file is created with mode 0o666 and left to the umask, or to the
@@ -553,6 +569,10 @@ def _atomic_write(parent: int, name: str, data: bytes, old: os.stat_result | Non
             elif private:  # a new hidden file: nothing from the folder's default ACL
                 _drop_acl(f.fileno())
             os.fsync(f.fileno())
+        if unchanged is not None:  # checked last, so that a write by another program meanwhile is seen
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != unchanged:
+                raise ToolError(CHANGED_MEANWHILE.format(name=name))
         os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
     except BaseException:
         try:
@@ -809,12 +829,10 @@ class FileTools:
         at = text.index(old)
         new = _line_ends_as_here(new, text, at)
         updated = text[:at] + new + text[at + len(old) :]
-        if _version(target) != before:  # another program (the python tool's code) wrote it meanwhile
-            raise ToolError(
-                f"{path!r} changed while it was being edited, and the edit was not made; "
-                "read it again and redo the edit on what it holds now."
-            )
-        ws.write_text(ws.relative(real), updated)
+        if before is None or _version(target) != before:  # another program (the python tool's code) wrote it
+            raise ToolError(CHANGED_MEANWHILE.format(name=path))
+        # Checked again just before the edited file takes the place of the one read.
+        ws.write_text(ws.relative(real), updated, unchanged=before)
         rel = ws.shown(real)
         # Where the new text's lines are: line breaks at its start or end are not lines of it.
         body = new.strip("\r\n")
