@@ -892,9 +892,8 @@ class Run:
         except ValidationError as e:
             if not self._redacted_answer_fits(call, tool):
                 return name, format_validation_error(name, e), call.id, "invalid_arguments"
-            args = dict(
-                fields["arguments"] or {}
-            )  # the redacted answer, as recorded (no schema holds it now)
+            # The redacted answer, as recorded (no schema holds it now).
+            args = dict(fields["arguments"] or {})
         if self._retries:
             self._retries.pop(name, None)
         return _Prepared(call, tool, args)
