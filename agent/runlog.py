@@ -77,8 +77,8 @@ class RunLog:
     failed: str | None = None  # why the log stopped: a write failed (a full disk); nothing is written after
 
     def __call__(self, event: Event) -> None:
-        # The class, not the `type` field: an attribute of a pydantic model goes through
-        # its __getattr__ hook, which costs several times a call of type().
+        # Looked up by class, not read from the event: an attribute of a pydantic model
+        # (its serializer, its dict) goes through its __getattr__ hook, several times the cost.
         kind = _kinds.get(type(event)) or _kind(event)
         serializer, delta = kind
         if delta and not self.log_deltas:
