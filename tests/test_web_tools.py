@@ -314,6 +314,13 @@ def test_find_in_page_gives_line_numbers(server, web):
     assert window.splitlines()[4] == f"L{n}: Paragraph number {MAGIC_AT}. The magic word is xyzzy."
     assert "No matches" in web.find_in_page(pattern="nowhere to be found")
     assert web.find_in_page(pattern=r"number 1[01]\.$", regex=True).startswith("2 matches")
+    # A match over many lines shows its ends and where it runs, not every line it spans.
+    spanning = web.find_in_page(pattern=r"number 20\.[\s\S]*number 80\.", regex=True)
+    lines = spanning.splitlines()
+    assert lines[0].startswith("1 matches") and len(lines) < 15, spanning
+    assert any(line.startswith("[... the match runs on to L") for line in lines)
+    assert "Paragraph number 20." in spanning and "Paragraph number 80." in spanning
+    assert "Paragraph number 50." not in spanning
     web.page.lines.append("a" * 60 + "!")
     import tools.web
 

@@ -58,6 +58,7 @@ WRAP_WIDTH = 160
 MAX_PAGES = 20
 MAX_FIND_MATCHES = 20
 MAX_TITLE = 300  # characters of a page title shown
+MAX_MATCH_LINES = 10  # lines of one find_in_page match shown whole; a longer one shows its ends
 REGEX_BUDGET = 5.0  # seconds for a find_in_page pattern's matching (see tools._patterns)
 USER_AGENT = "Mozilla/5.0 (compatible; agent-runtime/0.1; +https://github.com/)"
 
@@ -1361,7 +1362,12 @@ class WebTools:
         for n in shown:
             last = spans[n]
             lo, hi = max(1, n - 1), min(len(page.lines), last + 1)
-            out.extend(f"L{i}: {page.lines[i - 1]}" for i in range(n, last + 1))
+            if last - n < MAX_MATCH_LINES:
+                out.extend(f"L{i}: {page.lines[i - 1]}" for i in range(n, last + 1))
+            else:  # a match over many lines (a pattern like "a[\s\S]*b"): its ends, and where it runs
+                out.extend(f"L{i}: {page.lines[i - 1]}" for i in range(n, n + 3))
+                out.append(f"[... the match runs on to L{last}; L{n}-L{last} in all]")
+                out.extend(f"L{i}: {page.lines[i - 1]}" for i in range(last - 1, last + 1))
             context = [f"    L{i}: {page.lines[i - 1]}" for i in range(lo, hi + 1) if not n <= i <= last]
             if context:
                 out.extend(context)
