@@ -296,6 +296,8 @@ def test_scrolling_reuses_the_page(server, web):
     again = web.open_url(url=f"{server.base}/page.html", start_line=90)
     assert "L90: Paragraph number 86." in again
     assert server.hits["/page.html"] == 1  # scrolling did not fetch again
+    web.open_url(reload=True)  # ... and reload does, for a page that may have changed
+    assert server.hits["/page.html"] == 2 and [p.url for p in web.pages].count(f"{server.base}/page.html") == 1
     assert "past the end" in refused(web.open_url, start_line=total + 1)
 
 

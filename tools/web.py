@@ -1258,23 +1258,28 @@ class WebTools:
     # -- open_url -------------------------------------------------------------
 
     @tool(effects={"network"}, safe_to_rerun=True)
-    def open_url(self, url: str | None = None, start_line: int = 1) -> str:
+    def open_url(self, url: str | None = None, start_line: int = 1, reload: bool = False) -> str:
         """Open a web page (http or https, or a file:// result of the local search) and show its readable text as numbered lines, a window at a time.
 
         Args:
             url: The page to open. Omit it to scroll the page that is open now.
             start_line: The first line to show; use it to scroll (the output says where the next window starts).
+            reload: Fetch the page again though it is open already (it may have changed since).
         """
         if start_line < 1:
             raise ToolError("start_line must be 1 or more (lines are numbered from 1).")
         page = self._find_page(url)
+        stale = None
+        if reload and page is not None:  # the open page (or the one url names), fetched anew
+            stale, url, page = page, page.requested_url or page.url, None
         if page is None:
             assert url is not None
             fetched = self._local_doc(url) if url.lower().startswith("file:") else self.fetcher.fetch(url)
             page = to_page(fetched, url)
         with self._lock:
-            if page in self.pages:
-                self.pages.remove(page)
+            for gone in (page, stale):
+                if gone in self.pages:
+                    self.pages.remove(gone)
             self.pages.append(page)
             del self.pages[:-MAX_PAGES]
         return self.render(page, start_line)
