@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -40,10 +39,9 @@ from rich.text import Text
 from .errors import AgentError
 from .events import ApprovalRequested, Event
 from .render import Console, for_terminal, markdown, visible
-from .runlog import DEFAULT_RUN_DIR, RunNotFound, find_run, first_event
+from .runlog import DEFAULT_RUN_DIR, first_event
+from .session import CHAT_AGENT, find_session, resolve_session, save_session, saved_sessions
 from .types import EFFORTS
-
-SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 HELP = [
     ("/effort low|medium|high", "reasoning effort for the following turns"),
@@ -74,73 +72,6 @@ class _NoteHandler(logging.Handler):
             self.handleError(record)
 
 
-# -- saved sessions ----------------------------------------------------------
-
-
-CHAT_AGENT = "chat"  # the agent name `agent chat` runs under
-
-
-def is_chat_session(events: list[Any]) -> bool:
-    """Whether a run's events are an `agent chat` session: its agent says so (logs of this
-    version on), or the run took more than one message (older ones)."""
-    started = events[0] if events else None
-    if started is not None and started.type == "run_started" and started.agent == CHAT_AGENT:
-        return True
-    return sum(e.type == "user_message" for e in events) > 1
-
-
-def sessions_dir(run_dir: str | Path) -> Path:
-    """Where `/save` keeps names: `sessions/` next to the run directory."""
-    return Path(run_dir).parent / "sessions"
-
-
-def save_session(name: str, run_id: str, run_dir: str | Path) -> Path:
-    """Name a session: `sessions/NAME` holds the run id its log lives under."""
-    if not SESSION_NAME.match(name):
-        raise AgentError(f"bad session name {name!r}: use letters, digits, '.', '_' or '-'")
-    path = sessions_dir(run_dir) / name
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(run_id + "\n", encoding="utf-8")
-    except OSError as e:
-        raise AgentError(f"cannot save the session name in {path.parent}: {e.strerror or e}") from None
-    return path
-
-
-def saved_sessions(run_dir: str | Path) -> list[tuple[str, str]]:
-    directory = sessions_dir(run_dir)
-    found = []
-    try:
-        for path in sorted(directory.iterdir()) if directory.is_dir() else []:
-            if path.is_file() and SESSION_NAME.match(path.name):
-                found.append((path.name, path.read_text(encoding="utf-8", errors="replace").strip()))
-    except OSError as e:
-        raise AgentError(f"cannot read the saved sessions in {directory}: {e.strerror or e}") from None
-    return found
-
-
-def resolve_session(ref: str, run_dir: str | Path) -> str:
-    """A saved name becomes its run id; anything else (id, prefix, 'last', path) passes through."""
-    if SESSION_NAME.match(ref):
-        path = sessions_dir(run_dir) / ref
-        try:
-            run_id = path.read_text(encoding="utf-8", errors="replace").strip() if path.is_file() else ""
-        except OSError:  # unreadable: the name is taken as a run id, which says it is not found
-            run_id = ""
-        if run_id:
-            return run_id
-    return ref
-
-
-def find_session(ref: str, run_dir: str | Path) -> Path:
-    """The log of a session by a /save name, a run id or prefix, 'last', or a path."""
-    try:
-        return find_run(resolve_session(ref, run_dir), run_dir)
-    except RunNotFound:
-        raise AgentError(
-            f"no session {ref!r}: no name saved with /save, nor a run in {run_dir}/ "
-            "(a run id, 'last', or a .jsonl path)"
-        ) from None
 
 
 # -- rendering ---------------------------------------------------------------

@@ -432,9 +432,9 @@ def _stdin_task() -> str:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .chat import is_chat_session, resolve_session
     from .render import visible
     from .runlog import find_run, is_live, read_events
+    from .session import is_chat_session, resolve_session
     from .state import RunState
 
     writable_dir(args.run_dir, "--run-dir")
@@ -514,8 +514,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .chat import is_chat_session, resolve_session
     from .runlog import find_run, is_live, read_events
+    from .session import is_chat_session, resolve_session
 
     path = find_run(resolve_session(args.run, args.run_dir), args.run_dir)  # or a name saved with /save
     events = read_events(path)

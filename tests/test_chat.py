@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.chat import resolve_session, save_session, saved_sessions
 from agent.errors import AgentError
 from agent.runlog import read_events
+from agent.session import resolve_session, save_session, saved_sessions
 
 ROOT = Path(__file__).resolve().parents[1]
 TMUX = shutil.which("tmux")
