@@ -284,8 +284,8 @@ class Run:
     _budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
     _output_limit: int | None = OUTPUT_LIMIT  # characters of a tool result; None once a budget is made
     _held_back: list[str] | None = None  # the calls an `act` hook dropped from the last reply
-    # A later message of a session: where its user message is in the events, and its seq.
-    _turn: tuple[int, int] | None = None
+    # A later message of a session: where its user message is in the events.
+    _turn: int | None = None
 
     def __init__(
         self,
@@ -344,11 +344,13 @@ class Run:
                     await self._restart(follow_up=follow_up is not None)
                 if follow_up is not None:
                     decision = await self.bus.emit(UserMessage(content=follow_up, step=self.state.step))
-                    if decision.action in ("block", "halt"):
+                    if decision.action in _REFUSED:
                         raise _Stop("halted", decision.feedback or "the message was refused by a guard")
-                    events = self.state.events  # the message as recorded (a guard may have redacted it)
-                    at = max(i for i, e in enumerate(events) if e.type == "user_message")
-                    self._turn = (at, events[at].seq)
+                    # The message as recorded (a guard may have redacted it): the last one.
+                    events = self.state.events
+                    self._turn = next(
+                        i for i in range(len(events) - 1, -1, -1) if events[i].type == "user_message"
+                    )
                 while True:
                     await self._step()
             except _Stop as stop:
@@ -1204,8 +1206,9 @@ class Run:
 
             events, turn = self.state.events, 0
             if self._turn is not None:  # a later message of a session: its own episode, asked as it
-                at, turn = self._turn
-                events = [updated(events[0], task=events[at].content), *events[at:]]
+                message = events[self._turn]
+                turn = message.seq
+                events = [updated(events[0], task=message.content), *events[self._turn :]]
             try:
                 await record_run(episodic, events, turn=turn)
             except Exception as e:  # the run's outcome stands even if memory fails
