@@ -202,6 +202,14 @@ def test_a_system_folder_is_no_workspace_for_the_python_tool(tmp_path):
         agent = Agent(llm, tools=["python"], workspace=folder, guards=None, run_dir=tmp_path)
         [result] = [e.content for e in agent.run_sync("go").events if e.type == "tool_result"]
         assert f"the workspace is {folder}, a folder of the system" in result, result
+    # A pooled kernel is started in a folder of its own and moved to the workspace (no
+    # isolation, or netns): refused there as well.
+    tool = PythonTool(workspace="/etc/ssl", isolation="none", pool=sb.KernelPool(size=0), prefetch=False)
+    try:
+        out = asyncio.run(run(tool, "import os\nprint(os.getcwd())"))
+    finally:
+        tool.close()
+    assert "the workspace is /etc/ssl, a folder of the system" in out, out
 
 
 async def test_secret_environment_variables_are_not_passed(py):

@@ -45,7 +45,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -576,15 +576,19 @@ partly_shared: set[str] = set()
 GRANT_ENTRIES = 20_000
 
 
-def _entries(workspace: str, max_entries: int) -> Iterator[tuple[str, str, os.stat_result, list[str]]]:
+def _entries(
+    workspace: str, max_entries: int, cut: Callable[[], None] | None = None
+) -> Iterator[tuple[str, str, os.stat_result, list[str]]]:
     """(path, name, lstat, the walk's list of folders to enter) of what is below `workspace`,
-    links left out, at most `max_entries`; a caller may take a folder out of the list."""
+    links left out, at most `max_entries` (`cut` is called when there were more); a caller
+    may take a folder out of the list."""
     count = 0
     for root, dirs, files in os.walk(workspace):
         for name in dirs + files:
             count += 1
             if count > max_entries:
-                partly_shared.add(workspace)
+                if cut is not None:
+                    cut()
                 return
             path = os.path.join(root, name)
             try:
@@ -632,7 +636,8 @@ def grant_access(workspace: str, uid: int, max_entries: int | None = None) -> bo
     _granted.add((workspace, uid))
     from .files import WRITING
 
-    for path, name, st, dirs in _entries(workspace, GRANT_ENTRIES if max_entries is None else max_entries):
+    limit = GRANT_ENTRIES if max_entries is None else max_entries
+    for path, name, st, dirs in _entries(workspace, limit, cut=lambda: partly_shared.add(workspace)):
         if WRITING.fullmatch(name):  # a file the files tools are writing: denied, it would carry that
             continue  # to its real name
         denied = False
@@ -658,6 +663,7 @@ def revoke_access(workspace: str | None = None) -> None:
         if workspace is not None and root != workspace:
             continue
         _granted.discard((root, uid))
+        partly_shared.discard(root)
         for path, name, st, dirs in _entries(root, 40_000):
             # A private folder is left out, unless it was made after the grant (.pytest_cache, by
             # another program): it took the kernel's entry from its parent's default ACL, and so
@@ -1356,6 +1362,7 @@ class Kernel:
 
     def chdir(self, workspace: str) -> None:
         """Move a pooled kernel to the session's workspace (no mount namespace to change)."""
+        _refuse_system_folder(workspace)  # as start() does: the other way a kernel gets a workspace
         old, was_temp = self.workspace, self.temp_workspace
         code = f"import os as _os\n_os.chdir({workspace!r})\ndel _os"
         result = self.execute(
