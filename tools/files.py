@@ -366,6 +366,8 @@ class Workspace:
         parent = self._walk_to(real.parent, path, create=True)
         try:
             _atomic_write(parent, real.name, data, old, unchanged)
+        except _ChangedMeanwhile:
+            raise ToolError(CHANGED_MEANWHILE.format(name=path)) from None
         except OSError as e:
             raise ToolError(f"Cannot write {path!r}: {e.strerror or e}.") from None
         finally:
@@ -434,10 +436,17 @@ CHANGED_MEANWHILE = (
 def _version(real: Path) -> tuple[int, int, int] | None:
     """What tells a file's content changed: inode (an atomic replace), size, modification time."""
     try:
-        st = os.stat(real)
+        return _version_of(os.stat(real))
     except OSError:
         return None
+
+
+def _version_of(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class _ChangedMeanwhile(Exception):
+    """The file is no longer the version an edit was made from (see `Workspace.write_text`)."""
 
 
 def _check_encodable(text: str, what: str) -> None:
@@ -569,10 +578,9 @@ def _atomic_write(
             elif private:  # a new hidden file: nothing from the folder's default ACL
                 _drop_acl(f.fileno())
             os.fsync(f.fileno())
-        if unchanged is not None:  # checked last, so that a write by another program meanwhile is seen
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            if (st.st_ino, st.st_size, st.st_mtime_ns) != unchanged:
-                raise ToolError(CHANGED_MEANWHILE.format(name=name))
+        # Checked last, so that a write by another program meanwhile is seen.
+        if unchanged is not None and _version_of(os.stat(name, dir_fd=parent, follow_symlinks=False)) != unchanged:
+            raise _ChangedMeanwhile
         os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
     except BaseException:
         try:
@@ -829,9 +837,10 @@ class FileTools:
         at = text.index(old)
         new = _line_ends_as_here(new, text, at)
         updated = text[:at] + new + text[at + len(old) :]
-        if before is None or _version(target) != before:  # another program (the python tool's code) wrote it
+        if before is None:  # gone since: another program (the python tool's code) removed it
             raise ToolError(CHANGED_MEANWHILE.format(name=path))
-        # Checked again just before the edited file takes the place of the one read.
+        # Written only if the file is still the version read, checked just before the edited one
+        # takes its place.
         ws.write_text(ws.relative(real), updated, unchanged=before)
         rel = ws.shown(real)
         # Where the new text's lines are: line breaks at its start or end are not lines of it.
