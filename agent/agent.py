@@ -314,7 +314,7 @@ class Agent:
             # Every agent is guarded unless its author opts out with guards=None.
             from guards import default_pipeline
 
-            guards = [default_pipeline(tools=self.tool_list)]
+            guards = [default_pipeline()]  # it learns our tools below, as any pipeline given does
         self.guards: list[Any] = self._interceptors(list(guards or []))
         for guard in self.guards:  # a pipeline made without tools=: which of ours only read, stay local
             learn = getattr(guard, "learn_tools", None)

@@ -108,7 +108,7 @@ def build_rules(policy: Policy) -> Any:
     return RuleGuard(stages, rules=rules, stage_rules=per_stage)
 
 
-def build_classifier(policy: Policy, tools: Sequence[Any] = ()) -> Any:
+def build_classifier(policy: Policy) -> Any:
     from .classifier import ClassifierGuard
 
     stages = {name: dict(sp.classifier) for name, sp in policy.stages.items() if sp.classifier}
@@ -117,8 +117,7 @@ def build_classifier(policy: Policy, tools: Sequence[Any] = ()) -> Any:
         policy.classifier.model or None,
         stages=stages,
         local=dict(result.local) if result is not None else None,
-        local_tools=local_tools(tools),
-    )
+    )  # which tools are local: learn_tools tells it
 
 
 def local_tools(tools: Sequence[Any]) -> list[str]:
@@ -159,7 +158,7 @@ class GuardPipeline:
         self.policy = policy or load_policy()
         self.rules = build_rules(self.policy) if rules is None else (rules or None)
         if classifier is None:
-            classifier = build_classifier(self.policy, tools) if self.policy.classifier.enabled else None
+            classifier = build_classifier(self.policy) if self.policy.classifier.enabled else None
         self.classifier = classifier or None
         self.llm = llm or None
         self.guards = list(guards)
@@ -169,6 +168,7 @@ class GuardPipeline:
         self.read_only = set(self.policy.tools.read_only)
         self.side_effecting: set[str] = set()
         self._tool_names: set[str] = set()
+        self._warned: set[str] = set()  # policy names warned about as no tool: once each
         if tools:
             self.learn_tools(tools)
 
@@ -185,7 +185,7 @@ class GuardPipeline:
         new = {t.name for t in tools} - self._tool_names
         if new:
             self._tool_names |= new
-            warn_unknown_tools(self.policy, sorted(self._tool_names))
+            warn_unknown_tools(self.policy, sorted(self._tool_names), self._warned)
         classifier = self.classifier
         if classifier is not None and hasattr(classifier, "local_tools"):
             classifier.local_tools = classifier.local_tools | set(local_tools(tools))

@@ -253,8 +253,9 @@ def _warn_unknown_categories(policy: Policy) -> None:
             )
 
 
-def warn_unknown_tools(policy: Policy, tools: list[str]) -> None:
-    """Tool names in the policy that the agent does not have: a typo makes the rule do nothing."""
+def warn_unknown_tools(policy: Policy, tools: list[str], warned: set[str] | None = None) -> None:
+    """Tool names in the policy that the agent does not have: a typo makes the rule do nothing.
+    `warned`: names said before, not said again (added to as it warns)."""
     named = [
         ("approval.tools", policy.approval.tools),
         ("tools.read_only", policy.tools.read_only),
@@ -264,7 +265,9 @@ def warn_unknown_tools(policy: Policy, tools: list[str]) -> None:
     shipped = {*defaults["approval"]["tools"], *defaults["tools"]["read_only"], *defaults["code"]["tools"]}
     for where, names in named:
         for name in names:
-            if name not in tools and name not in shipped:
+            if name not in tools and name not in shipped and (warned is None or name not in warned):
+                if warned is not None:
+                    warned.add(name)
                 close = difflib.get_close_matches(name, tools, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 log.warning(
