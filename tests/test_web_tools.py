@@ -840,3 +840,4 @@ def test_a_page_title_is_a_line_however_long_the_pages_is():
     title, lines = html_to_lines("<html><head><title>" + "T" * 300_000 + "</title></head><p>body</p></html>")
     assert len(title) == 300 and title.endswith("…") and lines == ["body"]
     assert html_to_lines("<title>  A short   title </title><p>x</p>")[0] == "A short title"
+    assert html_to_lines("<title>" + "T" * 300 + "</title><p>x</p>")[0] == "T" * 300  # not cut: no "…"

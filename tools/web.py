@@ -706,8 +706,8 @@ class _Extractor(HTMLParser):
             return
         data = _CONTROL.sub("", data).translate(_BREAKS)
         if self._in_title:
-            if len(self.title) < MAX_TITLE:  # a page's title is a line, not a page
-                self.title += data[: MAX_TITLE - len(self.title)]
+            if len(self.title) <= MAX_TITLE:  # a page's title is a line, not a page (one more: a cut shows)
+                self.title += data[: MAX_TITLE + 1 - len(self.title)]
             return
         self._buf.append(data)
 
@@ -808,7 +808,7 @@ def html_to_lines(
             f"The lines above are from its first {read:,} of {len(html):,} characters.]"
         )
     title = " ".join(parser.title.split())
-    return (title[: MAX_TITLE - 1] + "…" if len(title) >= MAX_TITLE else title), lines
+    return (title[: MAX_TITLE - 1] + "…" if len(title) > MAX_TITLE else title), lines
 
 
 def text_to_lines(text: str) -> list[str]:
@@ -1364,16 +1364,20 @@ class WebTools:
         hits = sorted(spans)
         shown = hits[:MAX_FIND_MATCHES]
         out = [f"{len(hits)} matches for {pattern!r} in {page.title} ({page.url}), {len(page.lines)} lines:"]
+
+        def row(i: int) -> str:
+            return f"L{i}: {page.lines[i - 1]}"
+
         for n in shown:
             last = spans[n]
             lo, hi = max(1, n - 1), min(len(page.lines), last + 1)
             if last - n < MAX_MATCH_LINES:
-                out.extend(f"L{i}: {page.lines[i - 1]}" for i in range(n, last + 1))
+                out.extend(row(i) for i in range(n, last + 1))
             else:  # a match over many lines (a pattern like "a[\s\S]*b"): its ends, and where it runs
-                out.extend(f"L{i}: {page.lines[i - 1]}" for i in range(n, n + 3))
+                out.extend(row(i) for i in range(n, n + 3))
                 out.append(f"[... the match runs on to L{last}; L{n}-L{last} in all]")
-                out.extend(f"L{i}: {page.lines[i - 1]}" for i in range(last - 1, last + 1))
-            context = [f"    L{i}: {page.lines[i - 1]}" for i in range(lo, hi + 1) if not n <= i <= last]
+                out.extend(row(i) for i in range(last - 1, last + 1))
+            context = ["    " + row(i) for i in range(lo, hi + 1) if not n <= i <= last]
             if context:
                 out.extend(context)
         if len(hits) > len(shown):
