@@ -164,7 +164,7 @@ class ApproxCounter:
         self.per_message = per_message
 
     def count_text(self, text: str) -> int:
-        tokens, hard = _approx_tokens()
+        tokens, hard, camel = _approx_tokens()
         count = 0
         for piece in tokens.findall(text):
             size = len(piece)
@@ -177,7 +177,7 @@ class ApproxCounter:
             if 0 < upper < size and upper * 4 > size:  # case that changes every few letters
                 count += (size * 5 + 5) // 6
                 continue
-            for part in _CAMEL.findall(piece):  # getUserName: get, User, Name
+            for part in camel.findall(piece):  # getUserName: get, User, Name
                 count += (len(part) * 3 + 3) // 4 if hard.search(part) else (len(part) + 3) // 4
         return count
 
@@ -197,16 +197,14 @@ class ApproxCounter:
 
 
 @functools.cache
-def _approx_tokens() -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """The pieces counted (each one token, but runs of letters) and four consonants in a row,
-    which words seldom have and random letters often do."""
+def _approx_tokens() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """The pieces counted (each one token, but runs of letters), four consonants in a row
+    (which words seldom have and random letters often do), and the words of a camelCase run."""
     return (
         re.compile(r"[^\x00-\x7f]|\d|\s(?=\d)|[^\w\s]|_|[A-Za-z]+|\n"),
         re.compile(r"[b-df-hj-np-tv-xzB-DF-HJ-NP-TV-XZ]{4}"),
+        re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])"),
     )
-
-
-_CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
 
 
 def template_counter(llm: Any) -> TemplateCounter | None:
