@@ -85,24 +85,39 @@ def test_existing_results_need_resume_or_overwrite(tmp_path):
     assert len(read_results(out)) == 2
 
 
+class ServerDown(ScriptedLLM):
+    """A scripted model behind a server that answers 503 while `down()` says so."""
+
+    def __init__(self, script, down):
+        super().__init__(script)
+        self.down = down
+
+    async def stream(self, request):
+        if self.down():
+            raise LLMError("server unavailable (503)")
+        async for item in super().stream(request):
+            yield item
+
+
+def fails_its_task(run_dir):
+    """An agent whose model keeps calling a tool it does not have: the task fails, not the server."""
+    bad = '<tool_call>{"name": "nope", "arguments": {}}</tool_call>'
+    return Agent(ScriptedLLM([bad] * 5), run_dir=run_dir, max_retries=1)
+
+
 def test_infrastructure_errors_are_retried_model_failures_are_not(tmp_path):
     out = tmp_path / "results.jsonl"
     attempts = {"flaky": 0, "bad": 0}
 
-    class Flaky(ScriptedLLM):
-        async def stream(self, request):
-            attempts["flaky"] += 1
-            if attempts["flaky"] < 3:
-                raise LLMError("server unavailable (503)")
-            async for item in super().stream(request):
-                yield item
+    def flaky_down():
+        attempts["flaky"] += 1
+        return attempts["flaky"] < 3
 
     def make(task):
         if task.id == "flaky":
-            return Agent(Flaky(["recovered"]), run_dir=tmp_path / "runs")
+            return Agent(ServerDown(["recovered"], flaky_down), run_dir=tmp_path / "runs")
         attempts["bad"] += 1
-        bad = '<tool_call>{"name": "nope", "arguments": {}}</tool_call>'
-        return Agent(ScriptedLLM([bad] * 5), run_dir=tmp_path / "runs", max_retries=1)
+        return fails_its_task(tmp_path / "runs")
 
     work = [BatchTask(id="flaky", prompt="x"), BatchTask(id="bad", prompt="y")]
     results = {r.id: r for r in asyncio.run(BatchRunner(make, out, retries=3, backoff=0.01).run(work))}
@@ -135,18 +150,10 @@ def test_resume_runs_again_what_failed_only_for_the_infrastructure(tmp_path):
     out = tmp_path / "results.jsonl"
     down = {"server": True}
 
-    class Server(ScriptedLLM):
-        async def stream(self, request):
-            if down["server"]:
-                raise LLMError("server unavailable (503)")
-            async for item in super().stream(request):
-                yield item
-
     def make(task):
         if task.id == "needs-server":
-            return Agent(Server(["up again"]), run_dir=tmp_path / "runs")
-        bad = '<tool_call>{"name": "nope", "arguments": {}}</tool_call>'
-        return Agent(ScriptedLLM([bad] * 5), run_dir=tmp_path / "runs", max_retries=1)
+            return Agent(ServerDown(["up again"], lambda: down["server"]), run_dir=tmp_path / "runs")
+        return fails_its_task(tmp_path / "runs")
 
     work = [BatchTask(id="needs-server", prompt="x"), BatchTask(id="model-fails", prompt="y")]
     first = {r.id: r for r in asyncio.run(BatchRunner(make, out, retries=1, backoff=0.01).run(work))}
