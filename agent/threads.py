@@ -34,13 +34,16 @@ def _worker() -> None:
             result, error = None, e
         else:
             error = None
+        # An idle worker holds nothing of its last job: the call (and through it the tool
+        # and its agent), the loop and the result would otherwise stay alive until the next.
+        # The call goes first, before the loop is woken: the run may end before this thread
+        # runs again (waking the loop lets go of the GIL).
+        fn = None  # type: ignore[assignment]
         try:
             loop.call_soon_threadsafe(_settle, future, result, error)
         except RuntimeError:  # the loop closed while the call ran (a cancelled run): nobody waits
             pass
-        # An idle worker holds nothing of its last job: the call (and through it the tool
-        # and its agent), the loop and the result would otherwise stay alive until the next.
-        fn = loop = future = result = error = None  # type: ignore[assignment]
+        loop = future = result = error = None  # type: ignore[assignment]
         with _lock:
             if _backlog:
                 _backlog -= 1  # stay busy: a queued job is waiting for this worker
