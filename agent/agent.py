@@ -409,17 +409,19 @@ class Agent:
         and the cut points the model at them; without it, the cut only says
         what was left out.
         """
-        from memory.context import OBSERVATIONS_DIR, ContextBudget
+        # From the package: `from memory.context import ...` looks for a `__path__` the module
+        # lacks, and formats the AttributeError it then drops, on every run.
+        from memory import context
 
-        if isinstance(self.context_window, ContextBudget):
+        if isinstance(self.context_window, context.ContextBudget):
             return self.context_window.clone()
-        budget = ContextBudget.for_model(self.model, window=self.context_window)
+        budget = context.ContextBudget.for_model(self.model, window=self.context_window)
         if budget is not None:  # where cut tool results go: paths only for a budget that may cut
             root = self.workspace
             if root is None and self.run_dir is not None:
                 root = Path.cwd()
             if root is not None and any(t.name == "read_file" for t in self.tool_list):
-                budget.spill_dir, budget.read_root = root / OBSERVATIONS_DIR, root
+                budget.spill_dir, budget.read_root = root / context.OBSERVATIONS_DIR, root
         return budget
 
     # Each hook takes one typed object and returns it, changed or not; a hook

@@ -60,7 +60,7 @@ class Bus:
         self._subscribers: list[tuple[Subscriber, bool]] = []
         self._sync_only = True  # no subscriber is a coroutine function
         self._interceptors: list[Interceptor] = []
-        self._lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None  # made by the first delivery that needs it: most runs never do
         self._busy = False  # a delivery to async subscribers holds the lock
 
     @property
@@ -125,7 +125,10 @@ class Bus:
         """Number `event` and hand it to every subscriber, in order."""
         if self.emit_now(event, judge=False) is not None:  # nothing to wait for
             return
-        async with self._lock:
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = asyncio.Lock()
+        async with lock:
             self._busy = True
             try:
                 self._number(event)

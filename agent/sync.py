@@ -105,7 +105,8 @@ def run(coro: Coroutine[Any, Any, T], handle: LoopHandle | None = None) -> T:
 
 
 def _run(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> T:
-    task = loop.create_task(coro)
+    # Named: an unnamed task formats "Task-<n>" for itself, a cold path each sync call pays.
+    task = loop.create_task(coro, name="agent-sync-call")
     interrupts = 0
 
     def on_sigint(signum: int, frame: object) -> None:
