@@ -57,7 +57,7 @@ from .tool import (
     model_text,
     render_output,
 )
-from .types import EFFORTS, Effort, Message, ToolCallRequest, new_call_id, trusted, updated
+from .types import EFFORTS, Effort, Message, ToolCallRequest, Usage, new_call_id, trusted, updated
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -284,8 +284,10 @@ class Run:
     _budget: Any = _UNSET  # the run's ContextBudget (or None), made on the first model call
     _output_limit: int | None = OUTPUT_LIMIT  # characters of a tool result; None once a budget is made
     _held_back: list[str] | None = None  # the calls an `act` hook dropped from the last reply
-    # A later message of a session: where its user message is in the events.
+    # A later message of a session: where its user message is in the events, and the
+    # session's steps and tokens before it (its episode counts its own).
     _turn: int | None = None
+    _turn_start: tuple[int, Usage] | None = None
 
     def __init__(
         self,
@@ -333,6 +335,7 @@ class Run:
         self._finished = False  # this call's RunFinished is out: a later fault must not end the run again
         if follow_up is not None:  # a new message: nothing of the last one's turns carries over
             self._new_message()
+            self._turn_start = (self.state.step, self.state.usage)
         self._first_step = self.state.step
         self._first_tokens = self.state.total_tokens
         self._deadline = time.monotonic() + agent.max_seconds if agent.max_seconds is not None else None
@@ -1209,6 +1212,10 @@ class Run:
                 message = events[self._turn]
                 turn = message.seq
                 events = [updated(events[0], task=message.content), *events[self._turn :]]
+                if self._turn_start is not None and events[-1].type == "run_finished":
+                    step, usage = self._turn_start
+                    finished = events[-1]
+                    events[-1] = updated(finished, steps=finished.steps - step, usage=finished.usage - usage)
             try:
                 await record_run(episodic, events, turn=turn)
             except Exception as e:  # the run's outcome stands even if memory fails

@@ -2,7 +2,7 @@
 
 from helpers import call
 
-from agent import Agent, Decision, read_events
+from agent import Agent, Decision, read_events, tool
 from agent.events import MemoryWrite
 from agent.llm import ScriptedLLM
 from memory import EpisodicMemory, VectorMemory
@@ -106,3 +106,34 @@ def test_each_message_of_a_session_is_an_episode_of_its_own(tmp_path):
         ("and of Germany?", "Berlin is the capital of Germany."),
         ("capital of France?", "Paris is the capital of France."),
     ]
+
+
+def test_a_later_message_of_a_session_counts_its_own_steps_and_tokens(tmp_path):
+    episodes = EpisodicMemory(tmp_path / "episodes.db", HashingEmbedder())
+
+    @tool(blocking=False)
+    def lookup(city: str) -> str:
+        """Look a city up."""
+        return f"{city}: found"
+
+    llm = ScriptedLLM(
+        [
+            {"content": "", "tool_calls": [{"id": "a", "name": "lookup", "arguments": {"city": "Paris"}}],
+             "usage": {"prompt_tokens": 100, "completion_tokens": 10}},
+            {"content": "", "tool_calls": [{"id": "b", "name": "lookup", "arguments": {"city": "Lyon"}}],
+             "usage": {"prompt_tokens": 200, "completion_tokens": 10}},
+            {"content": "Paris and Lyon.", "usage": {"prompt_tokens": 300, "completion_tokens": 5}},
+            {"content": "Berlin.", "usage": {"prompt_tokens": 400, "completion_tokens": 7}},
+        ]
+    )
+    session = Agent(llm, tools=[lookup], memory=episodes, run_dir=tmp_path / "runs").session()
+    session.send_sync("two cities of France?")
+    session.send_sync("and the capital of Germany?")
+    by_task = {
+        r.metadata["episode"]["task"]: r.metadata["episode"]
+        for r in episodes.memory.records(episodes.memory.ids())
+    }
+    first, second = by_task["two cities of France?"], by_task["and the capital of Germany?"]
+    assert (first["model_steps"], first["tokens"]) == (3, 625)
+    # The second message took one step and 407 tokens, not the session's four and 1,032.
+    assert (second["model_steps"], second["tokens"]) == (1, 407)
