@@ -468,7 +468,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
             f"the run was started with the model {visible(was)}; it goes on with {visible(now)} "
             "(--model and --base-url choose)"
         )
-    return _exit_code(asyncio.run(_drive(agent, agent.resume(path), _renderer(args))))
+    code = _exit_code(asyncio.run(_drive(agent, agent.resume(path), _renderer(args))))
+    if is_chat_session(events):  # its cut turn is finished: the conversation goes on in chat
+        _print_note(f"{path.stem} is a chat session; go on with it with: agent chat --resume {path.stem}")
+    return code
 
 
 def scripted_model(spec: str) -> Any:

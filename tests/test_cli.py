@@ -734,6 +734,22 @@ def test_chat_resume_keeps_the_sessions_tools_and_resume_points_a_session_to_cha
     assert out.returncode == 2 and "is a chat session; go on with it with: agent chat --resume" in out.stderr
 
 
+def test_resume_finishes_a_chat_sessions_cut_turn_and_points_to_chat(tmp_path):
+    _write_lines(tmp_path / "a.jsonl", "hi")
+    out = agent("chat", "--model", "scripted:a.jsonl", cwd=tmp_path, input="first\n")
+    assert out.returncode == 0, out.stderr
+    (log,) = (tmp_path / ".agent" / "runs").glob("*.jsonl")
+    lines = log.read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if '"type":"model_request"' in line)
+    log.write_text("".join(lines[: cut + 1]))  # the process was killed while the model answered
+    _write_lines(tmp_path / "b.jsonl", "hello again")
+    out = agent("resume", "last", "--model", "scripted:b.jsonl", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "hello again" in out.stdout
+    # It ends there, as a run does; the conversation goes on in chat.
+    assert f"{log.stem} is a chat session; go on with it with: agent chat --resume {log.stem}" in out.stderr
+
+
 def test_batch_resume_says_what_it_skips_and_refuses_overwrite_with_it(tmp_path, script):
     _write_lines(tmp_path / "t2.jsonl", {"id": "a", "prompt": "hi"}, {"id": "b", "prompt": "hi"})
     model = ["--model", f"scripted:{script}"]
