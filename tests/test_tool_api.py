@@ -534,3 +534,45 @@ def test_unusual_signatures_work_or_are_refused_with_the_fix_named(run_dir):
         def fetch(_token: str) -> str:
             """Fetch."""
             return ""
+
+
+def test_a_tool_call_records_its_arguments_as_json_whatever_their_types(run_dir):
+    import datetime
+
+    @tool(blocking=False)
+    def plain(n: int, flag: bool = False, note: str | None = None) -> str:
+        """Strings, numbers and flags."""
+        return "ok"
+
+    @tool(blocking=False)
+    def typed(when: datetime.date, ratio: float, tags: list[str]) -> str:
+        """Values whose JSON form is not the value itself."""
+        return "ok"
+
+    class Named(BaseModel):
+        the_name: str = Field(serialization_alias="name")
+
+    class Renamed(Tool):
+        name = "renamed"
+        description = "A field serialized under another name."
+        Args = Named
+
+        async def run(self, args: Named) -> str:
+            return "ok"
+
+    llm = ScriptedLLM(
+        [
+            call("plain", n="3", flag="true"),
+            call("typed", when="2026-01-02", ratio=1, tags=["a"]),
+            call("renamed", the_name="x"),
+            "done",
+        ]
+    )
+    result = Agent(llm, tools=[plain, typed, Renamed()], run_dir=run_dir, guards=None).run_sync("go")
+    recorded = [e.arguments for e in result.events if e.type == "tool_call"]
+    assert recorded == [
+        {"n": 3, "flag": True, "note": None},  # validated: the int and the bool, not the strings sent
+        {"when": "2026-01-02", "ratio": 1.0, "tags": ["a"]},  # the date as JSON text, not a date
+        Named(the_name="x").model_dump(mode="json"),  # what pydantic gives, alias or not
+    ]
+    assert type(recorded[1]["when"]) is str and type(recorded[1]["ratio"]) is float
