@@ -18,6 +18,7 @@ import math
 import os
 import re
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -95,6 +96,13 @@ def read_tasks(path: str | Path) -> list[BatchTask]:
             raise AgentError(
                 f"{path}:{number}: each line is one JSON object (a task: id, prompt, ...), not {kind}"
             )
+        try:  # a \ud83d escape alone is valid JSON but no text: no result or log could hold it
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise AgentError(
+                f"{path}:{number}: the task holds a lone surrogate escape (such as \\ud83d without its pair), "
+                "which is not text; fix or remove it"
+            ) from None
         if type(data.get("id")) is int:  # an id that is a number is read as its text
             data["id"] = str(data["id"])
         try:
@@ -154,6 +162,13 @@ def read_results(path: str | Path, *, strict: bool = False) -> dict[str, BatchRe
     return results
 
 
+def finished_count(tasks: list[BatchTask], path: str | Path) -> int:
+    """How many of `tasks` have a result in the file that --resume keeps: results of other
+    ids, and failures of the infrastructure (which it runs again), do not count."""
+    have = read_results(path)
+    return sum(1 for t in tasks if t.id in have and not have[t.id].infrastructure)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data) :]
@@ -171,6 +186,17 @@ def _hold(path: Path) -> int:
             os.close(fd)
             raise
         os.close(fd)  # replaced while we waited: the new file is the one to hold
+
+
+def _same_owner_and_mode(fd: int, like: int) -> None:
+    """Give the file `fd` the permissions (and, where allowed, the owner) of the file `like`."""
+    st = os.fstat(like)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        except OSError:  # only root may give a file away: it stays ours, with the same mode
+            pass
 
 
 def _lock(fd: int, path: Path) -> None:
@@ -215,7 +241,8 @@ def is_correct(expected: Any, answer: Any) -> bool | None:
     if not isinstance(expected, str):
         expected = json.dumps(expected) if isinstance(expected, dict) else str(expected)
     words = " ".join(expected.lower().split())
-    pattern = r"(?<!\w)" + re.escape(words).replace(r"\ ", r"\s+") + r"(?!\w)"
+    # Whole words, and no part of a longer number: "4" is not in "4.5", nor "3" in "3,000".
+    pattern = r"(?<!\w)(?<!\d[.,])" + re.escape(words).replace(r"\ ", r"\s+") + r"(?!\w)(?![.,]\d)"
     return re.search(pattern, text.lower()) is not None
 
 
@@ -266,7 +293,23 @@ class BatchRunner:
         self._lock = asyncio.Lock()
         self._fd: int | None = None  # the results file, open and locked while the batch runs
 
-    def pending(self, tasks: list[BatchTask]) -> tuple[list[BatchTask], dict[str, BatchResult]]:
+    def check(self, tasks: list[BatchTask]) -> None:
+        """What `run` would refuse about the tasks and the results file, found without
+        changing either: a caller checks before it loads a model, which takes a while."""
+        self._checked_output(tasks)
+        if self.resume:
+            read_results(self.output, strict=True)
+        if self.output.exists():  # another batch writing it: said now, not after the model loads
+            try:
+                fd = os.open(self.output, os.O_RDONLY)
+            except OSError as e:
+                raise AgentError(f"cannot read results file {self.output}: {e.strerror or e}") from None
+            try:
+                _lock(fd, self.output)
+            finally:
+                os.close(fd)  # the lock goes with it: `run` takes it for good
+
+    def _checked_output(self, tasks: list[BatchTask]) -> None:
         seen: set[str] = set()
         for task in tasks:  # results are by id: two tasks with one id would overwrite each other
             if task.id in seen:
@@ -281,10 +324,14 @@ class BatchRunner:
             )
         if self.output.exists() and self.output.stat().st_size and not (self.resume or self.overwrite):
             raise AgentError(f"{given} already has results; pass --resume to continue or --overwrite")
+
+    def pending(self, tasks: list[BatchTask]) -> tuple[list[BatchTask], dict[str, BatchResult]]:
+        self._checked_output(tasks)
         finished = read_results(self.output, strict=True) if self.resume else {}
         # Resume keeps the results (a torn or repeated line left by a crash dropped, and a failure of
-        # the infrastructure, which is run again); overwrite keeps none.
-        finished = {i: r for i, r in finished.items() if not r.infrastructure}
+        # the infrastructure of one of these tasks, which is run again); overwrite keeps none.
+        ids = {t.id for t in tasks}
+        finished = {i: r for i, r in finished.items() if not (r.infrastructure and i in ids)}
         self._replace_with(finished)
         return [t for t in tasks if t.id not in finished], finished
 
@@ -399,6 +446,7 @@ class BatchRunner:
             held = _hold(self.output)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
             _lock(fd, self.output)
+            _same_owner_and_mode(fd, held)  # a private results file stays private
             _write_all(fd, "".join(r.model_dump_json() + "\n" for r in finished.values()).encode())
             os.fsync(fd)
             os.replace(tmp, self.output)
@@ -611,6 +659,8 @@ def run_cli(args: Any) -> int:
     tasks = read_tasks(args.tasks)
     _check_tool_names(tasks, args.tasks)
     output = Path(args.output)
+    if str(args.output).endswith(("/", os.sep)):
+        raise AgentError(f"-o {args.output} names a folder; give the path of a results file (.jsonl)")
     if output.exists() and os.path.samefile(output, args.tasks):
         raise AgentError(f"-o {output} is the tasks file; give the results their own file")
     if output.is_dir():
@@ -636,6 +686,20 @@ def run_cli(args: Any) -> int:
         context_window=getattr(args, "context_window", None),
         max_new_tokens=getattr(args, "max_new_tokens", None),
     )
+    options = dict(
+        concurrency=args.concurrency,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        retries=args.retries,
+    )
+    runner: BatchRunner
+    if args.executor == "ray":
+        runner = RayBatchRunner(spec, args.output, address=args.ray_address, **options)
+    else:
+        runner = BatchRunner(spec.build, args.output, **options)
+    # What the results file refuses (results there already, --resume of another program's file,
+    # another batch writing it) is said before a model loads, which may take a while.
+    runner.check(tasks)
     if args.executor == "local":
         # Load the shared model before the clock starts, and build one agent with the default
         # tools: a bad model path, --tools name or context window is one error now rather than a
@@ -692,25 +756,14 @@ def run_cli(args: Any) -> int:
                 mark = result.status + (f": {result.error}" if result.error else "")
             say(f"[{p.done}/{p.total}] {result.id}: {mark}")
 
-    options = dict(
-        concurrency=args.concurrency,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        retries=args.retries,
-        on_progress=on_progress,
-    )
-    runner: BatchRunner
-    if args.executor == "ray":
-        runner = RayBatchRunner(spec, args.output, address=args.ray_address, **options)
-    else:
-        runner = BatchRunner(spec.build, args.output, **options)
+    runner.on_progress = on_progress
     tagged = _TaskTagged()  # warnings (a model server's retries) say which task they are about
     logging.getLogger().addHandler(tagged)
     try:
         with bar:
             results = asyncio.run(runner.run(tasks))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say how far it got and how to go on
-        done = len(read_results(runner.output))
+        done = finished_count(tasks, runner.output)
         err.print(
             Text(
                 f"{done} of {len(tasks)} tasks have results in {args.output}; "

@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "tasks", type=Path, help="JSONL: one {id, prompt, tools?, effort?, max_steps?, expected?} per line"
     )
-    p.add_argument("-o", "--output", type=Path, required=True, help="results JSONL (one line per task)")
+    # Kept as typed (a Path would drop a trailing "/", which says a folder was meant).
+    p.add_argument("-o", "--output", required=True, help="results JSONL (one line per task)")
     p.add_argument(
         "--concurrency", "-c", type=POSITIVE, default=4, help="tasks run at once, sharing one model"
     )

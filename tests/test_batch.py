@@ -7,7 +7,16 @@ import os
 import pytest
 
 from agent import Agent, AgentError, tool
-from agent.batch import AgentSpec, BatchRunner, BatchTask, RayBatchRunner, read_results, read_tasks
+from agent.batch import (
+    AgentSpec,
+    BatchRunner,
+    BatchTask,
+    RayBatchRunner,
+    finished_count,
+    is_correct,
+    read_results,
+    read_tasks,
+)
 from agent.llm import LLMError, ScriptedLLM
 
 
@@ -435,3 +444,56 @@ def test_what_a_task_logs_during_a_batch_says_which_task_it_is(tmp_path, monkeyp
         "[t0] HTTP 500 from the server; retrying in 0.50 s (1/3)",
         "[t1] HTTP 500 from the server; retrying in 0.50 s (1/3)",
     ]
+
+
+def test_a_task_with_a_lone_surrogate_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    # Valid JSON, and no text: the batch wrote results up to it and then crashed on every resume.
+    path.write_text('{"id": "a", "prompt": "x"}\n{"id": "caf\\ud83d", "prompt": "y"}\n')
+    with pytest.raises(AgentError, match=r"tasks.jsonl:2: the task holds a lone surrogate escape"):
+        read_tasks(path)
+    path.write_text('{"id": "b", "prompt": "a pair is text: \\ud83d\\ude00"}\n')
+    assert read_tasks(path)[0].prompt.endswith("\U0001f600")
+
+
+def test_resume_keeps_what_failed_for_the_infrastructure_under_ids_of_another_file(tmp_path):
+    out = tmp_path / "results.jsonl"
+    old = [BatchTask(id="old", prompt="x")]
+    down = ServerDown(["never"], lambda: True)
+    first = asyncio.run(
+        BatchRunner(lambda t: Agent(down, run_dir=tmp_path / "runs"), out, retries=0).run(old)
+    )
+    assert first[0].infrastructure
+    new = [BatchTask(id="new", prompt="y")]
+    asyncio.run(BatchRunner(scripted(tmp_path / "runs"), out, resume=True).run(new))
+    # "old" is not in this file and will not run again here: its result stays, as any other id's does.
+    assert set(read_results(out)) == {"old", "new"}
+    assert finished_count(old + new, out) == 1  # the failure --resume runs again is no result yet
+    assert finished_count(new, out) == 1
+
+
+def test_a_private_results_file_stays_private(tmp_path):
+    out = tmp_path / "results.jsonl"
+    out.touch()
+    out.chmod(0o600)
+    asyncio.run(BatchRunner(scripted(tmp_path / "runs"), out).run(tasks(1)))
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    asyncio.run(BatchRunner(scripted(tmp_path / "runs"), out, resume=True).run(tasks(2)))
+    assert oct(out.stat().st_mode & 0o777) == "0o600" and len(read_results(out)) == 2
+
+
+@pytest.mark.parametrize(
+    "expected, answer, correct",
+    [
+        ("4", "The answer is 4.5.", False),
+        ("3", "About 3,000 of them.", False),
+        ("5", "It is 4.5 now.", False),
+        ("4", "It is 4.", True),
+        ("4", "4, then 5", True),
+        ("4.5", "The answer is 4.5.", True),
+        ("3,000", "About 3,000 of them.", True),
+        ("paris", "Paris.", True),
+    ],
+)
+def test_text_that_is_a_number_is_not_found_inside_a_longer_number(expected, answer, correct):
+    assert is_correct(expected, answer) is correct

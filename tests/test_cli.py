@@ -815,3 +815,16 @@ def test_a_results_folder_made_for_batch_is_noted(tmp_path, script):
     out = agent("batch", "tasks.jsonl", "-o", "typo/r.jsonl", "--model", f"scripted:{script}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "note: made the folder typo (-o): it did not exist" in out.stderr  # a mistyped path is not silent
+
+
+def test_batch_says_what_its_results_file_refuses_before_a_model_loads(tmp_path, script):
+    tasks_file(tmp_path)
+    first = agent("batch", "tasks.jsonl", "-o", "r.jsonl", "--model", f"scripted:{script}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    # A model that cannot load: the results file's refusal comes first (it came after the load).
+    missing = str(tmp_path / "no-such-model")
+    out = agent("batch", "tasks.jsonl", "-o", "r.jsonl", "--model", missing, cwd=tmp_path)
+    assert out.returncode == 2 and "r.jsonl already has results; pass --resume" in out.stderr, out.stderr
+    out = agent("batch", "tasks.jsonl", "-o", "results/", "--model", f"scripted:{script}", cwd=tmp_path)
+    assert out.returncode == 2 and "-o results/ names a folder" in out.stderr
+    assert not (tmp_path / "results").exists()  # was written as a file named "results"
