@@ -115,22 +115,27 @@ def source(tree: str, scratch: Path) -> Path:
     return target
 
 
-def instructions(src: Path, n: int, runs: int, scratch: Path) -> int:
-    out = scratch / f"cachegrind.{os.getpid()}.{runs}"
+def _valgrind(tool: list[str], src: Path, n: int, runs: int, agents: int, **extra: str) -> None:
+    """The workload under valgrind with `tool`'s options; exits with its error when it fails."""
     env = {
         **os.environ,
         "PYTHONHASHSEED": "0",
         "LOOP_SRC": str(src),
         "LOOP_N": str(n),
         "LOOP_RUNS": str(runs),
-        "LOOP_AGENTS": str(AGENTS),
+        "LOOP_AGENTS": str(agents),
+        **extra,
     }
-    command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}"]
     done = subprocess.run(
-        [*command, str(PYTHON), "-c", WORKLOAD], env=env, capture_output=True, text=True, check=False
+        ["valgrind", *tool, str(PYTHON), "-c", WORKLOAD], env=env, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         sys.exit(f"the workload failed under valgrind:\n{done.stderr[-2000:]}")
+
+
+def instructions(src: Path, n: int, runs: int, scratch: Path) -> int:
+    out = scratch / f"cachegrind.{os.getpid()}.{runs}"
+    _valgrind(["--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}"], src, n, runs, AGENTS)
     for line in out.read_text().splitlines():
         if line.startswith("summary:"):
             return int(line.split()[1])
@@ -140,17 +145,7 @@ def instructions(src: Path, n: int, runs: int, scratch: Path) -> int:
 def cold_counts(src: Path, n: int, scratch: Path, ll_kib: int) -> dict[str, float]:
     """Per run, after gc.collect(): instructions, I1 misses and last-level misses (callgrind)."""
     out = scratch / f"callgrind.{os.getpid()}.cold"
-    env = {
-        **os.environ,
-        "PYTHONHASHSEED": "0",
-        "LOOP_SRC": str(src),
-        "LOOP_N": str(n),
-        "LOOP_RUNS": str(COLD_RUNS),
-        "LOOP_AGENTS": str(COLD_RUNS + 1),
-        "LOOP_COLD": "1",
-    }
-    command = [
-        "valgrind",
+    tool = [
         "--tool=callgrind",
         "--cache-sim=yes",
         "--I1=65536,16,64",
@@ -160,11 +155,7 @@ def cold_counts(src: Path, n: int, scratch: Path, ll_kib: int) -> dict[str, floa
         "--toggle-collect=functools_reduce",
         f"--callgrind-out-file={out}",
     ]
-    done = subprocess.run(
-        [*command, str(PYTHON), "-c", WORKLOAD], env=env, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        sys.exit(f"the workload failed under valgrind:\n{done.stderr[-2000:]}")
+    _valgrind(tool, src, n, COLD_RUNS, COLD_RUNS + 1, LOOP_COLD="1")
     events: list[str] = []
     for line in out.read_text().splitlines():
         if line.startswith("events:"):
