@@ -518,14 +518,20 @@ class AgentSpec(BaseModel):
     approve: bool = False
     context_window: int | None = None
     max_new_tokens: int | None = None
+    request_timeout: float | None = None
 
     def llm(self) -> Any:
         from .cli import new_model
 
-        options = {"base_url": self.base_url, "api_key": self.api_key, "max_new_tokens": self.max_new_tokens}
+        options = {
+            "base_url": self.base_url,
+            "api_key": self.api_key,
+            "max_new_tokens": self.max_new_tokens,
+            "request_timeout": self.request_timeout,
+        }
         if self.model and self.model.startswith("scripted:"):
             return new_model(self.model, **options)  # fresh per task: each replays the whole script
-        key = (self.model, self.base_url, self.max_new_tokens)
+        key = (self.model, self.base_url, self.max_new_tokens, self.request_timeout)
         if key not in _shared_models:
             _shared_models[key] = new_model(self.model, **options)
         return _shared_models[key]
@@ -685,6 +691,7 @@ def run_cli(args: Any) -> int:
         approve=args.yes,
         context_window=getattr(args, "context_window", None),
         max_new_tokens=getattr(args, "max_new_tokens", None),
+        request_timeout=getattr(args, "request_timeout", None),
     )
     options = dict(
         concurrency=args.concurrency,

@@ -165,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, llama.cpp)",
     )
     g.add_argument("--api-key", type=api_key, help="API key for --base-url (default: $OPENAI_API_KEY)")
+    g.add_argument(
+        "--request-timeout",
+        type=SECONDS,
+        default=None,
+        help="seconds to wait for a --base-url server's reply (default 120; a CPU server reading a long prompt may need more)",
+    )
     g.add_argument("--effort", choices=["low", "medium", "high"], default=None, help="reasoning effort")
     g.add_argument(
         "--max-new-tokens",
@@ -288,6 +294,7 @@ def make_model(args: argparse.Namespace) -> Any:
         base_url=args.base_url,
         api_key=args.api_key,
         max_new_tokens=getattr(args, "max_new_tokens", None),
+        request_timeout=getattr(args, "request_timeout", None),
     )
 
 
@@ -297,13 +304,15 @@ def new_model(
     base_url: str | None = None,
     api_key: str | None = None,
     max_new_tokens: int | None = None,
+    request_timeout: float | None = None,
 ) -> Any:
     """An LLM: a server's (`base_url`), a script (`scripted:FILE`), or one loaded here."""
     if base_url:
         from .llm.openai_compat import OpenAICompatLLM
 
+        timeout = {"timeout": request_timeout} if request_timeout is not None else {}
         return OpenAICompatLLM(
-            model or "default", base_url=base_url, api_key=api_key, max_new_tokens=max_new_tokens
+            model or "default", base_url=base_url, api_key=api_key, max_new_tokens=max_new_tokens, **timeout
         )
     if model and model.startswith("scripted:"):
         return scripted_model(model)

@@ -142,8 +142,9 @@ def _cut_short(calls: list[ToolCallRequest]) -> list[ToolCallRequest]:
     arguments (a parser that closes brackets, or a server's, would still read it), so it
     is not run; the model is asked to write it again."""
     last = calls[-1]
-    if last.parse_error is not None:
+    if last.parse_error == CUT_SHORT:
         return calls
+    # Unreadable JSON too: the limit cut it, and the model is told so (not that its JSON is bad).
     raw = last.raw_arguments or (json.dumps(last.arguments) if last.arguments is not None else "")
     cut = updated(
         last,

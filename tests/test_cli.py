@@ -828,3 +828,18 @@ def test_batch_says_what_its_results_file_refuses_before_a_model_loads(tmp_path,
     out = agent("batch", "tasks.jsonl", "-o", "results/", "--model", f"scripted:{script}", cwd=tmp_path)
     assert out.returncode == 2 and "-o results/ names a folder" in out.stderr
     assert not (tmp_path / "results").exists()  # was written as a file named "results"
+
+
+def test_request_timeout_sets_how_long_a_server_may_take_to_answer(tmp_path):
+    server = _Server(hang=True)  # takes the request and never answers
+    try:
+        started = time.monotonic()
+        out = agent(
+            "run", "x", "--base-url", server.base_url, "--context-window", "4096", "--request-timeout", "0.5",
+            cwd=tmp_path,
+        )  # fmt: skip
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert out.returncode == 1 and "timed out after 0.5 s" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and took < 30  # the default would have waited 120 s

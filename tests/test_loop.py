@@ -921,6 +921,25 @@ def test_a_call_cut_off_at_the_output_limit_is_not_run(run_dir):
     assert first.error_kind == "invalid_json" and "output limit" in first.content
 
 
+def test_a_call_cut_off_mid_json_is_told_as_cut_off_not_as_bad_json(run_dir):
+    @tool(blocking=False)
+    def list_files(path: str) -> str:
+        """List files."""
+        return "a.txt"
+
+    # A server without a parser that closes brackets: the arguments are not JSON at all.
+    cut = ModelResponse(
+        tool_calls=[ToolCallRequest(name="list_files", arguments=None, raw_arguments='{"path": "sc',
+                                    parse_error="Unterminated string starting at: line 1 column 10")],
+        finish_reason="length",
+    )  # fmt: skip
+    result = Agent(ScriptedLLM([cut] * 4), tools=[list_files], run_dir=run_dir).run_sync("list")
+    told = [e.content for e in result.events if e.type == "tool_result"]
+    assert told[0] == "Your call to list_files was cut off at the output limit and was not run. Make it again, shorter."
+    # The run's reason names the limit (it said "not valid JSON (Unterminated string ...)").
+    assert result.status == "failed" and "output limit" in result.error and "Unterminated" not in result.error
+
+
 def test_a_fault_that_fails_the_run_leaves_its_traceback_in_the_debug_log(run_dir, caplog):
     def helper(response):
         return response.no_such_field  # a bug in the agent's own hook

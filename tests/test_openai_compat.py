@@ -1154,3 +1154,79 @@ async def test_a_default_reply_limit_is_sent_unless_the_request_names_one(
     server.queue(text_stream("ok"))
     await complete(make_llm(max_new_tokens=900), user().model_copy(update={"max_new_tokens": 64}))
     assert server.requests[-1]["max_tokens"] == 64
+
+
+# --------------------------------------------------------------------------- a review's reproductions
+
+
+async def test_an_error_beside_a_choice_fails_the_reply_instead_of_ending_it(
+    server: FakeServer, make_llm
+) -> None:
+    # OpenRouter's shape for a provider that fails mid-reply: the run ended "completed" with half an answer.
+    failed = {
+        "error": {"code": 502, "message": "Provider disconnected"},
+        "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+    }
+    server.queue(Reply(events=[chunk({"content": "The answer is"}), failed]))
+    with pytest.raises(LLMStreamError, match="reported an error in the stream: Provider disconnected"):
+        await collect(make_llm(), user())
+    # A finish_reason "error" alone says as much; so does a non-streamed completion.
+    server.queue(Reply(events=[chunk({"content": "Half"}), chunk(finish="error")]))
+    with pytest.raises(LLMStreamError, match="reported an error in the stream"):
+        await collect(make_llm(), user())
+    ended = [{"index": 0, "message": {"content": "x"}, "finish_reason": "error"}]
+    server.queue(Reply(json_body={**failed, "choices": ended}))
+    with pytest.raises(LLMError, match="reported an error: Provider disconnected"):
+        await collect(make_llm(stream=False), user())
+
+
+async def test_a_stream_cut_inside_its_last_event_keeps_a_finished_answer_and_retries_an_empty_one(
+    server: FakeServer, make_llm
+) -> None:
+    whole = [b'data: {"choices":[{"index":0,"delta":{"content":"Paris"}}]}\n\n',
+             b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+             b'data: {"choices":[],"usage":{"prompt_tok']  # fmt: skip
+    server.queue(Reply(raw=whole))
+    _, response = await collect(make_llm(), user())
+    assert response.content == "Paris"  # was "bad event in the stream": the answer was lost
+    # Cut before anything was said: asked again, as a stream that ends early is.
+    server.queue(Reply(raw=[b'data: {"choices":[{"index":0,"delta":{"cont']), text_stream("Lyon"))
+    _, response = await collect(make_llm(), user())
+    assert response.content == "Lyon" and len(server.requests) == 3
+
+
+async def test_retry_after_as_a_date_or_in_milliseconds_is_waited_for(server: FakeServer, make_llm) -> None:
+    import email.utils
+
+    later = email.utils.formatdate(time.time() + 2, usegmt=True)
+    server.queue(
+        Reply(status=429, headers={"Retry-After": later}, json_body={"error": {"message": "slow down"}}),
+        Reply(status=429, headers={"retry-after-ms": "300"}, json_body={"error": {"message": "slow down"}}),
+        text_stream("ok"),
+    )
+    started = time.monotonic()
+    response = await complete(make_llm(backoff=0.001), user())
+    waited = time.monotonic() - started
+    # The date is 1-2 s away (it has whole seconds) and 0.3 s more; the backoff alone is 3 ms.
+    assert response.content == "ok" and 1.2 < waited < 10, waited
+
+
+async def test_a_stray_byte_in_a_completion_does_not_lose_it(server: FakeServer, make_llm) -> None:
+    message = b'{"role":"assistant","content":"caf\xc3 ok"}'
+    body = b'{"choices":[{"index":0,"message":' + message + b',"finish_reason":"stop"}]}'
+    server.queue(Reply(raw=[body], headers={"Content-Type": "application/json"}))
+    response = await complete(make_llm(stream=False), user())
+    assert response.content == "caf\ufffd ok"  # was "the body is not JSON"
+
+
+async def test_connecting_waits_at_most_ten_seconds_and_a_read_timeout_says_how_to_wait_longer(
+    server: FakeServer, make_llm
+) -> None:
+    llm = make_llm(timeout=300.0)
+    server.queue(text_stream("ok"))
+    await complete(llm, user())
+    timeout = llm._client.timeout  # the client the first request made
+    assert (timeout.connect, timeout.read) == (10.0, 300.0)
+    server.queue(Reply(delay=1.0, events=[chunk({"content": "late"})]))
+    with pytest.raises(LLMConnectionError, match=r"timed out after 0.2 s .*--request-timeout"):
+        await complete(make_llm(timeout=0.2), user())

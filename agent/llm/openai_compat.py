@@ -24,8 +24,11 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import datetime
+import email.utils
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -48,6 +51,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 30.0
 #: Seconds the one-off context-window lookup may take; a server that is slower tells nothing.
 WINDOW_LOOKUP_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection (capped by the request's timeout)
 
 
 class LLMHTTPError(LLMError):
@@ -305,19 +309,39 @@ def _model_entry(listing: Any, model: str) -> dict[str, Any]:
     return entries[0] if len(entries) == 1 else {}
 
 
+def _failed_choice(event: dict[str, Any]) -> bool:
+    """Whether a chunk or completion ends its choice with finish_reason "error"."""
+    choices = event.get("choices")
+    return isinstance(choices, list) and any(
+        isinstance(c, dict) and c.get("finish_reason") == "error" for c in choices
+    )
+
+
 def _tokens(value: Any) -> int | None:
     """A window size as a server states it: a positive integer, or None."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
-    value = headers.get("retry-after")
-    if value is None:
-        return None
+    """How long the server asks us to wait: `retry-after-ms` (OpenAI's), or `Retry-After` in
+    seconds or as an HTTP date; None when it does not say (the normal backoff then)."""
+    seconds: float | None = None
     try:
-        seconds = float(value)
-    except ValueError:
-        return None  # an HTTP date: use the normal backoff
+        if headers.get("retry-after-ms") is not None:
+            seconds = float(headers["retry-after-ms"]) / 1000
+        elif headers.get("retry-after") is not None:
+            value = headers["retry-after"].strip()
+            try:
+                seconds = float(value)
+            except ValueError:
+                when = email.utils.parsedate_to_datetime(value)
+                if when.tzinfo is None:  # an HTTP date is GMT, whether or not it says so
+                    when = when.replace(tzinfo=datetime.UTC)
+                seconds = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+    except (ValueError, TypeError, OverflowError):  # a value that is neither: ignored
+        return None
+    if seconds is None or math.isnan(seconds):
+        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
@@ -615,7 +639,10 @@ class OpenAICompatLLM:
         loop = asyncio.get_running_loop()
         if self._client is None or self._client.is_closed or self._client_loop is not loop:
             # A client is bound to the loop that made it; a new loop needs a new one.
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=self._headers())
+            # Connecting is capped: a server that takes the request at all does so at once, and a
+            # connect timeout is retried, each time with the whole wait otherwise.
+            timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT))
+            self._client = httpx.AsyncClient(timeout=timeout, headers=self._headers())
             self._client_loop = loop
         return self._client
 
@@ -712,10 +739,17 @@ class OpenAICompatLLM:
                 "is it running, and is --base-url right?"
             )
         if isinstance(e, httpx.TimeoutException):
+            if isinstance(e, httpx.ConnectTimeout):
+                wait = min(self.timeout, CONNECT_TIMEOUT)
+                return LLMConnectionError(
+                    f"{self.name}: could not connect to {self.base_url} within {wait:g} s (ConnectTimeout)"
+                )
             return LLMConnectionError(
-                f"{self.name}: request to {self.url} timed out after {self.timeout:g} s ({type(e).__name__})"
+                f"{self.name}: request to {self.url} timed out after {self.timeout:g} s ({type(e).__name__}); "
+                "a slow server needs a longer timeout (timeout=, or --request-timeout)"
             )
-        return LLMConnectionError(f"{self.name}: request to {self.url} failed: {type(e).__name__}: {e}")
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        return LLMConnectionError(f"{self.name}: request to {self.url} failed: {why}")
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
         body = self.build_body(request)
@@ -820,7 +854,10 @@ class OpenAICompatLLM:
                     # Non-streaming, or a server that ignored `stream: true`.
                     content = b"".join([chunk async for chunk in chunks])
                     try:
-                        data = json.loads(content)
+                        try:
+                            data = json.loads(content)
+                        except UnicodeDecodeError:  # a stray byte: shown as U+FFFD, as a stream shows it
+                            data = json.loads(content.decode("utf-8", "replace"))
                     except ValueError:
                         raise _BadReply(f"the body is not JSON: {content[:200]!r}") from None
                     final = self._from_message(data, request)
@@ -860,9 +897,22 @@ class OpenAICompatLLM:
             calls=request.may_call, hold_json=False, in_thinking=self._prompt_opens_thinking
         )
 
-        def events_from(line: str) -> list[dict[str, Any]]:
-            """Feed one line; return the events it completes (usually 0 or 1)."""
+        def events_from(line: str | None) -> list[dict[str, Any]]:
+            """Feed one line (None: the body ended); return the events it completes (usually 0 or 1)."""
             nonlocal done
+            if line is None:  # the end of the body: a last event with no blank line after it
+                if not pending:
+                    return []
+                text = "\n".join(pending)
+                pending.clear()
+                try:
+                    return [json.loads(text)]
+                except ValueError:  # cut off: the stream broke off inside it
+                    if acc.finish_reason is not None:  # after the answer ended (a usage event): kept
+                        return []
+                    raise _Retry(
+                        LLMStreamError(f"{self.name}: the stream from {self.url} broke off inside an event")
+                    ) from None
             if not line:
                 if not pending:
                     return []
@@ -893,7 +943,7 @@ class OpenAICompatLLM:
                     f"{self.name}: bad event in the stream from {self.url}: {text[:200]!r}"
                 ) from e
 
-        async def lines() -> AsyncIterator[str]:
+        async def lines() -> AsyncIterator[str | None]:
             try:
                 source = chunks if chunks is not None else response.aiter_bytes()
                 async with contextlib.aclosing(sse_lines(source)) as stream_lines:
@@ -903,15 +953,17 @@ class OpenAICompatLLM:
                 # Some servers drop the connection once the answer is complete, without [DONE].
                 if acc.finish_reason is None:
                     raise
-            yield ""  # flush a last event that has no blank line after it
+            yield None  # the body ended: a last event without a blank line after it is flushed
 
         async with contextlib.aclosing(lines()) as stream_lines:
             async for line in stream_lines:
                 for event in events_from(line):
                     if not isinstance(event, dict):
                         continue
-                    if ("error" in event or event.get("object") == "error") and not event.get("choices"):
-                        raise self._stream_error(event)  # older vLLM sends the error object itself
+                    # Older vLLM sends the error object itself; OpenRouter an error beside a choice
+                    # that ends with finish_reason "error" (its provider failed mid-reply).
+                    if event.get("error") or event.get("object") == "error" or _failed_choice(event):
+                        raise self._stream_error(event)
                     if event.get("usage"):
                         acc.usage = _usage(event["usage"])
                     for i, choice in enumerate(_array(event.get("choices"), "choices")):
@@ -986,7 +1038,7 @@ class OpenAICompatLLM:
         return LLMStreamError(message)
 
     def _from_message(self, data: Any, request: LLMRequest) -> ModelResponse:
-        if isinstance(data, dict) and "error" in data and not data.get("choices"):
+        if isinstance(data, dict) and (data.get("error") or _failed_choice(data)):
             raise LLMError(f"{self.name}: the server at {self.url} reported an error: {_error_message(data)}")
         choices = _array(data.get("choices"), "choices") if isinstance(data, dict) else None
         if not choices:
