@@ -93,7 +93,16 @@ class Bus:
         if judge and self._interceptors:
             for interceptor in self._interceptors:
                 verdict = await interceptor(event)
-                if verdict is None or verdict.action == "allow":
+                if verdict is None:
+                    continue
+                if not isinstance(verdict, Decision):  # a guard.Verdict, "block", ...: not taken as allow
+                    name = getattr(interceptor, "__qualname__", type(interceptor).__name__)
+                    raise TypeError(
+                        f"the interceptor {name} returned {type(verdict).__name__} for a {event.type} event; "
+                        "an interceptor returns a Decision (Decision.block(...), ...) or None "
+                        "(a guard written to return a Verdict goes in guards=[...] as it is)"
+                    )
+                if verdict.action == "allow":
                     continue
                 if verdict.action == "rewrite":
                     event = verdict.event  # type: ignore[assignment]

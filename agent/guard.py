@@ -43,6 +43,19 @@ _STAGE_OF_TYPE: dict[str, Stage] = {
 }
 
 
+def approval_of(answer: Any) -> tuple[bool, str]:
+    """An approver's answer: whether it approves, and a note when it was not a bool.
+
+    Only `True` approves. A refusal written as text ("no", "deny") is truthy, and a
+    call that needs a person's yes must not run on one.
+    """
+    if answer is True:
+        return True, ""
+    if answer is False or answer is None:
+        return False, ""
+    return False, f"the approver answered {answer!r:.60} ({type(answer).__name__}), not True or False: refused"
+
+
 def stage_of(event: Event | Any) -> Stage | None:
     """The stage an event belongs to, or None for events no guard judges."""
     return _STAGE_OF_TYPE.get(getattr(event, "type", ""))

@@ -42,6 +42,7 @@ from .events import (
     ToolResult,
     UserMessage,
 )
+from .guard import approval_of
 from .llm.base import LLMRequest
 from .runlog import RunLog
 from .state import RunState
@@ -970,7 +971,17 @@ class Run:
                 await self._tool_result(call_id, name, f"Blocked: {decision.feedback}", step, error="blocked")
                 return
             if decision.action == "rewrite":
-                arguments = decision.event.arguments  # type: ignore[union-attr]
+                rewritten = decision.event
+                if rewritten.name != name or rewritten.call_id != call_id:  # type: ignore[union-attr]
+                    # The call that was judged is the one that would run: a guard changes its
+                    # arguments, never which tool it calls.
+                    text = (
+                        f"Blocked: a guard rewrote this call to {rewritten.name!r} "  # type: ignore[union-attr]
+                        "(a guard may change a call's arguments, not its tool or id)"
+                    )
+                    await self._tool_result(call_id, name, text, step, error="blocked")
+                    return
+                arguments = rewritten.arguments  # type: ignore[union-attr]
                 try:
                     p.args = tool.validate(arguments)
                 except ValidationError as e:
@@ -1042,8 +1053,8 @@ class Run:
         else:
             try:
                 answer = approver(request)
-                approved = bool(await answer if inspect.isawaitable(answer) else answer)
-                by, note = "approver", ""
+                approved, note = approval_of(await answer if inspect.isawaitable(answer) else answer)
+                by = "approver"
                 refusal = f"The user refused to run {name}.{after}"
             except Exception as e:  # an approver that fails has not approved: the call is refused
                 approved, by, note = False, "policy", f"the approver failed: {type(e).__name__}: {e}"

@@ -38,9 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from agent.bus import Bus, Decision, Interceptor
 from agent.events import ApprovalGiven, ApprovalRequested, GuardVerdict
-from agent.guard import Guard, Stage, Verdict, stage_of
+from agent.guard import Guard, Stage, Verdict, approval_of, stage_of
 from agent.loop import FINAL_ANSWER
 
 from ._text import with_content
@@ -238,7 +240,9 @@ class GuardPipeline:
         try:
             async with asyncio.timeout(limit):
                 verdict = await guard.check(event, stage)
-        except Exception as e:  # a broken or slow guard: fail as the policy says
+            if verdict is not None:
+                _check_verdict(verdict, event)
+        except Exception as e:  # a broken or slow guard, or no verdict: fail as the policy says
             what = (
                 f"timed out after {limit:g} s"
                 if isinstance(e, TimeoutError)
@@ -375,6 +379,23 @@ class GuardPipeline:
         return Outcome(stage, action, final, current, feedback, time.perf_counter() - started)
 
 
+def _check_verdict(verdict: Any, event: Any) -> None:
+    """Refuse what is no usable verdict: another type, or a redaction without content or
+    with content the event cannot hold (its log line could not be read back)."""
+    if not isinstance(verdict, Verdict):
+        raise TypeError(f"it returned {type(verdict).__name__}, not a guard.Verdict (or None)")
+    if verdict.action != "redact":
+        return
+    if verdict.content is None:
+        raise ValueError("it asked to redact without giving the redacted content")
+    try:
+        redacted = with_content(event, verdict.content)
+        type(event).model_validate(dict(redacted.__dict__))  # its values, not a dump (which warns)
+    except (ValidationError, TypeError, ValueError) as e:
+        problem = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+        raise ValueError(f"its redacted content does not fit a {event.type} event ({problem})") from None
+
+
 def _applies(guard: Any, stage: str) -> bool:
     applies = getattr(guard, "applies", None)
     return True if applies is None else bool(applies(stage))
@@ -431,6 +452,7 @@ class _Binding:
         return None
 
     async def _ask(self, event: Any, outcome: Outcome, reason: str) -> bool:
+        event = outcome.event  # as the guards left it: a redacted secret is not shown (nor logged) here
         request = ApprovalRequested(
             call_id=getattr(event, "call_id", "") or "",
             name=getattr(event, "name", "") or (outcome.stage or ""),
@@ -445,8 +467,8 @@ class _Binding:
         else:
             try:
                 answer = self.approver(request)
-                approved = bool(await answer if inspect.isawaitable(answer) else answer)
-                by, note = "approver", ""
+                approved, note = approval_of(await answer if inspect.isawaitable(answer) else answer)
+                by = "approver"
             except Exception as e:  # an approver that breaks refuses
                 log.warning("approver failed: %s", e)
                 approved, by, note = False, "approver", f"approver failed: {type(e).__name__}: {e}"

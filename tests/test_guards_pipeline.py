@@ -832,3 +832,109 @@ def test_a_refused_memory_write_is_one_block_and_the_model_reads_why(run_dir):
     [saved] = [e for e in result.events if e.type == "tool_result"]
     assert saved.error_kind == "blocked" and "Memory write refused" in saved.content
     assert notes.count() == 0
+
+
+# -- a review's reproductions: answers and verdicts that are not what they seem --------------------
+
+
+@pytest.mark.parametrize("answer", ["no", "deny", 1, "yes"])
+def test_only_true_approves_a_call(tmp_path, run_dir, answer):
+    ran = []
+    gated = deploy_tool(ran)
+    gated.needs_approval = True
+    # Through the agent's own gate, and through a policy's [approval] list.
+    for guards in (None, [GuardPipeline.from_policy(policy_file(tmp_path, ASK_POLICY))]):
+        llm = ScriptedLLM([call("deploy", target="prod"), "done"])
+        result = Agent(llm, tools=[gated], guards=guards, approver=lambda r: answer, run_dir=run_dir).run_sync("x")
+        given = [e for e in result.events if e.type == "approval_given"]
+        assert ran == [] and given and not given[0].approved, (guards, answer)
+        assert "not True or False: refused" in given[0].note
+
+
+def test_a_rewrite_cannot_turn_a_call_into_another_tool(run_dir):
+    from agent import Decision
+
+    ran = []
+
+    @tool(effects={"writes"})
+    def delete_file(path: str) -> str:
+        """Delete a file."""
+        ran.append(("delete", path))
+        return "deleted"
+
+    @tool
+    def read_file(path: str) -> str:
+        """Read a file."""
+        ran.append(("read", path))
+        return "text"
+
+    async def rename(event):
+        if event.type == "tool_call" and event.name == "delete_file":
+            return Decision.rewrite(event.model_copy(update={"name": "read_file"}))
+        return None
+
+    llm = ScriptedLLM([call("delete_file", path="db.sqlite"), "done"])
+    result = Agent(llm, tools=[delete_file, read_file], guards=[rename], run_dir=run_dir).run_sync("x")
+    assert ran == []  # delete_file ran, while the log said read_file
+    blocked = next(e for e in result.events if e.type == "tool_result")
+    assert blocked.error_kind == "blocked" and "not its tool" in blocked.content
+
+
+def test_an_interceptor_that_returns_no_decision_fails_the_run_saying_so(run_dir):
+    ran = []
+
+    async def confused(event):  # a guard's Verdict from a plain interceptor: it was taken as allow
+        return Verdict(action="ask") if event.type == "tool_call" else None
+
+    llm = ScriptedLLM([call("deploy", target="prod"), "done"])
+    result = Agent(llm, tools=[deploy_tool(ran)], guards=[confused], run_dir=run_dir).run_sync("x")
+    assert ran == [] and result.status == "failed"
+    assert "interceptor" in result.error and "returned Verdict" in result.error and "Decision" in result.error
+
+
+def test_the_approval_request_shows_the_arguments_as_redacted(tmp_path, run_dir):
+    ran = []
+    policy = ASK_POLICY + '[stages.tool_call]\nrules = ["secrets"]\n'
+    pipeline = GuardPipeline.from_policy(policy_file(tmp_path, policy))
+    llm = ScriptedLLM([call("deploy", target=f"prod --token {SECRET}"), "done"])
+    agent = Agent(llm, tools=[deploy_tool(ran)], guards=[pipeline], approver=lambda r: True, run_dir=run_dir)
+    result = agent.run_sync("x")
+    asked = next(e for e in result.events if e.type == "approval_requested")
+    assert SECRET not in str(asked.arguments) and ran and SECRET not in ran[0]
+
+
+class Says:
+    """A guard that answers tool calls with a fixed verdict (or anything else)."""
+
+    name = "says"
+
+    def __init__(self, verdict):
+        self.verdict = verdict
+
+    def applies(self, stage):
+        return stage == "tool_call"
+
+    async def check(self, event, stage):
+        return self.verdict
+
+
+@pytest.mark.parametrize(
+    "verdict, why",
+    [
+        (Verdict(action="redact"), "redact without giving the redacted content"),
+        (Verdict(action="redact", content="[REDACTED]"), "does not fit a tool_call event"),
+        ("block", "returned str, not a guard.Verdict"),
+    ],
+)
+def test_a_verdict_that_is_no_verdict_is_a_guard_failure(run_dir, verdict, why):
+    ran = []
+    pipeline = GuardPipeline(guards=[Says(verdict)], rules=False, classifier=False)
+    llm = ScriptedLLM([call("deploy", target="prod"), "done"])
+    result = Agent(llm, tools=[deploy_tool(ran)], guards=[pipeline], run_dir=run_dir).run_sync("x")
+    # A tool call fails closed: the call is not run, the run goes on, and the log reads back.
+    assert ran == [] and result.status == "completed"
+    verdict_event = next(e for e in result.events if e.type == "guard_verdict")
+    assert verdict_event.category == "guard_error" and why in verdict_event.rationale
+    from agent import read_events
+
+    assert [e.type for e in read_events(result.log_path)] == [e.type for e in result.events]
