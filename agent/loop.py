@@ -290,6 +290,10 @@ class Run:
     # session's steps and tokens before it (its episode counts its own).
     _turn: int | None = None
     _turn_start: tuple[int, Usage] | None = None
+    # What guards said to events tools emitted (see emit_for): the calls one was refused
+    # in, and a halt, which ends the run once the turn's calls are done.
+    _refused_in: frozenset[str] = frozenset()
+    _halt: str | None = None
 
     def __init__(
         self,
@@ -316,6 +320,21 @@ class Run:
         self._should_stop, self._act, self._observe = _hooks(agent)
         self._answers_written: dict[str, ToolCallRequest] = {}  # final_answer calls before a guard's rewrite
         bus.subscribe(self.state.apply, is_async=False)
+
+    def emit_for(self, call_id: str) -> Callable[[Any], Awaitable[Decision]]:
+        """How a tool (or the run's own recall, call id "") puts an event on the bus: as
+        `bus.emit`, noting a refusal (its ToolBlocked is then the runtime's own text) and a
+        halt (the run stops after this turn's calls)."""
+
+        async def emit(event: Any) -> Decision:
+            decision = await self.bus.emit(event)
+            if decision is not _ALLOW and decision.action in _REFUSED:
+                self._refused_in = self._refused_in | {call_id}
+                if decision.action == "halt" and self._halt is None:
+                    self._halt = decision.feedback or "halted by a guard"
+            return decision
+
+        return emit
 
     # -- public control -------------------------------------------------
 
@@ -434,12 +453,14 @@ class Run:
         from memory.episodic import format_lessons, recall_for_run
 
         try:
-            lessons = await recall_for_run(self.agent.episodic, task, self.bus.emit, step=0)
+            lessons = await recall_for_run(self.agent.episodic, task, self.emit_for(""), step=0)
         except Exception as e:  # a damaged store: the run goes on without lessons, and the log says why
             await self.bus.deliver(
                 Error(kind="memory", message=f"could not recall past episodes: {e}", step=0)
             )
             return
+        if self._halt is not None:  # a guard halted the recall: the run does not begin
+            raise _Stop("halted", self._halt)
         if lessons:
             await self.bus.emit(Feedback(content=format_lessons(lessons), reason="recall"), judge=False)
 
@@ -839,13 +860,17 @@ class Run:
         else:
             for p in ready:
                 await self._execute(p, step)
+                if self._halt is not None:  # a guard halted what the tool emitted: nothing more runs
+                    break
+        if self._halt is not None:
+            raise _Stop("halted", self._halt)
         failed = self.state.tool_errors > errors_before
         self._errors_in_row = self._errors_in_row + 1 if failed else 0
         if self._errors_in_row >= 2:
             self._effort_boost = True
         if final is not None:
             call, args = final
-            await self._tool_result(call.id, FINAL_ANSWER, "Final answer received.", step, error=None)
+            await self._tool_result(call.id, FINAL_ANSWER, "Final answer received.", step, error=None, judge=False)
             if isinstance(args, dict):  # a redacted answer its schema no longer holds
                 await self._final(json.dumps(args, ensure_ascii=False), args, step)
             elif self.agent.answer_schema is not None:
@@ -944,7 +969,7 @@ class Run:
         if used == budget:  # the next try is the last: backends constrain a required call to the schemas
             self._constrain_next = True
         if call_id is not None:
-            await self._tool_result(call_id, budget_key, message, step, error=kind)
+            await self._tool_result(call_id, budget_key, message, step, error=kind, judge=False)
         else:
             await self.bus.emit(Feedback(content=message, reason=kind, step=step), judge=False)
         if used > budget:
@@ -968,7 +993,9 @@ class Run:
             if decision.action == "halt":
                 raise _Stop("halted", decision.feedback or "halted by a guard")
             if decision.action == "block":
-                await self._tool_result(call_id, name, f"Blocked: {decision.feedback}", step, error="blocked")
+                await self._tool_result(
+                    call_id, name, f"Blocked: {decision.feedback}", step, error="blocked", judge=False
+                )
                 return
             if decision.action == "rewrite":
                 rewritten = decision.event
@@ -979,7 +1006,7 @@ class Run:
                         f"Blocked: a guard rewrote this call to {rewritten.name!r} "  # type: ignore[union-attr]
                         "(a guard may change a call's arguments, not its tool or id)"
                     )
-                    await self._tool_result(call_id, name, text, step, error="blocked")
+                    await self._tool_result(call_id, name, text, step, error="blocked", judge=False)
                     return
                 arguments = rewritten.arguments  # type: ignore[union-attr]
                 try:
@@ -988,12 +1015,12 @@ class Run:
                     # A redaction the argument's type does not allow: the call cannot run.
                     why = "; ".join(line[2:] for line in format_validation_error(name, e).splitlines()[1:-1])
                     text = f"Blocked: a guard changed the arguments (a redacted secret?) and they are no longer valid: {why}"
-                    await self._tool_result(call_id, name, text, step, error="blocked")
+                    await self._tool_result(call_id, name, text, step, error="blocked", judge=False)
                     return
         if tool.needs_approval:
             refusal = await self._refusal(call_id, name, arguments, step)
             if refusal is not None:
-                await self._tool_result(call_id, name, refusal, step, error="refused")
+                await self._tool_result(call_id, name, refusal, step, error="refused", judge=False)
                 return
         started = time.monotonic()
         timeout = tool.timeout
@@ -1022,8 +1049,12 @@ class Run:
             await self._tool_result(call_id, name, text, step, error="timeout", started=started)
             return
         except ToolError as e:
+            refused = isinstance(e, ToolBlocked) and call_id in self._refused_in
             kind: ToolErrorKind = "blocked" if isinstance(e, ToolBlocked) else "exception"
-            await self._tool_result(call_id, name, f"Error: {e}", step, error=kind, started=started)
+            # A ToolBlocked after a guard refused the tool's event carries the guard's words;
+            # any other is the tool's own text, judged as its output is.
+            text = f"Error: {e}"
+            await self._tool_result(call_id, name, text, step, error=kind, started=started, judge=not refused)
             return
         except Exception as e:  # the tool's own bug: the model sees it, the run goes on
             text = f"Tool '{name}' raised {type(e).__name__}: {e}"
@@ -1071,7 +1102,11 @@ class Run:
         *,
         error: ToolErrorKind | None,
         started: float | None = None,
+        judge: bool = True,
     ) -> None:
+        """Record a call's result. `judge=False` for a text the runtime wrote itself (a call
+        blocked, refused or malformed): nothing of a tool's in it for the guards to judge. A
+        tool's own words (its output, its error, a ToolBlocked it raised) are judged."""
         if error is not None:  # an exception's text, as capped and cleaned as any result
             content = model_text(content, self._output_limit)
         result = trusted(
@@ -1090,7 +1125,7 @@ class Run:
                 result = await result
             if type(result) is not ToolResult:
                 result = _hooked(result, ToolResult, "observe", self.agent)
-        decision = self.bus.emit_now(result) or await self.bus.emit(result)
+        decision = self.bus.emit_now(result, judge=judge) or await self.bus.emit(result, judge=judge)
         if decision is _ALLOW:
             return
         if decision.action == "halt":
@@ -1114,6 +1149,7 @@ class Run:
             "safe to repeat; check whether it took effect before calling it again.",
             step,
             error="interrupted",
+            judge=False,
         )
 
     # -- plan, reflect, loops ---------------------------------------------

@@ -35,9 +35,10 @@ class ToolError(Exception):
 
 
 class ToolBlocked(ToolError):
-    """Raise inside a tool when a guard refused what it was to do (an event it emitted,
-    such as a memory write): the result is the runtime's own (`error_kind` "blocked"),
-    which the guards do not judge again."""
+    """Raise inside a tool when a guard refused what it was to do (an event it emitted
+    through `tool_context().emit`, such as a memory write): the result has `error_kind`
+    "blocked", and is not judged again when a guard did refuse an event of this call.
+    Raised without such a refusal, its text is judged as any output of the tool."""
 
 
 @dataclass
@@ -66,7 +67,7 @@ def tool_context() -> ToolContext | None:
     if current is None:
         return None
     run, step, call_id = current
-    return ToolContext(run.run_id, step, call_id, run.agent.workspace, run.bus.emit)
+    return ToolContext(run.run_id, step, call_id, run.agent.workspace, run.emit_for(call_id))
 
 
 class Tool(ABC):

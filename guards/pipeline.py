@@ -52,11 +52,11 @@ log = logging.getLogger("guards")
 
 Approver = Callable[[ApprovalRequested], "bool | Awaitable[bool]"]
 _SEVERITY = {"allow": 0, "redact": 1, "ask": 2, "block": 3, "halt": 4}
-# Tool results the runtime writes itself (a blocked or refused call, a malformed
-# one): no tool output in them, nothing to judge.
-RUNTIME_RESULTS = frozenset(
-    {"blocked", "refused", "invalid_json", "invalid_arguments", "unknown_tool", "interrupted"}
-)
+# Tool results the runtime writes itself (a refused call, a malformed one): no tool
+# output in them, nothing to judge. The loop sends them unjudged; this is for a caller
+# of `evaluate` with a log's events. Not "blocked": a tool may raise ToolBlocked with
+# text of its own (a secret, an injection), which is judged as any output.
+RUNTIME_RESULTS = frozenset({"refused", "invalid_json", "invalid_arguments", "unknown_tool", "interrupted"})
 
 
 def _runtime_result(event: Any) -> bool:
