@@ -44,6 +44,7 @@ def _number(kind: type, low: float, *, above: bool = False) -> Any:
 
 
 POSITIVE, SECONDS = _number(int, 1), _number(float, 0, above=True)
+MIN_PROMPT_TOKENS = 128  # what a context budget needs left for the prompt (memory.context)
 
 
 def base_url(text: str) -> str:
@@ -289,13 +290,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_model(args: argparse.Namespace) -> Any:
     """The LLM the flags ask for."""
-    return new_model(
+    limit = getattr(args, "max_new_tokens", None)
+    llm = new_model(
         args.model,
         base_url=args.base_url,
         api_key=args.api_key,
-        max_new_tokens=getattr(args, "max_new_tokens", None),
+        max_new_tokens=limit,
         request_timeout=getattr(args, "request_timeout", None),
     )
+    if limit is not None and not args.base_url:  # a loaded model knows its window (a server is asked later)
+        check_reply_limit(llm, limit)
+    return llm
+
+
+def check_reply_limit(llm: Any, limit: int) -> None:
+    """Refuse a --max-new-tokens that leaves a loaded model's window no room for a prompt
+    (the run would fail at its first model call, with the context budget's ValueError)."""
+    from memory.context import model_context_window
+
+    window = model_context_window(llm)
+    if window is not None and limit > window - MIN_PROMPT_TOKENS:
+        raise AgentError(
+            f"--max-new-tokens {limit} leaves no room for a prompt in the model's window of {window} "
+            f"tokens; give at most {window - MIN_PROMPT_TOKENS}"
+        )
 
 
 def new_model(

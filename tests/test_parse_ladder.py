@@ -676,3 +676,20 @@ def test_python_is_read_again_when_the_interpreter_s_ast_race_failed_the_read(mo
     failures[:] = [SystemError("AST constructor recursion depth mismatch")] * 2
     with pytest.raises(SystemError):  # twice in a row: not hidden
         pysyntax.parse("x = 1")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<tool_call>" + "[" * 1000 + "</tool_call>",  # about 500 tokens of a small model's reply
+        '<tool_call>{"name": "f", "arguments": ' + '{"a":' * 5000 + "</tool_call>",
+        "[TOOL_CALLS]" + "[" * 3000,
+        '<|python_tag|>{"name": "f", "parameters": ' + "[" * 3000,
+    ],
+)
+def test_a_call_nested_past_the_recursion_limit_is_unreadable_not_a_crash(text):
+    from agent.llm.parse import parse_output, parse_text_only
+
+    parsed = parse_output(text)  # raised RecursionError
+    assert all(c.parse_error for c in parsed.tool_calls)
+    parse_text_only(text)

@@ -225,6 +225,65 @@ def test_conversion_cache_is_written_and_reloads(llm, agent_cache):
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
 
+def test_a_damaged_model_is_one_clear_error(llm, agent_cache, tmp_path):
+    import shutil
+
+    from agent.llm.base import ModelNotFoundError
+    from agent.llm.default_model import find_default_gguf
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AGENT_CACHE_DIR", str(agent_cache))
+        converted = default_model_dir()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(converted, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])  # a download that stopped early
+    with pytest.raises(ModelNotFoundError, match=r"could not load model .*damaged.*: SafetensorError"):
+        TransformersLLM(damaged).load()
+    gguf = tmp_path / "cut.gguf"
+    with open(find_default_gguf(), "rb") as f:
+        gguf.write_bytes(f.read(200_000))
+    with pytest.raises(ModelNotFoundError, match=r"could not load model .*cut.gguf"):
+        TransformersLLM(gguf).load()
+
+
+async def test_a_reply_cut_inside_a_character_does_not_end_in_a_replacement_character(llm):
+    # "日本語" takes several tokens a character: a limit of 5 stops inside one.
+    deltas, response = await collect(llm, ask("Repeat exactly: 日本語です", max_new_tokens=5))
+    assert response.content and not response.content.endswith("\ufffd"), response.content
+    assert "".join(d.content for d in deltas) == response.content
+
+
+async def test_a_temperature_too_low_to_sample_with_is_greedy(llm):
+    greedy = await complete(llm, ask("Say hi.", max_new_tokens=4, temperature=0.0))
+    tiny = await complete(llm, ask("Say hi.", max_new_tokens=4, temperature=1e-50))  # was inf/nan
+    assert tiny.content == greedy.content
+
+
+def test_a_reply_limit_that_leaves_no_room_for_a_prompt_is_a_usage_error(llm):
+    from agent.cli import check_reply_limit
+    from agent.errors import AgentError
+
+    check_reply_limit(llm, 8064)  # 128 tokens left for the prompt: enough for a context budget
+    with pytest.raises(AgentError, match="--max-new-tokens 100000 leaves no room .* window of 8192 tokens; give at most 8064"):
+        check_reply_limit(llm, 100_000)
+
+
+def test_settings_no_reply_could_use_are_refused_when_the_backend_is_made():
+    for bad in (0, -3, None, 2.5, True):
+        with pytest.raises(ValueError, match="max_new_tokens must be a whole number"):
+            TransformersLLM(max_new_tokens=bad)
+    with pytest.raises(ValueError, match="temperature must be a number of 0 or more"):
+        TransformersLLM(temperature=-1)
+
+
+def test_a_required_call_to_a_tool_without_a_name_is_no_constraint():
+    from agent.llm.constrain import ConstraintUnavailable, tool_call_schema
+
+    with pytest.raises(ConstraintUnavailable, match="has no name"):  # was KeyError 'name', retried
+        tool_call_schema([{"type": "function", "function": {"description": "x"}}])
+
+
 # --------------------------------------------------------------------------- no model needed
 
 

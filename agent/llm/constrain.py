@@ -243,6 +243,8 @@ def tool_call_schema(tools: Sequence[dict[str, Any]], *, strict: bool = True) ->
     defs: dict[str, Any] = {}
     for index, tool in enumerate(tools):
         fn = tool_function(tool)
+        if not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise ConstraintUnavailable(f"tool {index} has no name to constrain a call to")
         params = copy.deepcopy(fn.get("parameters") or {"type": "object", "properties": {}})
         local = {**params.pop("definitions", {}), **params.pop("$defs", {})}
         prefix = f"t{index}_"

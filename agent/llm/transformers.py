@@ -55,6 +55,7 @@ END_OF_TURN_TOKENS = (
 )
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+MIN_TEMPERATURE = 1e-5  # a temperature below it samples as greedy decoding does (logits / t overflow)
 
 
 def usable_cores() -> int:
@@ -310,7 +311,9 @@ class _RequestStreamer:
         if not self.stopped_by_string and self.read_offset < len(self.ids):
             prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
             full = self._decode(self.ids[self.prefix_offset :])
-            self._add_text(full[len(prefix) :])
+            # Tokens held back because they end inside a character: a reply cut at its limit
+            # there leaves that character's first bytes, which decode to U+FFFD. Dropped.
+            self._add_text(full[len(prefix) :].rstrip("\ufffd"))
             self.read_offset = len(self.ids)
         if not self.stopped_by_string and self.sent < len(self.text):
             self.emit(self.text[self.sent :])
@@ -409,6 +412,10 @@ class TransformersLLM:
         self.model_ref = model
         self.device = device
         self.dtype = dtype
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a whole number of at least 1, not {max_new_tokens!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+            raise ValueError(f"temperature must be a number of 0 or more, not {temperature!r}")
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.threads = max(1, threads) if threads else usable_cores()
@@ -492,16 +499,20 @@ class TransformersLLM:
             with gguf_loading_speedups() if gguf_file else contextlib.nullcontext():
                 tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
                 model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **model_kwargs)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # a missing, corrupt or unsupported model: one clear error, not a traceback
             if isinstance(source, str) and not Path(source).exists():
                 raise ModelNotFoundError(
                     f"model {source!r} is not a local path and is not in the Hugging Face cache "
                     f"(models load offline); download it first, e.g. `hf download {source}`"
                 ) from e
-            # Name the file the user gave (not its folder), and only the first line of the reason.
+            # Name the file the user gave (not its folder), and the reason's first line (and the
+            # next when the first only announces it: "... from one of:").
             shown = Path(source) / gguf_file if gguf_file else source
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelNotFoundError(f"could not load model {str(shown)!r}: {reason}") from e
+            lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+            reason = " ".join(lines[:2] if lines and lines[0].endswith(":") else lines[:1])
+            if not isinstance(e, (OSError, ValueError)):
+                reason = f"{type(e).__name__}: {reason}" if reason else type(e).__name__
+            raise ModelNotFoundError(f"could not load model {str(shown)!r}: {reason or type(e).__name__}") from e
         finally:
             if bars:
                 transformers.utils.logging.enable_progress_bar()
@@ -611,6 +622,8 @@ class TransformersLLM:
         else:
             prompt, max_new = self._prompt_and_limit(request)
         temperature = self.temperature if request.temperature is None else request.temperature
+        if temperature < MIN_TEMPERATURE:  # logits / 1e-50 overflow: so low a temperature is greedy
+            temperature = 0.0
 
         loop = asyncio.get_running_loop()
         opened_thinking = prompt.rstrip().endswith(THINK_OPEN)

@@ -55,7 +55,7 @@ def json_end(text: str, pos: int) -> int:
         return -1
     try:
         return _scan_json(text, pos)[1]
-    except (StopIteration, ValueError):
+    except (StopIteration, ValueError, RecursionError):  # RecursionError: thousands of brackets
         return -1
 
 

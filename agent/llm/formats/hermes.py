@@ -68,7 +68,7 @@ def single_call(text: str) -> ParsedOutput | None:
         return None
     try:  # the C scanner itself: json.loads wraps it in three Python calls and two regex matches
         obj, end = _scan_json(body, 0)
-    except (StopIteration, ValueError):  # the ladder repairs what it can and words the error
+    except (StopIteration, ValueError, RecursionError):  # the ladder repairs what it can and words the error
         return None
     if end != len(body):
         return None

@@ -127,11 +127,11 @@ def loads_lenient(text: str) -> Any:
     """
     text = unfence(text)
     try:
-        return json.loads(text)
+        return _loads(text)
     except json.JSONDecodeError as first_error:
         error = first_error
     try:
-        return json.loads(text, strict=False)  # raw newlines or tabs inside strings
+        return _loads(text, strict=False)  # raw newlines or tabs inside strings
     except json.JSONDecodeError:
         pass
     repaired = repair_json(text)
@@ -140,10 +140,19 @@ def loads_lenient(text: str) -> Any:
         after = _COMMENTS.sub("", after)  # a comment after the value is no extra data
         if not after.strip() or _CLOSERS_ONLY.fullmatch(after):
             try:
-                return json.loads(value, strict=False)
+                return _loads(value, strict=False)
             except json.JSONDecodeError:
                 pass
     raise error
+
+
+def _loads(text: str, *, strict: bool = True) -> Any:
+    """`json.loads`, with a value nested past the interpreter's recursion limit (a model
+    that writes a thousand "[") as a decoding error like any other."""
+    try:
+        return json.loads(text, strict=strict)
+    except RecursionError:
+        raise json.JSONDecodeError("the value is nested too deeply to read", text, 0) from None
 
 
 # --------------------------------------------------------------------------- scanning
