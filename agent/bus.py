@@ -54,6 +54,8 @@ Interceptor = Callable[[Event], Awaitable[Decision | None]]
 class Bus:
     """Delivers events in order; lets interceptors judge them first."""
 
+    _held: list[Event] | None = None  # while holding (see hold): what was delivered meanwhile
+
     def __init__(self, run_id: str = "", *, first_seq: int = 0) -> None:
         self.run_id = run_id
         self._seq = first_seq
@@ -83,6 +85,11 @@ class Bus:
     def intercept(self, fn: Interceptor) -> None:
         self._interceptors.append(fn)
 
+    @property
+    def judging(self) -> bool:
+        """Whether any interceptor judges the events emitted."""
+        return bool(self._interceptors)
+
     async def emit(self, event: Event, *, judge: bool = True) -> Decision:
         """Judge `event`, then deliver it (or its rewrite) unless blocked.
 
@@ -91,6 +98,20 @@ class Bus:
         """
         decision = _ALLOW
         if judge and self._interceptors:
+            decision = await self.judge(event)
+            if decision.action in ("block", "halt"):
+                return decision
+            if decision.action == "rewrite":
+                event = decision.event  # type: ignore[assignment]
+        await self.deliver(event)
+        return decision
+
+    async def judge(self, event: Event) -> Decision:
+        """What the interceptors make of `event`, without delivering it: allow, a refusal,
+        or a rewrite (its `event` the rewritten one). What they record (their verdicts)
+        is delivered as they go."""
+        decision = _ALLOW
+        if self._interceptors:
             for interceptor in self._interceptors:
                 verdict = await interceptor(event)
                 if verdict is None:
@@ -109,8 +130,19 @@ class Bus:
                     decision = verdict
                     continue
                 return verdict
-        await self.deliver(event)
         return decision
+
+    def hold(self) -> None:
+        """Keep what is delivered from now on until `release`: the events a judgement
+        records, which must follow an event not yet delivered (a run's run_started)."""
+        self._held = []
+        self._busy = True  # emit_now defers to deliver, which holds
+
+    def release(self) -> list[Event]:
+        """Stop holding; the events held, in order, for the caller to deliver."""
+        held, self._held = self._held or [], None
+        self._busy = False
+        return held
 
     def emit_now(self, event: Event, *, judge: bool = True) -> Decision | None:
         """`emit` without a coroutine when nothing in it would wait: no
@@ -133,6 +165,9 @@ class Bus:
     async def deliver(self, event: Event) -> None:
         """Number `event` and hand it to every subscriber, in order."""
         if self.emit_now(event, judge=False) is not None:  # nothing to wait for
+            return
+        if self._held is not None:
+            self._held.append(event)
             return
         lock = self._lock
         if lock is None:

@@ -438,13 +438,31 @@ class Run:
             workspace=os.path.abspath(agent.workspace) if agent.workspace is not None else None,
         )
         bus = self.bus
-        bus.emit_now(started, judge=False) or await bus.emit(started, judge=False)
         message = trusted(UserMessage, content=task)
-        decision = bus.emit_now(message) or await bus.emit(message)
-        if decision is not _ALLOW and decision.action in _REFUSED:
-            raise _Stop("halted", decision.feedback or "the task was refused by a guard")
+        if not bus.judging:
+            bus.emit_now(started, judge=False) or await bus.emit(started, judge=False)
+            bus.emit_now(message) or await bus.emit(message)
+        else:
+            # The task is judged before run_started records it: a guard's redaction of a
+            # secret in it reaches the log's run_started, the episode and the recall too.
+            # What the judgement records (its verdicts) waits to follow run_started.
+            decision = _ALLOW
+            bus.hold()
+            try:
+                decision = await bus.judge(message)
+            finally:
+                held = bus.release()
+                if decision.action == "rewrite":
+                    message = decision.event  # type: ignore[assignment]
+                    started = updated(started, task=message.content)
+                await bus.deliver(started)
+                for event in held:
+                    await bus.deliver(event)
+            if decision.action in _REFUSED:
+                raise _Stop("halted", decision.feedback or "the task was refused by a guard")
+            await bus.deliver(message)
         if agent.episodic is not None:
-            await self._recall(task)
+            await self._recall(message.content)
         if agent.strategy == "plan-act-reflect":
             await self._plan("initial")
 

@@ -1004,3 +1004,26 @@ def test_a_tools_own_tool_blocked_text_is_judged_as_its_output(run_dir):
     result = Agent(llm, tools=[read_config], guards=[default_pipeline()], run_dir=run_dir).run_sync("x")
     # No guard refused anything of this call: the text is the tool's, and the secret rule sees it.
     assert SECRET not in str(llm.requests[-1].messages) and SECRET not in open(result.log_path).read()
+
+
+def test_a_task_redacted_by_a_guard_is_recorded_redacted_everywhere(tmp_path, run_dir):
+    from memory import EpisodicMemory
+    from memory.embedders import HashingEmbedder
+
+    episodes = EpisodicMemory(tmp_path / "episodes.db", HashingEmbedder())
+    policy = policy_file(tmp_path, '[stages.user_input]\nrules = ["secrets"]\n')
+    task = f"Deploy with the key {SECRET}, then say done."
+
+    def run(llm):
+        pipeline = GuardPipeline.from_policy(policy)
+        return Agent(llm, memory=episodes, guards=[pipeline], run_dir=run_dir).run_sync(task)
+
+    first = run(ScriptedLLM(["done"]))
+    # run_started held the task as given, written before the message was judged.
+    assert [e.type for e in first.events][:3] == ["run_started", "guard_verdict", "user_message"]
+    assert SECRET not in first.events[0].task and SECRET not in open(first.log_path).read()
+    records = episodes.memory.records(episodes.memory.ids())
+    assert records and not any(SECRET in str(r.metadata) or SECRET in r.text for r in records)
+    second = run(ScriptedLLM(["done again"]))
+    recalled = [e for e in second.events if e.type == "memory_read"]
+    assert recalled and SECRET not in recalled[0].query  # the recall asked with the task as judged
