@@ -194,6 +194,30 @@ def test_budget_processor_handles_a_batch(llm):
 # --------------------------------------------------------------------------- real model: constrained calls
 
 
+async def test_a_budget_longer_than_the_reply_leaves_the_reply_room_for_its_call(llm, monkeypatch):
+    monkeypatch.setattr(llm, "chat_format", _OpenThinking(llm.tokenizer))
+    seen = _grab_processors(llm, monkeypatch)
+    # effort low: 256 thinking tokens, against a 100-token reply. The budget never closed the
+    # block: 100 tokens of thinking, no call, finish_reason "length".
+    request = ask("What is 17 multiplied by 23?", tools=SCHEMAS, tool_choice="required", max_new_tokens=100)
+    response = await complete(llm, request.model_copy(update={"effort": "low"}))
+    [budget] = [p for p in seen if isinstance(p, ThinkingBudgetProcessor)]
+    assert budget.thinking_tokens() <= 100 - 64  # the answer keeps at least ANSWER_RESERVE tokens
+    assert response.finish_reason == "tool_calls" and response.tool_calls[0].parse_error is None
+
+
+def test_a_budget_longer_than_the_reply_is_no_processor_for_a_model_that_does_not_think(llm):
+    from agent.llm.thinking import thinking_budget_processor
+
+    prompt = llm.render_prompt(ask("Hi"))
+    template = llm.chat_format.template_text  # SmolLM2's: no thinking block
+    assert thinking_budget_processor(llm.tokenizer, template, prompt, effort="medium", budget=None,
+                                     max_new_tokens=512) is None  # fmt: skip
+    opened = thinking_budget_processor(llm.tokenizer, template, prompt + "<think>\n", effort="medium",
+                                       budget=None, max_new_tokens=512)  # fmt: skip
+    assert opened is not None and opened.state.budget == 512 - 128
+
+
 async def test_constrained_call_is_valid_where_the_free_model_fails(llm, monkeypatch):
     request = ask("What is 17 multiplied by 23?", tools=SCHEMAS, tool_choice="required", max_new_tokens=40)
 

@@ -40,6 +40,9 @@ from ..types import Effort
 
 #: Thinking tokens allowed per effort when the request names no budget.
 DEFAULT_THINKING_BUDGETS: dict[str, int] = {"low": 256, "medium": 1024, "high": 4096}
+# Tokens of a reply kept for the answer when the budget is as long as the reply (see
+# thinking_budget_processor): a tool call of a few arguments, or a short answer.
+ANSWER_RESERVE = 64
 
 _REASONING_LINE = re.compile(r"^Reasoning:\s*\w+\s*$", re.MULTILINE)
 
@@ -337,13 +340,22 @@ def thinking_budget_processor(
     max_new_tokens: int,
     end_ids: Sequence[int] = (),
 ) -> ThinkingBudgetProcessor | None:
-    """The budget processor for one request, or None when it could not act
-    (the budget is at least the whole generation). Harmony models always get
-    one: it also keeps `<|end|>` from ending the turn after the analysis."""
+    """The budget processor for one request, or None when there is nothing for it to do.
+    Harmony models always get one: it also keeps `<|end|>` from ending the turn after
+    the analysis.
+
+    A budget at least the reply's whole limit (medium's 1,024 against a 512-token
+    reply) would never be reached: the thinking could take every token and leave no
+    answer or call. For a model that thinks (its template or prompt has the block),
+    it is cut to leave the answer a quarter of the reply, at least `ANSWER_RESERVE`
+    tokens; a model whose template has no thinking block gets no processor then."""
     syntax = detect_thinking_syntax(template_text)
     limit = thinking_budget(effort, budget)
-    if limit >= max_new_tokens and syntax is not HARMONY:
-        return None
+    if limit >= max_new_tokens:
+        opens = prompt_opens_thinking(prompt, syntax)
+        if syntax is not HARMONY and syntax.open not in template_text and not opens:
+            return None
+        limit = max(0, max_new_tokens - max(ANSWER_RESERVE, max_new_tokens // 4))
     return ThinkingBudgetProcessor(
         tokenizer,
         limit,
