@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import os
 import threading
 import warnings
@@ -376,8 +377,8 @@ class Agent:
             )
         seconds = self.max_seconds
         if seconds is not None and (
-            not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0
-        ):
+            not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds < math.inf
+        ):  # (nan fails the comparison too)
             raise AgentError(f"max_seconds must be a positive number of seconds, not {seconds!r}")
         window = self.context_window
         if (

@@ -174,13 +174,23 @@ async def _maybe_await(value: Any) -> Any:
 
 
 def _hooked(value: Any, kind: type, hook: str, agent: Any) -> Any:
-    """A hook's return value, checked: a hook that forgets to return its argument fails clearly."""
+    """A hook's return value, checked: a hook that forgets to return its argument, or hands
+    back one changed into what its type does not allow (`model_copy(update=...)` checks
+    nothing), fails clearly. Validated again, so a call given as a dict becomes a call."""
     if not isinstance(value, kind):
         raise TypeError(
             f"{type(agent).__name__}.{hook}() must return the {kind.__name__} it was given (or a changed "
             f"one), not {type(value).__name__}"
         )
-    return value
+    try:
+        return type(value).model_validate(dict(value.__dict__))
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or kind.__name__}: {err['msg']}" for err in e.errors()[:3]
+        )
+        raise TypeError(
+            f"{type(agent).__name__}.{hook}() returned a {kind.__name__} that is not valid: {problems}"
+        ) from None
 
 
 # Hooks that hand their argument back unchanged in the base class: the loop
@@ -697,8 +707,7 @@ class Run:
             response = self._act(response)
             if _pending(response):
                 response = await response
-            if type(response) is not ModelResponse:
-                response = _hooked(response, ModelResponse, "act", self.agent)
+            response = _hooked(response, ModelResponse, "act", self.agent)
             # Every call dropped: the words around them are no answer (see _step).
             self._held_back = called if called and not response.tool_calls else None
             fields = response.__dict__
@@ -888,7 +897,9 @@ class Run:
             self._effort_boost = True
         if final is not None:
             call, args = final
-            await self._tool_result(call.id, FINAL_ANSWER, "Final answer received.", step, error=None, judge=False)
+            await self._tool_result(
+                call.id, FINAL_ANSWER, "Final answer received.", step, error=None, judge=False
+            )
             if isinstance(args, dict):  # a redacted answer its schema no longer holds
                 await self._final(json.dumps(args, ensure_ascii=False), args, step)
             elif self.agent.answer_schema is not None:
@@ -1002,7 +1013,9 @@ class Run:
         call, tool = p.call, p.tool
         call_id, name = call.id, call.name
         args = p.args
-        arguments = args.__pydantic_serializer__.to_python(args, mode="json")  # model_dump(mode="json")
+        # model_dump(mode="json", by_alias=True): under the names the schema shows the model (an
+        # aliased field's alias), which the guards look for ("url") and a rewrite validates by.
+        arguments = args.__pydantic_serializer__.to_python(args, mode="json", by_alias=True)
         event = trusted(ToolCall, call_id=call_id, name=name, arguments=arguments, step=step)
         decision = self.bus.emit_now(event) or await self.bus.emit(event)
         if self.reader is not None:  # a safe point: a caller that stopped at this call stops it
@@ -1045,13 +1058,19 @@ class Run:
         if self._deadline is not None:
             left = max(0.0, self._deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
+        if self._cancel:
+            # cancel() since the call was announced (by whoever watched its tool_call event, or
+            # an approver): the tool does not start, and the log says so (a resume need not guess).
+            text = "Not run: the run was cancelled before this call started."
+            await self._tool_result(call_id, name, text, step, error="interrupted", judge=False)
+            self._check_stop()
         token = _context.set((self, step, call_id))
         timer: asyncio.Timeout | None = None
         try:
-            if tool.blocking:
+            if tool.blocking or tool.__dict__.get("_is_async"):  # an async tool may await anything
                 async with asyncio.timeout(timeout) as timer:
                     value = await tool.run(p.args)
-            else:  # declared quick and free of I/O: no timer to arm and cancel
+            else:  # a sync tool declared quick and free of I/O: no timer to arm and cancel
                 value = await tool.run(p.args)
             # Inside the try: a value that cannot be rendered is the tool's error, not the run's.
             # A run with a context budget keeps the whole result: the budget cuts the prompt, and
@@ -1141,8 +1160,7 @@ class Run:
             result = self._observe(result)
             if _pending(result):
                 result = await result
-            if type(result) is not ToolResult:
-                result = _hooked(result, ToolResult, "observe", self.agent)
+            result = _hooked(result, ToolResult, "observe", self.agent)
         decision = self.bus.emit_now(result, judge=judge) or await self.bus.emit(result, judge=judge)
         if decision is _ALLOW:
             return

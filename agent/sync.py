@@ -94,9 +94,10 @@ def run(coro: Coroutine[Any, Any, T], handle: LoopHandle | None = None) -> T:
     if not handle.busy.acquire(blocking=False):
         coro.close()
         raise AgentError(
-            "this agent is running in another thread (the one it first ran in): a sync call cannot "
-            "start until that one returns. "
-            "Give each thread its own agent, or run them together with asyncio.gather(agent.arun(...), ...)"
+            "this agent's event loop (that of the thread it first ran in) is running a sync call "
+            "of this agent or of another that first ran in the same thread: a sync call cannot "
+            "start until that one returns. Give each thread its own agent, made and first run in "
+            "that thread, or run them together with asyncio.gather(agent.arun(...), ...)"
         )
     try:
         return _run(coro, handle.loop)

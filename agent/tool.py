@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import math
 import re
 import sys
 import typing
@@ -243,9 +244,24 @@ def check_tool(t: Tool) -> None:
             "(an empty one for a tool without arguments)"
         )
     _check_effects(t.effects, f"tool {name!r}")
+    timeout = t.timeout
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf
+    ):
+        raise ValueError(f"tool {name!r}: timeout must be a positive number of seconds or None, not {timeout!r}")
+    for flag in ("needs_approval", "blocking"):
+        if not isinstance(getattr(t, flag, False), bool):
+            raise TypeError(f"tool {name!r}: {flag} must be True or False, not {getattr(t, flag)!r}")
+    if isinstance(t, FunctionTool) and t._takes_self and t._bound is None:
+        raise TypeError(
+            f"tool {name!r} is a method taken from its class: it has no `self` to run with; give the "
+            f"instance's method (`{name}` of an object, e.g. `store.{name}`), or the object's tools"
+        )
 
 
 def _check_effects(effects: Any, what: str) -> None:
+    if isinstance(effects, str):  # effects="writes": a set of its letters otherwise
+        raise TypeError(f"{what}: effects is a set of names, e.g. {{{effects!r}}}, not the string {effects!r}")
     unknown = set(effects) - EFFECTS
     if unknown:
         raise ValueError(f"{what}: unknown effects {sorted(unknown)}; use {sorted(EFFECTS)}")
@@ -292,9 +308,9 @@ class FunctionTool(Tool):
         described = fn.func if isinstance(fn, functools.partial) else fn  # not partial's own docstring
         summary, param_docs = _parse_docstring(inspect.getdoc(described) or "")
         self.description = description or summary or self.name
+        _check_effects(effects if effects is not None else (), f"tool {self.name!r}")  # as given: a str too
         self.effects = frozenset(effects) if effects is not None else frozenset({"reads"})
         self._effects_declared = effects is not None
-        _check_effects(self.effects, f"tool {self.name!r}")
         self.timeout = timeout
         self.needs_approval = needs_approval
         self.safe_to_rerun = safe_to_rerun

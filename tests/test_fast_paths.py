@@ -565,7 +565,7 @@ def test_a_sync_call_on_an_agent_busy_in_another_thread_is_refused_clearly(run_d
     worker = threading.Thread(target=lambda: results.append(agent.run_sync("one")))
     worker.start()
     assert started.wait(10)
-    with pytest.raises(AgentError, match="running in another thread.*cannot start until that one returns"):
+    with pytest.raises(AgentError, match="event loop .* is running a sync call.*cannot start until that one returns"):
         agent.run_sync("two")  # the agent's loop is running in the worker
     release.set()
     worker.join(10)
@@ -592,7 +592,7 @@ def test_two_threads_making_an_agents_first_sync_call_at_once_get_one_loop(run_d
             t.start()
         for t in threads:
             t.join(10)
-        assert sorted(outcomes) == ["completed", "this agent is running in anoth"]
+        assert sorted(outcomes) == ["completed", "this agent's event loop (that "]
 
 
 async def test_a_sync_method_inside_an_event_loop_is_refused_with_the_async_form_named(run_dir):

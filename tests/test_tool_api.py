@@ -573,6 +573,137 @@ def test_a_tool_call_records_its_arguments_as_json_whatever_their_types(run_dir)
     assert recorded == [
         {"n": 3, "flag": True, "note": None},  # validated: the int and the bool, not the strings sent
         {"when": "2026-01-02", "ratio": 1.0, "tags": ["a"]},  # the date as JSON text, not a date
-        Named(the_name="x").model_dump(mode="json"),  # what pydantic gives, alias or not
+        {"name": "x"},  # under its alias, as the model is shown the schema (and guards look)
     ]
     assert type(recorded[1]["when"]) is str and type(recorded[1]["ratio"]) is float
+
+
+# -- a review's reproductions: building on the API ------------------------------------------------
+
+
+def test_an_aliased_argument_is_recorded_and_judged_under_its_alias(run_dir):
+    from guards import default_pipeline
+
+    fetched = []
+
+    class Fetch(Tool):
+        name = "fetch"
+        description = "Fetch a URL."
+        effects = frozenset({"network"})
+
+        class Args(BaseModel):
+            target: str = Field(alias="url")
+
+        async def run(self, args: Args) -> str:
+            fetched.append(args.target)
+            return "page"
+
+    # The metadata address: the network rule reads the argument named "url", and got "target".
+    metadata = "http://169.254.169.254/latest/meta-data/"
+    llm = ScriptedLLM([call("fetch", url="https://example.com/"), call("fetch", url=metadata), "ok"])
+    result = Agent(llm, tools=[Fetch()], guards=[default_pipeline()], run_dir=run_dir).run_sync("t")
+    [recorded] = [e for e in result.events if e.type == "tool_call"]  # the blocked one is not recorded
+    assert recorded.arguments == {"url": "https://example.com/"} and fetched == ["https://example.com/"]
+    assert any(e.type == "guard_verdict" and e.action == "block" and e.stage == "tool_call" for e in result.events)
+
+
+def test_cancel_when_a_call_is_announced_keeps_the_tool_from_starting(run_dir):
+    ran = []
+
+    @tool(effects={"writes"})
+    def rm(target: str) -> str:
+        """Delete a target."""
+        ran.append(target)
+        return "deleted"
+
+    class Watching(Agent):
+        def on_event(self, event):
+            if event.type == "tool_call":
+                self.cancel()
+
+    result = Watching(ScriptedLLM([call("rm", target="abc"), "ok"]), tools=[rm], run_dir=run_dir).run_sync("t")
+    assert result.status == "cancelled" and ran == []  # it ran, and then the run ended
+    said = next(e for e in result.events if e.type == "tool_result")
+    assert said.error_kind == "interrupted" and "cancelled before this call started" in said.content
+
+
+def test_a_hook_that_returns_an_invalid_event_fails_the_run_naming_it(run_dir):
+    @tool
+    def echo(text: str) -> str:
+        """Echo."""
+        return text
+
+    class Broken(Agent):
+        def observe(self, result):
+            return result.model_copy(update={"content": {"said": result.content}})  # not a str
+
+    result = Broken(ScriptedLLM([call("echo", text="x"), "ok"]), tools=[echo], run_dir=run_dir).run_sync("t")
+    assert result.status == "failed"
+    assert "Broken.observe() returned a ToolResult that is not valid: content" in result.error
+
+    class Dicts(Agent):  # calls given as dicts are read as calls
+        def act(self, response):
+            calls = [{"id": c.id, "name": c.name, "arguments": {"text": "changed"}} for c in response.tool_calls]
+            return response.model_copy(update={"tool_calls": calls})
+
+    result = Dicts(ScriptedLLM([call("echo", text="x"), "ok"]), tools=[echo], run_dir=run_dir).run_sync("t")
+    assert result.ok and next(e for e in result.events if e.type == "tool_result").content == "changed"
+
+
+def test_an_async_non_blocking_tool_keeps_its_timeout(run_dir):
+    import asyncio
+    import time
+
+    @tool(blocking=False, timeout=0.2)
+    async def wait() -> str:
+        """Wait."""
+        await asyncio.sleep(3)
+        return "done"
+
+    started = time.monotonic()
+    result = Agent(ScriptedLLM([call("wait"), "ok"]), tools=[wait], run_dir=run_dir).run_sync("t")
+    assert time.monotonic() - started < 2  # ran the whole 3 s
+    assert next(e for e in result.events if e.type == "tool_result").error_kind == "timeout"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"timeout": "5"}, "timeout must be a positive number of seconds or None"),
+        ({"timeout": 0}, "timeout must be a positive number of seconds or None"),
+        ({"needs_approval": "no"}, "needs_approval must be True or False"),
+        ({"effects": "writes"}, "effects is a set of names"),
+    ],
+)
+def test_tool_options_no_call_could_use_are_refused_when_the_agent_takes_the_tool(options, message):
+    with pytest.raises((TypeError, ValueError), match=message):  # by @tool, or by the agent at the latest
+
+        @tool(**options)
+        def f() -> str:
+            """F."""
+            return "x"
+
+        Agent(ScriptedLLM(["ok"]), tools=[f], run_dir=None)
+
+
+def test_a_method_tool_taken_from_its_class_is_refused(run_dir):
+    class Store:
+        def __init__(self):
+            self.items = []
+
+        @tool
+        def add_item(self, item: str) -> str:
+            """Add an item."""
+            self.items.append(item)
+            return "added"
+
+    with pytest.raises(TypeError, match="a method taken from its class"):
+        Agent(ScriptedLLM(["ok"]), tools=[Store.add_item], run_dir=run_dir)
+    store = Store()
+    Agent(ScriptedLLM([call("add_item", item="z"), "ok"]), tools=[store.add_item], run_dir=run_dir).run_sync("t")
+    assert store.items == ["z"]
+
+
+def test_max_seconds_of_nan_is_refused():
+    with pytest.raises(AgentError, match="max_seconds must be a positive number"):
+        Agent(ScriptedLLM(["ok"]), max_seconds=float("nan"), run_dir=None)
