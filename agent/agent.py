@@ -498,7 +498,11 @@ class Agent:
     def cancel(self) -> None:
         """Stop every run of this agent at its next safe point: those going on, and those
         asked for (`arun`, `run`) that have not started yet."""
-        self._cancels += 1
+        try:
+            self._cancels += 1
+        except AttributeError:
+            self._check_initialized()
+            raise
         for run in self._runs:
             run.cancel()
 
@@ -512,7 +516,11 @@ class Agent:
 
     def close(self) -> None:
         """`aclose` from synchronous code, on the event loop the agent's sync calls used."""
-        handle, self._loop = self._loop, None
+        try:
+            handle, self._loop = self._loop, None
+        except AttributeError:
+            self._check_initialized()
+            raise
         sync.run(self.aclose(), handle)
 
     def __enter__(self) -> Agent:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import functools
 import inspect
 import math
@@ -432,6 +433,8 @@ def render_output(value: Any, limit: int | None = OUTPUT_LIMIT) -> str:
     """Turn a tool's return value into the text the model sees (see `model_text`)."""
     if type(value) is str and value.isascii() and (limit is None or len(value) <= limit):
         return value  # most results: nothing to clean or cut
+    if isinstance(value, enum.Enum):  # Color.BLUE (or a str enum, which str() writes so): its value
+        return render_output(value.value, limit)
     if isinstance(value, str):
         text = value
     elif isinstance(value, (bytes, bytearray)):
@@ -461,6 +464,8 @@ def _jsonable(value: Any) -> Any:
             return value.model_dump()
     if isinstance(value, (bytes, bytearray)):
         return _bytes_text(value)
+    if isinstance(value, enum.Enum):  # not "Color.BLUE": the value a model can use
+        return value.value
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

@@ -707,3 +707,31 @@ def test_a_method_tool_taken_from_its_class_is_refused(run_dir):
 def test_max_seconds_of_nan_is_refused():
     with pytest.raises(AgentError, match="max_seconds must be a positive number"):
         Agent(ScriptedLLM(["ok"]), max_seconds=float("nan"), run_dir=None)
+
+
+def test_an_enum_in_a_tool_result_reaches_the_model_as_its_value():
+    import enum
+
+    from agent.tool import render_output
+
+    class Color(enum.Enum):
+        BLUE = "blue"
+        ONE = 1
+
+    class Mode(str, enum.Enum):
+        FAST = "fast"
+
+    # Was "Color.BLUE" and {"c": "Color.BLUE", ...}: a name no tool argument takes.
+    assert render_output(Color.BLUE) == "blue" and render_output(Mode.FAST) == "fast"
+    assert render_output({"c": Color.BLUE, "n": Color.ONE, "m": Mode.FAST}) == '{"c": "blue", "n": 1, "m": "fast"}'
+
+
+def test_an_agent_whose_init_skipped_the_base_says_so_from_cancel_and_close_too():
+    class Forgot(Agent):
+        def __init__(self) -> None:  # no super().__init__(...)
+            self.notes = []
+
+    agent = Forgot()
+    for method in (agent.cancel, agent.close):  # were AttributeErrors about _cancels and _loop
+        with pytest.raises(AgentError, match=r"Forgot.__init__ must call super\(\).__init__"):
+            method()
