@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,24 +51,32 @@ class Session:
     def history(self) -> list[Event]:
         return list(self._run.state.events) if self._run is not None else []
 
-    async def send(self, message: str) -> AsyncIterator[Event]:
+    def send(self, message: str) -> AsyncIterator[Event]:
         """Add a user message and run until the agent answers, yielding events. A message
-        sent while another is being answered waits for that turn to end."""
+        sent while another is being answered waits for that turn to end. `agent.cancel()`
+        after this call (before or while the message is answered) cancels it."""
         from .agent import check_text
 
         check_text(message, "the message")
+        return self._send(message, self.agent._cancels)  # counted now, as `arun` counts them
+
+    async def _send(self, message: str, cancels: int) -> AsyncIterator[Event]:
         async with (
             self._turn(),
-            contextlib.aclosing(self._events(message)) as events,
+            contextlib.aclosing(self._events(message, cancels)) as events,
         ):  # leaving it ends the turn
             async for event in events:
                 yield event
 
-    async def asend(self, message: str) -> RunResult:
-        """`send` to the end; the result is this turn's: its outcome, steps, tokens and events."""
+    def asend(self, message: str) -> Coroutine[Any, Any, RunResult]:
+        """`send` to the end; the result is this turn's: its outcome, steps, tokens and events.
+        A coroutine: `agent.cancel()` after this call, before its turn starts, cancels it too."""
         from .agent import check_text
 
         check_text(message, "the message")
+        return self._asend(message, self.agent._cancels)
+
+    async def _asend(self, message: str, cancels: int) -> RunResult:
         async with self._turn():
             run = self._run
             # A copy of the events even for the first turn: later turns must not change a result.
@@ -77,7 +85,7 @@ class Session:
                 if run is not None
                 else (0, 0, Usage())
             )
-            async with contextlib.aclosing(self._events(message)) as events:
+            async with contextlib.aclosing(self._events(message, cancels)) as events:
                 async for _ in events:
                     pass
         assert self._run is not None
@@ -92,12 +100,12 @@ class Session:
         finally:
             self._end_turn()
 
-    def _events(self, message: str) -> AsyncIterator[Event]:
+    def _events(self, message: str, cancels: int) -> AsyncIterator[Event]:
         if self._run is None:
             self._run = self.agent._new_run()
             self._run.hold_log = self._hold
-            return self.agent._iterate(self._run, message)
-        return self.agent._iterate(self._run, None, follow_up=message)
+            return self.agent._iterate(self._run, message, cancels=cancels)
+        return self.agent._iterate(self._run, None, follow_up=message, cancels=cancels)
 
     async def _take_turn(self) -> None:
         """Wait until no message is being answered, then take the turn: messages sent at

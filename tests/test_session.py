@@ -189,3 +189,13 @@ async def test_a_message_waiting_its_turn_is_answered_before_the_next_one_of_a_b
 
     await asyncio.gather(chatty(), once())
     assert answered == ["A0", "B", "A1", "A2"]
+
+
+async def test_cancel_reaches_a_message_sent_but_not_yet_started(run_dir):
+    agent = Agent(ScriptedLLM(["1", "2", "3"]), run_dir=run_dir, guards=None)
+    session = agent.session()
+    await session.asend("a")
+    waiting = asyncio.create_task(session.asend("b"))  # asked for, not started
+    agent.cancel()
+    assert (await waiting).status == "cancelled"  # it ran to "completed", as arun's did not
+    assert (await session.asend("c")).status == "completed"  # a message after the cancel runs
