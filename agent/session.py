@@ -37,6 +37,7 @@ class Session:
         self._busy = False  # a message is being answered
         self._owner: asyncio.Task[Any] | None = None  # the task that sent it
         self._waiting: list[asyncio.Future[None]] = []  # messages sent meanwhile, in order
+        self._cancels = 0  # Session.cancel() calls so far: one after a message is sent cancels it
 
     @property
     def run_id(self) -> str | None:
@@ -58,9 +59,9 @@ class Session:
         from .agent import check_text
 
         check_text(message, "the message")
-        return self._send(message, self.agent._cancels)  # counted now, as `arun` counts them
+        return self._send(message, self._counts())  # counted now, as `arun` counts them
 
-    async def _send(self, message: str, cancels: int) -> AsyncIterator[Event]:
+    async def _send(self, message: str, cancels: tuple[int, int]) -> AsyncIterator[Event]:
         async with (
             self._turn(),
             contextlib.aclosing(self._events(message, cancels)) as events,
@@ -74,9 +75,9 @@ class Session:
         from .agent import check_text
 
         check_text(message, "the message")
-        return self._asend(message, self.agent._cancels)
+        return self._asend(message, self._counts())
 
-    async def _asend(self, message: str, cancels: int) -> RunResult:
+    async def _asend(self, message: str, cancels: tuple[int, int]) -> RunResult:
         async with self._turn():
             run = self._run
             # A copy of the events even for the first turn: later turns must not change a result.
@@ -100,7 +101,16 @@ class Session:
         finally:
             self._end_turn()
 
-    def _events(self, message: str, cancels: int) -> AsyncIterator[Event]:
+    def _counts(self) -> tuple[int, int]:
+        """The agent's and this session's cancel() calls so far (see `_events`)."""
+        return self.agent._cancels, self._cancels
+
+    def _events(self, message: str, counts: tuple[int, int]) -> AsyncIterator[Event]:
+        # The run compares the agent's count with the one taken when the message was sent: a
+        # Session.cancel() since then is told to it as a difference in that count too.
+        cancels, session = counts
+        if session != self._cancels:
+            cancels -= 1
         if self._run is None:
             self._run = self.agent._new_run()
             self._run.hold_log = self._hold
@@ -168,7 +178,9 @@ class Session:
             log.close()
 
     def cancel(self) -> None:
-        """Stop the current turn at its next safe point; the session goes on."""
+        """Stop the current turn at its next safe point, and the messages sent before this
+        call that wait for their turn; the session goes on with those sent after."""
+        self._cancels += 1
         if self._run is not None:
             self._run.cancel()
 

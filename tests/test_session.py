@@ -199,3 +199,6 @@ async def test_cancel_reaches_a_message_sent_but_not_yet_started(run_dir):
     agent.cancel()
     assert (await waiting).status == "cancelled"  # it ran to "completed", as arun's did not
     assert (await session.asend("c")).status == "completed"  # a message after the cancel runs
+    waiting = asyncio.create_task(session.asend("d"))
+    session.cancel()  # the session's own cancel, with no turn running: it was lost
+    assert (await waiting).status == "cancelled"
