@@ -1063,15 +1063,15 @@ class Run:
             # an approver): the tool does not start, and the log says so (a resume need not guess).
             text = "Not run: the run was cancelled before this call started."
             await self._tool_result(call_id, name, text, step, error="interrupted", judge=False)
-            self._check_stop()
+            raise _Stop("cancelled", "cancelled")
         token = _context.set((self, step, call_id))
         timer: asyncio.Timeout | None = None
         try:
-            if tool.blocking or tool.__dict__.get("_is_async"):  # an async tool may await anything
+            if tool.runs_inline:  # a sync tool declared quick and free of I/O: no timer to arm and cancel
+                value = await tool.run(p.args)
+            else:
                 async with asyncio.timeout(timeout) as timer:
                     value = await tool.run(p.args)
-            else:  # a sync tool declared quick and free of I/O: no timer to arm and cancel
-                value = await tool.run(p.args)
             # Inside the try: a value that cannot be rendered is the tool's error, not the run's.
             # A run with a context budget keeps the whole result: the budget cuts the prompt, and
             # points the model at the full text. Without one, the result itself is capped.

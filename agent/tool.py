@@ -108,6 +108,13 @@ class Tool(ABC):
     # worker thread.
     blocking: bool = True
 
+    @property
+    def runs_inline(self) -> bool:
+        """Whether a call runs to its end on the event loop without awaiting anything: a
+        sync `run` declared quick (`blocking = False`). The loop arms no timeout for such
+        a call (nothing could interrupt it); an `async def run` always gets one."""
+        return not self.blocking and getattr(type(self).run, "_sync_run", False)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         own = cls.__dict__
@@ -223,6 +230,7 @@ def _awaitable_run(run: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Await
         # A `def run` that hands back a coroutine (it delegates to an async helper) is awaited.
         return await value if inspect.isawaitable(value) else value
 
+    wrapper._sync_run = True  # type: ignore[attr-defined]  # see Tool.runs_inline
     return wrapper
 
 
@@ -249,7 +257,9 @@ def check_tool(t: Tool) -> None:
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf
     ):
-        raise ValueError(f"tool {name!r}: timeout must be a positive number of seconds or None, not {timeout!r}")
+        raise ValueError(
+            f"tool {name!r}: timeout must be a positive number of seconds or None, not {timeout!r}"
+        )
     for flag in ("needs_approval", "blocking"):
         if not isinstance(getattr(t, flag, False), bool):
             raise TypeError(f"tool {name!r}: {flag} must be True or False, not {getattr(t, flag)!r}")
@@ -262,7 +272,9 @@ def check_tool(t: Tool) -> None:
 
 def _check_effects(effects: Any, what: str) -> None:
     if isinstance(effects, str):  # effects="writes": a set of its letters otherwise
-        raise TypeError(f"{what}: effects is a set of names, e.g. {{{effects!r}}}, not the string {effects!r}")
+        raise TypeError(
+            f"{what}: effects is a set of names, e.g. {{{effects!r}}}, not the string {effects!r}"
+        )
     unknown = set(effects) - EFFECTS
     if unknown:
         raise ValueError(f"{what}: unknown effects {sorted(unknown)}; use {sorted(EFFECTS)}")
@@ -353,6 +365,10 @@ class FunctionTool(Tool):
         from .threads import run_blocking  # loaded with the first blocking call, not with the package
 
         return await run_blocking(self.fn, *call_args, **kwargs)
+
+    @property
+    def runs_inline(self) -> bool:
+        return not self.blocking and not self._is_async
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the underlying function directly (handy in tests)."""

@@ -735,3 +735,26 @@ def test_an_agent_whose_init_skipped_the_base_says_so_from_cancel_and_close_too(
     for method in (agent.cancel, agent.close):  # were AttributeErrors about _cancels and _loop
         with pytest.raises(AgentError, match=r"Forgot.__init__ must call super\(\).__init__"):
             method()
+
+
+def test_a_class_tool_with_an_async_run_keeps_its_timeout_when_not_blocking(run_dir):
+    import asyncio
+    import time
+
+    class Wait(Tool):
+        name = "wait"
+        description = "Wait."
+        blocking = False  # declared quick: an async run may still await forever
+        timeout = 0.2
+
+        class Args(BaseModel):
+            pass
+
+        async def run(self, args: Args) -> str:
+            await asyncio.sleep(3)
+            return "done"
+
+    started = time.monotonic()
+    result = Agent(ScriptedLLM([call("wait"), "ok"]), tools=[Wait()], run_dir=run_dir).run_sync("t")
+    assert time.monotonic() - started < 2
+    assert next(e for e in result.events if e.type == "tool_result").error_kind == "timeout"
