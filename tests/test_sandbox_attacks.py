@@ -91,12 +91,12 @@ async def attack(box, code: str, run_dir, tool: PythonTool | None = None, both: 
 
     The agent must keep working: the last follow-up answers. A kernel that dies a
     moment after its cell finished (killed with its parent) may instead be reported
-    by a later cell; with `both`, the first follow-up waits 1.5 s (the death came
-    0.7 s after the cell on a loaded machine, after two more cells had run), and
+    by a later cell; with `both`, the first follow-up waits 1.5 s (in a failing run
+    without the wait, two quick follow-ups ran before the third reported it), and
     the follow-ups up to the one that reports it are joined to the result.
     """
     follow_ups = ["print(1+1)", "print(2+2)", "print(3+3)"]
-    if both:  # the death comes a moment after the cell: the first follow-up waits for it (0.7 s seen)
+    if both:  # the death comes a moment after the cell: the first follow-up waits for it
         follow_ups[0] = "import time; time.sleep(1.5); print(1+1)"
     llm = ScriptedLLM([call("python", code=code), *(call("python", code=c) for c in follow_ups), "done"])
     # guards=None: these attacks test the sandbox itself; the default guards

@@ -197,8 +197,8 @@ def test_budget_processor_handles_a_batch(llm):
 async def test_a_budget_longer_than_the_reply_leaves_the_reply_room_for_its_call(llm, monkeypatch):
     monkeypatch.setattr(llm, "chat_format", _OpenThinking(llm.tokenizer))
     seen = _grab_processors(llm, monkeypatch)
-    # effort low: 256 thinking tokens, against a 100-token reply. The budget never closed the
-    # block: 100 tokens of thinking, no call, finish_reason "length".
+    # effort low: 256 thinking tokens, against a 100-token reply. A budget that long got no
+    # processor at all, so nothing closed the block before the reply's limit.
     request = ask("What is 17 multiplied by 23?", tools=SCHEMAS, tool_choice="required", max_new_tokens=100)
     response = await complete(llm, request.model_copy(update={"effort": "low"}))
     [budget] = [p for p in seen if isinstance(p, ThinkingBudgetProcessor)]
