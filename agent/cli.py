@@ -44,7 +44,6 @@ def _number(kind: type, low: float, *, above: bool = False) -> Any:
 
 
 POSITIVE, SECONDS = _number(int, 1), _number(float, 0, above=True)
-MIN_PROMPT_TOKENS = 128  # what a context budget needs left for the prompt (memory.context)
 
 
 def base_url(text: str) -> str:
@@ -306,7 +305,7 @@ def make_model(args: argparse.Namespace) -> Any:
 def check_reply_limit(llm: Any, limit: int) -> None:
     """Refuse a --max-new-tokens that leaves a loaded model's window no room for a prompt
     (the run would fail at its first model call, with the context budget's ValueError)."""
-    from memory.context import model_context_window
+    from memory.context import MIN_PROMPT_TOKENS, model_context_window
 
     window = model_context_window(llm)
     if window is not None and limit > window - MIN_PROMPT_TOKENS:

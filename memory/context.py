@@ -54,6 +54,8 @@ from agent.llm.base import LLMRequest
 from agent.types import Message
 
 #: Where truncated observations are saved, relative to the workspace the file tools read.
+# The least a budget leaves for the prompt once the reply's reserve is held back.
+MIN_PROMPT_TOKENS = 128
 OBSERVATIONS_DIR = Path(".agent") / "observations"
 #: Tokens reserved for the reply when the backend does not say how long replies may be.
 DEFAULT_RESERVE = 1024
@@ -347,7 +349,7 @@ class ContextBudget:
         self.counter: TokenCounter = counter if counter is not None else ApproxCounter()
         self.margin = 0 if self.counter.exact else math.ceil(self.window * APPROX_MARGIN)
         self.limit = self.window - self.reserve - self.margin
-        if self.limit < 128:
+        if self.limit < MIN_PROMPT_TOKENS:
             raise ValueError(
                 f"a context window of {self.window} tokens leaves {self.limit} for the prompt after "
                 f"{self._held_back()}; raise the window or lower the reserve"
