@@ -297,9 +297,10 @@ class Run:
     _output_limit: int | None = OUTPUT_LIMIT  # characters of a tool result; None once a budget is made
     _held_back: list[str] | None = None  # the calls an `act` hook dropped from the last reply
     # A later message of a session: where its user message is in the events, and the
-    # session's steps and tokens before it (its episode counts its own).
+    # session's events, steps and tokens before it (its episode and its result count
+    # their own).
     _turn: int | None = None
-    _turn_start: tuple[int, Usage] | None = None
+    _turn_start: tuple[int, int, Usage] | None = None
     # What guards said to events tools emitted (see emit_for): the calls one was refused
     # in, and a halt, which ends the run once the turn's calls are done.
     _refused_in: frozenset[str] = frozenset()
@@ -366,7 +367,7 @@ class Run:
         self._finished = False  # this call's RunFinished is out: a later fault must not end the run again
         if follow_up is not None:  # a new message: nothing of the last one's turns carries over
             self._new_message()
-            self._turn_start = (self.state.step, self.state.usage)
+            self._turn_start = (len(self.state.events), self.state.step, self.state.usage)
         self._first_step = self.state.step
         self._first_tokens = self.state.total_tokens
         self._deadline = time.monotonic() + agent.max_seconds if agent.max_seconds is not None else None
@@ -1297,7 +1298,7 @@ class Run:
                 turn = message.seq
                 events = [updated(events[0], task=message.content), *events[self._turn :]]
                 if self._turn_start is not None and events[-1].type == "run_finished":
-                    step, usage = self._turn_start
+                    _, step, usage = self._turn_start
                     finished = events[-1]
                     events[-1] = updated(finished, steps=finished.steps - step, usage=finished.usage - usage)
             try:

@@ -79,18 +79,14 @@ class Session:
 
     async def _asend(self, message: str, cancels: tuple[int, int]) -> RunResult:
         async with self._turn():
-            run = self._run
-            # A copy of the events even for the first turn: later turns must not change a result.
-            since = (
-                (len(run.state.events), run.state.step, run.state.usage)
-                if run is not None
-                else (0, 0, Usage())
-            )
             async with contextlib.aclosing(self._events(message, cancels)) as events:
                 async for _ in events:
                     pass
-        assert self._run is not None
-        return self.agent._result(self._run, since)
+        run = self._run
+        assert run is not None
+        # Where this message's turn began, as the run noted it (the first message's began at
+        # the start). A copy of the events even then: later turns must not change a result.
+        return self.agent._result(run, run._turn_start or (0, 0, Usage()))
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
