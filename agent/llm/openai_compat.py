@@ -641,7 +641,7 @@ class OpenAICompatLLM:
             # A client is bound to the loop that made it; a new loop needs a new one.
             # Connecting is capped: a server that takes the request at all does so at once, and a
             # connect timeout is retried, each time with the whole wait otherwise.
-            timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT))
+            timeout = httpx.Timeout(self.timeout, connect=self._connect_timeout)
             self._client = httpx.AsyncClient(timeout=timeout, headers=self._headers())
             self._client_loop = loop
         return self._client
@@ -732,6 +732,10 @@ class OpenAICompatLLM:
         kind = PromptTooLongError if too_long else LLMHTTPError
         return kind(msg, status_code=status, url=self.url, server_message=server)
 
+    @property
+    def _connect_timeout(self) -> float:
+        return min(self.timeout, CONNECT_TIMEOUT)
+
     def _transport_error(self, e: httpx.TransportError) -> LLMConnectionError:
         if isinstance(e, httpx.ConnectError):
             return LLMConnectionError(
@@ -740,9 +744,9 @@ class OpenAICompatLLM:
             )
         if isinstance(e, httpx.TimeoutException):
             if isinstance(e, httpx.ConnectTimeout):
-                wait = min(self.timeout, CONNECT_TIMEOUT)
                 return LLMConnectionError(
-                    f"{self.name}: could not connect to {self.base_url} within {wait:g} s (ConnectTimeout)"
+                    f"{self.name}: could not connect to {self.base_url} within {self._connect_timeout:g} s "
+                    "(ConnectTimeout)"
                 )
             return LLMConnectionError(
                 f"{self.name}: request to {self.url} timed out after {self.timeout:g} s ({type(e).__name__}); "
@@ -961,8 +965,9 @@ class OpenAICompatLLM:
                     if not isinstance(event, dict):
                         continue
                     # Older vLLM sends the error object itself; OpenRouter an error beside a choice
-                    # that ends with finish_reason "error" (its provider failed mid-reply).
-                    if event.get("error") or event.get("object") == "error" or _failed_choice(event):
+                    # that ends with finish_reason "error" (its provider failed mid-reply; the
+                    # choice loop below stops at that finish_reason when no error object came).
+                    if event.get("error") or event.get("object") == "error":
                         raise self._stream_error(event)
                     if event.get("usage"):
                         acc.usage = _usage(event["usage"])
@@ -995,6 +1000,8 @@ class OpenAICompatLLM:
                             acc.add_tool_call_delta(_object(tc, "delta.tool_calls[]"))
                         if choice.get("finish_reason"):
                             acc.finish_reason = _string(choice["finish_reason"], "finish_reason")
+                            if acc.finish_reason == "error":
+                                raise self._stream_error(event)
                 if done:
                     await _drain(stream_lines)
                     break
